@@ -1,0 +1,17 @@
+//! The sandboxd domain: a chat's sandbox session, its ids and the validated values it is made of.
+//!
+//! Nothing here performs I/O or needs an async runtime; every value that comes from outside the
+//! process is parsed through a constructor that refuses what the rest of the system must never see.
+
+mod error;
+mod ids;
+mod session;
+mod values;
+
+pub use error::ValidationError;
+pub use ids::{ChatId, ContainerId, SessionId};
+pub use session::{ConflictReason, SandboxSession};
+pub use values::{AgentId, Endpoint, VolumePath};
+
+/// Timestamps are UTC instants; `time` keeps them exact to the nanosecond.
+pub type Timestamp = time::OffsetDateTime;

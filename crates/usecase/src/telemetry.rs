@@ -1,0 +1,1 @@
+//! Every metric, span and log name the use cases emit, in one place.
