@@ -15,6 +15,9 @@ mod list;
 pub mod ports;
 pub mod telemetry;
 
+#[cfg(test)]
+mod tests;
+
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
