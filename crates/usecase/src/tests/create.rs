@@ -45,6 +45,7 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
     assert_eq!(
         world.calls.calls(),
         vec![
+            format!("repository.get_active_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
             format!("repository.get_active_by_chat_id({chat})"),
             "runtime.validate(default,/srv/a)".to_owned(),
@@ -85,12 +86,8 @@ fn reuses_a_live_session_whose_agent_and_volume_match() {
     assert_eq!(out.session, existing, "returned unchanged");
     assert_eq!(
         world.calls.calls(),
-        vec![
-            format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
-            format!("locker.release({chat})"),
-        ],
-        "a reuse touches no runtime and writes nothing"
+        vec![format!("repository.get_active_by_chat_id({chat})")],
+        "a reuse of a live session is one read: no lease, no runtime, no write"
     );
     assert_eq!(
         cap.counter_lines(),
@@ -211,6 +208,7 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
     assert_eq!(
         world.calls.calls(),
         vec![
+            format!("repository.get_active_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
             format!("repository.get_active_by_chat_id({chat})"),
             "runtime.validate(other,/srv/b)".to_owned(),
@@ -503,7 +501,13 @@ fn a_busy_lock_is_an_aborted_error_and_touches_nothing() {
     let err = out.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Aborted);
     assert_eq!(err.metric_label(), "lock_busy");
-    assert_eq!(world.calls.calls(), vec![format!("locker.lock({chat})")]);
+    assert_eq!(
+        world.calls.calls(),
+        vec![
+            format!("repository.get_active_by_chat_id({chat})"),
+            format!("locker.lock({chat})")
+        ]
+    );
     assert_eq!(
         cap.counter_lines(),
         vec!["sandbox_create_total{result=error} 1"]
@@ -522,7 +526,13 @@ fn a_lock_store_failure_is_unavailable() {
         CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
     );
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
-    assert_eq!(world.calls.calls(), vec![format!("locker.lock({chat})")]);
+    assert_eq!(
+        world.calls.calls(),
+        vec![
+            format!("repository.get_active_by_chat_id({chat})"),
+            format!("locker.lock({chat})")
+        ]
+    );
 }
 
 #[test]
@@ -615,6 +625,40 @@ fn a_failing_stop_of_the_expired_container_aborts_the_replace() {
         "the old session is kept for a retry"
     );
     assert_eq!(world.runtime.created_total(), 0);
+}
+
+#[test]
+fn a_session_created_while_waiting_for_the_lease_is_reused_after_the_re_read() {
+    let world = World::new();
+    let chat = new_chat();
+    // Another holder saves a live session between the lock-free read and this lease.
+    let theirs = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    world.repository.remove_direct(&theirs.session_id);
+    let (repository, saved) = (world.repository.clone(), theirs.clone());
+    world
+        .locker
+        .on_lock(move |_| repository.insert(saved.clone()));
+    world.calls.clear();
+    let (out, cap) = capture(
+        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
+    );
+    let out = out.unwrap();
+    assert_eq!(out.result, CreateResult::Reused);
+    assert_eq!(out.session, theirs);
+    assert_eq!(world.runtime.created_total(), 0);
+    assert_eq!(
+        world.calls.calls(),
+        vec![
+            format!("repository.get_active_by_chat_id({chat})"),
+            format!("locker.lock({chat})"),
+            format!("repository.get_active_by_chat_id({chat})"),
+            format!("locker.release({chat})"),
+        ]
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec!["sandbox_create_total{result=reused} 1"]
+    );
 }
 
 #[test]
