@@ -13,6 +13,7 @@ mod get;
 mod lease;
 mod list;
 pub mod ports;
+mod reconcile;
 pub mod telemetry;
 
 #[cfg(test)]
@@ -33,3 +34,4 @@ pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
 pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;
 pub use list::{ListSandboxes, ListSandboxesError};
+pub use reconcile::{ReconcileError, ReconcileOptions, ReconcileReport, ReconcileSandboxes};

@@ -104,6 +104,11 @@ impl FakeRuntime {
         self.max_stops_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Removes a container directly, as if it died or was removed by hand.
+    pub fn remove_direct(&self, container_id: &ContainerId) {
+        lock(&self.containers).remove(container_id);
+    }
+
     /// Adds a running container directly (test setup of an existing session).
     pub fn insert_running(&self, container_id: ContainerId, spec: NewSandbox) {
         lock(&self.containers).insert(container_id, spec);

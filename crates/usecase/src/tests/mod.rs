@@ -12,3 +12,4 @@ mod create;
 mod delete;
 mod harness;
 mod reads;
+mod reconcile;
