@@ -16,7 +16,7 @@ use std::time::Duration;
 use sandboxd_domain::{ContainerId, SandboxSession, Timestamp};
 use tracing::{Instrument, Span};
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::port_only_error;
 use crate::lease::{Ports, with_lease};
 use crate::ports::{ListQuery, ManagedContainer};
 use crate::telemetry::{self, metric};
@@ -47,30 +47,10 @@ pub struct ReconcileReport {
     pub error_count: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+port_only_error!(
     /// Listing containers or sessions failed; nothing was repaired.
-    #[error(transparent)]
-    Port(PortError),
-}
-
-from_port_errors!(ReconcileError);
-
-impl ReconcileError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Port(error) => error.kind(),
-        }
-    }
-
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Port(error) => error.metric_label(),
-        }
-    }
-}
+    ReconcileError
+);
 
 #[derive(Debug, Clone)]
 pub struct ReconcileSandboxes {

@@ -133,19 +133,41 @@ pub mod event {
 
 // ---- spans -------------------------------------------------------------------------------
 
+/// A use-case span: its own fields, then the error fields every span may record
+/// (`record_error`) and `sandbox.result`.
+macro_rules! usecase_span {
+    ($($fields:tt)*) => {
+        tracing::info_span!(
+            $($fields)*
+            sandbox.result = Empty,
+            error.type = Empty,
+            exception.message = Empty,
+            otel.status_code = Empty,
+        )
+    };
+}
+
+/// A span that may describe one session (the seed's `_set_session_span_attrs`).
+macro_rules! session_span {
+    ($($fields:tt)*) => {
+        usecase_span!(
+            $($fields)*
+            session.id = Empty,
+            container.id = Empty,
+            sandbox.session_agent.id = Empty,
+            sandbox.session_volume.host_path = Empty,
+            sandbox.endpoint.ip = Empty,
+            sandbox.endpoint.port = Empty,
+        )
+    };
+}
+
 pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Span {
-    tracing::info_span!(
+    session_span!(
         "usecase.create_sandbox",
         chat.id = %chat_id,
         agent.id = agent_id,
         volume.host_path = volume,
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.result = Empty,
         sandbox.conflict.reason = Empty,
         sandbox.previous_session.id = Empty,
         sandbox.previous_container.id = Empty,
@@ -155,118 +177,63 @@ pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Spa
         sandbox.new_container.id = Empty,
         sandbox.new_agent.id = Empty,
         sandbox.new_volume.host_path = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn delete_span(chat_id: &ChatId) -> Span {
-    tracing::info_span!(
-        "usecase.delete_sandbox",
+    session_span!("usecase.delete_sandbox", chat.id = %chat_id,)
+}
+
+pub(crate) fn get_span(chat_id: &ChatId) -> Span {
+    session_span!("usecase.get_sandbox", chat.id = %chat_id,)
+}
+
+pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
+    session_span!(
+        "usecase.extend_sandbox",
         chat.id = %chat_id,
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
+        sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
+        sandbox.expires_at = Empty,
     )
 }
 
 pub(crate) fn cleanup_pass_span() -> Span {
-    tracing::info_span!(
+    usecase_span!(
         "usecase.cleanup_expired_sandboxes",
         sandbox.expired_count = Empty,
         sandbox.cleaned_count = Empty,
         sandbox.error_count = Empty,
         sandbox.skipped_count = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn cleanup_one_span(parent: &Span, session: &SandboxSession) -> Span {
-    tracing::info_span!(
+    usecase_span!(
         parent: parent,
         "usecase.cleanup_expired_sandbox",
         chat.id = %session.chat_id,
         session.id = %session.session_id,
         container.id = %session.container_id,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
-    )
-}
-
-pub(crate) fn get_span(chat_id: &ChatId) -> Span {
-    tracing::info_span!(
-        "usecase.get_sandbox",
-        chat.id = %chat_id,
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn list_span(agent_id: Option<&str>, page_size: usize) -> Span {
-    tracing::info_span!(
+    usecase_span!(
         "usecase.list_sandboxes",
         agent.id = agent_id,
         sandbox.page_size = page_size,
         sandbox.returned_count = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
-    )
-}
-
-pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
-    tracing::info_span!(
-        "usecase.extend_sandbox",
-        chat.id = %chat_id,
-        sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.expires_at = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn reconcile_span() -> Span {
-    tracing::info_span!(
+    usecase_span!(
         "usecase.reconcile_sandboxes",
         sandbox.container_count = Empty,
         sandbox.session_count = Empty,
         sandbox.removed_containers = Empty,
         sandbox.removed_sessions = Empty,
         sandbox.error_count = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
