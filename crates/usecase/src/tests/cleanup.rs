@@ -34,14 +34,8 @@ fn a_failing_listing_is_counted_with_its_reason_and_raised() {
         ]
     );
     let span = cap.span("usecase.cleanup_expired_sandboxes");
-    assert_eq!(
-        span.fields.get("sandbox.result").map(String::as_str),
-        Some("error")
-    );
-    assert_eq!(
-        span.fields.get("error.type").map(String::as_str),
-        Some("repository_unavailable")
-    );
+    assert_eq!(span.field("sandbox.result"), Some("error"));
+    assert_eq!(span.field("error.type"), Some("repository_unavailable"));
     assert!(!span.fields.contains_key("sandbox.expired_count"));
     assert_eq!(
         world.calls.calls(),
@@ -138,16 +132,12 @@ fn skips_a_session_that_was_deleted_after_listing() {
     );
     assert_eq!(
         cap.span("usecase.cleanup_expired_sandbox")
-            .fields
-            .get("sandbox.result")
-            .map(String::as_str),
+            .field("sandbox.result"),
         Some("skipped")
     );
     assert_eq!(
         cap.span("usecase.cleanup_expired_sandboxes")
-            .fields
-            .get("sandbox.skipped_count")
-            .map(String::as_str),
+            .field("sandbox.skipped_count"),
         Some("1")
     );
 }
@@ -187,9 +177,7 @@ fn skips_a_superseded_session_and_removes_it_from_the_expiry_index() {
     );
     assert_eq!(
         cap.span("usecase.cleanup_expired_sandbox")
-            .fields
-            .get("sandbox.result")
-            .map(String::as_str),
+            .field("sandbox.result"),
         Some("skipped")
     );
     let mut want = session_log_fields(&stale);
@@ -230,9 +218,7 @@ fn skips_a_session_extended_after_listing() {
     assert_eq!(world.repository.all().len(), 1);
     assert_eq!(
         cap.span("usecase.cleanup_expired_sandbox")
-            .fields
-            .get("sandbox.result")
-            .map(String::as_str),
+            .field("sandbox.result"),
         Some("skipped")
     );
     assert_eq!(cap.counter_lines(), Vec::<String>::new());
@@ -267,25 +253,20 @@ fn one_failing_session_does_not_stop_the_pass() {
     );
     assert_eq!(
         cap.span("usecase.cleanup_expired_sandboxes")
-            .fields
-            .get("sandbox.result")
-            .map(String::as_str),
+            .field("sandbox.result"),
         Some("completed_with_errors")
     );
     let failed: Vec<_> = cap
         .spans_named("usecase.cleanup_expired_sandbox")
         .into_iter()
-        .filter(|s| s.fields.get("sandbox.result").map(String::as_str) == Some("error"))
+        .filter(|s| s.field("sandbox.result") == Some("error"))
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(
         failed[0].fields.get("session.id"),
         Some(&b.session_id.to_string())
     );
-    assert_eq!(
-        failed[0].fields.get("error.type").map(String::as_str),
-        Some("runtime_error")
-    );
+    assert_eq!(failed[0].field("error.type"), Some("runtime_error"));
     let event = cap.event("sandbox_clean_failed");
     assert_eq!(event.level, tracing::Level::ERROR);
     let mut want = session_log_fields(&b);

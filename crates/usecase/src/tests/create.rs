@@ -315,18 +315,9 @@ fn save_failure_stops_the_new_container_and_surfaces_the_save_error() {
     );
     assert_eq!(cap.gauge("sandbox_active_count"), Some(0.0));
     let span = cap.span("usecase.create_sandbox");
-    assert_eq!(
-        span.fields.get("sandbox.result").map(String::as_str),
-        Some("error")
-    );
-    assert_eq!(
-        span.fields.get("error.type").map(String::as_str),
-        Some("repository_unavailable")
-    );
-    assert_eq!(
-        span.fields.get("otel.status_code").map(String::as_str),
-        Some("ERROR")
-    );
+    assert_eq!(span.field("sandbox.result"), Some("error"));
+    assert_eq!(span.field("error.type"), Some("repository_unavailable"));
+    assert_eq!(span.field("otel.status_code"), Some("ERROR"));
     assert_eq!(
         span.fields.get("session.id").cloned(),
         calls[created]
@@ -384,22 +375,13 @@ fn save_failure_with_a_failing_compensation_still_surfaces_the_save_error() {
     );
     assert_eq!(cap.gauge("sandbox_active_count"), Some(0.0));
     assert_eq!(
-        cap.span("usecase.create_sandbox")
-            .fields
-            .get("error.type")
-            .map(String::as_str),
+        cap.span("usecase.create_sandbox").field("error.type"),
         Some("repository_error")
     );
     let event = cap.event("sandbox_compensation_failed");
     assert_eq!(event.level, tracing::Level::ERROR);
-    assert_eq!(
-        event.fields.get("error").map(String::as_str),
-        Some("runtime_unavailable")
-    );
-    assert_eq!(
-        event.fields.get("container_id").map(String::as_str),
-        Some("fake-0001")
-    );
+    assert_eq!(event.field("error"), Some("runtime_unavailable"));
+    assert_eq!(event.field("container_id"), Some("fake-0001"));
 }
 
 #[test]
@@ -438,10 +420,7 @@ fn a_lease_lost_before_the_save_commits_nothing_and_stops_the_new_container() {
         vec!["sandbox_create_total{result=error} 1"]
     );
     assert_eq!(
-        cap.span("usecase.create_sandbox")
-            .fields
-            .get("error.type")
-            .map(String::as_str),
+        cap.span("usecase.create_sandbox").field("error.type"),
         Some("lease_lost")
     );
 }
@@ -474,14 +453,8 @@ fn assert_plain_error_with_events(
         vec!["sandbox_create_total{result=error} 1"]
     );
     let span = cap.span("usecase.create_sandbox");
-    assert_eq!(
-        span.fields.get("sandbox.result").map(String::as_str),
-        Some("error")
-    );
-    assert_eq!(
-        span.fields.get("error.type").map(String::as_str),
-        Some(want_type)
-    );
+    assert_eq!(span.field("sandbox.result"), Some("error"));
+    assert_eq!(span.field("error.type"), Some(want_type));
     assert!(span.fields.contains_key("exception.message"));
     assert_eq!(cap.event_names(), want_events);
     assert!(!world.locker.is_held(&chat));

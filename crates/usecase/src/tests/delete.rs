@@ -103,18 +103,9 @@ fn assert_delete_error(
         vec!["sandbox_delete_total{result=error} 1"]
     );
     let span = cap.span("usecase.delete_sandbox");
-    assert_eq!(
-        span.fields.get("sandbox.result").map(String::as_str),
-        Some("error")
-    );
-    assert_eq!(
-        span.fields.get("error.type").map(String::as_str),
-        Some(want_type)
-    );
-    assert_eq!(
-        span.fields.get("otel.status_code").map(String::as_str),
-        Some("ERROR")
-    );
+    assert_eq!(span.field("sandbox.result"), Some("error"));
+    assert_eq!(span.field("error.type"), Some(want_type));
+    assert_eq!(span.field("otel.status_code"), Some("ERROR"));
     let event = cap.event("sandbox_delete_failed");
     assert_eq!(event.level, tracing::Level::ERROR);
     let mut want = match read {

@@ -32,6 +32,12 @@ pub struct SpanRecord {
     pub parent: Option<String>,
 }
 
+impl SpanRecord {
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
 /// One log event: its name (metadata name), level, fields and the span it was emitted in.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
@@ -117,6 +123,12 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Ca
         if let Some(span) = store.open.remove(&id.into_u64()) {
             store.closed.push(span);
         }
+    }
+}
+
+impl EventRecord {
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
     }
 }
 

@@ -295,10 +295,7 @@ fn extend_with_a_lost_lease_commits_nothing() {
         vec!["sandbox_extend_total{result=error} 1"]
     );
     assert_eq!(
-        cap.span("usecase.extend_sandbox")
-            .fields
-            .get("error.type")
-            .map(String::as_str),
+        cap.span("usecase.extend_sandbox").field("error.type"),
         Some("lease_lost")
     );
 }

@@ -66,26 +66,10 @@ fn removes_containers_without_a_session_only_after_the_grace_period() {
     );
     assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
     let span = cap.span("usecase.reconcile_sandboxes");
-    assert_eq!(
-        span.fields
-            .get("sandbox.removed_containers")
-            .map(String::as_str),
-        Some("1")
-    );
-    assert_eq!(
-        span.fields
-            .get("sandbox.container_count")
-            .map(String::as_str),
-        Some("3")
-    );
-    assert_eq!(
-        span.fields.get("sandbox.session_count").map(String::as_str),
-        Some("1")
-    );
-    assert_eq!(
-        span.fields.get("sandbox.result").map(String::as_str),
-        Some("completed")
-    );
+    assert_eq!(span.field("sandbox.removed_containers"), Some("1"));
+    assert_eq!(span.field("sandbox.container_count"), Some("3"));
+    assert_eq!(span.field("sandbox.session_count"), Some("1"));
+    assert_eq!(span.field("sandbox.result"), Some("completed"));
     let event = cap.event("sandbox_orphan_container_removed");
     assert_eq!(event.fields.get("container_id"), Some(&old.to_string()));
     assert!(
@@ -177,9 +161,7 @@ fn a_listing_failure_fails_the_pass() {
     );
     assert_eq!(
         cap.span("usecase.reconcile_sandboxes")
-            .fields
-            .get("sandbox.result")
-            .map(String::as_str),
+            .field("sandbox.result"),
         Some("error")
     );
 }
@@ -207,9 +189,7 @@ fn one_failed_repair_is_counted_and_the_pass_goes_on() {
     );
     assert_eq!(
         cap.span("usecase.reconcile_sandboxes")
-            .fields
-            .get("sandbox.result")
-            .map(String::as_str),
+            .field("sandbox.result"),
         Some("completed_with_errors")
     );
 }
