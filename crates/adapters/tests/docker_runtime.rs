@@ -271,6 +271,34 @@ async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
 }
 
 #[tokio::test]
+async fn an_abandoned_create_leaves_no_container_behind() {
+    let world = TestSandboxes::new();
+    let mut config = world.config();
+    let mut mute = AgentProfile::new(sandbox_image());
+    mute.port = Some(8080);
+    mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
+    mute.ready_timeout = Duration::from_secs(30);
+    config.agents.insert(agent("mute"), mute);
+    let runtime = DockerRuntime::new(config).unwrap();
+
+    // The caller gives up (a cancelled RPC drops the future) while create waits for readiness.
+    let spec = new_sandbox("mute", &world.volume_dir("chat"));
+    let abandoned = tokio::time::timeout(Duration::from_secs(2), runtime.create(&spec)).await;
+    assert!(
+        abandoned.is_err(),
+        "create must still have been waiting: {abandoned:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.count().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned sandbox was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
     let world = TestSandboxes::new();
     let mut config = world.config();

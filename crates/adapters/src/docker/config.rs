@@ -42,6 +42,8 @@ pub struct DockerConfig {
     /// Label namespace (`{key_prefix}.managed-by`, …), so two deployments can share an engine.
     pub key_prefix: String,
     /// Host address endpoints are published on; loopback keeps sandboxes off the network.
+    /// `0.0.0.0` publishes on every interface: endpoints then report `0.0.0.0` and the readiness
+    /// probe uses loopback.
     pub publish_host_ip: IpAddr,
     /// Graceful-stop period before the engine kills the container (whole seconds on the wire).
     #[serde(deserialize_with = "de_duration")]
