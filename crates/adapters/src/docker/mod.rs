@@ -61,6 +61,8 @@ pub struct DockerRuntime {
     labels: LabelKeys,
     policy: Arc<VolumePolicy>,
     client: OnceCell<Docker>,
+    /// The engine's data root (`docker info`), learnt on connect; the volume policy protects it.
+    engine_root_dir: std::sync::OnceLock<PathBuf>,
 }
 
 impl fmt::Debug for DockerRuntime {
@@ -88,6 +90,7 @@ impl DockerRuntime {
             policy: Arc::new(policy),
             config,
             client: OnceCell::new(),
+            engine_root_dir: std::sync::OnceLock::new(),
         })
     }
 
@@ -109,7 +112,15 @@ impl DockerRuntime {
                 .map_err(engine_error)?
                 .with_timeout(self.config.engine_timeout);
                 // bollard speaks API 1.53 by default; older engines (1.41 here) need the downgrade.
-                docker.negotiate_version().await.map_err(engine_error)
+                let docker = docker.negotiate_version().await.map_err(engine_error)?;
+                match docker.info().await.map(|info| info.docker_root_dir) {
+                    Ok(Some(dir)) => {
+                        let _ = self.engine_root_dir.set(PathBuf::from(dir));
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "docker_info_failed"),
+                }
+                Ok(docker)
             })
             .await
             .cloned()
@@ -132,9 +143,13 @@ impl DockerRuntime {
         let policy = Arc::clone(&self.policy);
         let volume = volume.clone();
         // Canonicalisation walks the filesystem: keep it off the async workers.
-        let checked = tokio::task::spawn_blocking(move || policy.check(&volume))
-            .await
-            .map_err(|e| other(format!("volume check task failed: {e}")))?;
+        // Known once connected; `create` connects before checking, `validate` uses what is known.
+        let engine_root_dir = self.engine_root_dir.get().cloned();
+        let checked = tokio::task::spawn_blocking(move || {
+            policy.check_with(&volume, engine_root_dir.as_deref())
+        })
+        .await
+        .map_err(|e| other(format!("volume check task failed: {e}")))?;
         match checked {
             Ok(source) => Ok((profile, source)),
             Err(VolumeRefusal::Denied(reason)) => {
@@ -223,12 +238,14 @@ impl DockerRuntime {
     }
 
     async fn create_sandbox(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
+        // The profile first (no I/O), then the engine, so the volume check knows its data root.
+        self.profile(&spec.agent_id)?;
+        let docker = self.client().await?;
         let (profile, source) = self.check(&spec.agent_id, &spec.volume_host_path).await?;
         let source = source
             .to_str()
             .ok_or_else(|| RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path".to_owned()))?
             .to_owned();
-        let docker = self.client().await?;
         let name = format!("sandbox-{}", spec.session_id);
         // Armed before the create call: if this future is dropped mid-way, whatever was created
         // under this name is removed in the background.

@@ -57,6 +57,19 @@ impl VolumePolicy {
     /// [`VolumeRefusal::Denied`] for policy, [`VolumeRefusal::Invalid`] for a missing or
     /// non-directory path.
     pub fn check(&self, volume: &VolumePath) -> Result<PathBuf, VolumeRefusal> {
+        self.check_with(volume, None)
+    }
+
+    /// [`Self::check`], also protecting `engine_root_dir` (the engine's data root, when the
+    /// engine has reported one and it is not the default `/var/lib/docker`).
+    ///
+    /// # Errors
+    /// As [`Self::check`].
+    pub fn check_with(
+        &self,
+        volume: &VolumePath,
+        engine_root_dir: Option<&Path>,
+    ) -> Result<PathBuf, VolumeRefusal> {
         let requested = Path::new(volume.as_str());
         let roots = self.resolved_roots();
         if roots.is_empty() {
@@ -83,7 +96,9 @@ impl VolumePolicy {
                 "resolves outside the allowed volume roots",
             ));
         }
-        if self.is_protected(&canonical) {
+        if self.is_protected(&canonical)
+            || engine_root_dir.is_some_and(|dir| overlaps(&canonical, dir))
+        {
             return Err(VolumeRefusal::Denied(
                 "is or contains a protected host path",
             ));
@@ -121,11 +136,14 @@ impl VolumePolicy {
             [Some(raw.as_path()), resolved.as_deref()]
                 .into_iter()
                 .flatten()
-                .any(|protected| {
-                    canonical.starts_with(protected) || protected.starts_with(canonical)
-                })
+                .any(|protected| overlaps(canonical, protected))
         })
     }
+}
+
+/// `path` is `protected`, lies under it, or contains it.
+fn overlaps(path: &Path, protected: &Path) -> bool {
+    path.starts_with(protected) || protected.starts_with(path)
 }
 
 /// A root itself is not mountable: it holds every chat's directory.
@@ -243,6 +261,23 @@ mod tests {
                 matches!(refusal, Err(VolumeRefusal::Denied(_))),
                 "{path}: {refusal:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_engine_data_root_is_protected_when_known() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("docker-data");
+        let chat = data.join("volumes");
+        std::fs::create_dir_all(&chat).unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        assert!(policy.check(&volume(&chat)).is_ok());
+        let engine_root = std::fs::canonicalize(&data).unwrap();
+        for path in [&chat, &data] {
+            assert!(matches!(
+                policy.check_with(&volume(path), Some(&engine_root)),
+                Err(VolumeRefusal::Denied(_))
+            ));
         }
     }
 
