@@ -78,7 +78,11 @@ async fn measure(
     })?;
     runtime.ping().await?; // connect and negotiate outside the timed loop
 
+    // Interleaved, so load from anything else on the machine hits all three series alike.
     let mut runtime_series = Vec::with_capacity(runs);
+    let mut plain = Vec::with_capacity(runs);
+    let mut hardened = Vec::with_capacity(runs);
+    let label = format!("{prefix}.managed-by=sandboxd");
     for run in 0..runs {
         let dir = root.join(format!("rt-{run}"));
         std::fs::create_dir(&dir)?;
@@ -97,14 +101,7 @@ async fn measure(
         let started = Instant::now();
         runtime.delete(&session.container_id).await?;
         runtime_series.push((create, started.elapsed()));
-    }
 
-    let mut plain = Vec::with_capacity(runs);
-    let mut hardened = Vec::with_capacity(runs);
-    for run in 0..runs {
-        let dir = root.join(format!("cli-{run}"));
-        std::fs::create_dir(&dir)?;
-        let label = format!("{prefix}.managed-by=sandboxd");
         plain.push(cli_run(&["--label", &label, "-p", "127.0.0.1::8080", image]).await?);
         let mount = format!("type=bind,source={},target=/workspace", dir.display());
         hardened.push(
