@@ -257,8 +257,15 @@ impl DockerRuntime {
         {
             Ok(created) => created,
             Err(error) => {
-                // Nothing was created (a name conflict belongs to someone else: leave it).
-                guard.disarm();
+                // An engine answer means nothing was created (and a name conflict belongs to
+                // someone else: leave it). A transport failure may have lost the reply to a create
+                // that happened, so the guard stays armed and removes by name (404 is fine).
+                if matches!(
+                    error,
+                    bollard::errors::Error::DockerResponseServerError { .. }
+                ) {
+                    guard.disarm();
+                }
                 return Err(create_error(error, &profile.image));
             }
         };
