@@ -12,7 +12,8 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         let now = Timestamp::now_utc();
-        now.replace_nanosecond(u32::from(now.millisecond()) * 1_000_000).unwrap_or(now)
+        now.replace_nanosecond(u32::from(now.millisecond()) * 1_000_000)
+            .unwrap_or(now)
     }
 }
 
