@@ -259,7 +259,8 @@ mod tests {
         fn agent_id_parse_never_panics_and_round_trips(raw in "\\PC{0,80}|[a-z0-9._-]{0,70}") {
             if let Ok(agent) = AgentId::parse(&raw) {
                 prop_assert_eq!(agent.to_string(), raw.clone());
-                prop_assert_eq!(AgentId::parse(&agent.to_string()), Ok(agent));
+                let shown = agent.to_string();
+                prop_assert_eq!(AgentId::parse(&shown), Ok(agent));
             }
         }
 
@@ -269,7 +270,8 @@ mod tests {
                 prop_assert_eq!(path.to_string(), raw.clone());
                 prop_assert!(!path.as_str().contains("//"));
                 prop_assert!(!path.as_str().split('/').any(|p| p == ".."));
-                prop_assert_eq!(VolumePath::parse(&path.to_string()), Ok(path));
+                let shown = path.to_string();
+                prop_assert_eq!(VolumePath::parse(&shown), Ok(path));
             }
         }
 
