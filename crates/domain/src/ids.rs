@@ -106,7 +106,9 @@ impl ContainerId {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
         {
-            return Err(ValidationError::BadChar { allowed: "[A-Za-z0-9_.-]" });
+            return Err(ValidationError::BadChar {
+                allowed: "[A-Za-z0-9_.-]",
+            });
         }
         Ok(Self(raw.to_owned()))
     }
@@ -137,7 +139,10 @@ mod tests {
     #[test]
     fn chat_id_accepts_only_the_canonical_form() {
         let canonical = "0b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10";
-        assert_eq!(ChatId::parse(canonical).map(|c| c.to_string()).as_deref(), Ok(canonical));
+        assert_eq!(
+            ChatId::parse(canonical).map(|c| c.to_string()).as_deref(),
+            Ok(canonical)
+        );
         for refused in [
             "",
             "0B0E4A8E-54F1-4F7E-9C1E-3B7B5F2F6A10",
@@ -149,7 +154,10 @@ mod tests {
             "00000000-0000-0000-0000-000000000000",
             "not-a-uuid",
         ] {
-            assert!(ChatId::parse(refused).is_err(), "{refused:?} must be refused");
+            assert!(
+                ChatId::parse(refused).is_err(),
+                "{refused:?} must be refused"
+            );
         }
     }
 

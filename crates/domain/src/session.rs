@@ -100,10 +100,17 @@ mod tests {
         let same_vol = VolumePath::parse("/srv/a")?;
         let other_vol = VolumePath::parse("/srv/b")?;
         assert_eq!(s.conflict_with(&same_agent, &same_vol), None);
-        assert_eq!(s.conflict_with(&other_agent, &same_vol), Some(ConflictReason::AgentId));
-        assert_eq!(s.conflict_with(&same_agent, &other_vol), Some(ConflictReason::VolumeHostPath));
         assert_eq!(
-            s.conflict_with(&other_agent, &other_vol).map(ConflictReason::as_str),
+            s.conflict_with(&other_agent, &same_vol),
+            Some(ConflictReason::AgentId)
+        );
+        assert_eq!(
+            s.conflict_with(&same_agent, &other_vol),
+            Some(ConflictReason::VolumeHostPath)
+        );
+        assert_eq!(
+            s.conflict_with(&other_agent, &other_vol)
+                .map(ConflictReason::as_str),
             Some("agent_id,volume_host_path")
         );
         Ok(())

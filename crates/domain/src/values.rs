@@ -26,11 +26,12 @@ impl AgentId {
         if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
             return Err(ValidationError::BadFirstChar);
         }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(ValidationError::BadChar { allowed: "[a-z0-9._-]" });
+        if !raw.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        }) {
+            return Err(ValidationError::BadChar {
+                allowed: "[a-z0-9._-]",
+            });
         }
         Ok(Self(raw.to_owned()))
     }
@@ -70,7 +71,10 @@ impl VolumePath {
         if rest.is_empty() {
             return Ok(Self(raw.to_owned()));
         }
-        if rest.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        if rest
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
             return Err(ValidationError::NotNormalised);
         }
         Ok(Self(raw.to_owned()))
@@ -158,10 +162,30 @@ mod tests {
             (".a", ValidationError::BadFirstChar),
             ("_a", ValidationError::BadFirstChar),
             ("Default", ValidationError::BadFirstChar),
-            ("aB", ValidationError::BadChar { allowed: "[a-z0-9._-]" }),
-            ("a b", ValidationError::BadChar { allowed: "[a-z0-9._-]" }),
-            ("a/b", ValidationError::BadChar { allowed: "[a-z0-9._-]" }),
-            ("a\0", ValidationError::BadChar { allowed: "[a-z0-9._-]" }),
+            (
+                "aB",
+                ValidationError::BadChar {
+                    allowed: "[a-z0-9._-]",
+                },
+            ),
+            (
+                "a b",
+                ValidationError::BadChar {
+                    allowed: "[a-z0-9._-]",
+                },
+            ),
+            (
+                "a/b",
+                ValidationError::BadChar {
+                    allowed: "[a-z0-9._-]",
+                },
+            ),
+            (
+                "a\0",
+                ValidationError::BadChar {
+                    allowed: "[a-z0-9._-]",
+                },
+            ),
             ("é", ValidationError::BadFirstChar),
         ];
         for (raw, want) in refused {
@@ -171,8 +195,19 @@ mod tests {
 
     #[test]
     fn volume_path_table() {
-        for ok in ["/", "/srv", "/srv/chats/abc", "/a/.hidden", "/a/b..c", "/a/...", "/ä/ü"] {
-            assert_eq!(VolumePath::parse(ok).map(|v| v.to_string()).as_deref(), Ok(ok));
+        for ok in [
+            "/",
+            "/srv",
+            "/srv/chats/abc",
+            "/a/.hidden",
+            "/a/b..c",
+            "/a/...",
+            "/ä/ü",
+        ] {
+            assert_eq!(
+                VolumePath::parse(ok).map(|v| v.to_string()).as_deref(),
+                Ok(ok)
+            );
         }
         let long = format!("/{}", "a".repeat(4096));
         let refused: &[(&str, ValidationError)] = &[
@@ -197,14 +232,24 @@ mod tests {
 
     #[test]
     fn endpoint_refuses_port_zero_and_bad_ips() {
-        assert_eq!(Endpoint::parse("127.0.0.1", 0), Err(ValidationError::ZeroPort));
-        assert_eq!(Endpoint::parse("localhost", 80), Err(ValidationError::BadIp));
         assert_eq!(
-            Endpoint::parse("127.0.0.1", 8080).map(|e| e.to_string()).as_deref(),
+            Endpoint::parse("127.0.0.1", 0),
+            Err(ValidationError::ZeroPort)
+        );
+        assert_eq!(
+            Endpoint::parse("localhost", 80),
+            Err(ValidationError::BadIp)
+        );
+        assert_eq!(
+            Endpoint::parse("127.0.0.1", 8080)
+                .map(|e| e.to_string())
+                .as_deref(),
             Ok("127.0.0.1:8080")
         );
         assert_eq!(
-            Endpoint::parse("::1", 8080).map(|e| e.to_string()).as_deref(),
+            Endpoint::parse("::1", 8080)
+                .map(|e| e.to_string())
+                .as_deref(),
             Ok("[::1]:8080")
         );
     }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, Timestamp, VolumePath};
+use sandboxd_domain::{
+    AgentId, ChatId, ContainerId, SandboxSession, SessionId, Timestamp, VolumePath,
+};
 
 /// A boxed cause, kept for logs and never sent to clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -139,7 +141,12 @@ pub struct Lease {
 impl Lease {
     #[must_use]
     pub fn new(chat_id: ChatId, token: String) -> Self {
-        Self { chat_id, token, lost: LeaseLossFlag::default(), _keepalive: None }
+        Self {
+            chat_id,
+            token,
+            lost: LeaseLossFlag::default(),
+            _keepalive: None,
+        }
     }
 
     /// Attaches the renewal guard; it is dropped (and so stopped) with the lease.
@@ -228,8 +235,11 @@ pub trait SessionRepository: Send + Sync {
     /// # Errors
     /// `LeaseLost` when `lease` is lost or no longer the chat's lock holder (nothing written);
     /// `Unavailable`/`Other` as above.
-    async fn save(&self, lease: &Lease, session: &SandboxSession)
-    -> Result<ActiveCount, RepositoryError>;
+    async fn save(
+        &self,
+        lease: &Lease,
+        session: &SandboxSession,
+    ) -> Result<ActiveCount, RepositoryError>;
 
     /// Removes `session` (hash and expiry entry; the chat index only while it still names this
     /// session) in one atomic, fenced write; removing what is already gone is success.

@@ -63,7 +63,9 @@ impl InMemoryLocker {
     #[must_use]
     pub fn is_current(&self, lease: &Lease) -> bool {
         !lease.is_lost()
-            && lock(&self.held).get(lease.chat_id()).is_some_and(|held| held.token == lease.token())
+            && lock(&self.held)
+                .get(lease.chat_id())
+                .is_some_and(|held| held.token == lease.token())
     }
 
     /// Whether anyone holds the chat's lock now.
@@ -78,7 +80,13 @@ impl InMemoryLocker {
             return None;
         }
         let lease = Lease::new(*chat_id, Uuid::new_v4().to_string());
-        held.insert(*chat_id, Held { token: lease.token().to_owned(), lost: lease.loss_flag() });
+        held.insert(
+            *chat_id,
+            Held {
+                token: lease.token().to_owned(),
+                lost: lease.loss_flag(),
+            },
+        );
         Some(lease)
     }
 }
@@ -107,10 +115,14 @@ impl LifecycleLocker for InMemoryLocker {
     }
 
     async fn release(&self, lease: Lease) -> Result<(), LockError> {
-        self.calls.record(format!("locker.release({})", lease.chat_id()));
+        self.calls
+            .record(format!("locker.release({})", lease.chat_id()));
         {
             let mut held = lock(&self.held);
-            if held.get(lease.chat_id()).is_some_and(|h| h.token == lease.token()) {
+            if held
+                .get(lease.chat_id())
+                .is_some_and(|h| h.token == lease.token())
+            {
                 held.remove(lease.chat_id());
             }
         }

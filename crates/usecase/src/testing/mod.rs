@@ -33,7 +33,11 @@ impl CallLog {
     /// Recorded calls whose text starts with `prefix` (e.g. `"runtime."`).
     #[must_use]
     pub fn calls_of(&self, prefix: &str) -> Vec<String> {
-        lock(&self.0).iter().filter(|c| c.starts_with(prefix)).cloned().collect()
+        lock(&self.0)
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     pub fn clear(&self) {
@@ -44,5 +48,7 @@ impl CallLog {
 /// Fakes never panic while holding their locks, so a poisoned mutex can only come from a
 /// panicking test: keep going with its data.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use sandboxd_domain::{ChatId, SandboxSession, SessionId, Timestamp};
 
 use super::{CallLog, InMemoryLocker, lock};
-use crate::ports::{ActiveCount, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository};
+use crate::ports::{
+    ActiveCount, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
+};
 
 /// Repository methods, for failure injection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,24 +89,37 @@ impl InMemorySessionRepository {
 
     fn enter(&self, op: RepoOp, call: String) -> Result<(), RepositoryError> {
         self.calls.record(call);
-        match lock(&self.failures).get_mut(&op).and_then(VecDeque::pop_front) {
+        match lock(&self.failures)
+            .get_mut(&op)
+            .and_then(VecDeque::pop_front)
+        {
             Some(error) => Err(error),
             None => Ok(()),
         }
     }
 
     fn fence(&self, lease: &Lease) -> Result<(), RepositoryError> {
-        if self.locker.is_current(lease) { Ok(()) } else { Err(RepositoryError::LeaseLost) }
+        if self.locker.is_current(lease) {
+            Ok(())
+        } else {
+            Err(RepositoryError::LeaseLost)
+        }
     }
 }
 
 fn put(state: &mut State, session: SandboxSession) {
     if let Some(previous) = state.sessions.get(&session.session_id) {
-        state.expiry.remove(&(previous.expires_at, previous.session_id));
+        state
+            .expiry
+            .remove(&(previous.expires_at, previous.session_id));
     }
     state.chats.insert(session.chat_id, session.session_id);
-    state.expiry.insert((session.expires_at, session.session_id));
-    state.ordered.insert(session.session_id.to_string(), session.session_id);
+    state
+        .expiry
+        .insert((session.expires_at, session.session_id));
+    state
+        .ordered
+        .insert(session.session_id.to_string(), session.session_id);
     state.sessions.insert(session.session_id, session);
 }
 
@@ -142,16 +157,26 @@ impl SessionRepository for InMemorySessionRepository {
         &self,
         chat_id: &ChatId,
     ) -> Result<Option<SandboxSession>, RepositoryError> {
-        self.enter(RepoOp::GetActiveByChatId, format!("repository.get_active_by_chat_id({chat_id})"))?;
+        self.enter(
+            RepoOp::GetActiveByChatId,
+            format!("repository.get_active_by_chat_id({chat_id})"),
+        )?;
         let state = lock(&self.state);
-        Ok(state.chats.get(chat_id).and_then(|id| state.sessions.get(id)).cloned())
+        Ok(state
+            .chats
+            .get(chat_id)
+            .and_then(|id| state.sessions.get(id))
+            .cloned())
     }
 
     async fn get_by_session_id(
         &self,
         session_id: &SessionId,
     ) -> Result<Option<SandboxSession>, RepositoryError> {
-        self.enter(RepoOp::GetBySessionId, format!("repository.get_by_session_id({session_id})"))?;
+        self.enter(
+            RepoOp::GetBySessionId,
+            format!("repository.get_by_session_id({session_id})"),
+        )?;
         Ok(lock(&self.state).sessions.get(session_id).cloned())
     }
 
@@ -160,7 +185,10 @@ impl SessionRepository for InMemorySessionRepository {
         lease: &Lease,
         session: &SandboxSession,
     ) -> Result<ActiveCount, RepositoryError> {
-        self.enter(RepoOp::Save, format!("repository.save({})", session.session_id))?;
+        self.enter(
+            RepoOp::Save,
+            format!("repository.save({})", session.session_id),
+        )?;
         self.fence(lease)?;
         let mut state = lock(&self.state);
         put(&mut state, session.clone());
@@ -172,7 +200,10 @@ impl SessionRepository for InMemorySessionRepository {
         lease: &Lease,
         session: &SandboxSession,
     ) -> Result<ActiveCount, RepositoryError> {
-        self.enter(RepoOp::Delete, format!("repository.delete({})", session.session_id))?;
+        self.enter(
+            RepoOp::Delete,
+            format!("repository.delete({})", session.session_id),
+        )?;
         self.fence(lease)?;
         let mut state = lock(&self.state);
         remove(&mut state, &session.session_id);
@@ -203,8 +234,12 @@ impl SessionRepository for InMemorySessionRepository {
     ) -> Result<Vec<SandboxSession>, RepositoryError> {
         self.enter(RepoOp::ListExpired, "repository.list_expired".to_owned())?;
         let mut state = lock(&self.state);
-        let due: Vec<(Timestamp, SessionId)> =
-            state.expiry.iter().take_while(|(at, _)| *at <= now).copied().collect();
+        let due: Vec<(Timestamp, SessionId)> = state
+            .expiry
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .copied()
+            .collect();
         let mut expired = Vec::new();
         for entry in due {
             if expired.len() == limit {
@@ -227,19 +262,29 @@ impl SessionRepository for InMemorySessionRepository {
 
     async fn list(&self, query: &ListQuery) -> Result<SessionPage, RepositoryError> {
         self.enter(RepoOp::List, "repository.list".to_owned())?;
-        let after = query.page_token.as_deref().map(|t| decode_token(query, t)).transpose()?;
+        let after = query
+            .page_token
+            .as_deref()
+            .map(|t| decode_token(query, t))
+            .transpose()?;
         let state = lock(&self.state);
         let range = match &after {
-            Some(last) => {
-                state.ordered.range::<String, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
-            }
+            Some(last) => state
+                .ordered
+                .range::<String, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)),
             None => state.ordered.range::<String, _>(..),
         };
         let mut sessions = Vec::new();
         let mut more = false;
         for id in range.map(|(_, id)| id) {
-            let Some(session) = state.sessions.get(id) else { continue };
-            if query.agent_id.as_ref().is_some_and(|a| a != &session.agent_id) {
+            let Some(session) = state.sessions.get(id) else {
+                continue;
+            };
+            if query
+                .agent_id
+                .as_ref()
+                .is_some_and(|a| a != &session.agent_id)
+            {
                 continue;
             }
             if sessions.len() == query.page_size {
@@ -252,7 +297,10 @@ impl SessionRepository for InMemorySessionRepository {
             Some(last) if more => Some(encode_token(query, &last.session_id)),
             _ => None,
         };
-        Ok(SessionPage { sessions, next_page_token })
+        Ok(SessionPage {
+            sessions,
+            next_page_token,
+        })
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {

@@ -41,7 +41,9 @@ pub struct FakeRuntime {
 
 impl std::fmt::Debug for FakeRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeRuntime").field("containers", &lock(&self.containers).len()).finish()
+        f.debug_struct("FakeRuntime")
+            .field("containers", &lock(&self.containers).len())
+            .finish()
     }
 }
 
@@ -99,7 +101,10 @@ impl FakeRuntime {
 
     fn enter(&self, op: RuntimeOp, call: String) -> Result<(), RuntimeError> {
         self.calls.record(call);
-        match lock(&self.failures).get_mut(&op).and_then(VecDeque::pop_front) {
+        match lock(&self.failures)
+            .get_mut(&op)
+            .and_then(VecDeque::pop_front)
+        {
             Some(error) => Err(error),
             None => Ok(()),
         }
@@ -107,7 +112,9 @@ impl FakeRuntime {
 
     fn check_container(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
         if lock(&self.failing_containers).contains(container_id) {
-            return Err(RuntimeError::Other(format!("injected failure for {container_id}").into()));
+            return Err(RuntimeError::Other(
+                format!("injected failure for {container_id}").into(),
+            ));
         }
         Ok(())
     }
@@ -125,12 +132,18 @@ impl FakeRuntime {
 #[async_trait]
 impl SandboxRuntime for FakeRuntime {
     async fn validate(&self, agent_id: &AgentId, volume: &VolumePath) -> Result<(), RuntimeError> {
-        self.enter(RuntimeOp::Validate, format!("runtime.validate({agent_id},{volume})"))?;
+        self.enter(
+            RuntimeOp::Validate,
+            format!("runtime.validate({agent_id},{volume})"),
+        )?;
         self.check_agent(agent_id)
     }
 
     async fn create(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
-        self.enter(RuntimeOp::Create, format!("runtime.create({})", spec.session_id))?;
+        self.enter(
+            RuntimeOp::Create,
+            format!("runtime.create({})", spec.session_id),
+        )?;
         self.check_agent(&spec.agent_id)?;
         // Yield so concurrent callers interleave here, where a real engine takes ~200 ms.
         tokio::task::yield_now().await;
