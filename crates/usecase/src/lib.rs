@@ -1,10 +1,32 @@
 //! sandboxd use cases and the ports they drive.
 //!
 //! Depends on the domain only. Telemetry goes through the `tracing` and `metrics` facades, with
-//! every name in [`telemetry`].
+//! every name in [`telemetry`]. Each use case is a struct built from [`Ports`] whose `execute`
+//! is one pass of the seed's logic (`usecase_sandbox.py`), in the same order.
 
+mod cleanup;
+mod create;
+mod delete;
+pub mod error;
+mod extend;
+mod get;
+mod lease;
+mod list;
 pub mod ports;
 pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use cleanup::{CleanupError, CleanupExpiredSandboxes, CleanupOptions, CleanupReport};
+pub use create::{
+    CreateResult, CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput,
+};
+pub use delete::{
+    DeleteResult, DeleteSandbox, DeleteSandboxCommand, DeleteSandboxError, DeleteSandboxOutput,
+};
+pub use error::{ErrorKind, PortError};
+pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
+pub use get::{GetSandbox, GetSandboxError};
+pub use lease::Ports;
+pub use list::{ListSandboxes, ListSandboxesError};

@@ -1,1 +1,473 @@
 //! Every metric, span and log name the use cases emit, in one place.
+//!
+//! Names follow the seed (`usecase_sandbox.py`) with Prometheus spelling for metrics
+//! (`sandbox.create.total` -> `sandbox_create_total`, label `error.type` -> `error_type`).
+//! Span fields must be declared when a span is created, so each use case's span is built here
+//! with every attribute it may later record.
+
+use sandboxd_domain::{ChatId, SandboxSession};
+use tracing::Span;
+use tracing::field::Empty;
+
+/// Metric names and label keys.
+pub mod metric {
+    pub const CREATE_TOTAL: &str = "sandbox_create_total";
+    pub const DELETE_TOTAL: &str = "sandbox_delete_total";
+    pub const CLEANUP_TOTAL: &str = "sandbox_cleanup_total";
+    pub const CLEANUP_ERROR_TOTAL: &str = "sandbox_cleanup_error_total";
+    pub const ACTIVE_COUNT: &str = "sandbox_active_count";
+    pub const GET_TOTAL: &str = "sandbox_get_total";
+    pub const LIST_TOTAL: &str = "sandbox_list_total";
+    pub const EXTEND_TOTAL: &str = "sandbox_extend_total";
+
+    pub const RESULT: &str = "result";
+    pub const REASON: &str = "reason";
+    pub const ERROR_TYPE: &str = "error_type";
+
+    /// `reason` of a cleanup error raised by the listing itself, not by one session.
+    pub const REASON_LIST_EXPIRED: &str = "list_expired";
+
+    /// Every metric with its help text, for the exporter's `describe_*` calls.
+    pub const DESCRIPTIONS: &[(&str, &str)] = &[
+        (
+            CREATE_TOTAL,
+            "CreateSandbox outcomes by result (created, reused, replaced, conflict, error) and conflict reason.",
+        ),
+        (
+            DELETE_TOTAL,
+            "DeleteSandbox outcomes by result (deleted, not_found, error).",
+        ),
+        (
+            CLEANUP_TOTAL,
+            "Expired sandboxes removed by the cleanup pass.",
+        ),
+        (
+            CLEANUP_ERROR_TOTAL,
+            "Cleanup failures by error type; reason=list_expired when the listing itself failed.",
+        ),
+        (ACTIVE_COUNT, "Sessions in the store after the last write."),
+        (
+            GET_TOTAL,
+            "GetSandbox outcomes by result (found, not_found, error).",
+        ),
+        (LIST_TOTAL, "ListSandboxes calls by result (ok, error)."),
+        (
+            EXTEND_TOTAL,
+            "ExtendSandbox outcomes by result (extended, not_found, expired, invalid, error).",
+        ),
+    ];
+}
+
+/// Span names and attribute keys.
+pub mod span {
+    pub const CREATE: &str = "usecase.create_sandbox";
+    pub const DELETE: &str = "usecase.delete_sandbox";
+    pub const CLEANUP_PASS: &str = "usecase.cleanup_expired_sandboxes";
+    pub const CLEANUP_ONE: &str = "usecase.cleanup_expired_sandbox";
+    pub const GET: &str = "usecase.get_sandbox";
+    pub const LIST: &str = "usecase.list_sandboxes";
+    pub const EXTEND: &str = "usecase.extend_sandbox";
+
+    pub const CHAT_ID: &str = "chat.id";
+    pub const AGENT_ID: &str = "agent.id";
+    pub const VOLUME_HOST_PATH: &str = "volume.host_path";
+    pub const SESSION_ID: &str = "session.id";
+    pub const CONTAINER_ID: &str = "container.id";
+    pub const SESSION_AGENT_ID: &str = "sandbox.session_agent.id";
+    pub const SESSION_VOLUME_HOST_PATH: &str = "sandbox.session_volume.host_path";
+    pub const ENDPOINT_IP: &str = "sandbox.endpoint.ip";
+    pub const ENDPOINT_PORT: &str = "sandbox.endpoint.port";
+    pub const RESULT: &str = "sandbox.result";
+    pub const CONFLICT_REASON: &str = "sandbox.conflict.reason";
+    pub const PREVIOUS_SESSION_ID: &str = "sandbox.previous_session.id";
+    pub const PREVIOUS_CONTAINER_ID: &str = "sandbox.previous_container.id";
+    pub const PREVIOUS_AGENT_ID: &str = "sandbox.previous_agent.id";
+    pub const PREVIOUS_VOLUME_HOST_PATH: &str = "sandbox.previous_volume.host_path";
+    pub const NEW_SESSION_ID: &str = "sandbox.new_session.id";
+    pub const NEW_CONTAINER_ID: &str = "sandbox.new_container.id";
+    pub const NEW_AGENT_ID: &str = "sandbox.new_agent.id";
+    pub const NEW_VOLUME_HOST_PATH: &str = "sandbox.new_volume.host_path";
+    pub const EXPIRED_COUNT: &str = "sandbox.expired_count";
+    pub const CLEANED_COUNT: &str = "sandbox.cleaned_count";
+    pub const ERROR_COUNT: &str = "sandbox.error_count";
+    pub const SKIPPED_COUNT: &str = "sandbox.skipped_count";
+    pub const PAGE_SIZE: &str = "sandbox.page_size";
+    pub const RETURNED_COUNT: &str = "sandbox.returned_count";
+    pub const TTL_MS: &str = "sandbox.ttl_ms";
+    pub const EXPIRES_AT: &str = "sandbox.expires_at";
+    /// `span.record_error` of the seed: the error's type label, message and an error status.
+    pub const ERROR_TYPE: &str = "error.type";
+    pub const EXCEPTION_MESSAGE: &str = "exception.message";
+    pub const OTEL_STATUS_CODE: &str = "otel.status_code";
+}
+
+/// Log event names (the event's metadata name and its message).
+pub mod event {
+    pub const SANDBOX_CREATED: &str = "sandbox_created";
+    pub const SANDBOX_REUSED: &str = "sandbox_reused";
+    pub const SANDBOX_REPLACED: &str = "sandbox_replaced";
+    pub const SANDBOX_CONFLICT: &str = "sandbox_conflict";
+    pub const SANDBOX_DELETED: &str = "sandbox_deleted";
+    pub const SANDBOX_DELETE_NOT_FOUND: &str = "sandbox_delete_not_found";
+    pub const SANDBOX_DELETE_FAILED: &str = "sandbox_delete_failed";
+    pub const SANDBOX_CLEANED: &str = "sandbox_cleaned";
+    pub const SANDBOX_CLEAN_FAILED: &str = "sandbox_clean_failed";
+    pub const SANDBOX_STALE_INDEX_REMOVED: &str = "sandbox_stale_index_removed";
+    pub const SANDBOX_EXTENDED: &str = "sandbox_extended";
+    pub const SANDBOX_EXTEND_FAILED: &str = "sandbox_extend_failed";
+    pub const SANDBOX_GET_FAILED: &str = "sandbox_get_failed";
+    pub const SANDBOX_LIST_FAILED: &str = "sandbox_list_failed";
+    pub const SANDBOX_COMPENSATION_FAILED: &str = "sandbox_compensation_failed";
+    pub const LEASE_RELEASE_FAILED: &str = "lease_release_failed";
+}
+
+// ---- spans -------------------------------------------------------------------------------
+
+pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Span {
+    tracing::info_span!(
+        "usecase.create_sandbox",
+        chat.id = %chat_id,
+        agent.id = agent_id,
+        volume.host_path = volume,
+        session.id = Empty,
+        container.id = Empty,
+        sandbox.session_agent.id = Empty,
+        sandbox.session_volume.host_path = Empty,
+        sandbox.endpoint.ip = Empty,
+        sandbox.endpoint.port = Empty,
+        sandbox.result = Empty,
+        sandbox.conflict.reason = Empty,
+        sandbox.previous_session.id = Empty,
+        sandbox.previous_container.id = Empty,
+        sandbox.previous_agent.id = Empty,
+        sandbox.previous_volume.host_path = Empty,
+        sandbox.new_session.id = Empty,
+        sandbox.new_container.id = Empty,
+        sandbox.new_agent.id = Empty,
+        sandbox.new_volume.host_path = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+pub(crate) fn delete_span(chat_id: &ChatId) -> Span {
+    tracing::info_span!(
+        "usecase.delete_sandbox",
+        chat.id = %chat_id,
+        session.id = Empty,
+        container.id = Empty,
+        sandbox.session_agent.id = Empty,
+        sandbox.session_volume.host_path = Empty,
+        sandbox.endpoint.ip = Empty,
+        sandbox.endpoint.port = Empty,
+        sandbox.result = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+pub(crate) fn cleanup_pass_span() -> Span {
+    tracing::info_span!(
+        "usecase.cleanup_expired_sandboxes",
+        sandbox.expired_count = Empty,
+        sandbox.cleaned_count = Empty,
+        sandbox.error_count = Empty,
+        sandbox.skipped_count = Empty,
+        sandbox.result = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+pub(crate) fn cleanup_one_span(parent: &Span, session: &SandboxSession) -> Span {
+    tracing::info_span!(
+        parent: parent,
+        "usecase.cleanup_expired_sandbox",
+        chat.id = %session.chat_id,
+        session.id = %session.session_id,
+        container.id = %session.container_id,
+        sandbox.result = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+pub(crate) fn get_span(chat_id: &ChatId) -> Span {
+    tracing::info_span!(
+        "usecase.get_sandbox",
+        chat.id = %chat_id,
+        session.id = Empty,
+        container.id = Empty,
+        sandbox.session_agent.id = Empty,
+        sandbox.session_volume.host_path = Empty,
+        sandbox.endpoint.ip = Empty,
+        sandbox.endpoint.port = Empty,
+        sandbox.result = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+pub(crate) fn list_span(agent_id: Option<&str>, page_size: usize) -> Span {
+    tracing::info_span!(
+        "usecase.list_sandboxes",
+        agent.id = agent_id,
+        sandbox.page_size = page_size,
+        sandbox.returned_count = Empty,
+        sandbox.result = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
+    tracing::info_span!(
+        "usecase.extend_sandbox",
+        chat.id = %chat_id,
+        sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
+        session.id = Empty,
+        container.id = Empty,
+        sandbox.session_agent.id = Empty,
+        sandbox.session_volume.host_path = Empty,
+        sandbox.endpoint.ip = Empty,
+        sandbox.endpoint.port = Empty,
+        sandbox.expires_at = Empty,
+        sandbox.result = Empty,
+        error.type = Empty,
+        exception.message = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+/// The seed's `_set_session_span_attrs`.
+pub(crate) fn record_session(span: &Span, session: &SandboxSession) {
+    span.record(
+        span::SESSION_ID,
+        tracing::field::display(&session.session_id),
+    );
+    span.record(span::CONTAINER_ID, session.container_id.as_str());
+    span.record(span::SESSION_AGENT_ID, session.agent_id.as_str());
+    span.record(
+        span::SESSION_VOLUME_HOST_PATH,
+        session.volume_host_path.as_str(),
+    );
+    if let Some(endpoint) = session.endpoint {
+        span.record(span::ENDPOINT_IP, tracing::field::display(endpoint.ip));
+        span.record(span::ENDPOINT_PORT, endpoint.port.get());
+    }
+}
+
+/// The seed's `_set_previous_session_span_attrs`.
+pub(crate) fn record_previous_session(span: &Span, session: &SandboxSession) {
+    span.record(
+        span::PREVIOUS_SESSION_ID,
+        tracing::field::display(&session.session_id),
+    );
+    span.record(span::PREVIOUS_CONTAINER_ID, session.container_id.as_str());
+    span.record(span::PREVIOUS_AGENT_ID, session.agent_id.as_str());
+    span.record(
+        span::PREVIOUS_VOLUME_HOST_PATH,
+        session.volume_host_path.as_str(),
+    );
+}
+
+/// The seed's `_set_new_session_span_attrs`.
+pub(crate) fn record_new_session(span: &Span, session: &SandboxSession) {
+    span.record(span::NEW_CONTAINER_ID, session.container_id.as_str());
+    span.record(span::NEW_AGENT_ID, session.agent_id.as_str());
+    span.record(
+        span::NEW_VOLUME_HOST_PATH,
+        session.volume_host_path.as_str(),
+    );
+}
+
+pub(crate) fn record_result(span: &Span, result: &str) {
+    span.record(span::RESULT, result);
+}
+
+/// The seed's `span.record_error(exc)`: type, message and an error status for OpenTelemetry.
+pub(crate) fn record_error(span: &Span, error_type: &str, error: &dyn std::error::Error) {
+    span.record(span::ERROR_TYPE, error_type);
+    span.record(
+        span::EXCEPTION_MESSAGE,
+        tracing::field::display(ErrorChain(error)),
+    );
+    span.record(span::OTEL_STATUS_CODE, "ERROR");
+}
+
+/// Displays an error with its sources, `outer: inner: root`, for logs and spans (never clients).
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+// ---- metrics -----------------------------------------------------------------------------
+
+pub(crate) fn count_result(name: &'static str, result: &'static str) {
+    metrics::counter!(name, metric::RESULT => result).increment(1);
+}
+
+pub(crate) fn count_conflict(reason: &'static str) {
+    metrics::counter!(metric::CREATE_TOTAL, metric::RESULT => "conflict", metric::REASON => reason)
+        .increment(1);
+}
+
+pub(crate) fn count_cleanup_error(error_type: &'static str, reason: Option<&'static str>) {
+    match reason {
+        Some(reason) => metrics::counter!(
+            metric::CLEANUP_ERROR_TOTAL,
+            metric::ERROR_TYPE => error_type,
+            metric::REASON => reason
+        )
+        .increment(1),
+        None => metrics::counter!(metric::CLEANUP_ERROR_TOTAL, metric::ERROR_TYPE => error_type)
+            .increment(1),
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // a gauge is f64; session counts stay far below 2^52
+pub(crate) fn set_active_count(count: u64) {
+    metrics::gauge!(metric::ACTIVE_COUNT).set(count as f64);
+}
+
+// ---- log events --------------------------------------------------------------------------
+
+/// The seed's `_sandbox_attrs`: `{chat_id, session_id, container_id}`.
+macro_rules! session_event {
+    ($level:ident, $name:literal, $session:expr $(, $key:ident = $value:expr)*) => {{
+        let session: &SandboxSession = $session;
+        tracing::$level!(
+            name: $name,
+            chat_id = %session.chat_id,
+            session_id = %session.session_id,
+            container_id = %session.container_id,
+            $($key = $value,)*
+            $name
+        );
+    }};
+}
+
+pub(crate) fn log_created(session: &SandboxSession) {
+    session_event!(info, "sandbox_created", session);
+}
+
+pub(crate) fn log_reused(session: &SandboxSession) {
+    session_event!(info, "sandbox_reused", session);
+}
+
+pub(crate) fn log_replaced(old: &SandboxSession) {
+    session_event!(info, "sandbox_replaced", old);
+}
+
+pub(crate) fn log_deleted(session: &SandboxSession) {
+    session_event!(info, "sandbox_deleted", session);
+}
+
+pub(crate) fn log_cleaned(session: &SandboxSession) {
+    session_event!(info, "sandbox_cleaned", session);
+}
+
+pub(crate) fn log_clean_failed(session: &SandboxSession, error_type: &str) {
+    session_event!(error, "sandbox_clean_failed", session, error = error_type);
+}
+
+pub(crate) fn log_stale_index_removed(listed: &SandboxSession) {
+    session_event!(info, "sandbox_stale_index_removed", listed);
+}
+
+pub(crate) fn log_extended(session: &SandboxSession) {
+    session_event!(
+        info,
+        "sandbox_extended",
+        session,
+        expires_at = tracing::field::display(session.expires_at)
+    );
+}
+
+pub(crate) struct ConflictLog<'a> {
+    pub chat_id: &'a ChatId,
+    pub session: &'a SandboxSession,
+    pub requested_agent_id: &'a str,
+    pub requested_volume_host_path: &'a str,
+    pub reason: &'a str,
+}
+
+pub(crate) fn log_conflict(c: &ConflictLog<'_>) {
+    tracing::warn!(
+        name: "sandbox_conflict",
+        chat_id = %c.chat_id,
+        session_id = %c.session.session_id,
+        container_id = %c.session.container_id,
+        requested_agent_id = c.requested_agent_id,
+        session_agent_id = c.session.agent_id.as_str(),
+        requested_volume_host_path = c.requested_volume_host_path,
+        session_volume_host_path = c.session.volume_host_path.as_str(),
+        reason = c.reason,
+        "sandbox_conflict"
+    );
+}
+
+pub(crate) fn log_delete_not_found(chat_id: &ChatId) {
+    tracing::info!(name: "sandbox_delete_not_found", chat_id = %chat_id, "sandbox_delete_not_found");
+}
+
+/// The seed's `_delete_error_attrs`: chat and error, plus the session when it had been read.
+pub(crate) fn log_delete_failed(
+    chat_id: &ChatId,
+    session: Option<&SandboxSession>,
+    error_type: &str,
+) {
+    match session {
+        Some(session) => {
+            session_event!(error, "sandbox_delete_failed", session, error = error_type)
+        }
+        None => tracing::error!(
+            name: "sandbox_delete_failed",
+            chat_id = %chat_id,
+            error = error_type,
+            "sandbox_delete_failed"
+        ),
+    }
+}
+
+pub(crate) fn log_extend_failed(chat_id: &ChatId, error_type: &str) {
+    tracing::warn!(name: "sandbox_extend_failed", chat_id = %chat_id, error = error_type, "sandbox_extend_failed");
+}
+
+pub(crate) fn log_get_failed(chat_id: &ChatId, error_type: &str) {
+    tracing::error!(name: "sandbox_get_failed", chat_id = %chat_id, error = error_type, "sandbox_get_failed");
+}
+
+pub(crate) fn log_list_failed(error_type: &str) {
+    tracing::error!(name: "sandbox_list_failed", error = error_type, "sandbox_list_failed");
+}
+
+/// A compensation stop that failed leaves a container with no session: the reconciler's job.
+pub(crate) fn log_compensation_failed(session: &SandboxSession, error_type: &str) {
+    session_event!(
+        error,
+        "sandbox_compensation_failed",
+        session,
+        error = error_type
+    );
+}
+
+pub(crate) fn log_release_failed(chat_id: &ChatId, error_type: &str) {
+    tracing::warn!(name: "lease_release_failed", chat_id = %chat_id, error = error_type, "lease_release_failed");
+}

@@ -1,0 +1,197 @@
+//! CleanupExpiredSandboxes: one pass over the expiry index, re-checking every session under its
+//! chat's lease; independent chats are stopped concurrently, and one failure never stops the pass.
+
+use futures::StreamExt;
+use sandboxd_domain::SandboxSession;
+use tracing::{Instrument, Span};
+
+use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::lease::{Ports, with_lease};
+use crate::telemetry::{self, metric};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupOptions {
+    /// Sessions handled at once (stops of different chats run in parallel). At least 1.
+    pub concurrency: usize,
+    /// Most expired sessions taken from the index per pass; the next pass takes the rest.
+    pub batch_size: usize,
+}
+
+impl Default for CleanupOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Sessions whose container was stopped and record deleted, in expiry order.
+    pub cleaned: Vec<SandboxSession>,
+    pub error_count: usize,
+    /// Listed sessions that needed nothing: gone, superseded, or live again.
+    pub skipped_count: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    /// The expiry index could not be read; nothing was attempted.
+    #[error(transparent)]
+    Port(PortError),
+}
+
+from_port_errors!(CleanupError);
+
+impl CleanupError {
+    #[must_use]
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Port(error) => error.kind(),
+        }
+    }
+
+    #[must_use]
+    pub const fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Port(error) => error.metric_label(),
+        }
+    }
+}
+
+enum SessionOutcome {
+    Cleaned(SandboxSession),
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct CleanupExpiredSandboxes {
+    ports: Ports,
+    options: CleanupOptions,
+}
+
+impl CleanupExpiredSandboxes {
+    #[must_use]
+    pub fn new(ports: Ports, options: CleanupOptions) -> Self {
+        Self { ports, options }
+    }
+
+    /// # Errors
+    /// `Port` only when listing the expired sessions fails; per-session failures are counted in
+    /// the report.
+    pub async fn execute(&self) -> Result<CleanupReport, CleanupError> {
+        let span = telemetry::cleanup_pass_span();
+        self.run_pass(&span).instrument(span.clone()).await
+    }
+
+    async fn run_pass(&self, span: &Span) -> Result<CleanupReport, CleanupError> {
+        let now = self.ports.clock.now();
+        let expired = match self
+            .ports
+            .repository
+            .list_expired(now, self.options.batch_size)
+            .await
+        {
+            Ok(expired) => expired,
+            Err(error) => {
+                let error = CleanupError::from(error);
+                telemetry::record_result(span, "error");
+                telemetry::count_cleanup_error(
+                    error.metric_label(),
+                    Some(metric::REASON_LIST_EXPIRED),
+                );
+                telemetry::record_error(span, error.metric_label(), &error);
+                return Err(error);
+            }
+        };
+        span.record(telemetry::span::EXPIRED_COUNT, expired.len());
+        let mut outcomes: Vec<(usize, SessionOutcome)> =
+            futures::stream::iter(expired.into_iter().enumerate())
+                .map(|(index, session)| async move { (index, self.clean_one(span, session).await) })
+                .buffer_unordered(self.options.concurrency.max(1))
+                .collect()
+                .await;
+        outcomes.sort_by_key(|(index, _)| *index);
+        let mut report = CleanupReport::default();
+        for (_, outcome) in outcomes {
+            match outcome {
+                SessionOutcome::Cleaned(session) => report.cleaned.push(session),
+                SessionOutcome::Skipped => report.skipped_count += 1,
+                SessionOutcome::Failed => report.error_count += 1,
+            }
+        }
+        span.record(telemetry::span::CLEANED_COUNT, report.cleaned.len());
+        span.record(telemetry::span::ERROR_COUNT, report.error_count);
+        span.record(telemetry::span::SKIPPED_COUNT, report.skipped_count);
+        let result = if report.error_count == 0 {
+            "completed"
+        } else {
+            "completed_with_errors"
+        };
+        telemetry::record_result(span, result);
+        Ok(report)
+    }
+
+    /// Cleans one listed session in its own span, turning every failure into a counted outcome.
+    async fn clean_one(&self, pass_span: &Span, listed: SandboxSession) -> SessionOutcome {
+        let span = telemetry::cleanup_one_span(pass_span, &listed);
+        let outcome = self
+            .clean_under_lease(&listed)
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
+        match outcome {
+            Ok(Some(cleaned)) => {
+                telemetry::record_result(&span, "cleaned");
+                telemetry::count_result(metric::CLEANUP_TOTAL, "cleaned");
+                telemetry::log_cleaned(&cleaned);
+                SessionOutcome::Cleaned(cleaned)
+            }
+            Ok(None) => {
+                telemetry::record_result(&span, "skipped");
+                SessionOutcome::Skipped
+            }
+            Err(error) => {
+                telemetry::record_result(&span, "error");
+                telemetry::record_error(&span, error.metric_label(), &error);
+                telemetry::count_cleanup_error(error.metric_label(), None);
+                telemetry::log_clean_failed(&listed, error.metric_label());
+                SessionOutcome::Failed
+            }
+        }
+    }
+
+    /// Re-reads the chat under its lease: only a session that is still the chat's current one and
+    /// still expired is stopped and deleted. `Ok(None)` means skipped.
+    async fn clean_under_lease(
+        &self,
+        listed: &SandboxSession,
+    ) -> Result<Option<SandboxSession>, CleanupError> {
+        with_lease(&*self.ports.locker, &listed.chat_id, async |lease| {
+            let current = self
+                .ports
+                .repository
+                .get_active_by_chat_id(&listed.chat_id)
+                .await?;
+            let now = self.ports.clock.now();
+            let Some(current) = current.filter(|c| c.session_id == listed.session_id) else {
+                // Not in the seed: a superseded session would be listed on every pass forever.
+                let active = self.ports.repository.delete(lease, listed).await?;
+                telemetry::set_active_count(active);
+                telemetry::log_stale_index_removed(listed);
+                return Ok(None);
+            };
+            if current.is_live_at(now) {
+                return Ok(None);
+            }
+            self.ports.runtime.stop(&current.container_id).await?;
+            let active = self.ports.repository.delete(lease, &current).await?;
+            telemetry::set_active_count(active);
+            Ok(Some(current))
+        })
+        .await
+    }
+}

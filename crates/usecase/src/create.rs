@@ -1,0 +1,274 @@
+//! CreateSandbox: reuse the chat's live sandbox, refuse a differing one, replace an expired one,
+//! or start a new one — all under the chat's lease.
+
+use std::time::Duration;
+
+use sandboxd_domain::{AgentId, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath};
+use tracing::{Instrument, Span};
+
+use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::lease::{Ports, with_lease};
+use crate::ports::{Lease, NewSandbox, RepositoryError, RuntimeError};
+use crate::telemetry::{self, metric};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSandboxCommand {
+    pub chat_id: ChatId,
+    pub agent_id: AgentId,
+    pub volume_host_path: VolumePath,
+}
+
+/// How the returned session came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateResult {
+    Created,
+    Reused,
+    Replaced,
+}
+
+impl CreateResult {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Reused => "reused",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSandboxOutput {
+    pub session: SandboxSession,
+    pub result: CreateResult,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateSandboxError {
+    /// The chat's live sandbox was started with another agent or volume.
+    #[error("chat {chat_id} has a live sandbox with a different {reason}")]
+    Conflict {
+        chat_id: ChatId,
+        session_id: SessionId,
+        reason: ConflictReason,
+    },
+    /// The new container started but the session could not be saved; the container was stopped
+    /// (unless `compensation` says that failed too).
+    #[error("saving the new session failed")]
+    SaveFailed {
+        #[source]
+        save: RepositoryError,
+        compensation: Option<RuntimeError>,
+    },
+    #[error(transparent)]
+    Port(PortError),
+}
+
+from_port_errors!(CreateSandboxError);
+
+impl CreateSandboxError {
+    #[must_use]
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Conflict { reason, .. } => ErrorKind::Conflict { reason: *reason },
+            Self::SaveFailed { save, .. } => save.kind(),
+            Self::Port(error) => error.kind(),
+        }
+    }
+
+    #[must_use]
+    pub const fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Conflict { .. } => "conflict",
+            Self::SaveFailed { save, .. } => save.metric_label(),
+            Self::Port(error) => error.metric_label(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateSandbox {
+    ports: Ports,
+    /// Lifetime of a new session.
+    ttl: Duration,
+}
+
+impl CreateSandbox {
+    #[must_use]
+    pub fn new(ports: Ports, ttl: Duration) -> Self {
+        Self { ports, ttl }
+    }
+
+    /// # Errors
+    /// `Conflict` when the chat's live sandbox differs; `SaveFailed` when the new session could
+    /// not be stored; `Port` for lock, store and engine failures (including refused agent/volume).
+    pub async fn execute(
+        &self,
+        command: CreateSandboxCommand,
+    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        let span = telemetry::create_span(
+            &command.chat_id,
+            command.agent_id.as_str(),
+            command.volume_host_path.as_str(),
+        );
+        let outcome = with_lease(&*self.ports.locker, &command.chat_id, async |lease| {
+            let current = self
+                .ports
+                .repository
+                .get_active_by_chat_id(&command.chat_id)
+                .await?;
+            let now = self.ports.clock.now();
+            match current {
+                Some(session) if session.is_live_at(now) => {
+                    Self::reuse_or_conflict(&command, session, &span)
+                }
+                expired_or_none => {
+                    self.create_or_replace(lease, &command, expired_or_none, &span)
+                        .await
+                }
+            }
+        })
+        .instrument(span.clone())
+        .await;
+        match &outcome {
+            // The conflict was fully reported where it was decided.
+            Ok(_) | Err(CreateSandboxError::Conflict { .. }) => {}
+            Err(error) => {
+                telemetry::record_result(&span, "error");
+                telemetry::count_result(metric::CREATE_TOTAL, "error");
+                telemetry::record_error(&span, error.metric_label(), error);
+            }
+        }
+        outcome
+    }
+
+    fn reuse_or_conflict(
+        command: &CreateSandboxCommand,
+        session: SandboxSession,
+        span: &Span,
+    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        telemetry::record_session(span, &session);
+        if let Some(reason) = session.conflict_with(&command.agent_id, &command.volume_host_path) {
+            telemetry::record_result(span, "conflict");
+            span.record(telemetry::span::CONFLICT_REASON, reason.as_str());
+            telemetry::count_conflict(reason.as_str());
+            telemetry::log_conflict(&telemetry::ConflictLog {
+                chat_id: &command.chat_id,
+                session: &session,
+                requested_agent_id: command.agent_id.as_str(),
+                requested_volume_host_path: command.volume_host_path.as_str(),
+                reason: reason.as_str(),
+            });
+            return Err(CreateSandboxError::Conflict {
+                chat_id: command.chat_id,
+                session_id: session.session_id,
+                reason,
+            });
+        }
+        telemetry::record_result(span, "reused");
+        telemetry::count_result(metric::CREATE_TOTAL, "reused");
+        telemetry::log_reused(&session);
+        Ok(CreateSandboxOutput {
+            session,
+            result: CreateResult::Reused,
+        })
+    }
+
+    async fn create_or_replace(
+        &self,
+        lease: &Lease,
+        command: &CreateSandboxCommand,
+        expired: Option<SandboxSession>,
+        span: &Span,
+    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        // Not in the seed: refuse an unknown agent or a forbidden volume before anything changes,
+        // so a bad request never stops the chat's expired sandbox.
+        self.ports
+            .runtime
+            .validate(&command.agent_id, &command.volume_host_path)
+            .await?;
+        let (result, new_session_id) = match &expired {
+            Some(old) => (
+                CreateResult::Replaced,
+                self.replace_expired(lease, old, span).await?,
+            ),
+            None => (CreateResult::Created, SessionId::new_random()),
+        };
+        let created_at = self.ports.clock.now();
+        let expires_at = created_at + self.ttl;
+        if result == CreateResult::Created {
+            span.record(
+                telemetry::span::SESSION_ID,
+                tracing::field::display(&new_session_id),
+            );
+        }
+        let new_session = self
+            .ports
+            .runtime
+            .create(&NewSandbox {
+                session_id: new_session_id,
+                chat_id: command.chat_id,
+                agent_id: command.agent_id.clone(),
+                volume_host_path: command.volume_host_path.clone(),
+                created_at,
+                expires_at,
+            })
+            .await?;
+        if result == CreateResult::Replaced {
+            telemetry::record_new_session(span, &new_session);
+        }
+        self.save_created(lease, &new_session).await?;
+        telemetry::record_session(span, &new_session);
+        telemetry::record_result(span, result.as_str());
+        telemetry::count_result(metric::CREATE_TOTAL, result.as_str());
+        telemetry::log_created(&new_session);
+        Ok(CreateSandboxOutput {
+            session: new_session,
+            result,
+        })
+    }
+
+    async fn replace_expired(
+        &self,
+        lease: &Lease,
+        old: &SandboxSession,
+        span: &Span,
+    ) -> Result<SessionId, CreateSandboxError> {
+        let new_session_id = SessionId::new_random();
+        telemetry::record_previous_session(span, old);
+        span.record(
+            telemetry::span::NEW_SESSION_ID,
+            tracing::field::display(&new_session_id),
+        );
+        telemetry::log_replaced(old);
+        self.ports.runtime.stop(&old.container_id).await?;
+        let active = self.ports.repository.delete(lease, old).await?;
+        telemetry::set_active_count(active);
+        Ok(new_session_id)
+    }
+
+    /// Saves the new session; on failure stops the new container so nothing runs unrecorded, and
+    /// surfaces the save error (carrying the stop error when that failed too).
+    async fn save_created(
+        &self,
+        lease: &Lease,
+        session: &SandboxSession,
+    ) -> Result<(), CreateSandboxError> {
+        let save = match self.ports.repository.save(lease, session).await {
+            Ok(active) => {
+                telemetry::set_active_count(active);
+                return Ok(());
+            }
+            Err(save) => save,
+        };
+        let compensation = self.ports.runtime.stop(&session.container_id).await.err();
+        if let Some(stop_error) = &compensation {
+            telemetry::log_compensation_failed(session, stop_error.metric_label());
+        }
+        // No write happened; the gauge is refreshed as the seed does, best effort.
+        if let Ok(active) = self.ports.repository.count_active().await {
+            telemetry::set_active_count(active);
+        }
+        Err(CreateSandboxError::SaveFailed { save, compensation })
+    }
+}

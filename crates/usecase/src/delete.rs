@@ -1,0 +1,121 @@
+//! DeleteSandbox: remove the chat's container and session under its lease.
+
+use sandboxd_domain::{ChatId, ContainerId, SandboxSession, SessionId};
+use tracing::Instrument;
+
+use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::lease::{Ports, with_lease};
+use crate::telemetry::{self, metric};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteSandboxCommand {
+    pub chat_id: ChatId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteResult {
+    Deleted,
+    /// The chat had no session: a result, not an error (deleting is idempotent).
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteSandboxOutput {
+    pub chat_id: ChatId,
+    pub result: DeleteResult,
+    /// Set when `result` is `Deleted`.
+    pub session_id: Option<SessionId>,
+    pub container_id: Option<ContainerId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteSandboxError {
+    #[error(transparent)]
+    Port(PortError),
+}
+
+from_port_errors!(DeleteSandboxError);
+
+impl DeleteSandboxError {
+    #[must_use]
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Port(error) => error.kind(),
+        }
+    }
+
+    #[must_use]
+    pub const fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Port(error) => error.metric_label(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeleteSandbox {
+    ports: Ports,
+}
+
+impl DeleteSandbox {
+    #[must_use]
+    pub fn new(ports: Ports) -> Self {
+        Self { ports }
+    }
+
+    /// # Errors
+    /// `Port` for lock, store and engine failures; the session is kept when the container could
+    /// not be removed, so a retry finds it again.
+    pub async fn execute(
+        &self,
+        command: DeleteSandboxCommand,
+    ) -> Result<DeleteSandboxOutput, DeleteSandboxError> {
+        let chat_id = command.chat_id;
+        let span = telemetry::delete_span(&chat_id);
+        // The session, once read, for the failure log.
+        let mut read: Option<SandboxSession> = None;
+        let outcome: Result<_, DeleteSandboxError> =
+            with_lease(&*self.ports.locker, &chat_id, async |lease| {
+                let Some(session) = self
+                    .ports
+                    .repository
+                    .get_active_by_chat_id(&chat_id)
+                    .await?
+                else {
+                    telemetry::record_result(&span, "not_found");
+                    telemetry::count_result(metric::DELETE_TOTAL, "not_found");
+                    telemetry::log_delete_not_found(&chat_id);
+                    return Ok(DeleteSandboxOutput {
+                        chat_id,
+                        result: DeleteResult::NotFound,
+                        session_id: None,
+                        container_id: None,
+                    });
+                };
+                let session = &*read.insert(session);
+                telemetry::record_session(&span, session);
+                self.ports.runtime.delete(&session.container_id).await?;
+                let active = self.ports.repository.delete(lease, session).await?;
+                telemetry::set_active_count(active);
+                telemetry::record_result(&span, "deleted");
+                telemetry::count_result(metric::DELETE_TOTAL, "deleted");
+                telemetry::log_deleted(session);
+                Ok(DeleteSandboxOutput {
+                    chat_id,
+                    result: DeleteResult::Deleted,
+                    session_id: Some(session.session_id),
+                    container_id: Some(session.container_id.clone()),
+                })
+            })
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &outcome {
+            telemetry::record_result(&span, "error");
+            telemetry::count_result(metric::DELETE_TOTAL, "error");
+            telemetry::record_error(&span, error.metric_label(), error);
+            let _entered = span.enter();
+            telemetry::log_delete_failed(&chat_id, read.as_ref(), error.metric_label());
+        }
+        outcome
+    }
+}

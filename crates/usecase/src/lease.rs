@@ -1,0 +1,42 @@
+//! Running a step under a chat's lease, and the ports bundle every use case is built from.
+
+use std::sync::Arc;
+
+use sandboxd_domain::ChatId;
+
+use crate::ports::{Clock, Lease, LifecycleLocker, LockError, SandboxRuntime, SessionRepository};
+use crate::telemetry;
+
+/// The ports a use case drives, shared by all of them.
+#[derive(Clone)]
+pub struct Ports {
+    pub repository: Arc<dyn SessionRepository>,
+    pub locker: Arc<dyn LifecycleLocker>,
+    pub runtime: Arc<dyn SandboxRuntime>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports").finish_non_exhaustive()
+    }
+}
+
+/// Takes the chat's lease, runs `step` with it and releases it whatever `step` returned: the
+/// seed's `with locker.lock(chat_id):`. A failed release is logged, not raised: the step's
+/// outcome is already decided and committed, and the lease expires on its own.
+pub(crate) async fn with_lease<T, E>(
+    locker: &dyn LifecycleLocker,
+    chat_id: &ChatId,
+    step: impl AsyncFnOnce(&Lease) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<LockError>,
+{
+    let lease = locker.lock(chat_id).await?;
+    let outcome = step(&lease).await;
+    if let Err(error) = locker.release(lease).await {
+        telemetry::log_release_failed(chat_id, error.metric_label());
+    }
+    outcome
+}
