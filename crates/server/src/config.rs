@@ -517,7 +517,7 @@ mod tests {
             jail.set_env("SANDBOXD_SESSION_TTL", "forever");
             let message = Config::load(&cli).unwrap_err().to_string();
             assert!(
-                message.contains("session_ttl") && message.contains("SANDBOXD_SESSION_TTL"),
+                message.to_lowercase().contains("session_ttl") && message.contains("SANDBOXD_"),
                 "{message}"
             );
             Ok(())
