@@ -38,11 +38,13 @@ struct TestApp {
 
 impl TestApp {
     async fn spawn() -> Self {
-        let mut config = Config::default();
-        config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-        config.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.cleanup_interval = Duration::ZERO;
-        config.drain_timeout = Duration::from_secs(5);
+        let mut config = Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            cleanup_interval: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
         for agent in ["default", "other"] {
             config.agents.insert(agent.to_owned(), BTreeMap::new());
         }
