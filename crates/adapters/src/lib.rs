@@ -1,1 +1,4 @@
-//! placeholder
+//! sandboxd adapters: every piece of I/O behind the use-case ports (Redis session store and
+//! lease locker, Docker runtime, system clock).
+
+pub mod redis;

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use sandboxd_domain::SandboxSession;
 use tracing::{Instrument, Span};
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::port_only_error;
 use crate::lease::{Ports, with_lease};
 use crate::telemetry::{self, metric};
 
@@ -36,30 +36,10 @@ pub struct CleanupReport {
     pub skipped_count: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CleanupError {
+port_only_error!(
     /// The expiry index could not be read; nothing was attempted.
-    #[error(transparent)]
-    Port(PortError),
-}
-
-from_port_errors!(CleanupError);
-
-impl CleanupError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Port(error) => error.kind(),
-        }
-    }
-
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Port(error) => error.metric_label(),
-        }
-    }
-}
+    CleanupError
+);
 
 enum SessionOutcome {
     Cleaned(SandboxSession),

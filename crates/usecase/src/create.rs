@@ -111,25 +111,7 @@ impl CreateSandbox {
             command.agent_id.as_str(),
             command.volume_host_path.as_str(),
         );
-        let outcome = with_lease(&*self.ports.locker, &command.chat_id, async |lease| {
-            let current = self
-                .ports
-                .repository
-                .get_active_by_chat_id(&command.chat_id)
-                .await?;
-            let now = self.ports.clock.now();
-            match current {
-                Some(session) if session.is_live_at(now) => {
-                    Self::reuse_or_conflict(&command, session, &span)
-                }
-                expired_or_none => {
-                    self.create_or_replace(lease, &command, expired_or_none, &span)
-                        .await
-                }
-            }
-        })
-        .instrument(span.clone())
-        .await;
+        let outcome = self.decide(&command, &span).instrument(span.clone()).await;
         match &outcome {
             // The conflict was fully reported where it was decided.
             Ok(_) | Err(CreateSandboxError::Conflict { .. }) => {}
@@ -140,6 +122,45 @@ impl CreateSandbox {
             }
         }
         outcome
+    }
+
+    /// The seed's flow, preceded by a lock-free read (not in the seed): when the chat's current
+    /// session is live, reuse or conflict is decided from that one atomic read, without a lease.
+    /// This is safe because neither outcome writes anything and every write is one atomic script,
+    /// so the read sees a state that existed at one instant; the answer is the one the locked path
+    /// would have given at that instant (a concurrent delete or expiry is ordered after it).
+    /// Only a missing or expired session needs the lease, which re-reads before deciding.
+    async fn decide(
+        &self,
+        command: &CreateSandboxCommand,
+        span: &Span,
+    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        let current = self
+            .ports
+            .repository
+            .get_active_by_chat_id(&command.chat_id)
+            .await?;
+        if let Some(session) = current.filter(|s| s.is_live_at(self.ports.clock.now())) {
+            return Self::reuse_or_conflict(command, session, span);
+        }
+        with_lease(&*self.ports.locker, &command.chat_id, async |lease| {
+            let current = self
+                .ports
+                .repository
+                .get_active_by_chat_id(&command.chat_id)
+                .await?;
+            let now = self.ports.clock.now();
+            match current {
+                Some(session) if session.is_live_at(now) => {
+                    Self::reuse_or_conflict(command, session, span)
+                }
+                expired_or_none => {
+                    self.create_or_replace(lease, command, expired_or_none, span)
+                        .await
+                }
+            }
+        })
+        .await
     }
 
     fn reuse_or_conflict(

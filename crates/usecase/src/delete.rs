@@ -3,7 +3,7 @@
 use sandboxd_domain::{ChatId, ContainerId, SandboxSession, SessionId};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::port_only_error;
 use crate::lease::{Ports, with_lease};
 use crate::telemetry::{self, metric};
 
@@ -28,29 +28,10 @@ pub struct DeleteSandboxOutput {
     pub container_id: Option<ContainerId>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DeleteSandboxError {
-    #[error(transparent)]
-    Port(PortError),
-}
-
-from_port_errors!(DeleteSandboxError);
-
-impl DeleteSandboxError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Port(error) => error.kind(),
-        }
-    }
-
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Port(error) => error.metric_label(),
-        }
-    }
-}
+port_only_error!(
+    /// Why a delete failed: a lock, store or engine failure.
+    DeleteSandboxError
+);
 
 #[derive(Debug, Clone)]
 pub struct DeleteSandbox {

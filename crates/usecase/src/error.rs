@@ -125,3 +125,35 @@ macro_rules! from_port_errors {
     };
 }
 pub(crate) use from_port_errors;
+
+/// Declares a use-case error that can only be a port failure, with its `kind()`, its
+/// `metric_label()` and the `From` impls `?` needs.
+macro_rules! port_only_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, thiserror::Error)]
+        pub enum $name {
+            #[error(transparent)]
+            Port($crate::error::PortError),
+        }
+
+        $crate::error::from_port_errors!($name);
+
+        impl $name {
+            #[must_use]
+            pub const fn kind(&self) -> $crate::error::ErrorKind {
+                match self {
+                    Self::Port(error) => error.kind(),
+                }
+            }
+
+            #[must_use]
+            pub const fn metric_label(&self) -> &'static str {
+                match self {
+                    Self::Port(error) => error.metric_label(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use port_only_error;

@@ -13,7 +13,11 @@ mod get;
 mod lease;
 mod list;
 pub mod ports;
+mod reconcile;
 pub mod telemetry;
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -30,3 +34,4 @@ pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
 pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;
 pub use list::{ListSandboxes, ListSandboxesError};
+pub use reconcile::{ReconcileError, ReconcileOptions, ReconcileReport, ReconcileSandboxes};

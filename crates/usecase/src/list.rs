@@ -2,34 +2,15 @@
 
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::port_only_error;
 use crate::lease::Ports;
 use crate::ports::{ListQuery, SessionPage};
 use crate::telemetry::{self, metric};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ListSandboxesError {
-    #[error(transparent)]
-    Port(PortError),
-}
-
-from_port_errors!(ListSandboxesError);
-
-impl ListSandboxesError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Port(error) => error.kind(),
-        }
-    }
-
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Port(error) => error.metric_label(),
-        }
-    }
-}
+port_only_error!(
+    /// Why a listing failed: an invalid page token or a store failure.
+    ListSandboxesError
+);
 
 #[derive(Debug, Clone)]
 pub struct ListSandboxes {

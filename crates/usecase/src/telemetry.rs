@@ -19,6 +19,8 @@ pub mod metric {
     pub const GET_TOTAL: &str = "sandbox_get_total";
     pub const LIST_TOTAL: &str = "sandbox_list_total";
     pub const EXTEND_TOTAL: &str = "sandbox_extend_total";
+    pub const RECONCILE_TOTAL: &str = "sandbox_reconcile_total";
+    pub const RECONCILE_ERROR_TOTAL: &str = "sandbox_reconcile_error_total";
 
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
@@ -67,6 +69,7 @@ pub mod span {
     pub const GET: &str = "usecase.get_sandbox";
     pub const LIST: &str = "usecase.list_sandboxes";
     pub const EXTEND: &str = "usecase.extend_sandbox";
+    pub const RECONCILE: &str = "usecase.reconcile_sandboxes";
 
     pub const CHAT_ID: &str = "chat.id";
     pub const AGENT_ID: &str = "agent.id";
@@ -95,6 +98,10 @@ pub mod span {
     pub const RETURNED_COUNT: &str = "sandbox.returned_count";
     pub const TTL_MS: &str = "sandbox.ttl_ms";
     pub const EXPIRES_AT: &str = "sandbox.expires_at";
+    pub const CONTAINER_COUNT: &str = "sandbox.container_count";
+    pub const SESSION_COUNT: &str = "sandbox.session_count";
+    pub const REMOVED_CONTAINERS: &str = "sandbox.removed_containers";
+    pub const REMOVED_SESSIONS: &str = "sandbox.removed_sessions";
     /// `span.record_error` of the seed: the error's type label, message and an error status.
     pub const ERROR_TYPE: &str = "error.type";
     pub const EXCEPTION_MESSAGE: &str = "exception.message";
@@ -119,23 +126,48 @@ pub mod event {
     pub const SANDBOX_LIST_FAILED: &str = "sandbox_list_failed";
     pub const SANDBOX_COMPENSATION_FAILED: &str = "sandbox_compensation_failed";
     pub const LEASE_RELEASE_FAILED: &str = "lease_release_failed";
+    pub const SANDBOX_ORPHAN_CONTAINER_REMOVED: &str = "sandbox_orphan_container_removed";
+    pub const SANDBOX_ORPHAN_SESSION_REMOVED: &str = "sandbox_orphan_session_removed";
+    pub const SANDBOX_RECONCILE_FAILED: &str = "sandbox_reconcile_failed";
 }
 
 // ---- spans -------------------------------------------------------------------------------
 
+/// A use-case span: its own fields, then the error fields every span may record
+/// (`record_error`) and `sandbox.result`.
+macro_rules! usecase_span {
+    ($($fields:tt)*) => {
+        tracing::info_span!(
+            $($fields)*
+            sandbox.result = Empty,
+            error.type = Empty,
+            exception.message = Empty,
+            otel.status_code = Empty,
+        )
+    };
+}
+
+/// A span that may describe one session (the seed's `_set_session_span_attrs`).
+macro_rules! session_span {
+    ($($fields:tt)*) => {
+        usecase_span!(
+            $($fields)*
+            session.id = Empty,
+            container.id = Empty,
+            sandbox.session_agent.id = Empty,
+            sandbox.session_volume.host_path = Empty,
+            sandbox.endpoint.ip = Empty,
+            sandbox.endpoint.port = Empty,
+        )
+    };
+}
+
 pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Span {
-    tracing::info_span!(
+    session_span!(
         "usecase.create_sandbox",
         chat.id = %chat_id,
         agent.id = agent_id,
         volume.host_path = volume,
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.result = Empty,
         sandbox.conflict.reason = Empty,
         sandbox.previous_session.id = Empty,
         sandbox.previous_container.id = Empty,
@@ -145,103 +177,63 @@ pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Spa
         sandbox.new_container.id = Empty,
         sandbox.new_agent.id = Empty,
         sandbox.new_volume.host_path = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn delete_span(chat_id: &ChatId) -> Span {
-    tracing::info_span!(
-        "usecase.delete_sandbox",
+    session_span!("usecase.delete_sandbox", chat.id = %chat_id,)
+}
+
+pub(crate) fn get_span(chat_id: &ChatId) -> Span {
+    session_span!("usecase.get_sandbox", chat.id = %chat_id,)
+}
+
+pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
+    session_span!(
+        "usecase.extend_sandbox",
         chat.id = %chat_id,
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
+        sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
+        sandbox.expires_at = Empty,
     )
 }
 
 pub(crate) fn cleanup_pass_span() -> Span {
-    tracing::info_span!(
+    usecase_span!(
         "usecase.cleanup_expired_sandboxes",
         sandbox.expired_count = Empty,
         sandbox.cleaned_count = Empty,
         sandbox.error_count = Empty,
         sandbox.skipped_count = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn cleanup_one_span(parent: &Span, session: &SandboxSession) -> Span {
-    tracing::info_span!(
+    usecase_span!(
         parent: parent,
         "usecase.cleanup_expired_sandbox",
         chat.id = %session.chat_id,
         session.id = %session.session_id,
         container.id = %session.container_id,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
-    )
-}
-
-pub(crate) fn get_span(chat_id: &ChatId) -> Span {
-    tracing::info_span!(
-        "usecase.get_sandbox",
-        chat.id = %chat_id,
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
 pub(crate) fn list_span(agent_id: Option<&str>, page_size: usize) -> Span {
-    tracing::info_span!(
+    usecase_span!(
         "usecase.list_sandboxes",
         agent.id = agent_id,
         sandbox.page_size = page_size,
         sandbox.returned_count = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
     )
 }
 
-pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
-    tracing::info_span!(
-        "usecase.extend_sandbox",
-        chat.id = %chat_id,
-        sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
-        session.id = Empty,
-        container.id = Empty,
-        sandbox.session_agent.id = Empty,
-        sandbox.session_volume.host_path = Empty,
-        sandbox.endpoint.ip = Empty,
-        sandbox.endpoint.port = Empty,
-        sandbox.expires_at = Empty,
-        sandbox.result = Empty,
-        error.type = Empty,
-        exception.message = Empty,
-        otel.status_code = Empty,
+pub(crate) fn reconcile_span() -> Span {
+    usecase_span!(
+        "usecase.reconcile_sandboxes",
+        sandbox.container_count = Empty,
+        sandbox.session_count = Empty,
+        sandbox.removed_containers = Empty,
+        sandbox.removed_sessions = Empty,
+        sandbox.error_count = Empty,
     )
 }
 
@@ -339,6 +331,10 @@ pub(crate) fn count_cleanup_error(error_type: &'static str, reason: Option<&'sta
         None => metrics::counter!(metric::CLEANUP_ERROR_TOTAL, metric::ERROR_TYPE => error_type)
             .increment(1),
     }
+}
+
+pub(crate) fn count_reconcile_error(error_type: &'static str) {
+    metrics::counter!(metric::RECONCILE_ERROR_TOTAL, metric::ERROR_TYPE => error_type).increment(1);
 }
 
 #[allow(clippy::cast_precision_loss)] // a gauge is f64; session counts stay far below 2^52
@@ -470,4 +466,22 @@ pub(crate) fn log_compensation_failed(session: &SandboxSession, error_type: &str
 
 pub(crate) fn log_release_failed(chat_id: &ChatId, error_type: &str) {
     tracing::warn!(name: "lease_release_failed", chat_id = %chat_id, error = error_type, "lease_release_failed");
+}
+
+pub(crate) fn log_orphan_session_removed(session: &SandboxSession) {
+    session_event!(warn, "sandbox_orphan_session_removed", session);
+}
+
+pub(crate) fn log_orphan_container_removed(container: &crate::ports::ManagedContainer) {
+    tracing::warn!(
+        name: "sandbox_orphan_container_removed",
+        container_id = %container.container_id,
+        chat_id = container.chat_id.map(tracing::field::display),
+        session_id = container.session_id.map(tracing::field::display),
+        "sandbox_orphan_container_removed"
+    );
+}
+
+pub(crate) fn log_reconcile_failed(error_type: &str) {
+    tracing::error!(name: "sandbox_reconcile_failed", error = error_type, "sandbox_reconcile_failed");
 }

@@ -19,13 +19,25 @@ struct Held {
 }
 
 /// Holds one token per chat; `lock` waits (up to `wait`) for release, then fails `Busy`.
-#[derive(Debug)]
 pub struct InMemoryLocker {
     held: Mutex<HashMap<ChatId, Held>>,
     released: Notify,
     wait: Duration,
     calls: CallLog,
     fail_next: Mutex<Option<LockError>>,
+    /// Runs at the start of every `lock` call: lets a test change the world between a read and
+    /// the lock (e.g. a session extended after cleanup listed it).
+    on_lock: Mutex<Option<LockHook>>,
+}
+
+type LockHook = std::sync::Arc<dyn Fn(&ChatId) + Send + Sync>;
+
+impl std::fmt::Debug for InMemoryLocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryLocker")
+            .field("held", &lock(&self.held).len())
+            .finish()
+    }
 }
 
 impl InMemoryLocker {
@@ -42,7 +54,12 @@ impl InMemoryLocker {
             wait,
             calls,
             fail_next: Mutex::new(None),
+            on_lock: Mutex::new(None),
         }
+    }
+
+    pub fn on_lock(&self, hook: impl Fn(&ChatId) + Send + Sync + 'static) {
+        *lock(&self.on_lock) = Some(std::sync::Arc::new(hook));
     }
 
     /// The next `lock` call fails with `error`.
@@ -97,6 +114,10 @@ impl LifecycleLocker for InMemoryLocker {
         self.calls.record(format!("locker.lock({chat_id})"));
         if let Some(error) = lock(&self.fail_next).take() {
             return Err(error);
+        }
+        let hook = lock(&self.on_lock).clone();
+        if let Some(hook) = hook {
+            hook(chat_id);
         }
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {

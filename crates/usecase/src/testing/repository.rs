@@ -67,6 +67,11 @@ impl InMemorySessionRepository {
         put(&mut state, session);
     }
 
+    /// Removes a session directly, bypassing leases (another replica's delete, in tests).
+    pub fn remove_direct(&self, session_id: &SessionId) {
+        remove(&mut lock(&self.state), session_id);
+    }
+
     /// Adds an expiry-index entry without a session (a stale entry, as TTL expiry leaves).
     pub fn insert_stale_index_entry(&self, expires_at: Timestamp, session_id: SessionId) {
         lock(&self.state).expiry.insert((expires_at, session_id));

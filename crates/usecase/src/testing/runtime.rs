@@ -37,6 +37,8 @@ pub struct FakeRuntime {
     next_id: AtomicU64,
     next_port: AtomicU16,
     created_total: AtomicU64,
+    stops_in_flight: AtomicU64,
+    max_stops_in_flight: AtomicU64,
 }
 
 impl std::fmt::Debug for FakeRuntime {
@@ -60,6 +62,8 @@ impl FakeRuntime {
             next_id: AtomicU64::new(1),
             next_port: AtomicU16::new(40_000),
             created_total: AtomicU64::new(0),
+            stops_in_flight: AtomicU64::new(0),
+            max_stops_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +96,17 @@ impl FakeRuntime {
     #[must_use]
     pub fn created_total(&self) -> u64 {
         self.created_total.load(Ordering::SeqCst)
+    }
+
+    /// The most `stop` calls that were in progress at once.
+    #[must_use]
+    pub fn max_stops_in_flight(&self) -> u64 {
+        self.max_stops_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Removes a container directly, as if it died or was removed by hand.
+    pub fn remove_direct(&self, container_id: &ContainerId) {
+        lock(&self.containers).remove(container_id);
     }
 
     /// Adds a running container directly (test setup of an existing session).
@@ -174,7 +189,14 @@ impl SandboxRuntime for FakeRuntime {
     async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
         self.enter(RuntimeOp::Stop, format!("runtime.stop({container_id})"))?;
         self.check_container(container_id)?;
-        tokio::task::yield_now().await;
+        let in_flight = self.stops_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_stops_in_flight
+            .fetch_max(in_flight, Ordering::SeqCst);
+        // A real stop waits on the engine; yield a few times so concurrent stops overlap.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.stops_in_flight.fetch_sub(1, Ordering::SeqCst);
         lock(&self.containers).remove(container_id);
         Ok(())
     }

@@ -1,0 +1,227 @@
+//! The stored form of a session (hash fields, unix-millisecond timestamps) and of page tokens.
+
+use std::collections::HashMap;
+
+use sandboxd_domain::{
+    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp, VolumePath,
+};
+use sandboxd_usecase::ports::RepositoryError;
+
+/// Hash field names of `{prefix}:session:{id}`.
+pub(crate) mod field {
+    pub const SESSION_ID: &str = "session_id";
+    pub const CHAT_ID: &str = "chat_id";
+    pub const AGENT_ID: &str = "agent_id";
+    pub const VOLUME_HOST_PATH: &str = "volume_host_path";
+    pub const CONTAINER_ID: &str = "container_id";
+    pub const ENDPOINT_IP: &str = "endpoint_ip";
+    pub const ENDPOINT_PORT: &str = "endpoint_port";
+    pub const CREATED_AT: &str = "created_at";
+    pub const EXPIRES_AT: &str = "expires_at";
+}
+
+/// Unix milliseconds, the one timestamp format in Redis (hash fields and expiry scores);
+/// sub-millisecond precision is dropped (floored).
+pub(crate) fn to_millis(at: Timestamp) -> i64 {
+    let nanos = at.unix_timestamp_nanos().div_euclid(1_000_000);
+    i64::try_from(nanos).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX })
+}
+
+pub(crate) fn from_millis(millis: i64) -> Option<Timestamp> {
+    Timestamp::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()
+}
+
+/// The hash fields of `session`, in `HSET` argument order. The endpoint fields are absent when
+/// the session has no endpoint.
+pub(crate) fn session_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        (field::SESSION_ID, session.session_id.to_string()),
+        (field::CHAT_ID, session.chat_id.to_string()),
+        (field::AGENT_ID, session.agent_id.to_string()),
+        (
+            field::VOLUME_HOST_PATH,
+            session.volume_host_path.to_string(),
+        ),
+        (field::CONTAINER_ID, session.container_id.to_string()),
+        (field::CREATED_AT, to_millis(session.created_at).to_string()),
+        (field::EXPIRES_AT, to_millis(session.expires_at).to_string()),
+    ];
+    if let Some(endpoint) = session.endpoint {
+        fields.push((field::ENDPOINT_IP, endpoint.ip.to_string()));
+        fields.push((field::ENDPOINT_PORT, endpoint.port.to_string()));
+    }
+    fields
+}
+
+/// Rebuilds a session from its hash; `reason` says which field is missing or malformed.
+pub(crate) fn session_from_fields(
+    fields: &HashMap<String, String>,
+) -> Result<SandboxSession, String> {
+    fn get<'a>(fields: &'a HashMap<String, String>, name: &str) -> Result<&'a str, String> {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("field {name} missing"))
+    }
+    fn bad(name: &str) -> impl Fn(sandboxd_domain::ValidationError) -> String + '_ {
+        move |error| format!("field {name}: {error}")
+    }
+    fn millis(fields: &HashMap<String, String>, name: &str) -> Result<Timestamp, String> {
+        get(fields, name)?
+            .parse::<i64>()
+            .ok()
+            .and_then(from_millis)
+            .ok_or_else(|| format!("field {name} is not unix milliseconds"))
+    }
+    let endpoint = match (
+        fields.get(field::ENDPOINT_IP),
+        fields.get(field::ENDPOINT_PORT),
+    ) {
+        (None, None) => None,
+        (Some(ip), Some(port)) => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("field {} is not a port", field::ENDPOINT_PORT))?;
+            Some(Endpoint::parse(ip, port).map_err(bad(field::ENDPOINT_IP))?)
+        }
+        _ => return Err("endpoint fields must be both present or both absent".to_owned()),
+    };
+    Ok(SandboxSession {
+        session_id: SessionId::parse(get(fields, field::SESSION_ID)?)
+            .map_err(bad(field::SESSION_ID))?,
+        chat_id: ChatId::parse(get(fields, field::CHAT_ID)?).map_err(bad(field::CHAT_ID))?,
+        agent_id: AgentId::parse(get(fields, field::AGENT_ID)?).map_err(bad(field::AGENT_ID))?,
+        volume_host_path: VolumePath::parse(get(fields, field::VOLUME_HOST_PATH)?)
+            .map_err(bad(field::VOLUME_HOST_PATH))?,
+        container_id: ContainerId::parse(get(fields, field::CONTAINER_ID)?)
+            .map_err(bad(field::CONTAINER_ID))?,
+        endpoint,
+        created_at: millis(fields, field::CREATED_AT)?,
+        expires_at: millis(fields, field::EXPIRES_AT)?,
+    })
+}
+
+/// Version tag inside every page token; a new layout gets a new tag and old tokens are refused.
+const TOKEN_VERSION: &str = "sbx-list-v1";
+
+/// Opaque page token: hex of `version \n agent filter \n last session id returned`. The filter is
+/// bound in so a token is refused by a query with another filter.
+pub(crate) fn encode_page_token(agent: Option<&AgentId>, last: &SessionId) -> String {
+    let plain = format!(
+        "{TOKEN_VERSION}\n{}\n{last}",
+        agent.map_or("", AgentId::as_str)
+    );
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The last session id of the previous page, if `token` was issued for this agent filter.
+pub(crate) fn decode_page_token(
+    agent: Option<&AgentId>,
+    token: &str,
+) -> Result<SessionId, RepositoryError> {
+    let invalid = || RepositoryError::InvalidPageToken;
+    if !token.len().is_multiple_of(2) || token.len() > 512 {
+        return Err(invalid());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(invalid)?;
+    let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let mut parts = plain.split('\n');
+    let (Some(version), Some(filter), Some(last), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    if version != TOKEN_VERSION || filter != agent.map_or("", AgentId::as_str) {
+        return Err(invalid());
+    }
+    SessionId::parse(last).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn session(endpoint: Option<Endpoint>) -> SandboxSession {
+        SandboxSession {
+            session_id: SessionId::new_random(),
+            chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
+            agent_id: AgentId::parse("default").unwrap(),
+            volume_host_path: VolumePath::parse("/srv/chats/a").unwrap(),
+            container_id: ContainerId::parse("abc123").unwrap(),
+            endpoint,
+            created_at: datetime!(2026-01-01 00:00:00.123 UTC),
+            expires_at: datetime!(2026-01-01 00:30:00.456 UTC),
+        }
+    }
+
+    fn round_trip(session: &SandboxSession) -> Result<SandboxSession, String> {
+        let fields = session_fields(session)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        session_from_fields(&fields)
+    }
+
+    #[test]
+    fn sessions_round_trip_with_and_without_endpoint() {
+        let with = session(Some(
+            Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_001).unwrap(),
+        ));
+        assert_eq!(round_trip(&with), Ok(with.clone()));
+        let without = session(None);
+        assert_eq!(round_trip(&without), Ok(without.clone()));
+    }
+
+    #[test]
+    fn timestamps_are_stored_as_floored_unix_millis() {
+        let at = datetime!(2026-01-01 00:00:00.123_999 UTC);
+        assert_eq!(to_millis(at), 1_767_225_600_123);
+        assert_eq!(
+            from_millis(1_767_225_600_123),
+            Some(datetime!(2026-01-01 00:00:00.123 UTC))
+        );
+    }
+
+    #[test]
+    fn a_hash_with_a_missing_or_bad_field_is_refused() {
+        let mut fields: HashMap<String, String> = session_fields(&session(None))
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        fields.insert(field::EXPIRES_AT.to_owned(), "soon".to_owned());
+        assert!(session_from_fields(&fields).is_err());
+        fields.remove(field::EXPIRES_AT);
+        assert!(
+            session_from_fields(&fields)
+                .unwrap_err()
+                .contains("expires_at")
+        );
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_their_filter() {
+        let agent = AgentId::parse("py").unwrap();
+        let other = AgentId::parse("js").unwrap();
+        let last = SessionId::new_random();
+        let token = encode_page_token(Some(&agent), &last);
+        assert_eq!(decode_page_token(Some(&agent), &token).ok(), Some(last));
+        assert!(decode_page_token(Some(&other), &token).is_err());
+        assert!(decode_page_token(None, &token).is_err());
+        assert!(decode_page_token(Some(&agent), &token[..token.len() - 2]).is_err());
+        assert!(decode_page_token(Some(&agent), "zz").is_err());
+        assert!(decode_page_token(None, "").is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! Every metric name and label value the Redis adapters emit, in one place.
+
+/// Histogram of one Redis round trip, labelled by [`LABEL_COMMAND`] (an operation name below).
+pub const REDIS_COMMAND_DURATION_SECONDS: &str = "sandbox_redis_command_duration_seconds";
+/// Histogram of the time `lock` waited for a chat's lease, labelled by [`LABEL_RESULT`].
+pub const LOCK_WAIT_SECONDS: &str = "sandbox_lock_wait_seconds";
+
+pub const LABEL_COMMAND: &str = "command";
+pub const LABEL_RESULT: &str = "result";
+
+/// `command` label values: one per logical operation, each one round trip.
+pub mod command {
+    pub const GET_ACTIVE_BY_CHAT_ID: &str = "get_active_by_chat_id";
+    pub const GET_BY_SESSION_ID: &str = "get_by_session_id";
+    pub const SAVE: &str = "save";
+    pub const DELETE: &str = "delete";
+    pub const EXTEND: &str = "extend";
+    pub const LIST_EXPIRED: &str = "list_expired";
+    pub const COUNT_ACTIVE: &str = "count_active";
+    pub const LIST: &str = "list";
+    pub const PING: &str = "ping";
+    pub const LOCK_ACQUIRE: &str = "lock_acquire";
+    pub const LOCK_RENEW: &str = "lock_renew";
+    pub const LOCK_RELEASE: &str = "lock_release";
+}
+
+/// `result` label values of [`LOCK_WAIT_SECONDS`].
+pub mod lock_result {
+    pub const ACQUIRED: &str = "acquired";
+    pub const BUSY: &str = "busy";
+    pub const ERROR: &str = "error";
+}

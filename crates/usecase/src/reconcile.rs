@@ -1,0 +1,245 @@
+//! ReconcileSandboxes: one pass that makes the engine and the store agree again after crashes,
+//! lost writes or manual changes. Containers labelled for this deployment with no session are
+//! removed; sessions whose container is gone or not running are deleted (and their container
+//! removed); the active gauge is refreshed from the store.
+//!
+//! Crash safety of CreateSandbox rests on its order: the container is created (labelled with its
+//! session id) before the session is saved, and the old container is stopped before the old
+//! session is deleted. A process killed at any point therefore leaves at worst a container
+//! without a session, or a session without a running container — both repaired here. The grace
+//! period keeps the pass from racing an in-flight create (container started, session not yet
+//! saved); every repair is re-checked under the chat's lease.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sandboxd_domain::{ContainerId, SandboxSession, Timestamp};
+use tracing::{Instrument, Span};
+
+use crate::error::port_only_error;
+use crate::lease::{Ports, with_lease};
+use crate::ports::{ListQuery, ManagedContainer};
+use crate::telemetry::{self, metric};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileOptions {
+    /// Containers and sessions younger than this are left alone: a create may be in flight.
+    pub grace: Duration,
+    /// Page size used to walk every session.
+    pub page_size: usize,
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(60),
+            page_size: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Containers removed because no session owns them.
+    pub removed_containers: Vec<ContainerId>,
+    /// Sessions deleted because their container is gone or stopped.
+    pub removed_sessions: Vec<SandboxSession>,
+    pub error_count: usize,
+}
+
+port_only_error!(
+    /// Listing containers or sessions failed; nothing was repaired.
+    ReconcileError
+);
+
+#[derive(Debug, Clone)]
+pub struct ReconcileSandboxes {
+    ports: Ports,
+    options: ReconcileOptions,
+}
+
+impl ReconcileSandboxes {
+    #[must_use]
+    pub fn new(ports: Ports, options: ReconcileOptions) -> Self {
+        Self { ports, options }
+    }
+
+    /// # Errors
+    /// `Port` when the containers or the sessions cannot be listed; single repairs that fail are
+    /// counted in the report and retried by the next pass.
+    pub async fn execute(&self) -> Result<ReconcileReport, ReconcileError> {
+        let span = telemetry::reconcile_span();
+        let outcome = self.run_pass(&span).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match &outcome {
+            Ok(report) => {
+                span.record(
+                    telemetry::span::REMOVED_CONTAINERS,
+                    report.removed_containers.len(),
+                );
+                span.record(
+                    telemetry::span::REMOVED_SESSIONS,
+                    report.removed_sessions.len(),
+                );
+                span.record(telemetry::span::ERROR_COUNT, report.error_count);
+                let result = if report.error_count == 0 {
+                    "completed"
+                } else {
+                    "completed_with_errors"
+                };
+                telemetry::record_result(&span, result);
+            }
+            Err(error) => {
+                telemetry::record_result(&span, "error");
+                telemetry::record_error(&span, error.metric_label(), error);
+                telemetry::count_reconcile_error(error.metric_label());
+                telemetry::log_reconcile_failed(error.metric_label());
+            }
+        }
+        outcome
+    }
+
+    async fn run_pass(&self, span: &Span) -> Result<ReconcileReport, ReconcileError> {
+        // The cutoff is taken before listing, so anything created during the pass is younger.
+        let cutoff = self.ports.clock.now() - self.options.grace;
+        let containers = self.ports.runtime.list_managed().await?;
+        let sessions = self.all_sessions().await?;
+        span.record(telemetry::span::CONTAINER_COUNT, containers.len());
+        span.record(telemetry::span::SESSION_COUNT, sessions.len());
+        let by_container: HashMap<&ContainerId, &ManagedContainer> =
+            containers.iter().map(|c| (&c.container_id, c)).collect();
+        let owned: HashMap<&ContainerId, &SandboxSession> =
+            sessions.iter().map(|s| (&s.container_id, s)).collect();
+
+        let mut report = ReconcileReport::default();
+        for container in &containers {
+            if owned.contains_key(&container.container_id)
+                || !older_than(container.created_at, cutoff)
+            {
+                continue;
+            }
+            match self.remove_orphan_container(container).await {
+                Ok(true) => report
+                    .removed_containers
+                    .push(container.container_id.clone()),
+                Ok(false) => {}
+                Err(error) => self.count_failure(&mut report, &error),
+            }
+        }
+        for session in &sessions {
+            let healthy = by_container
+                .get(&session.container_id)
+                .is_some_and(|c| c.running);
+            if healthy || session.created_at > cutoff {
+                continue;
+            }
+            match self.remove_orphan_session(session).await {
+                Ok(true) => report.removed_sessions.push(session.clone()),
+                Ok(false) => {}
+                Err(error) => self.count_failure(&mut report, &error),
+            }
+        }
+        if let Ok(active) = self.ports.repository.count_active().await {
+            telemetry::set_active_count(active);
+        }
+        Ok(report)
+    }
+
+    fn count_failure(&self, report: &mut ReconcileReport, error: &ReconcileError) {
+        report.error_count += 1;
+        telemetry::count_reconcile_error(error.metric_label());
+        telemetry::log_reconcile_failed(error.metric_label());
+    }
+
+    async fn all_sessions(&self) -> Result<Vec<SandboxSession>, ReconcileError> {
+        let mut sessions = Vec::new();
+        let mut page_token = None;
+        loop {
+            let query = ListQuery {
+                agent_id: None,
+                page_size: self.options.page_size,
+                page_token,
+            };
+            let page = self.ports.repository.list(&query).await?;
+            sessions.extend(page.sessions);
+            match page.next_page_token {
+                Some(next) => page_token = Some(next),
+                None => return Ok(sessions),
+            }
+        }
+    }
+
+    /// Removes a container no session owns, after re-checking under its chat's lease (when its
+    /// labels name a chat) that its session still does not exist.
+    async fn remove_orphan_container(
+        &self,
+        container: &ManagedContainer,
+    ) -> Result<bool, ReconcileError> {
+        let still_orphan = async || -> Result<bool, ReconcileError> {
+            Ok(match container.session_id {
+                Some(session_id) => self
+                    .ports
+                    .repository
+                    .get_by_session_id(&session_id)
+                    .await?
+                    .is_none_or(|s| s.container_id != container.container_id),
+                None => true,
+            })
+        };
+        let removed = match container.chat_id {
+            Some(chat_id) => {
+                with_lease(&*self.ports.locker, &chat_id, async |_lease| {
+                    if !still_orphan().await? {
+                        return Ok(false);
+                    }
+                    self.ports.runtime.delete(&container.container_id).await?;
+                    Ok::<_, ReconcileError>(true)
+                })
+                .await?
+            }
+            None => {
+                self.ports.runtime.delete(&container.container_id).await?;
+                true
+            }
+        };
+        if removed {
+            telemetry::count_result(metric::RECONCILE_TOTAL, "container_removed");
+            telemetry::log_orphan_container_removed(container);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes a session whose container is gone or stopped (removing what is left of the
+    /// container), if under the lease it is still the same stored session.
+    async fn remove_orphan_session(
+        &self,
+        session: &SandboxSession,
+    ) -> Result<bool, ReconcileError> {
+        let removed = with_lease(&*self.ports.locker, &session.chat_id, async |lease| {
+            let stored = self
+                .ports
+                .repository
+                .get_by_session_id(&session.session_id)
+                .await?;
+            if stored.as_ref() != Some(session) {
+                return Ok(false);
+            }
+            self.ports.runtime.delete(&session.container_id).await?;
+            let active = self.ports.repository.delete(lease, session).await?;
+            telemetry::set_active_count(active);
+            Ok::<_, ReconcileError>(true)
+        })
+        .await?;
+        if removed {
+            telemetry::count_result(metric::RECONCILE_TOTAL, "session_removed");
+            telemetry::log_orphan_session_removed(session);
+        }
+        Ok(removed)
+    }
+}
+
+/// A container without a readable creation time is treated as old: it cannot be ours in flight,
+/// since every container this service creates carries the label.
+fn older_than(created_at: Option<Timestamp>, cutoff: Timestamp) -> bool {
+    created_at.is_none_or(|at| at <= cutoff)
+}

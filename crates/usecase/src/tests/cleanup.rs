@@ -1,0 +1,333 @@
+//! CleanupExpiredSandboxes, branch by branch (NOTES.md "CleanupExpiredSandboxes" and its gaps).
+
+use std::time::Duration;
+
+use super::harness::*;
+use crate::ports::{Clock, RepositoryError};
+use crate::testing::RepoOp;
+use crate::{CleanupExpiredSandboxes, CleanupOptions, ErrorKind};
+
+fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
+    CleanupExpiredSandboxes::new(
+        world.ports.clone(),
+        CleanupOptions {
+            concurrency,
+            batch_size: 1000,
+        },
+    )
+}
+
+#[test]
+fn a_failing_listing_is_counted_with_its_reason_and_raised() {
+    let world = World::new();
+    world.repository.fail_next(
+        RepoOp::ListExpired,
+        RepositoryError::Unavailable("down".into()),
+    );
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let err = out.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        cap.counter_lines(),
+        vec![
+            "sandbox_cleanup_error_total{error_type=repository_unavailable,reason=list_expired} 1"
+        ]
+    );
+    let span = cap.span("usecase.cleanup_expired_sandboxes");
+    assert_eq!(span.field("sandbox.result"), Some("error"));
+    assert_eq!(span.field("error.type"), Some("repository_unavailable"));
+    assert!(!span.fields.contains_key("sandbox.expired_count"));
+    assert_eq!(
+        world.calls.calls(),
+        vec!["repository.list_expired".to_owned()]
+    );
+}
+
+#[test]
+fn cleans_expired_sessions_and_leaves_live_ones() {
+    let world = World::new();
+    let a = world.existing_expired(new_chat(), "default", "/srv/a");
+    let live = world.existing(new_chat(), "default", "/srv/b", Duration::from_secs(60));
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let report = out.unwrap();
+    assert_eq!(report.cleaned, vec![a.clone()]);
+    assert_eq!((report.error_count, report.skipped_count), (0, 0));
+    assert_eq!(world.repository.all(), vec![live.clone()]);
+    assert_eq!(world.runtime.running(), vec![live.container_id]);
+    assert_eq!(
+        world.calls.calls(),
+        vec![
+            "repository.list_expired".to_owned(),
+            format!("locker.lock({})", a.chat_id),
+            format!("repository.get_active_by_chat_id({})", a.chat_id),
+            format!("runtime.stop({})", a.container_id),
+            format!("repository.delete({})", a.session_id),
+            format!("locker.release({})", a.chat_id),
+        ],
+        "re-read under the chat's lease, stop before delete"
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec!["sandbox_cleanup_total{result=cleaned} 1"]
+    );
+    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandboxes").fields,
+        fields(&[
+            ("sandbox.expired_count", "1".to_owned()),
+            ("sandbox.cleaned_count", "1".to_owned()),
+            ("sandbox.error_count", "0".to_owned()),
+            ("sandbox.skipped_count", "0".to_owned()),
+            ("sandbox.result", "completed".to_owned()),
+        ])
+    );
+    let child = cap.span("usecase.cleanup_expired_sandbox");
+    assert_eq!(
+        child.parent.as_deref(),
+        Some("usecase.cleanup_expired_sandboxes")
+    );
+    assert_eq!(
+        child.fields,
+        fields(&[
+            ("chat.id", a.chat_id.to_string()),
+            ("session.id", a.session_id.to_string()),
+            ("container.id", a.container_id.to_string()),
+            ("sandbox.result", "cleaned".to_owned()),
+        ])
+    );
+    let mut want = session_log_fields(&a);
+    want.push(("message", "sandbox_cleaned".to_owned()));
+    assert_eq!(cap.event("sandbox_cleaned").fields, fields(&want));
+    assert_eq!(
+        cap.event("sandbox_cleaned").span.as_deref(),
+        Some("usecase.cleanup_expired_sandbox")
+    );
+}
+
+#[test]
+fn skips_a_session_that_was_deleted_after_listing() {
+    let world = World::new();
+    let a = world.existing_expired(new_chat(), "default", "/srv/a");
+    let repository = world.repository.clone();
+    let gone = a.session_id;
+    // Another replica deletes it between the listing and this pass taking the lease.
+    world
+        .locker
+        .on_lock(move |_| repository.remove_direct(&gone));
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let report = out.unwrap();
+    assert_eq!(
+        (
+            report.cleaned.len(),
+            report.skipped_count,
+            report.error_count
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(world.calls.calls_of("runtime."), Vec::<String>::new());
+    assert_eq!(
+        cap.counter_lines(),
+        Vec::<String>::new(),
+        "a skip counts nothing"
+    );
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandbox")
+            .field("sandbox.result"),
+        Some("skipped")
+    );
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandboxes")
+            .field("sandbox.skipped_count"),
+        Some("1")
+    );
+}
+
+#[test]
+fn skips_a_superseded_session_and_removes_it_from_the_expiry_index() {
+    let world = World::new();
+    let chat = new_chat();
+    let stale = world.existing_expired(chat, "default", "/srv/a");
+    // The chat moved on to a new live session; the old one lingers in the index.
+    let current = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    assert_eq!(world.repository.expiry_index_len(), 2);
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let report = out.unwrap();
+    assert_eq!(
+        (
+            report.cleaned.len(),
+            report.skipped_count,
+            report.error_count
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(world.repository.all(), vec![current.clone()]);
+    assert_eq!(
+        world.repository.expiry_index_len(),
+        1,
+        "the stale entry is gone"
+    );
+    assert_eq!(
+        world.calls.calls_of("runtime."),
+        Vec::<String>::new(),
+        "the current container is untouched"
+    );
+    assert_eq!(
+        world.calls.calls_of("repository.delete"),
+        vec![format!("repository.delete({})", stale.session_id)]
+    );
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandbox")
+            .field("sandbox.result"),
+        Some("skipped")
+    );
+    let mut want = session_log_fields(&stale);
+    want.push(("message", "sandbox_stale_index_removed".to_owned()));
+    assert_eq!(
+        cap.event("sandbox_stale_index_removed").fields,
+        fields(&want)
+    );
+    // The next pass no longer lists it.
+    world.calls.clear();
+    let (again, _) = capture(pass(&world, 8).execute());
+    assert_eq!(again.unwrap().skipped_count, 0);
+}
+
+#[test]
+fn skips_a_session_extended_after_listing() {
+    let world = World::new();
+    let a = world.existing_expired(new_chat(), "default", "/srv/a");
+    let repository = world.repository.clone();
+    let clock = world.clock.clone();
+    let listed = a.clone();
+    world.locker.on_lock(move |_| {
+        let mut extended = listed.clone();
+        extended.expires_at = clock.now() + Duration::from_secs(600);
+        repository.insert(extended);
+    });
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let report = out.unwrap();
+    assert_eq!(
+        (
+            report.cleaned.len(),
+            report.skipped_count,
+            report.error_count
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(world.runtime.running(), vec![a.container_id.clone()]);
+    assert_eq!(world.repository.all().len(), 1);
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandbox")
+            .field("sandbox.result"),
+        Some("skipped")
+    );
+    assert_eq!(cap.counter_lines(), Vec::<String>::new());
+}
+
+#[test]
+fn one_failing_session_does_not_stop_the_pass() {
+    let world = World::new();
+    let a = world.existing_expired(new_chat(), "default", "/srv/a");
+    let b = world.existing_expired(new_chat(), "default", "/srv/b");
+    let c = world.existing_expired(new_chat(), "default", "/srv/c");
+    world.runtime.fail_container(b.container_id.clone());
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let report = out.unwrap();
+    let mut cleaned_ids: Vec<_> = report.cleaned.iter().map(|s| s.session_id).collect();
+    cleaned_ids.sort();
+    let mut want_ids = vec![a.session_id, c.session_id];
+    want_ids.sort();
+    assert_eq!(cleaned_ids, want_ids);
+    assert_eq!((report.error_count, report.skipped_count), (1, 0));
+    assert_eq!(
+        world.repository.all(),
+        vec![b.clone()],
+        "the failed one is kept for the next pass"
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec![
+            "sandbox_cleanup_error_total{error_type=runtime_error} 1",
+            "sandbox_cleanup_total{result=cleaned} 2",
+        ]
+    );
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandboxes")
+            .field("sandbox.result"),
+        Some("completed_with_errors")
+    );
+    let failed: Vec<_> = cap
+        .spans_named("usecase.cleanup_expired_sandbox")
+        .into_iter()
+        .filter(|s| s.field("sandbox.result") == Some("error"))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].fields.get("session.id"),
+        Some(&b.session_id.to_string())
+    );
+    assert_eq!(failed[0].field("error.type"), Some("runtime_error"));
+    let event = cap.event("sandbox_clean_failed");
+    assert_eq!(event.level, tracing::Level::ERROR);
+    let mut want = session_log_fields(&b);
+    want.push(("error", "runtime_error".to_owned()));
+    want.push(("message", "sandbox_clean_failed".to_owned()));
+    assert_eq!(event.fields, fields(&want));
+}
+
+#[test]
+fn returns_cleaned_sessions_in_expiry_order_with_bounded_concurrency() {
+    let world = World::new();
+    let mut expected = Vec::new();
+    for i in 0..20u64 {
+        // Distinct expiry instants in the past, earliest first.
+        let session = world.existing(new_chat(), "default", "/srv/a", Duration::ZERO);
+        let mut session = session;
+        session.expires_at -= Duration::from_secs(100 - i);
+        world.repository.insert(session.clone());
+        expected.push(session);
+    }
+    world.calls.clear();
+    let (out, cap) = capture(pass(&world, 4).execute());
+    let report = out.unwrap();
+    assert_eq!(report.cleaned, expected);
+    assert_eq!(world.runtime.running(), vec![]);
+    let max = world.runtime.max_stops_in_flight();
+    assert!(
+        max > 1 && max <= 4,
+        "stops overlap up to the bound, got {max}"
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec!["sandbox_cleanup_total{result=cleaned} 20"]
+    );
+    assert_eq!(cap.gauge("sandbox_active_count"), Some(0.0));
+}
+
+#[test]
+fn concurrency_one_runs_stops_one_at_a_time() {
+    let world = World::new();
+    for _ in 0..5 {
+        world.existing_expired(new_chat(), "default", "/srv/a");
+    }
+    let (out, _) = capture(pass(&world, 1).execute());
+    assert_eq!(out.unwrap().cleaned.len(), 5);
+    assert_eq!(world.runtime.max_stops_in_flight(), 1);
+}
+
+#[test]
+fn an_empty_pass_completes() {
+    let world = World::new();
+    let (out, cap) = capture(pass(&world, 8).execute());
+    assert_eq!(out.unwrap(), crate::CleanupReport::default());
+    assert_eq!(
+        cap.span("usecase.cleanup_expired_sandboxes").fields,
+        fields(&[
+            ("sandbox.expired_count", "0".to_owned()),
+            ("sandbox.cleaned_count", "0".to_owned()),
+            ("sandbox.error_count", "0".to_owned()),
+            ("sandbox.skipped_count", "0".to_owned()),
+            ("sandbox.result", "completed".to_owned()),
+        ])
+    );
+}

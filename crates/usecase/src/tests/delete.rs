@@ -1,0 +1,190 @@
+//! DeleteSandbox, branch by branch (NOTES.md "DeleteSandbox").
+
+use std::time::Duration;
+
+use super::harness::*;
+use crate::ports::{LockError, RepositoryError, RuntimeError};
+use crate::testing::{RepoOp, RuntimeOp};
+use crate::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, ErrorKind};
+
+#[test]
+fn deleting_a_chat_without_a_session_is_not_found() {
+    let world = World::new();
+    let chat = new_chat();
+    let (out, cap) = capture(
+        DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
+    );
+    let out = out.unwrap();
+    assert_eq!(out.result, DeleteResult::NotFound);
+    assert_eq!((out.session_id, out.container_id), (None, None));
+    assert_eq!(
+        world.calls.calls(),
+        vec![
+            format!("locker.lock({chat})"),
+            format!("repository.get_active_by_chat_id({chat})"),
+            format!("locker.release({chat})"),
+        ]
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec!["sandbox_delete_total{result=not_found} 1"]
+    );
+    assert_eq!(
+        cap.span("usecase.delete_sandbox").fields,
+        fields(&[
+            ("chat.id", chat.to_string()),
+            ("sandbox.result", "not_found".to_owned())
+        ])
+    );
+    let event = cap.event("sandbox_delete_not_found");
+    assert_eq!(event.level, tracing::Level::INFO);
+    assert_eq!(
+        event.fields,
+        fields(&[
+            ("chat_id", chat.to_string()),
+            ("message", "sandbox_delete_not_found".to_owned())
+        ])
+    );
+}
+
+#[test]
+fn deleting_removes_the_container_before_the_session() {
+    let world = World::new();
+    let chat = new_chat();
+    let other = world.existing(new_chat(), "default", "/srv/z", Duration::from_secs(60));
+    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (out, cap) = capture(
+        DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
+    );
+    let out = out.unwrap();
+    assert_eq!(out.result, DeleteResult::Deleted);
+    assert_eq!(out.session_id, Some(session.session_id));
+    assert_eq!(out.container_id, Some(session.container_id.clone()));
+    assert_eq!(world.repository.all(), vec![other.clone()]);
+    assert_eq!(world.runtime.running(), vec![other.container_id]);
+    assert_eq!(
+        world.calls.calls(),
+        vec![
+            format!("locker.lock({chat})"),
+            format!("repository.get_active_by_chat_id({chat})"),
+            format!("runtime.delete({})", session.container_id),
+            format!("repository.delete({})", session.session_id),
+            format!("locker.release({chat})"),
+        ]
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec!["sandbox_delete_total{result=deleted} 1"]
+    );
+    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
+    let mut want = vec![("chat.id", chat.to_string())];
+    want.extend(session_span_fields(&session));
+    want.push(("sandbox.result", "deleted".to_owned()));
+    assert_eq!(cap.span("usecase.delete_sandbox").fields, fields(&want));
+    let mut want_event = session_log_fields(&session);
+    want_event.push(("message", "sandbox_deleted".to_owned()));
+    assert_eq!(cap.event("sandbox_deleted").fields, fields(&want_event));
+}
+
+fn assert_delete_error(
+    world: &World,
+    chat: sandboxd_domain::ChatId,
+    want_kind: ErrorKind,
+    want_type: &str,
+    read: Option<&sandboxd_domain::SandboxSession>,
+) {
+    let (out, cap) = capture(
+        DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
+    );
+    let err = out.unwrap_err();
+    assert_eq!(err.kind(), want_kind);
+    assert_eq!(
+        cap.counter_lines(),
+        vec!["sandbox_delete_total{result=error} 1"]
+    );
+    let span = cap.span("usecase.delete_sandbox");
+    assert_eq!(span.field("sandbox.result"), Some("error"));
+    assert_eq!(span.field("error.type"), Some(want_type));
+    assert_eq!(span.field("otel.status_code"), Some("ERROR"));
+    let event = cap.event("sandbox_delete_failed");
+    assert_eq!(event.level, tracing::Level::ERROR);
+    let mut want = match read {
+        Some(session) => session_log_fields(session),
+        None => vec![("chat_id", chat.to_string())],
+    };
+    want.push(("error", want_type.to_owned()));
+    want.push(("message", "sandbox_delete_failed".to_owned()));
+    assert_eq!(event.fields, fields(&want));
+    assert!(!world.locker.is_held(&chat), "released also on failure");
+}
+
+#[test]
+fn a_lock_failure_is_reported_without_session_fields() {
+    let world = World::new();
+    world
+        .locker
+        .fail_next(LockError::Unavailable("down".into()));
+    assert_delete_error(
+        &world,
+        new_chat(),
+        ErrorKind::Unavailable,
+        "lock_unavailable",
+        None,
+    );
+}
+
+#[test]
+fn a_repository_read_failure_is_reported() {
+    let world = World::new();
+    world.repository.fail_next(
+        RepoOp::GetActiveByChatId,
+        RepositoryError::Other("corrupt".into()),
+    );
+    assert_delete_error(
+        &world,
+        new_chat(),
+        ErrorKind::Internal,
+        "repository_error",
+        None,
+    );
+}
+
+#[test]
+fn a_runtime_failure_keeps_the_session_for_a_retry() {
+    let world = World::new();
+    let chat = new_chat();
+    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    world.runtime.fail_next(
+        RuntimeOp::Delete,
+        RuntimeError::Unavailable("engine down".into()),
+    );
+    assert_delete_error(
+        &world,
+        chat,
+        ErrorKind::Unavailable,
+        "runtime_unavailable",
+        Some(&session),
+    );
+    assert_eq!(world.repository.all(), vec![session]);
+    assert_eq!(
+        world.calls.calls_of("repository.delete"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_repository_delete_failure_is_reported_with_the_session() {
+    let world = World::new();
+    let chat = new_chat();
+    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    world
+        .repository
+        .fail_next(RepoOp::Delete, RepositoryError::LeaseLost);
+    assert_delete_error(
+        &world,
+        chat,
+        ErrorKind::Aborted,
+        "lease_lost",
+        Some(&session),
+    );
+}

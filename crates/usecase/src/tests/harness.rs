@@ -1,0 +1,393 @@
+//! Test harness: a world of fakes, and a capture of every metric, span and log event emitted while
+//! a use case runs (a local `DebuggingRecorder` and a capturing `tracing` layer).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::Ports;
+use crate::ports::{Clock, NewSandbox};
+use crate::testing::{
+    CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
+};
+
+pub const TTL: Duration = Duration::from_secs(30 * 60);
+
+pub type Fields = BTreeMap<String, String>;
+
+/// One finished span: its name, every field recorded on it, and its parent's name.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub name: String,
+    pub fields: Fields,
+    pub parent: Option<String>,
+}
+
+impl SpanRecord {
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+/// One log event: its name (metadata name), level, fields and the span it was emitted in.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub name: String,
+    pub level: tracing::Level,
+    pub fields: Fields,
+    pub span: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    open: BTreeMap<u64, SpanRecord>,
+    closed: Vec<SpanRecord>,
+    events: Vec<EventRecord>,
+}
+
+#[derive(Clone, Default)]
+struct CaptureLayer(Arc<Mutex<Store>>);
+
+struct FieldVisitor<'a>(&'a mut Fields);
+
+impl Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for CaptureLayer {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::new();
+        attrs.record(&mut FieldVisitor(&mut fields));
+        let parent = ctx
+            .span(id)
+            .and_then(|s| s.parent())
+            .map(|p| p.name().to_owned());
+        let record = SpanRecord {
+            name: attrs.metadata().name().to_owned(),
+            fields,
+            parent,
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .open
+            .insert(id.into_u64(), record);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        let mut store = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(span) = store.open.get_mut(&id.into_u64()) {
+            values.record(&mut FieldVisitor(&mut span.fields));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields::new();
+        event.record(&mut FieldVisitor(&mut fields));
+        let span = ctx.event_span(event).map(|s| s.name().to_owned());
+        let record = EventRecord {
+            name: event.metadata().name().to_owned(),
+            level: *event.metadata().level(),
+            fields,
+            span,
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .events
+            .push(record);
+    }
+
+    fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
+        let mut store = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(span) = store.open.remove(&id.into_u64()) {
+            store.closed.push(span);
+        }
+    }
+}
+
+impl EventRecord {
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+/// Everything a run emitted.
+#[derive(Debug)]
+pub struct Captured {
+    /// (name, sorted labels) -> value, for counters and gauges.
+    pub counters: BTreeMap<(String, Vec<(String, String)>), u64>,
+    pub gauges: BTreeMap<String, f64>,
+    pub spans: Vec<SpanRecord>,
+    pub events: Vec<EventRecord>,
+}
+
+impl Captured {
+    /// Every counter as `name{k=v,...} value`, sorted: compare whole to catch extra labels too.
+    pub fn counter_lines(&self) -> Vec<String> {
+        self.counters
+            .iter()
+            .map(|((name, labels), value)| {
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{name}{{{}}} {value}", labels.join(","))
+            })
+            .collect()
+    }
+
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.gauges.get(name).copied()
+    }
+
+    /// The only finished span with this name.
+    pub fn span(&self, name: &str) -> &SpanRecord {
+        let matching: Vec<&SpanRecord> = self.spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected one span {name}, got {:#?}",
+            self.spans
+        );
+        matching[0]
+    }
+
+    pub fn spans_named(&self, name: &str) -> Vec<&SpanRecord> {
+        self.spans.iter().filter(|s| s.name == name).collect()
+    }
+
+    /// The names of all log events, in order.
+    pub fn event_names(&self) -> Vec<&str> {
+        self.events.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The only event with this name.
+    pub fn event(&self, name: &str) -> &EventRecord {
+        let matching: Vec<&EventRecord> = self.events.iter().filter(|e| e.name == name).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected one event {name}, got {:#?}",
+            self.events
+        );
+        matching[0]
+    }
+}
+
+/// Runs `future` on a current-thread runtime with a local metrics recorder and a capturing
+/// subscriber, both scoped to this thread so parallel tests do not see each other's telemetry.
+pub fn capture<F: Future>(future: F) -> (F::Output, Captured) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = CaptureLayer::default();
+    let store = layer.0.clone();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| panic!("test runtime: {e}"));
+    let output = metrics::with_local_recorder(&recorder, || {
+        tracing::subscriber::with_default(subscriber, || runtime.block_on(future))
+    });
+    let mut counters = BTreeMap::new();
+    let mut gauges = BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let name = key.name().to_owned();
+        let mut labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        labels.sort();
+        match value {
+            DebugValue::Counter(v) => {
+                counters.insert((name, labels), v);
+            }
+            DebugValue::Gauge(v) => {
+                gauges.insert(name, v.into_inner());
+            }
+            DebugValue::Histogram(_) => {}
+        }
+    }
+    let mut store = std::mem::take(
+        &mut *store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    // Spans still open at the end (none expected) are reported too.
+    store
+        .closed
+        .extend(std::mem::take(&mut store.open).into_values());
+    (
+        output,
+        Captured {
+            counters,
+            gauges,
+            spans: store.closed,
+            events: store.events,
+        },
+    )
+}
+
+/// Fakes wired together, sharing one call log.
+pub struct World {
+    pub calls: CallLog,
+    pub locker: Arc<InMemoryLocker>,
+    pub repository: Arc<InMemorySessionRepository>,
+    pub runtime: Arc<FakeRuntime>,
+    pub clock: Arc<ManualClock>,
+    pub ports: Ports,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::with_lock_wait(Duration::from_secs(5))
+    }
+
+    pub fn with_lock_wait(wait: Duration) -> Self {
+        let calls = CallLog::default();
+        let locker = Arc::new(InMemoryLocker::with_wait(calls.clone(), wait));
+        let repository = Arc::new(InMemorySessionRepository::new(
+            locker.clone(),
+            calls.clone(),
+        ));
+        let runtime = Arc::new(FakeRuntime::new(calls.clone()));
+        let clock = Arc::new(ManualClock::at_epoch());
+        let ports = Ports {
+            repository: repository.clone(),
+            locker: locker.clone(),
+            runtime: runtime.clone(),
+            clock: clock.clone(),
+        };
+        Self {
+            calls,
+            locker,
+            repository,
+            runtime,
+            clock,
+            ports,
+        }
+    }
+
+    /// Stores a session for `chat` (and its running container) expiring `expires_in` from now;
+    /// a zero or past offset makes it expired. The call log is cleared afterwards.
+    pub fn existing(
+        &self,
+        chat: ChatId,
+        agent: &str,
+        volume: &str,
+        expires_in: Duration,
+    ) -> SandboxSession {
+        self.existing_expiring_at(chat, agent, volume, self.clock.now() + expires_in)
+    }
+
+    pub fn existing_expired(&self, chat: ChatId, agent: &str, volume: &str) -> SandboxSession {
+        self.existing_expiring_at(
+            chat,
+            agent,
+            volume,
+            self.clock.now() - Duration::from_secs(1),
+        )
+    }
+
+    fn existing_expiring_at(
+        &self,
+        chat: ChatId,
+        agent: &str,
+        volume: &str,
+        expires_at: sandboxd_domain::Timestamp,
+    ) -> SandboxSession {
+        let session_id = SessionId::new_random();
+        let container_id = ContainerId::parse(&format!("old-{}", &session_id.to_string()[..8]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let session = SandboxSession {
+            session_id,
+            chat_id: chat,
+            agent_id: agent_id(agent),
+            volume_host_path: volume_path(volume),
+            container_id: container_id.clone(),
+            endpoint: None,
+            created_at: self.clock.now() - TTL,
+            expires_at,
+        };
+        self.repository.insert(session.clone());
+        self.runtime.insert_running(
+            container_id,
+            NewSandbox {
+                session_id,
+                chat_id: chat,
+                agent_id: session.agent_id.clone(),
+                volume_host_path: session.volume_host_path.clone(),
+                created_at: session.created_at,
+                expires_at,
+            },
+        );
+        self.calls.clear();
+        session
+    }
+}
+
+pub fn new_chat() -> ChatId {
+    ChatId::from_uuid(uuid::Uuid::new_v4())
+}
+
+pub fn agent_id(raw: &str) -> AgentId {
+    AgentId::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
+}
+
+pub fn volume_path(raw: &str) -> VolumePath {
+    VolumePath::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
+}
+
+/// `BTreeMap` of string pairs, for comparing whole field sets.
+pub fn fields(pairs: &[(&str, String)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// The seed's `_sandbox_attrs` as logged.
+pub fn session_log_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
+    vec![
+        ("chat_id", session.chat_id.to_string()),
+        ("session_id", session.session_id.to_string()),
+        ("container_id", session.container_id.to_string()),
+    ]
+}
+
+/// The seed's `_set_session_span_attrs` as recorded.
+pub fn session_span_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        ("session.id", session.session_id.to_string()),
+        ("container.id", session.container_id.to_string()),
+        ("sandbox.session_agent.id", session.agent_id.to_string()),
+        (
+            "sandbox.session_volume.host_path",
+            session.volume_host_path.to_string(),
+        ),
+    ];
+    if let Some(endpoint) = session.endpoint {
+        out.push(("sandbox.endpoint.ip", endpoint.ip.to_string()));
+        out.push(("sandbox.endpoint.port", endpoint.port.to_string()));
+    }
+    out
+}

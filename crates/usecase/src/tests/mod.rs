@@ -1,0 +1,15 @@
+//! Use-case tests on the in-memory fakes: one test per branch of the seed, asserting the result,
+//! the port calls in order, and the exact metrics, span fields and log events.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)]
+
+mod cleanup;
+mod create;
+mod delete;
+mod harness;
+mod reads;
+mod reconcile;
