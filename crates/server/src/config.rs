@@ -21,9 +21,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub enum ConfigError {
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
-    /// A value that does not parse (figment's message names the key and where it came from).
-    #[error("invalid configuration: {0}")]
-    Parse(#[from] Box<figment::Error>),
+    /// A value that does not parse, named by its key and the layer it came from.
+    #[error("invalid setting `{setting}` ({origin}): {reason}")]
+    Parse {
+        setting: String,
+        origin: String,
+        reason: String,
+    },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid { setting: String, reason: String },
 }
@@ -140,7 +144,7 @@ Every flag is also a TOML key (e.g. --session-ttl = session_ttl) and an environm
 See deploy/sandboxd.example.toml for every setting with its default."
 )]
 pub struct Cli {
-    /// TOML configuration file [env: SANDBOXD_CONFIG]
+    /// TOML configuration file
     #[arg(long, value_name = "FILE", env = "SANDBOXD_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -245,7 +249,7 @@ impl Config {
             .merge(raw_env.only(&["DOCKER_HOST"]))
             .merge(sandboxd_env.ignore(&["CONFIG"]).split("__"))
             .merge(Serialized::defaults(cli));
-        let mut config: Self = figment.extract().map_err(Box::new)?;
+        let mut config: Self = figment.extract().map_err(parse_error)?;
         config.resolve_relative_roots(&figment);
         config.validate()?;
         Ok(config)
@@ -259,8 +263,9 @@ impl Config {
             .and_then(|source| source.file_path())
             .and_then(Path::parent)
             .map(Path::to_path_buf)
-            .or_else(|| std::env::current_dir().ok())
             .unwrap_or_default();
+        // A relative config path (`deploy/x.toml`) has a relative parent: anchor it to the cwd.
+        let base = std::path::absolute(&base).unwrap_or(base);
         for root in &mut self.allowed_volume_roots {
             if root.is_relative() {
                 *root = normalise_lexically(&base.join(&*root));
@@ -365,6 +370,31 @@ impl Config {
     #[must_use]
     pub fn redis_url_redacted(&self) -> String {
         redact_url_password(&self.redis_url)
+    }
+}
+
+/// Names the setting and its layer (file, environment variable or flag) of a value that did not
+/// deserialise.
+fn parse_error(error: figment::Error) -> ConfigError {
+    let setting = error.path.join(".");
+    let env_name = format!("SANDBOXD_{}", error.path.join("__").to_uppercase());
+    let origin = match error.metadata.as_ref() {
+        Some(metadata) if metadata.name.contains("environment") => {
+            format!("environment {env_name}")
+        }
+        Some(metadata) if metadata.name.contains("Cli") => {
+            format!("flag --{}", setting.replace('_', "-"))
+        }
+        Some(metadata) => match metadata.source.as_ref() {
+            Some(source) => format!("{source}"),
+            None => metadata.name.to_string(),
+        },
+        None => "defaults".to_owned(),
+    };
+    ConfigError::Parse {
+        setting,
+        origin,
+        reason: error.kind.to_string(),
     }
 }
 
@@ -517,7 +547,7 @@ mod tests {
             jail.set_env("SANDBOXD_SESSION_TTL", "forever");
             let message = Config::load(&cli).unwrap_err().to_string();
             assert!(
-                message.to_lowercase().contains("session_ttl") && message.contains("SANDBOXD_"),
+                message.contains("`session_ttl`") && message.contains("SANDBOXD_SESSION_TTL"),
                 "{message}"
             );
             Ok(())
