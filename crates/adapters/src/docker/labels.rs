@@ -1,0 +1,116 @@
+//! The container labels that let the engine alone tell which sandboxes exist and whose they are:
+//! `{prefix}.managed-by`, `.chat_id`, `.session_id`, `.agent_id`, `.volume_host_path`,
+//! `.created_at`, `.expires_at`. Timestamps are RFC 3339 in UTC (exact to the nanosecond).
+
+use std::collections::HashMap;
+
+use sandboxd_domain::{ChatId, SessionId, Timestamp};
+use sandboxd_usecase::ports::NewSandbox;
+use time::format_description::well_known::Rfc3339;
+
+use super::names::MANAGED_BY_VALUE;
+
+/// Label keys under one deployment's namespace.
+#[derive(Debug, Clone)]
+pub struct LabelKeys {
+    prefix: String,
+}
+
+impl LabelKeys {
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    #[must_use]
+    pub fn managed_by(&self) -> String {
+        self.key("managed-by")
+    }
+
+    /// The engine-side filter (`label=key=value`) selecting this deployment's containers.
+    #[must_use]
+    pub fn managed_filter(&self) -> String {
+        format!("{}={MANAGED_BY_VALUE}", self.managed_by())
+    }
+
+    /// Every label of a new sandbox.
+    #[must_use]
+    pub fn for_sandbox(&self, spec: &NewSandbox) -> HashMap<String, String> {
+        HashMap::from([
+            (self.managed_by(), MANAGED_BY_VALUE.to_owned()),
+            (self.key("chat_id"), spec.chat_id.to_string()),
+            (self.key("session_id"), spec.session_id.to_string()),
+            (self.key("agent_id"), spec.agent_id.to_string()),
+            (
+                self.key("volume_host_path"),
+                spec.volume_host_path.to_string(),
+            ),
+            (self.key("created_at"), format_timestamp(spec.created_at)),
+            (self.key("expires_at"), format_timestamp(spec.expires_at)),
+        ])
+    }
+
+    #[must_use]
+    pub fn session_id(&self, labels: &HashMap<String, String>) -> Option<SessionId> {
+        labels
+            .get(&self.key("session_id"))
+            .and_then(|raw| SessionId::parse(raw).ok())
+    }
+
+    #[must_use]
+    pub fn chat_id(&self, labels: &HashMap<String, String>) -> Option<ChatId> {
+        labels
+            .get(&self.key("chat_id"))
+            .and_then(|raw| ChatId::parse(raw).ok())
+    }
+
+    #[must_use]
+    pub fn created_at(&self, labels: &HashMap<String, String>) -> Option<Timestamp> {
+        labels
+            .get(&self.key("created_at"))
+            .and_then(|raw| Timestamp::parse(raw, &Rfc3339).ok())
+    }
+}
+
+/// RFC 3339; a timestamp outside its range (years beyond 9999) falls back to unix nanoseconds so
+/// labelling never fails a create.
+fn format_timestamp(at: Timestamp) -> String {
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp_nanos().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use sandboxd_domain::{AgentId, VolumePath};
+    use time::macros::datetime;
+
+    #[test]
+    fn labels_round_trip_the_session_fields() {
+        let keys = LabelKeys::new("sbx");
+        let spec = NewSandbox {
+            session_id: SessionId::parse("11111111-1111-4111-8111-111111111111").unwrap(),
+            chat_id: ChatId::parse("22222222-2222-4222-8222-222222222222").unwrap(),
+            agent_id: AgentId::parse("default").unwrap(),
+            volume_host_path: VolumePath::parse("/srv/a").unwrap(),
+            created_at: datetime!(2026-01-01 00:00:00.123456789 UTC),
+            expires_at: datetime!(2026-01-01 00:30 UTC),
+        };
+        let labels = keys.for_sandbox(&spec);
+        assert_eq!(labels["sbx.managed-by"], "sandboxd");
+        assert_eq!(labels["sbx.created_at"], "2026-01-01T00:00:00.123456789Z");
+        assert_eq!(labels["sbx.expires_at"], "2026-01-01T00:30:00Z");
+        assert_eq!(labels["sbx.volume_host_path"], "/srv/a");
+        assert_eq!(keys.session_id(&labels), Some(spec.session_id));
+        assert_eq!(keys.chat_id(&labels), Some(spec.chat_id));
+        assert_eq!(keys.created_at(&labels), Some(spec.created_at));
+        assert_eq!(keys.managed_filter(), "sbx.managed-by=sandboxd");
+    }
+}

@@ -1,0 +1,569 @@
+//! The Docker implementation of the `SandboxRuntime` port, through bollard: hardened sandbox
+//! containers named `sandbox-{session_id}`, labelled so the engine alone can rebuild state, with a
+//! bind-mounted chat volume and an endpoint published on the host and probed until it serves.
+//!
+//! Nothing is ever pulled: a profile's image must already be on the engine.
+
+pub mod config;
+mod engine;
+pub mod labels;
+pub mod names;
+mod probe;
+pub mod volume;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountType, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use sandboxd_domain::{AgentId, ContainerId, Endpoint, SandboxSession, VolumePath};
+use sandboxd_usecase::ports::{ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+pub use config::{AgentProfile, ByteSize, ConfigError, DockerConfig, ReadyProbe};
+use engine::{engine_error, is_not_found, is_removal_in_progress, other};
+use labels::LabelKeys;
+use names::{
+    LABEL_OPERATION, LABEL_RESULT, OPERATION_CREATE, OPERATION_DELETE, OPERATION_STOP,
+    RESULT_ERROR, RESULT_OK, RUNTIME_DURATION_SECONDS,
+};
+use volume::{VolumePolicy, VolumeRefusal};
+
+/// Scratch space when the root filesystem is read-only: programs expect a writable /tmp.
+const READ_ONLY_TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
+/// Probe retry backoff: the engine's floor here is ~2 ms from start to serving.
+const PROBE_BACKOFF_START: Duration = Duration::from_millis(2);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(50);
+/// Bound on one probe attempt, so a hung connection cannot eat the whole ready timeout.
+const PROBE_ATTEMPT_MAX: Duration = Duration::from_secs(1);
+/// How often a waiting `create` asks whether the container died (then it fails fast).
+const STATE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Sandboxes as Docker containers. Cheap to share (`Arc<dyn SandboxRuntime>`).
+///
+/// The engine connection is made on first use and kept; while the engine is unreachable every
+/// call fails with `Unavailable` and the next one tries again, so the service can start (and
+/// report NOT_SERVING) before the engine is up.
+pub struct DockerRuntime {
+    config: DockerConfig,
+    labels: LabelKeys,
+    policy: Arc<VolumePolicy>,
+    client: OnceCell<Docker>,
+    /// The engine's data root (`docker info`), learnt on connect; the volume policy protects it.
+    engine_root_dir: std::sync::OnceLock<PathBuf>,
+}
+
+impl fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("docker_host", &self.config.docker_host)
+            .field("key_prefix", &self.config.key_prefix)
+            .field("agents", &self.config.agents.keys().collect::<Vec<_>>())
+            .field("connected", &self.client.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerRuntime {
+    /// Validates `config`; does not contact the engine (see the type's docs).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first invalid setting.
+    pub fn new(config: DockerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let policy =
+            VolumePolicy::new(config.allowed_volume_roots.clone(), unix_socket_of(&config));
+        Ok(Self {
+            labels: LabelKeys::new(&config.key_prefix),
+            policy: Arc::new(policy),
+            config,
+            client: OnceCell::new(),
+            engine_root_dir: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The label keys of this deployment (tests and the reconciler filter by them).
+    #[must_use]
+    pub fn label_keys(&self) -> &LabelKeys {
+        &self.labels
+    }
+
+    /// The connected, version-negotiated engine client.
+    async fn client(&self) -> Result<Docker, RuntimeError> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = match &self.config.docker_host {
+                    Some(host) => Docker::connect_with_host(host),
+                    // Honours DOCKER_HOST, else the local socket.
+                    None => Docker::connect_with_defaults(),
+                }
+                .map_err(engine_error)?
+                .with_timeout(self.config.engine_timeout);
+                // bollard speaks API 1.53 by default; older engines (1.41 here) need the downgrade.
+                let docker = docker.negotiate_version().await.map_err(engine_error)?;
+                match docker.info().await.map(|info| info.docker_root_dir) {
+                    Ok(Some(dir)) => {
+                        let _ = self.engine_root_dir.set(PathBuf::from(dir));
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "docker_info_failed"),
+                }
+                Ok(docker)
+            })
+            .await
+            .cloned()
+    }
+
+    fn profile(&self, agent_id: &AgentId) -> Result<&AgentProfile, RuntimeError> {
+        self.config
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| RuntimeError::UnknownAgent(agent_id.clone()))
+    }
+
+    /// The profile and the canonical host directory to mount, or why not.
+    async fn check(
+        &self,
+        agent_id: &AgentId,
+        volume: &VolumePath,
+    ) -> Result<(&AgentProfile, PathBuf), RuntimeError> {
+        let profile = self.profile(agent_id)?;
+        let policy = Arc::clone(&self.policy);
+        let volume = volume.clone();
+        // Canonicalisation walks the filesystem: keep it off the async workers.
+        // Known once connected; `create` connects before checking, `validate` uses what is known.
+        let engine_root_dir = self.engine_root_dir.get().cloned();
+        let checked = tokio::task::spawn_blocking(move || {
+            policy.check_with(&volume, engine_root_dir.as_deref())
+        })
+        .await
+        .map_err(|e| other(format!("volume check task failed: {e}")))?;
+        match checked {
+            Ok(source) => Ok((profile, source)),
+            Err(VolumeRefusal::Denied(reason)) => {
+                Err(RuntimeError::VolumeDenied(reason.to_owned()))
+            }
+            Err(VolumeRefusal::Invalid(reason)) => {
+                Err(RuntimeError::VolumeInvalid(reason.to_owned()))
+            }
+        }
+    }
+
+    fn stop_grace_secs(&self) -> i32 {
+        // The API takes whole seconds; round up so the grace is never shortened.
+        let grace = self.config.stop_grace;
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        i32::try_from(secs).unwrap_or(i32::MAX)
+    }
+
+    /// The full create request: hardening, limits, labels, mount and port binding.
+    fn container_body(
+        &self,
+        spec: &NewSandbox,
+        profile: &AgentProfile,
+        mount_source: &str,
+    ) -> ContainerCreateBody {
+        let port_key = profile.port.map(|port| format!("{port}/tcp"));
+        // validate() bounds memory to i64.
+        let memory = i64::try_from(profile.memory.0).unwrap_or(i64::MAX);
+        let cap_add = profile.normalised_cap_add();
+        let host_config = HostConfig {
+            privileged: Some(false),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: (!cap_add.is_empty()).then_some(cap_add),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            pids_limit: Some(profile.pids_limit),
+            memory: Some(memory),
+            // Equal to memory: no swap on top of the limit.
+            memory_swap: Some(memory),
+            nano_cpus: Some(profile.nano_cpus()),
+            // An init as PID 1 forwards SIGTERM and reaps zombies; a bare busybox PID 1 ignores
+            // SIGTERM, so every graceful stop would wait out the whole grace.
+            init: Some(true),
+            readonly_rootfs: Some(profile.read_only_rootfs),
+            tmpfs: profile
+                .read_only_rootfs
+                .then(|| HashMap::from([("/tmp".to_owned(), READ_ONLY_TMPFS_OPTIONS.to_owned())])),
+            runtime: profile.runtime.clone(),
+            // A typed bind mount (not `Binds`): the engine refuses a missing source instead of
+            // creating it, and paths with ':' or ',' cannot be misparsed.
+            mounts: Some(vec![Mount {
+                target: Some(profile.mount_target.clone()),
+                source: Some(mount_source.to_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(false),
+                ..Default::default()
+            }]),
+            port_bindings: port_key.clone().map(|key| {
+                HashMap::from([(
+                    key,
+                    Some(vec![PortBinding {
+                        host_ip: Some(self.config.publish_host_ip.to_string()),
+                        // Empty: the engine picks a free ephemeral port, read back by inspect.
+                        host_port: Some(String::new()),
+                    }]),
+                )])
+            }),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(profile.image.clone()),
+            cmd: profile.command.clone(),
+            env: Some(
+                profile
+                    .env
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect(),
+            ),
+            user: profile.user.clone(),
+            labels: Some(self.labels.for_sandbox(spec)),
+            exposed_ports: port_key.map(|key| vec![key]),
+            stop_timeout: Some(i64::from(self.stop_grace_secs())),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    async fn create_sandbox(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
+        // The profile first (no I/O), then the engine, so the volume check knows its data root.
+        self.profile(&spec.agent_id)?;
+        let docker = self.client().await?;
+        let (profile, source) = self.check(&spec.agent_id, &spec.volume_host_path).await?;
+        let source = source
+            .to_str()
+            .ok_or_else(|| RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path".to_owned()))?
+            .to_owned();
+        let name = format!("sandbox-{}", spec.session_id);
+        // Armed before the create call: if this future is dropped mid-way, whatever was created
+        // under this name is removed in the background.
+        let mut guard = RemoveOnDrop::arm(docker.clone(), name.clone());
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = match docker
+            .create_container(Some(options), self.container_body(spec, profile, &source))
+            .await
+        {
+            Ok(created) => created,
+            Err(error) => {
+                // An engine answer means nothing was created (and a name conflict belongs to
+                // someone else: leave it). A transport failure may have lost the reply to a create
+                // that happened, so the guard stays armed and removes by name (404 is fine).
+                if matches!(
+                    error,
+                    bollard::errors::Error::DockerResponseServerError { .. }
+                ) {
+                    guard.disarm();
+                }
+                return Err(create_error(error, &profile.image));
+            }
+        };
+        let container_id = ContainerId::parse(&created.id)
+            .map_err(|e| other(format!("engine returned an unusable container id: {e}")))?;
+        match self
+            .start_and_wait_ready(&docker, &container_id, profile)
+            .await
+        {
+            Ok(endpoint) => {
+                guard.disarm();
+                Ok(SandboxSession {
+                    session_id: spec.session_id,
+                    chat_id: spec.chat_id,
+                    agent_id: spec.agent_id.clone(),
+                    volume_host_path: spec.volume_host_path.clone(),
+                    container_id,
+                    endpoint,
+                    created_at: spec.created_at,
+                    expires_at: spec.expires_at,
+                })
+            }
+            Err(error) => {
+                if let Err(cleanup) = remove_forced(&docker, container_id.as_str()).await {
+                    tracing::warn!(%container_id, error = %cleanup, "sandbox_cleanup_after_failed_create_failed");
+                } else {
+                    guard.disarm();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_and_wait_ready(
+        &self,
+        docker: &Docker,
+        container_id: &ContainerId,
+        profile: &AgentProfile,
+    ) -> Result<Option<Endpoint>, RuntimeError> {
+        docker
+            .start_container(container_id.as_str(), None)
+            .await
+            .map_err(engine_error)?;
+        let Some(container_port) = profile.port else {
+            return Ok(None);
+        };
+        let host_port = published_port(docker, container_id, container_port).await?;
+        let endpoint = Endpoint::new(self.config.publish_host_ip, host_port)
+            .map_err(|e| other(format!("engine published an unusable port: {e}")))?;
+        let probe_addr = SocketAddr::new(probe_ip(self.config.publish_host_ip), host_port);
+        wait_ready(
+            docker,
+            container_id,
+            profile.effective_probe(),
+            probe_addr,
+            profile.ready_timeout,
+        )
+        .await?;
+        Ok(Some(endpoint))
+    }
+
+    async fn stop_sandbox(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let options = StopContainerOptionsBuilder::default()
+            .t(self.stop_grace_secs())
+            .build();
+        match docker
+            .stop_container(container_id.as_str(), Some(options))
+            .await
+        {
+            Ok(()) => {}
+            Err(error) if is_not_found(&error) => return Ok(()),
+            Err(error) => return Err(engine_error(error)),
+        }
+        remove_forced(&docker, container_id.as_str()).await
+    }
+}
+
+#[async_trait]
+impl SandboxRuntime for DockerRuntime {
+    async fn validate(&self, agent_id: &AgentId, volume: &VolumePath) -> Result<(), RuntimeError> {
+        self.check(agent_id, volume).await.map(drop)
+    }
+
+    async fn create(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
+        let started = Instant::now();
+        let result = self.create_sandbox(spec).await;
+        record(OPERATION_CREATE, result.is_ok(), started);
+        if let Ok(session) = &result {
+            tracing::debug!(
+                container_id = %session.container_id,
+                session_id = %session.session_id,
+                elapsed_ms = started.elapsed().as_millis(),
+                "sandbox_container_ready"
+            );
+        }
+        result
+    }
+
+    async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        let result = self.stop_sandbox(container_id).await;
+        record(OPERATION_STOP, result.is_ok(), started);
+        result
+    }
+
+    async fn delete(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        let result = match self.client().await {
+            Ok(docker) => remove_forced(&docker, container_id.as_str()).await,
+            Err(error) => Err(error),
+        };
+        record(OPERATION_DELETE, result.is_ok(), started);
+        result
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([("label", vec![self.labels.managed_filter()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_error)?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|summary| {
+                let container_id = ContainerId::parse(summary.id.as_deref()?).ok()?;
+                let labels = summary.labels.unwrap_or_default();
+                Some(ManagedContainer {
+                    container_id,
+                    session_id: self.labels.session_id(&labels),
+                    chat_id: self.labels.chat_id(&labels),
+                    created_at: self.labels.created_at(&labels),
+                    running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
+                })
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        docker.ping().await.map(drop).map_err(engine_error)
+    }
+}
+
+/// A failed create call: a missing image is named; nothing is ever pulled.
+fn create_error(error: bollard::errors::Error, image: &str) -> RuntimeError {
+    if let bollard::errors::Error::DockerResponseServerError {
+        status_code: 404,
+        message,
+    } = &error
+        && message.contains("No such image")
+    {
+        return RuntimeError::ImageNotFound(image.to_owned());
+    }
+    engine_error(error)
+}
+
+/// Forced removal; gone already (or being removed by a concurrent call) is success.
+/// `v` removes anonymous volumes only: a bind-mounted host directory is never touched.
+async fn remove_forced(docker: &Docker, container: &str) -> Result<(), RuntimeError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(container, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(error) if is_not_found(&error) || is_removal_in_progress(&error) => Ok(()),
+        Err(error) => Err(engine_error(error)),
+    }
+}
+
+/// The ephemeral host port the engine chose for `container_port`.
+async fn published_port(
+    docker: &Docker,
+    container_id: &ContainerId,
+    container_port: u16,
+) -> Result<u16, RuntimeError> {
+    let inspect = docker
+        .inspect_container(container_id.as_str(), None)
+        .await
+        .map_err(engine_error)?;
+    let key = format!("{container_port}/tcp");
+    inspect
+        .network_settings
+        .and_then(|settings| settings.ports)
+        .and_then(|mut ports| ports.remove(&key).flatten())
+        .and_then(|bindings| {
+            bindings.into_iter().find_map(|binding| {
+                binding
+                    .host_port
+                    .and_then(|port| port.parse::<u16>().ok())
+                    .filter(|port| *port != 0)
+            })
+        })
+        .ok_or_else(|| other(format!("engine reported no host port for {key}")))
+}
+
+/// Probes until ready, the container dies, or `ready_timeout` passes.
+async fn wait_ready(
+    docker: &Docker,
+    container_id: &ContainerId,
+    kind: ReadyProbe,
+    addr: SocketAddr,
+    ready_timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let deadline = Instant::now() + ready_timeout;
+    let mut backoff = PROBE_BACKOFF_START;
+    let mut next_state_check = Instant::now() + STATE_CHECK_EVERY;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(RuntimeError::NotReady(ready_timeout));
+        }
+        if probe::probe_once(kind, addr, remaining.min(PROBE_ATTEMPT_MAX)).await {
+            return Ok(());
+        }
+        if Instant::now() >= next_state_check {
+            // A container that exited will never serve: fail now, not at the deadline.
+            let state = docker
+                .inspect_container(container_id.as_str(), None)
+                .await
+                .map_err(engine_error)?
+                .state;
+            if let Some(state) = state
+                && state.running == Some(false)
+            {
+                let code = state.exit_code.unwrap_or_default();
+                return Err(other(format!(
+                    "container exited with code {code} before its endpoint was ready"
+                )));
+            }
+            next_state_check = Instant::now() + STATE_CHECK_EVERY;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(backoff.min(remaining)).await;
+        backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
+    }
+}
+
+/// The address to probe: the published IP, or loopback when publishing on every interface.
+fn probe_ip(publish_host_ip: IpAddr) -> IpAddr {
+    match publish_host_ip {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
+/// The engine's unix socket when configured (or in `DOCKER_HOST`), so the policy protects it.
+fn unix_socket_of(config: &DockerConfig) -> Option<PathBuf> {
+    let host = config
+        .docker_host
+        .clone()
+        .or_else(|| std::env::var("DOCKER_HOST").ok())?;
+    host.strip_prefix("unix://")
+        .map(|path| Path::new(path).to_path_buf())
+}
+
+fn record(operation: &'static str, ok: bool, started: Instant) {
+    let result = if ok { RESULT_OK } else { RESULT_ERROR };
+    metrics::histogram!(RUNTIME_DURATION_SECONDS, LABEL_OPERATION => operation, LABEL_RESULT => result)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Removes a half-created sandbox if `create` is abandoned (its future dropped) before it
+/// finished: Rust has no async drop, so the removal is spawned onto the current runtime.
+struct RemoveOnDrop {
+    armed: Option<(Docker, String)>,
+}
+
+impl RemoveOnDrop {
+    fn arm(docker: Docker, container: String) -> Self {
+        Self {
+            armed: Some((docker, container)),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let Some((docker, container)) = self.armed.take() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(error) = remove_forced(&docker, &container).await {
+                    tracing::warn!(container, %error, "sandbox_cleanup_after_abandoned_create_failed");
+                }
+            });
+        }
+    }
+}

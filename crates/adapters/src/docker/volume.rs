@@ -1,0 +1,296 @@
+//! The mount policy: which host directories a sandbox may bind-mount, decided before anything is
+//! created. Blocking filesystem calls; the runtime runs [`VolumePolicy::check`] on the blocking pool.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sandboxd_domain::VolumePath;
+
+/// Host paths never mountable, nor any directory that contains them: mounting `/var` would expose
+/// `/var/lib/docker` and `/var/run/docker.sock`, i.e. the whole host.
+const PROTECTED_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/etc", "/var/lib/docker", "/boot"];
+/// Where Docker's socket usually is; the configured one is added to these.
+const DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
+
+/// Why a volume was refused; maps onto `RuntimeError::{VolumeDenied, VolumeInvalid}`.
+/// Messages never echo paths: they may reach clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeRefusal {
+    /// Policy: outside every allowed root, a symlink leaving them, or a protected path.
+    #[error("{0}")]
+    Denied(&'static str),
+    /// Malformed for this host: missing, not a directory, unreadable.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// The allowed roots and protected paths, as configured (resolved again on every check, so a root
+/// that is itself a symlink, or that appears after start, is handled).
+#[derive(Debug, Clone)]
+pub struct VolumePolicy {
+    allowed_roots: Vec<PathBuf>,
+    protected: Vec<PathBuf>,
+}
+
+impl VolumePolicy {
+    /// `docker_socket` is the engine's unix socket when known (from `docker_host`/`DOCKER_HOST`).
+    #[must_use]
+    pub fn new(allowed_roots: Vec<PathBuf>, docker_socket: Option<PathBuf>) -> Self {
+        let mut protected: Vec<PathBuf> = PROTECTED_PATHS
+            .iter()
+            .chain(DOCKER_SOCKETS)
+            .map(PathBuf::from)
+            .collect();
+        protected.extend(docker_socket);
+        Self {
+            allowed_roots,
+            protected,
+        }
+    }
+
+    /// Resolves `volume` and returns the canonical directory to mount.
+    ///
+    /// Order matters: a path that is not even lexically under a root is denied before the
+    /// filesystem is touched, so clients cannot probe which host paths exist.
+    ///
+    /// # Errors
+    /// [`VolumeRefusal::Denied`] for policy, [`VolumeRefusal::Invalid`] for a missing or
+    /// non-directory path.
+    pub fn check(&self, volume: &VolumePath) -> Result<PathBuf, VolumeRefusal> {
+        self.check_with(volume, None)
+    }
+
+    /// [`Self::check`], also protecting `engine_root_dir` (the engine's data root, when the
+    /// engine has reported one and it is not the default `/var/lib/docker`).
+    ///
+    /// # Errors
+    /// As [`Self::check`].
+    pub fn check_with(
+        &self,
+        volume: &VolumePath,
+        engine_root_dir: Option<&Path>,
+    ) -> Result<PathBuf, VolumeRefusal> {
+        let requested = Path::new(volume.as_str());
+        let roots = self.resolved_roots();
+        if roots.is_empty() {
+            return Err(VolumeRefusal::Denied(
+                "no allowed volume roots are configured",
+            ));
+        }
+        let lexically_inside = roots.iter().any(|(raw, canonical)| {
+            strictly_below(requested, raw) || strictly_below(requested, canonical)
+        });
+        if !lexically_inside {
+            return Err(VolumeRefusal::Denied("is not under an allowed volume root"));
+        }
+        let canonical = std::fs::canonicalize(requested).map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => VolumeRefusal::Invalid("does not exist"),
+            io::ErrorKind::PermissionDenied => VolumeRefusal::Invalid("cannot be resolved"),
+            _ => VolumeRefusal::Invalid("cannot be resolved"),
+        })?;
+        if !roots
+            .iter()
+            .any(|(_, root)| strictly_below(&canonical, root))
+        {
+            return Err(VolumeRefusal::Denied(
+                "resolves outside the allowed volume roots",
+            ));
+        }
+        if self.is_protected(&canonical)
+            || engine_root_dir.is_some_and(|dir| overlaps(&canonical, dir))
+        {
+            return Err(VolumeRefusal::Denied(
+                "is or contains a protected host path",
+            ));
+        }
+        match std::fs::metadata(&canonical) {
+            Ok(meta) if meta.is_dir() => Ok(canonical),
+            Ok(_) => Err(VolumeRefusal::Invalid("is not a directory")),
+            Err(_) => Err(VolumeRefusal::Invalid("cannot be read")),
+        }
+    }
+
+    /// Each configured root with its canonical form; roots that do not resolve are skipped (they
+    /// cannot contain anything that exists).
+    fn resolved_roots(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.allowed_roots
+            .iter()
+            .filter_map(|root| match std::fs::canonicalize(root) {
+                Ok(canonical) => Some((root.clone(), canonical)),
+                Err(error) => {
+                    tracing::warn!(root = %root.display(), %error, "allowed volume root does not resolve");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// `/` itself, any protected path, anything under one, or any ancestor of one.
+    fn is_protected(&self, canonical: &Path) -> bool {
+        if canonical == Path::new("/") {
+            return true;
+        }
+        self.protected.iter().any(|raw| {
+            // Compare against both spellings: /var/run is usually a symlink to /run.
+            let resolved = std::fs::canonicalize(raw).ok();
+            [Some(raw.as_path()), resolved.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|protected| overlaps(canonical, protected))
+        })
+    }
+}
+
+/// `path` is `protected`, lies under it, or contains it.
+fn overlaps(path: &Path, protected: &Path) -> bool {
+    path.starts_with(protected) || protected.starts_with(path)
+}
+
+/// A root itself is not mountable: it holds every chat's directory.
+fn strictly_below(path: &Path, root: &Path) -> bool {
+    path.starts_with(root) && path != root
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn volume(path: &Path) -> VolumePath {
+        VolumePath::parse(path.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_directory_under_a_root_is_allowed_and_canonicalised() {
+        let root = tempfile::tempdir().unwrap();
+        let chat = root.path().join("chat-a");
+        std::fs::create_dir(&chat).unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        assert_eq!(
+            policy.check(&volume(&chat)),
+            Ok(std::fs::canonicalize(&chat).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_root_itself_is_denied() {
+        let root = tempfile::tempdir().unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        assert!(matches!(
+            policy.check(&volume(root.path())),
+            Err(VolumeRefusal::Denied(_))
+        ));
+    }
+
+    #[test]
+    fn no_roots_means_everything_is_denied() {
+        let root = tempfile::tempdir().unwrap();
+        let policy = VolumePolicy::new(vec![], None);
+        assert!(matches!(
+            policy.check(&volume(root.path())),
+            Err(VolumeRefusal::Denied(_))
+        ));
+    }
+
+    #[test]
+    fn outside_roots_is_denied_without_revealing_existence() {
+        let root = tempfile::tempdir().unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        for path in [
+            "/nonexistent/x",
+            "/etc",
+            "/",
+            "/var/run/docker.sock",
+            "/tmp",
+        ] {
+            let refusal = policy.check(&VolumePath::parse(path).unwrap());
+            assert!(
+                matches!(refusal, Err(VolumeRefusal::Denied(_))),
+                "{path}: {refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn symlink_escaping_the_root_is_denied_and_one_staying_inside_is_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let inside = root.path().join("real");
+        std::fs::create_dir(&inside).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(&inside, root.path().join("alias")).unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        assert!(matches!(
+            policy.check(&volume(&root.path().join("escape"))),
+            Err(VolumeRefusal::Denied(_))
+        ));
+        assert_eq!(
+            policy.check(&volume(&root.path().join("alias"))),
+            Ok(std::fs::canonicalize(&inside).unwrap())
+        );
+    }
+
+    #[test]
+    fn missing_and_non_directory_paths_are_invalid() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("file"), b"x").unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        assert_eq!(
+            policy.check(&volume(&root.path().join("missing"))),
+            Err(VolumeRefusal::Invalid("does not exist"))
+        );
+        assert_eq!(
+            policy.check(&volume(&root.path().join("file"))),
+            Err(VolumeRefusal::Invalid("is not a directory"))
+        );
+        assert!(
+            !root.path().join("missing").exists(),
+            "policy must never create directories"
+        );
+    }
+
+    #[test]
+    fn protected_paths_their_ancestors_and_descendants_are_denied_even_under_a_root() {
+        // A root of `/` (a misconfiguration) must still not expose the host's critical paths.
+        let policy = VolumePolicy::new(vec![PathBuf::from("/")], None);
+        for path in [
+            "/", "/etc", "/etc/ssl", "/proc", "/sys", "/dev", "/var", "/var/lib", "/run",
+        ] {
+            let refusal = policy.check(&VolumePath::parse(path).unwrap());
+            assert!(
+                matches!(refusal, Err(VolumeRefusal::Denied(_))),
+                "{path}: {refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_engine_data_root_is_protected_when_known() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("docker-data");
+        let chat = data.join("volumes");
+        std::fs::create_dir_all(&chat).unwrap();
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
+        assert!(policy.check(&volume(&chat)).is_ok());
+        let engine_root = std::fs::canonicalize(&data).unwrap();
+        for path in [&chat, &data] {
+            assert!(matches!(
+                policy.check_with(&volume(path), Some(&engine_root)),
+                Err(VolumeRefusal::Denied(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_configured_socket_is_protected_with_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let sockets = root.path().join("sockets");
+        std::fs::create_dir(&sockets).unwrap();
+        let socket = sockets.join("docker.sock");
+        let policy = VolumePolicy::new(vec![root.path().to_path_buf()], Some(socket));
+        assert!(matches!(
+            policy.check(&volume(&sockets)),
+            Err(VolumeRefusal::Denied(_))
+        ));
+    }
+}

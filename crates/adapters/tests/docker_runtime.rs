@@ -1,0 +1,480 @@
+//! The Docker runtime against a real engine: hardening, labels, mounts and endpoint of a created
+//! sandbox, the volume policy, idempotent stop/delete, readiness failures and an absent engine.
+//! Every test labels what it creates with its own prefix and removes it, also when it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/docker_engine.rs"]
+mod docker_engine;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use docker_engine::{TestSandboxes, agent, engine, exec, http_get, new_sandbox, sandbox_image};
+use sandboxd_adapters::docker::{AgentProfile, DockerConfig, DockerRuntime, names};
+use sandboxd_domain::{ContainerId, ValidationError, VolumePath};
+use sandboxd_usecase::ports::{RuntimeError, SandboxRuntime};
+
+#[tokio::test]
+async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http() {
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let volume = world.volume_dir("chat-a");
+    std::fs::write(volume.join("index.html"), "hello from the host\n").unwrap();
+    let spec = new_sandbox("web", &volume);
+
+    let session = runtime.create(&spec).await.unwrap();
+
+    assert_eq!(session.session_id, spec.session_id);
+    assert_eq!(session.volume_host_path, spec.volume_host_path);
+    let endpoint = session.endpoint.expect("the web profile publishes a port");
+    assert_eq!(endpoint.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+    let docker = engine().await;
+    let inspect = docker
+        .inspect_container(session.container_id.as_str(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        inspect.name.as_deref(),
+        Some(format!("/sandbox-{}", spec.session_id).as_str())
+    );
+    let labels = inspect
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap();
+    let label = |name: &str| labels.get(&format!("{}.{name}", world.prefix)).cloned();
+    assert_eq!(label("managed-by").as_deref(), Some("sandboxd"));
+    assert_eq!(label("chat_id"), Some(spec.chat_id.to_string()));
+    assert_eq!(label("session_id"), Some(spec.session_id.to_string()));
+    assert_eq!(label("agent_id").as_deref(), Some("web"));
+    assert_eq!(
+        label("volume_host_path"),
+        Some(spec.volume_host_path.to_string())
+    );
+    assert!(label("created_at").is_some_and(|v| v.ends_with('Z')));
+    assert!(label("expires_at").is_some_and(|v| v.ends_with('Z')));
+
+    let host = inspect.host_config.clone().unwrap();
+    assert_eq!(host.privileged, Some(false));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert!(
+        host.security_opt
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.starts_with("no-new-privileges"))
+    );
+    assert_eq!(host.pids_limit, Some(64));
+    assert_eq!(host.memory, Some(64 << 20));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.init, Some(true));
+    let mounts = inspect.mounts.clone().unwrap();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
+    assert_eq!(
+        mounts[0].source.as_deref(),
+        volume.canonicalize().unwrap().to_str()
+    );
+    assert_eq!(mounts[0].rw, Some(true));
+    let ports = inspect.network_settings.and_then(|n| n.ports).unwrap();
+    let bindings = ports.get("8080/tcp").cloned().flatten().unwrap();
+    assert_eq!(
+        bindings.len(),
+        1,
+        "published once, on loopback only: {bindings:?}"
+    );
+    assert_eq!(bindings[0].host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        bindings[0].host_port.as_deref(),
+        Some(endpoint.port.to_string().as_str())
+    );
+
+    // The endpoint serves the host directory, so HTTP proves the mount from the host side...
+    let (status, body) = http_get(SocketAddr::new(endpoint.ip, endpoint.port.get()), "/").await;
+    assert_eq!((status, body.as_str()), (200, "hello from the host\n"));
+    // ...and a write inside the container shows up on the host.
+    exec(
+        &docker,
+        session.container_id.as_str(),
+        &["sh", "-c", "echo from-sandbox > /workspace/out.txt"],
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(volume.join("out.txt")).unwrap(),
+        "from-sandbox\n"
+    );
+
+    let managed = runtime.list_managed().await.unwrap();
+    assert_eq!(managed.len(), 1);
+    assert_eq!(managed[0].container_id, session.container_id);
+    assert_eq!(managed[0].session_id, Some(spec.session_id));
+    assert_eq!(managed[0].chat_id, Some(spec.chat_id));
+    assert_eq!(managed[0].created_at, Some(spec.created_at));
+    assert!(managed[0].running);
+
+    runtime.delete(&session.container_id).await.unwrap();
+    assert_eq!(world.count().await, 0);
+    assert!(
+        volume.join("out.txt").exists(),
+        "removal must never touch the host volume"
+    );
+}
+
+#[tokio::test]
+async fn volume_refusals_create_no_container() {
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), world.root.path().join("escape")).unwrap();
+    std::fs::write(world.root.path().join("a-file"), "x").unwrap();
+    let root = world.root.path().to_str().unwrap().to_owned();
+
+    let denied = [
+        outside.path().to_str().unwrap().to_owned(),
+        format!("{root}/escape"),
+        "/var/run/docker.sock".to_owned(),
+        "/run/docker.sock".to_owned(),
+        "/etc".to_owned(),
+        "/".to_owned(),
+        "/proc".to_owned(),
+        "/var/lib/docker".to_owned(),
+        root.clone(),
+    ];
+    for path in &denied {
+        let spec = new_sandbox("web", std::path::Path::new(path));
+        let created = runtime.create(&spec).await;
+        assert!(
+            matches!(created, Err(RuntimeError::VolumeDenied(_))),
+            "{path}: {created:?}"
+        );
+        let validated = runtime
+            .validate(&spec.agent_id, &spec.volume_host_path)
+            .await;
+        assert!(
+            matches!(validated, Err(RuntimeError::VolumeDenied(_))),
+            "{path}: {validated:?}"
+        );
+    }
+    for path in [format!("{root}/missing"), format!("{root}/a-file")] {
+        let spec = new_sandbox("web", std::path::Path::new(&path));
+        let created = runtime.create(&spec).await;
+        assert!(
+            matches!(created, Err(RuntimeError::VolumeInvalid(_))),
+            "{path}: {created:?}"
+        );
+    }
+    assert!(
+        !world.root.path().join("missing").exists(),
+        "a missing volume is never created"
+    );
+    // Relative paths and `..` never reach the runtime: the domain refuses them syntactically.
+    assert_eq!(
+        VolumePath::parse("chats/a"),
+        Err(ValidationError::NotAbsolute)
+    );
+    assert_eq!(
+        VolumePath::parse(&format!("{root}/../etc")),
+        Err(ValidationError::NotNormalised)
+    );
+
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
+async fn an_unknown_agent_is_refused_before_anything_is_created() {
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let spec = new_sandbox("nobody", &world.volume_dir("chat"));
+    let created = runtime.create(&spec).await;
+    assert!(matches!(created, Err(RuntimeError::UnknownAgent(ref a)) if *a == agent("nobody")));
+    let validated = runtime
+        .validate(&spec.agent_id, &spec.volume_host_path)
+        .await;
+    assert!(matches!(validated, Err(RuntimeError::UnknownAgent(_))));
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
+async fn a_missing_image_is_named_and_nothing_is_left() {
+    let world = TestSandboxes::new();
+    let mut config = world.config();
+    config.agents.insert(
+        agent("ghost"),
+        AgentProfile::new("sandboxd/does-not-exist:never"),
+    );
+    let runtime = DockerRuntime::new(config).unwrap();
+    let created = runtime
+        .create(&new_sandbox("ghost", &world.volume_dir("chat")))
+        .await;
+    assert!(
+        matches!(created, Err(RuntimeError::ImageNotFound(ref image)) if image == "sandboxd/does-not-exist:never"),
+        "{created:?}"
+    );
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
+async fn stop_and_delete_are_idempotent() {
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let first = runtime
+        .create(&new_sandbox("web", &world.volume_dir("a")))
+        .await
+        .unwrap();
+    let second = runtime
+        .create(&new_sandbox("web", &world.volume_dir("b")))
+        .await
+        .unwrap();
+    assert_eq!(world.count().await, 2);
+
+    runtime.stop(&first.container_id).await.unwrap();
+    runtime.stop(&first.container_id).await.unwrap();
+    runtime.delete(&second.container_id).await.unwrap();
+    runtime.delete(&second.container_id).await.unwrap();
+    assert_eq!(world.count().await, 0);
+
+    let never = ContainerId::parse("sandbox-never-existed-0000").unwrap();
+    runtime.stop(&never).await.unwrap();
+    runtime.delete(&never).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
+    let world = TestSandboxes::new();
+    let mut config = world.config();
+    let mut mute = AgentProfile::new(sandbox_image());
+    mute.port = Some(8080);
+    mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
+    mute.ready_timeout = Duration::from_secs(1);
+    config.agents.insert(agent("mute"), mute);
+    let runtime = DockerRuntime::new(config).unwrap();
+
+    let started = Instant::now();
+    let created = runtime
+        .create(&new_sandbox("mute", &world.volume_dir("chat")))
+        .await;
+    assert!(
+        matches!(created, Err(RuntimeError::NotReady(t)) if t == Duration::from_secs(1)),
+        "{created:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        world.count().await,
+        0,
+        "the unready container must be removed"
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_create_leaves_no_container_behind() {
+    let world = TestSandboxes::new();
+    let mut config = world.config();
+    let mut mute = AgentProfile::new(sandbox_image());
+    mute.port = Some(8080);
+    mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
+    mute.ready_timeout = Duration::from_secs(30);
+    config.agents.insert(agent("mute"), mute);
+    let runtime = DockerRuntime::new(config).unwrap();
+
+    // The caller gives up (a cancelled RPC drops the future) while create waits for readiness.
+    let spec = new_sandbox("mute", &world.volume_dir("chat"));
+    let abandoned = tokio::time::timeout(Duration::from_secs(2), runtime.create(&spec)).await;
+    assert!(
+        abandoned.is_err(),
+        "create must still have been waiting: {abandoned:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.count().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned sandbox was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
+    let world = TestSandboxes::new();
+    let mut config = world.config();
+    let mut crashing = AgentProfile::new(sandbox_image());
+    crashing.port = Some(8080);
+    crashing.command = Some(vec!["false".to_owned()]);
+    crashing.ready_timeout = Duration::from_secs(20);
+    config.agents.insert(agent("crashing"), crashing);
+    let runtime = DockerRuntime::new(config).unwrap();
+
+    let started = Instant::now();
+    let created = runtime
+        .create(&new_sandbox("crashing", &world.volume_dir("chat")))
+        .await;
+    assert!(
+        matches!(created, Err(RuntimeError::Other(_))),
+        "{created:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
+async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
+    let world = TestSandboxes::new();
+    let config = DockerConfig {
+        stop_grace: Duration::from_secs(2),
+        ..world.config()
+    };
+    let runtime = DockerRuntime::new(config).unwrap();
+    let session = runtime
+        .create(&new_sandbox("web", &world.volume_dir("chat")))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    runtime.stop(&session.container_id).await.unwrap();
+    let took = started.elapsed();
+    // The init forwards SIGTERM to httpd, which exits at once; without it this takes the full 2 s.
+    assert!(took < Duration::from_millis(1500), "stop took {took:?}");
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
+async fn read_only_profiles_get_a_writable_tmp_and_their_capabilities() {
+    let world = TestSandboxes::new();
+    let mut config = world.config();
+    let mut locked = config.agents[&agent("web")].clone();
+    locked.read_only_rootfs = true;
+    locked.cap_add = vec!["CAP_NET_BIND_SERVICE".to_owned()];
+    config.agents.insert(agent("locked"), locked);
+    let runtime = DockerRuntime::new(config).unwrap();
+    let session = runtime
+        .create(&new_sandbox("locked", &world.volume_dir("chat")))
+        .await
+        .unwrap();
+
+    let docker = engine().await;
+    let id = session.container_id.as_str();
+    let host = docker
+        .inspect_container(id, None)
+        .await
+        .unwrap()
+        .host_config
+        .unwrap();
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.cap_add, Some(vec!["NET_BIND_SERVICE".to_owned()]));
+    assert!(host.tmpfs.unwrap_or_default().contains_key("/tmp"));
+    let out = exec(
+        &docker,
+        id,
+        &["sh", "-c", "touch /x 2>&1; touch /tmp/x && echo tmp-ok"],
+    )
+    .await;
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains("tmp-ok"), "{out}");
+    runtime.delete(&session.container_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_is_unavailable_quickly() {
+    let world = TestSandboxes::new();
+    let volume = world.volume_dir("chat");
+    // A path with no socket, and a socket file nobody serves (connection refused).
+    let gone = world.root.path().join("gone.sock");
+    let stale = world.root.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    for socket in [gone, stale] {
+        let config = DockerConfig {
+            docker_host: Some(format!("unix://{}", socket.display())),
+            ..world.config()
+        };
+        let runtime = DockerRuntime::new(config).unwrap();
+        let started = Instant::now();
+        let created = runtime.create(&new_sandbox("web", &volume)).await;
+        assert!(
+            matches!(created, Err(RuntimeError::Unavailable(_))),
+            "{created:?}"
+        );
+        assert!(matches!(
+            runtime.ping().await,
+            Err(RuntimeError::Unavailable(_))
+        ));
+        let id = ContainerId::parse("whatever").unwrap();
+        assert!(matches!(
+            runtime.stop(&id).await,
+            Err(RuntimeError::Unavailable(_))
+        ));
+        assert!(matches!(
+            runtime.delete(&id).await,
+            Err(RuntimeError::Unavailable(_))
+        ));
+        assert!(matches!(
+            runtime.list_managed().await,
+            Err(RuntimeError::Unavailable(_))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn runtime_calls_are_timed_by_operation_and_result() {
+    use metrics_util::debugging::DebuggingRecorder;
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let volume = world.volume_dir("chat");
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A local recorder is per thread: drive the calls on a current-thread runtime inside it.
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let session = runtime.create(&new_sandbox("web", &volume)).await.unwrap();
+            runtime.stop(&session.container_id).await.unwrap();
+            runtime.delete(&session.container_id).await.unwrap();
+            assert!(
+                runtime
+                    .create(&new_sandbox("nobody", &volume))
+                    .await
+                    .is_err()
+            );
+        });
+    });
+    let mut seen: Vec<(String, String)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == names::RUNTIME_DURATION_SECONDS)
+        .map(|(key, ..)| {
+            let label = |name: &str| {
+                key.key()
+                    .labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap()
+            };
+            (label(names::LABEL_OPERATION), label(names::LABEL_RESULT))
+        })
+        .collect();
+    seen.sort();
+    let expected = [
+        ("create", "error"),
+        ("create", "ok"),
+        ("delete", "ok"),
+        ("stop", "ok"),
+    ];
+    assert_eq!(seen, expected.map(|(o, r)| (o.to_owned(), r.to_owned())));
+}
