@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::Parser;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use sandboxd_adapters::docker::{AgentProfile, DockerConfig};
+use sandboxd_adapters::redis::RedisConfig;
 use sandboxd_domain::{AgentId, VolumePath};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -49,10 +51,6 @@ pub enum LogFormat {
     Text,
     Json,
 }
-
-/// One `[agents.<agent_id>]` table, kept as raw TOML values until the Docker runtime's own
-/// `AgentProfile` type parses it; the server itself only needs the profile names.
-pub type AgentProfileTable = BTreeMap<String, figment::value::Value>;
 
 /// Everything `sandboxd` reads at start; see `deploy/sandboxd.example.toml` for every key.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,7 +100,7 @@ pub struct Config {
     pub auth_token_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// Agent profiles by agent id; an id not listed is refused with INVALID_ARGUMENT.
-    pub agents: BTreeMap<String, AgentProfileTable>,
+    pub agents: BTreeMap<String, AgentProfile>,
 }
 
 impl Default for Config {
@@ -349,12 +347,48 @@ impl Config {
                 "not found or not a file",
             ));
         }
-        for name in self.agents.keys() {
-            AgentId::parse(name).map_err(|e| {
+        self.docker_config()?
+            .validate()
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        self.redis_config()
+            .validate()
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        Ok(())
+    }
+
+    /// The Docker runtime's part of the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an agent table whose name is not a valid agent id.
+    pub fn docker_config(&self) -> Result<DockerConfig, ConfigError> {
+        let mut agents = BTreeMap::new();
+        for (name, profile) in &self.agents {
+            let agent_id = AgentId::parse(name).map_err(|e| {
                 ConfigError::invalid(format!("agents.{name}"), format!("agent id {e}"))
             })?;
+            agents.insert(agent_id, profile.clone());
         }
-        Ok(())
+        Ok(DockerConfig {
+            docker_host: self.docker_host.clone(),
+            key_prefix: self.key_prefix.clone(),
+            publish_host_ip: self.publish_host_ip,
+            stop_grace: self.stop_grace,
+            engine_timeout: self.engine_timeout,
+            allowed_volume_roots: self.allowed_volume_roots.clone(),
+            agents,
+        })
+    }
+
+    /// The Redis adapters' part of the configuration.
+    #[must_use]
+    pub fn redis_config(&self) -> RedisConfig {
+        RedisConfig {
+            url: self.redis_url.clone(),
+            key_prefix: self.key_prefix.clone(),
+            lock_ttl: self.lock_ttl,
+            lock_wait: self.lock_wait,
+            ..RedisConfig::default()
+        }
     }
 
     /// The configured agent ids (validated by [`Self::validate`]).

@@ -35,7 +35,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         auth = auth.is_enabled(),
         "sandboxd_starting"
     );
-    let ports = adapters::connect(&config).await?;
+    let ports = adapters::connect(&config)?;
     let app = app::Application::build(
         &config,
         app::Dependencies {

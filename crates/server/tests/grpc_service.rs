@@ -2,12 +2,12 @@
 //! the handlers' translation, the error mapping, health and the drain on shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+use sandboxd_adapters::docker::AgentProfile;
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
 use sandboxd_server::app::{Application, Dependencies};
@@ -46,7 +46,10 @@ impl TestApp {
             ..Config::default()
         };
         for agent in ["default", "other"] {
-            config.agents.insert(agent.to_owned(), BTreeMap::new());
+            config.agents.insert(
+                agent.to_owned(),
+                AgentProfile::new("sandboxd/busybox:local"),
+            );
         }
         let calls = CallLog::default();
         let locker = Arc::new(InMemoryLocker::new(calls.clone()));
