@@ -47,7 +47,8 @@ pub fn to_status(
         ErrorKind::InvalidArgument { field } => invalid_field(field, error),
         ErrorKind::PermissionDenied { field } => Status::with_error_details(
             Code::PermissionDenied,
-            format!("{field} is not allowed: {error}"),
+            // The runtime's message already names the field and the policy that refused it.
+            error.to_string(),
             ErrorDetails::with_bad_request_violation(field, error.to_string()),
         ),
         ErrorKind::Conflict { reason } => Status::with_error_details(
