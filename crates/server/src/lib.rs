@@ -1,1 +1,51 @@
-//! placeholder
+//! The `sandboxd` server: configuration, the gRPC handlers over the use cases, health,
+//! reflection, the operations HTTP port, the cleanup loop and graceful shutdown.
+//!
+//! `main.rs` only wires these together; tests build an [`app::Application`] from in-memory ports.
+
+pub mod adapters;
+pub mod app;
+pub mod auth;
+pub mod cleanup;
+pub mod config;
+pub mod drain;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+
+use tokio_util::sync::CancellationToken;
+
+/// Runs the server for `config` until SIGTERM or ctrl-c, then drains and returns.
+///
+/// # Errors
+/// When a backend cannot be set up, a listener cannot be bound, or a server fails.
+pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics()?;
+    let auth = match &config.auth_token_file {
+        Some(path) => auth::BearerAuth::from_file(path)?,
+        None => auth::BearerAuth::default(),
+    };
+    tracing::info!(
+        redis_url = %config.redis_url_redacted(),
+        key_prefix = %config.key_prefix,
+        agents = ?config.agents.keys().collect::<Vec<_>>(),
+        allowed_volume_roots = ?config.allowed_volume_roots,
+        auth = auth.is_enabled(),
+        "sandboxd_starting"
+    );
+    let ports = adapters::connect(&config)?;
+    let app = app::Application::build(
+        &config,
+        app::Dependencies {
+            ports,
+            metrics,
+            auth,
+        },
+    )
+    .await?;
+    let shutdown = CancellationToken::new();
+    shutdown::cancel_on_signals(shutdown.clone());
+    app.run_until_stopped(shutdown).await
+}

@@ -1,0 +1,240 @@
+//! Startup and shutdown of the whole server: binds both listeners, serves gRPC (SandboxService,
+//! health, reflection v1 and v1alpha) and HTTP, runs the health checker and cleanup loop, and on
+//! cancellation drains in order under time bounds.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sandboxd_api::v1::sandbox_service_server::SandboxServiceServer;
+use sandboxd_domain::AgentId;
+use sandboxd_usecase::{CleanupExpiredSandboxes, CleanupOptions, Ports};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::BearerAuth;
+use crate::cleanup::run_cleanup_loop;
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::grpc::{SandboxGrpcService, ServiceSettings, UseCases};
+use crate::health::{HealthPublisher, Readiness, run_checks};
+
+/// After the calls drained, how long open connections (health watches, idle clients) get to
+/// close before the listeners are dropped.
+const CONNECTION_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the application is built from besides the configuration.
+#[derive(Debug)]
+pub struct Dependencies {
+    pub ports: Ports,
+    pub metrics: PrometheusHandle,
+    pub auth: BearerAuth,
+}
+
+/// A server with its listeners bound, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    ports: Ports,
+    metrics: PrometheusHandle,
+    auth: BearerAuth,
+    settings: ServiceSettings,
+    cleanup_interval: Duration,
+    drain_timeout: Duration,
+}
+
+impl Application {
+    /// Binds both listeners (port 0 picks free ports) and logs the bound addresses.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound.
+    pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding grpc_addr {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding http_addr {}", config.http_addr))?;
+        let known_agents: BTreeSet<AgentId> = config.agent_ids().into_iter().collect();
+        if !deps.auth.is_enabled() && !config.grpc_addr.ip().is_loopback() {
+            tracing::warn!(grpc_addr = %config.grpc_addr, "auth_disabled_on_non_loopback_address");
+        }
+        let app = Self {
+            grpc_listener,
+            http_listener,
+            ports: deps.ports,
+            metrics: deps.metrics,
+            auth: deps.auth,
+            settings: ServiceSettings {
+                session_ttl: config.session_ttl,
+                max_ttl: config.max_ttl,
+                cleanup: CleanupOptions {
+                    concurrency: config.cleanup_concurrency,
+                    ..CleanupOptions::default()
+                },
+                known_agents,
+            },
+            cleanup_interval: config.cleanup_interval,
+            drain_timeout: config.drain_timeout,
+        };
+        tracing::info!(addr = %app.grpc_addr()?, "grpc_listening");
+        tracing::info!(addr = %app.http_addr()?, "http_listening");
+        Ok(app)
+    }
+
+    /// # Errors
+    /// When the OS cannot tell the bound address.
+    pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.grpc_listener.local_addr()?)
+    }
+
+    /// # Errors
+    /// When the OS cannot tell the bound address.
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.http_listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: health NOT_SERVING, new SandboxService
+    /// calls refused (UNAVAILABLE), in-flight calls and a running cleanup pass finish within
+    /// `drain_timeout`, then the listeners close.
+    ///
+    /// # Errors
+    /// When a server stops on its own with an error.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let readiness = Arc::new(Readiness::default());
+        let publisher = HealthPublisher::new(health_reporter, Arc::clone(&readiness)).await;
+
+        let background_stop = CancellationToken::new();
+        let health_checks = tokio::spawn(run_checks(
+            self.ports.clone(),
+            publisher.clone(),
+            background_stop.clone(),
+        ));
+        let use_cases = Arc::new(UseCases::new(&self.ports, &self.settings));
+        let cleanup_loop = (!self.cleanup_interval.is_zero()).then(|| {
+            tokio::spawn(run_cleanup_loop(
+                CleanupExpiredSandboxes::clone(&use_cases.cleanup),
+                self.cleanup_interval,
+                background_stop.clone(),
+            ))
+        });
+
+        let drain = Drain::new();
+        let sandbox_service = SandboxGrpcService::new(
+            Arc::clone(&use_cases),
+            self.settings.known_agents.clone(),
+            drain.clone(),
+        );
+        let auth = self.auth.clone();
+        let reflection_v1 = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+        let servers_stop = CancellationToken::new();
+        let grpc_server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(SandboxServiceServer::with_interceptor(
+                    sandbox_service,
+                    move |request| auth.check(request),
+                ))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.grpc_listener),
+                    servers_stop.clone().cancelled_owned(),
+                ),
+        );
+        let http_server = tokio::spawn(
+            axum::serve(
+                self.http_listener,
+                crate::http::router(self.metrics, readiness),
+            )
+            .with_graceful_shutdown(servers_stop.clone().cancelled_owned())
+            .into_future(),
+        );
+
+        let mut grpc_server = grpc_server;
+        let mut http_server = http_server;
+        let early_exit = tokio::select! {
+            () = shutdown.cancelled() => None,
+            outcome = &mut grpc_server => Some(flatten("grpc server", outcome)),
+            outcome = &mut http_server => Some(flatten("http server", outcome)),
+        };
+        if let Some(outcome) = early_exit {
+            // A server died on its own: stop the rest and report why.
+            background_stop.cancel();
+            servers_stop.cancel();
+            return outcome.and(Err(anyhow::anyhow!("a server stopped unexpectedly")));
+        }
+
+        tracing::info!(in_flight = drain.in_flight(), "shutdown_started");
+        publisher.set_draining().await;
+        drain.start();
+        background_stop.cancel();
+        let finish_work = async {
+            drain.wait().await;
+            if let Some(cleanup_loop) = cleanup_loop {
+                let _ = cleanup_loop.await;
+            }
+        };
+        if tokio::time::timeout(self.drain_timeout, finish_work)
+            .await
+            .is_err()
+        {
+            tracing::warn!(in_flight = drain.in_flight(), "shutdown_drain_timed_out");
+        }
+        let _ = health_checks.await;
+        servers_stop.cancel();
+        close_server("grpc server", grpc_server).await;
+        close_server("http server", http_server).await;
+        tracing::info!("shutdown_complete");
+        Ok(())
+    }
+}
+
+/// Reflection over our API plus the error-detail and health types, so clients such as grpcurl
+/// can decode rich error details and the health service without proto files.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sandboxd_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+type ServerTask<E> = JoinHandle<Result<(), E>>;
+
+fn flatten<E: std::error::Error + Send + Sync + 'static>(
+    name: &str,
+    outcome: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(anyhow::Error::new(error).context(format!("{name} failed"))),
+        Err(join_error) => Err(anyhow::Error::new(join_error).context(format!("{name} panicked"))),
+    }
+}
+
+async fn close_server<E: std::error::Error + Send + Sync + 'static>(
+    name: &str,
+    server: ServerTask<E>,
+) {
+    let abort = server.abort_handle();
+    match tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, server).await {
+        Ok(outcome) => {
+            if let Err(error) = flatten(name, outcome) {
+                tracing::warn!(error = format!("{error:#}"), "server_close_failed");
+            }
+        }
+        Err(_elapsed) => {
+            // Long-lived streams (health watches) would otherwise hold the exit forever.
+            abort.abort();
+            tracing::info!(server = name, "server_connections_closed_forcibly");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Translation between the wire and the domain: every request field is parsed into a domain
+//! value before any use case runs, and sessions become `sandbox.v1.Sandbox` messages.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sandboxd_api::v1;
+use sandboxd_domain::{AgentId, ChatId, SandboxSession, Timestamp, VolumePath};
+use tonic::Status;
+
+use super::status::invalid_field;
+
+/// Page size when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest accepted page size.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+pub fn chat_id(raw: &str) -> Result<ChatId, Status> {
+    ChatId::parse(raw).map_err(|e| invalid_field("chat_id", e))
+}
+
+/// An agent id that must name a configured profile.
+pub fn known_agent_id(raw: &str, known: &BTreeSet<AgentId>) -> Result<AgentId, Status> {
+    let agent_id = AgentId::parse(raw).map_err(|e| invalid_field("agent_id", e))?;
+    if known.contains(&agent_id) {
+        Ok(agent_id)
+    } else {
+        Err(invalid_field(
+            "agent_id",
+            "no agent profile with this id is configured",
+        ))
+    }
+}
+
+/// The optional agent filter of ListSandboxes: empty means all agents. Any well-formed id is
+/// accepted: sessions of a profile removed from the configuration can still exist.
+pub fn agent_filter(raw: &str) -> Result<Option<AgentId>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    AgentId::parse(raw)
+        .map(Some)
+        .map_err(|e| invalid_field("agent_id", e))
+}
+
+pub fn volume_host_path(raw: &str) -> Result<VolumePath, Status> {
+    VolumePath::parse(raw).map_err(|e| invalid_field("volume_host_path", e))
+}
+
+/// 0 means the default; negative or over [`MAX_PAGE_SIZE`] is refused.
+pub fn page_size(raw: i32) -> Result<usize, Status> {
+    match usize::try_from(raw) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) if size <= MAX_PAGE_SIZE => Ok(size),
+        _ => Err(invalid_field(
+            "page_size",
+            format!("must be between 0 and {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+pub fn page_token(raw: String) -> Option<String> {
+    (!raw.is_empty()).then_some(raw)
+}
+
+/// A set `ttl` must be a valid, positive duration; its upper bound is the use case's to check.
+pub fn ttl(raw: Option<prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.nanos.unsigned_abs() >= 1_000_000_000 || (raw.seconds > 0 && raw.nanos < 0) {
+        return Err(invalid_field("ttl", "is not a normalised duration"));
+    }
+    match Duration::try_from(raw) {
+        Ok(ttl) if !ttl.is_zero() => Ok(Some(ttl)),
+        _ => Err(invalid_field("ttl", "must be positive")),
+    }
+}
+
+pub fn timestamp(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        // Always below 10^9, so it fits.
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    }
+}
+
+pub fn sandbox(session: &SandboxSession) -> v1::Sandbox {
+    v1::Sandbox {
+        session_id: session.session_id.to_string(),
+        chat_id: session.chat_id.to_string(),
+        agent_id: session.agent_id.to_string(),
+        volume_host_path: session.volume_host_path.to_string(),
+        container_id: session.container_id.to_string(),
+        endpoint: session.endpoint.map(|endpoint| v1::Endpoint {
+            ip: endpoint.ip.to_string(),
+            port: u32::from(endpoint.port.get()),
+        }),
+        created_at: Some(timestamp(session.created_at)),
+        expires_at: Some(timestamp(session.expires_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    fn violation_field(status: &Status) -> String {
+        status.get_details_bad_request().unwrap().field_violations[0]
+            .field
+            .clone()
+    }
+
+    #[test]
+    fn page_size_defaults_and_bounds() {
+        assert_eq!(page_size(0).unwrap(), 100);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(1000).unwrap(), 1000);
+        for bad in [-1, 1001, i32::MAX, i32::MIN] {
+            let status = page_size(bad).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert_eq!(violation_field(&status), "page_size");
+        }
+    }
+
+    #[test]
+    fn ttl_must_be_positive_and_normalised() {
+        assert_eq!(ttl(None).unwrap(), None);
+        let ok = prost_types::Duration {
+            seconds: 90,
+            nanos: 5,
+        };
+        assert_eq!(ttl(Some(ok)).unwrap(), Some(Duration::new(90, 5)));
+        for bad in [(0, 0), (-1, 0), (0, -5), (1, 1_000_000_000), (1, -1)] {
+            let status = ttl(Some(prost_types::Duration {
+                seconds: bad.0,
+                nanos: bad.1,
+            }))
+            .unwrap_err();
+            assert_eq!(violation_field(&status), "ttl", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fields_are_named_in_violations() {
+        assert_eq!(violation_field(&chat_id("nope").unwrap_err()), "chat_id");
+        assert_eq!(
+            violation_field(&volume_host_path("rel/x").unwrap_err()),
+            "volume_host_path"
+        );
+        let known = BTreeSet::from([AgentId::parse("default").unwrap()]);
+        assert!(known_agent_id("default", &known).is_ok());
+        assert_eq!(
+            violation_field(&known_agent_id("other", &known).unwrap_err()),
+            "agent_id"
+        );
+        assert_eq!(
+            violation_field(&known_agent_id("Bad!", &known).unwrap_err()),
+            "agent_id"
+        );
+        assert_eq!(agent_filter("").unwrap(), None);
+        assert!(agent_filter("other").unwrap().is_some());
+    }
+}

@@ -1,0 +1,281 @@
+//! The `sandbox.v1.SandboxService` handlers. They only translate: parse every field into domain
+//! values (a bad field is INVALID_ARGUMENT naming it, and nothing is touched), run the use case as
+//! a tracked task, and map its error kind through [`status::to_status`].
+
+pub mod convert;
+pub mod status;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandboxd_api::v1;
+use sandboxd_api::v1::sandbox_service_server::SandboxService;
+use sandboxd_domain::AgentId;
+use sandboxd_usecase::ports::ListQuery;
+use sandboxd_usecase::{
+    CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
+    DeleteResult, DeleteSandbox, DeleteSandboxCommand, ExtendSandbox, ExtendSandboxCommand,
+    GetSandbox, ListSandboxes, Ports,
+};
+use tonic::{Request, Response, Status};
+
+use crate::drain::Drain;
+use status::{StatusContext, to_status};
+
+/// What the handlers need from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub session_ttl: Duration,
+    pub max_ttl: Duration,
+    pub cleanup: CleanupOptions,
+    /// Profiles an `agent_id` must name; checked before any use case runs.
+    pub known_agents: BTreeSet<AgentId>,
+}
+
+/// The use cases behind the six RPCs, built once from the ports.
+#[derive(Debug, Clone)]
+pub struct UseCases {
+    pub create: CreateSandbox,
+    pub get: GetSandbox,
+    pub list: ListSandboxes,
+    pub extend: ExtendSandbox,
+    pub delete: DeleteSandbox,
+    pub cleanup: CleanupExpiredSandboxes,
+}
+
+impl UseCases {
+    #[must_use]
+    pub fn new(ports: &Ports, settings: &ServiceSettings) -> Self {
+        Self {
+            create: CreateSandbox::new(ports.clone(), settings.session_ttl),
+            get: GetSandbox::new(ports.clone()),
+            list: ListSandboxes::new(ports.clone()),
+            extend: ExtendSandbox::new(ports.clone(), settings.session_ttl, settings.max_ttl),
+            delete: DeleteSandbox::new(ports.clone()),
+            cleanup: CleanupExpiredSandboxes::new(ports.clone(), settings.cleanup),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxGrpcService {
+    use_cases: Arc<UseCases>,
+    known_agents: Arc<BTreeSet<AgentId>>,
+    drain: Drain,
+}
+
+impl SandboxGrpcService {
+    #[must_use]
+    pub fn new(use_cases: Arc<UseCases>, known_agents: BTreeSet<AgentId>, drain: Drain) -> Self {
+        Self {
+            use_cases,
+            known_agents: Arc::new(known_agents),
+            drain,
+        }
+    }
+}
+
+const fn create_result(result: CreateResult) -> v1::CreateSandboxResult {
+    match result {
+        CreateResult::Created => v1::CreateSandboxResult::Created,
+        CreateResult::Reused => v1::CreateSandboxResult::Reused,
+        CreateResult::Replaced => v1::CreateSandboxResult::Replaced,
+    }
+}
+
+#[tonic::async_trait]
+impl SandboxService for SandboxGrpcService {
+    async fn create_sandbox(
+        &self,
+        request: Request<v1::CreateSandboxRequest>,
+    ) -> Result<Response<v1::CreateSandboxResponse>, Status> {
+        const RPC: &str = "CreateSandbox";
+        let request = request.into_inner();
+        let command = CreateSandboxCommand {
+            chat_id: convert::chat_id(&request.chat_id)?,
+            agent_id: convert::known_agent_id(&request.agent_id, &self.known_agents)?,
+            volume_host_path: convert::volume_host_path(&request.volume_host_path)?,
+        };
+        let use_cases = Arc::clone(&self.use_cases);
+        self.drain
+            .run(RPC, async move {
+                let chat = command.chat_id.to_string();
+                let output = use_cases.create.execute(command).await.map_err(|e| {
+                    to_status(
+                        e.kind(),
+                        &e,
+                        StatusContext {
+                            rpc: RPC,
+                            chat_id: Some(&chat),
+                        },
+                    )
+                })?;
+                Ok(Response::new(v1::CreateSandboxResponse {
+                    sandbox: Some(convert::sandbox(&output.session)),
+                    result: create_result(output.result).into(),
+                }))
+            })
+            .await
+    }
+
+    async fn get_sandbox(
+        &self,
+        request: Request<v1::GetSandboxRequest>,
+    ) -> Result<Response<v1::GetSandboxResponse>, Status> {
+        const RPC: &str = "GetSandbox";
+        let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
+        let use_cases = Arc::clone(&self.use_cases);
+        self.drain
+            .run(RPC, async move {
+                let chat = chat_id.to_string();
+                let session = use_cases.get.execute(chat_id).await.map_err(|e| {
+                    to_status(
+                        e.kind(),
+                        &e,
+                        StatusContext {
+                            rpc: RPC,
+                            chat_id: Some(&chat),
+                        },
+                    )
+                })?;
+                Ok(Response::new(v1::GetSandboxResponse {
+                    sandbox: Some(convert::sandbox(&session)),
+                }))
+            })
+            .await
+    }
+
+    async fn list_sandboxes(
+        &self,
+        request: Request<v1::ListSandboxesRequest>,
+    ) -> Result<Response<v1::ListSandboxesResponse>, Status> {
+        const RPC: &str = "ListSandboxes";
+        let request = request.into_inner();
+        let query = ListQuery {
+            agent_id: convert::agent_filter(&request.agent_id)?,
+            page_size: convert::page_size(request.page_size)?,
+            page_token: convert::page_token(request.page_token),
+        };
+        let use_cases = Arc::clone(&self.use_cases);
+        self.drain
+            .run(RPC, async move {
+                let page = use_cases.list.execute(query).await.map_err(|e| {
+                    to_status(
+                        e.kind(),
+                        &e,
+                        StatusContext {
+                            rpc: RPC,
+                            chat_id: None,
+                        },
+                    )
+                })?;
+                Ok(Response::new(v1::ListSandboxesResponse {
+                    sandboxes: page.sessions.iter().map(convert::sandbox).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                }))
+            })
+            .await
+    }
+
+    async fn extend_sandbox(
+        &self,
+        request: Request<v1::ExtendSandboxRequest>,
+    ) -> Result<Response<v1::ExtendSandboxResponse>, Status> {
+        const RPC: &str = "ExtendSandbox";
+        let request = request.into_inner();
+        let command = ExtendSandboxCommand {
+            chat_id: convert::chat_id(&request.chat_id)?,
+            ttl: convert::ttl(request.ttl)?,
+        };
+        let use_cases = Arc::clone(&self.use_cases);
+        self.drain
+            .run(RPC, async move {
+                let chat = command.chat_id.to_string();
+                let session = use_cases.extend.execute(command).await.map_err(|e| {
+                    to_status(
+                        e.kind(),
+                        &e,
+                        StatusContext {
+                            rpc: RPC,
+                            chat_id: Some(&chat),
+                        },
+                    )
+                })?;
+                Ok(Response::new(v1::ExtendSandboxResponse {
+                    sandbox: Some(convert::sandbox(&session)),
+                }))
+            })
+            .await
+    }
+
+    async fn delete_sandbox(
+        &self,
+        request: Request<v1::DeleteSandboxRequest>,
+    ) -> Result<Response<v1::DeleteSandboxResponse>, Status> {
+        const RPC: &str = "DeleteSandbox";
+        let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
+        let use_cases = Arc::clone(&self.use_cases);
+        self.drain
+            .run(RPC, async move {
+                let chat = chat_id.to_string();
+                let output = use_cases
+                    .delete
+                    .execute(DeleteSandboxCommand { chat_id })
+                    .await
+                    .map_err(|e| {
+                        to_status(
+                            e.kind(),
+                            &e,
+                            StatusContext {
+                                rpc: RPC,
+                                chat_id: Some(&chat),
+                            },
+                        )
+                    })?;
+                let result = match output.result {
+                    DeleteResult::Deleted => v1::DeleteSandboxResult::Deleted,
+                    DeleteResult::NotFound => v1::DeleteSandboxResult::NotFound,
+                };
+                Ok(Response::new(v1::DeleteSandboxResponse {
+                    result: result.into(),
+                    session_id: output
+                        .session_id
+                        .map(|id| id.to_string())
+                        .unwrap_or_default(),
+                    container_id: output
+                        .container_id
+                        .map(|id| id.to_string())
+                        .unwrap_or_default(),
+                }))
+            })
+            .await
+    }
+
+    async fn cleanup_expired_sandboxes(
+        &self,
+        _request: Request<v1::CleanupExpiredSandboxesRequest>,
+    ) -> Result<Response<v1::CleanupExpiredSandboxesResponse>, Status> {
+        const RPC: &str = "CleanupExpiredSandboxes";
+        let use_cases = Arc::clone(&self.use_cases);
+        self.drain
+            .run(RPC, async move {
+                let report = use_cases.cleanup.execute().await.map_err(|e| {
+                    to_status(
+                        e.kind(),
+                        &e,
+                        StatusContext {
+                            rpc: RPC,
+                            chat_id: None,
+                        },
+                    )
+                })?;
+                Ok(Response::new(v1::CleanupExpiredSandboxesResponse {
+                    cleaned: report.cleaned.iter().map(convert::sandbox).collect(),
+                    error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
+                    skipped_count: i32::try_from(report.skipped_count).unwrap_or(i32::MAX),
+                }))
+            })
+            .await
+    }
+}

@@ -1,0 +1,117 @@
+//! Readiness: a background loop pings Redis and Docker and publishes the result to the gRPC
+//! health service (overall `""` and `sandbox.v1.SandboxService`) and to `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sandboxd_usecase::Ports;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// How often the backends are pinged.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// A ping slower than this counts as a failure: health must answer quickly, not hang with Redis.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` and the health service report, shared between the checker and shutdown.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    backends_up: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.backends_up.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Publishes readiness to the gRPC health service.
+#[derive(Debug, Clone)]
+pub struct HealthPublisher {
+    reporter: HealthReporter,
+    readiness: Arc<Readiness>,
+}
+
+impl HealthPublisher {
+    /// Starts NOT_SERVING: nothing is known about the backends until the first check.
+    pub async fn new(reporter: HealthReporter, readiness: Arc<Readiness>) -> Self {
+        let publisher = Self {
+            reporter,
+            readiness,
+        };
+        publisher.publish().await;
+        publisher
+    }
+
+    #[must_use]
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    async fn publish(&self) {
+        let status = if self.readiness.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["", sandboxd_api::SERVICE_NAME] {
+            self.reporter.set_service_status(service, status).await;
+        }
+    }
+
+    async fn set_backends_up(&self, up: bool) {
+        let was_up = self.readiness.backends_up.swap(up, Ordering::SeqCst);
+        if was_up != up {
+            if up {
+                tracing::info!("backends_up");
+            } else {
+                tracing::warn!("backends_down");
+            }
+        }
+        self.publish().await;
+    }
+
+    /// NOT_SERVING from now on, whatever the backends say.
+    pub async fn set_draining(&self) {
+        self.readiness.draining.store(true, Ordering::SeqCst);
+        self.publish().await;
+    }
+}
+
+/// Pings both backends every [`CHECK_INTERVAL`] until `stop` is cancelled.
+pub async fn run_checks(ports: Ports, publisher: HealthPublisher, stop: CancellationToken) {
+    loop {
+        let up = check_backends(&ports).await;
+        publisher.set_backends_up(up).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+async fn check_backends(ports: &Ports) -> bool {
+    let pings = async { tokio::join!(ports.repository.ping(), ports.runtime.ping()) };
+    match tokio::time::timeout(PING_TIMEOUT, pings).await {
+        Ok((Ok(()), Ok(()))) => true,
+        Ok((redis, docker)) => {
+            if let Err(error) = redis {
+                tracing::debug!(error = %error, "redis_ping_failed");
+            }
+            if let Err(error) = docker {
+                tracing::debug!(error = %error, "docker_ping_failed");
+            }
+            false
+        }
+        Err(_elapsed) => false,
+    }
+}

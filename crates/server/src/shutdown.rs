@@ -1,0 +1,37 @@
+//! Turns SIGTERM and ctrl-c (SIGINT) into the one cancellation token that stops the server.
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "shutdown_signal");
+        token.cancel();
+    });
+}
+
+async fn wait_for_signal() -> &'static str {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "ctrl_c_handler_failed");
+            std::future::pending::<()>().await;
+        }
+    };
+    // `ctrl_c` is SIGINT only; `kill` and orchestrators send SIGTERM.
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "sigterm_handler_failed");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => "SIGINT",
+        () = terminate => "SIGTERM",
+    }
+}

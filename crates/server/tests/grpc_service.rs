@@ -1,0 +1,411 @@
+//! The whole server in-process on port 0, over the use-case fakes: real tonic clients exercise
+//! the handlers' translation, the error mapping, health and the drain on shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use sandboxd_adapters::docker::AgentProfile;
+use sandboxd_api::v1;
+use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use sandboxd_server::app::{Application, Dependencies};
+use sandboxd_server::auth::BearerAuth;
+use sandboxd_server::config::Config;
+use sandboxd_usecase::Ports;
+use sandboxd_usecase::testing::{
+    CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+const CHAT: &str = "0b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10";
+
+struct TestApp {
+    addr: SocketAddr,
+    calls: CallLog,
+    runtime: Arc<FakeRuntime>,
+    shutdown: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    async fn spawn() -> Self {
+        let mut config = Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            cleanup_interval: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
+        for agent in ["default", "other"] {
+            config.agents.insert(
+                agent.to_owned(),
+                AgentProfile::new("sandboxd/busybox:local"),
+            );
+        }
+        let calls = CallLog::default();
+        let locker = Arc::new(InMemoryLocker::new(calls.clone()));
+        let repository = Arc::new(InMemorySessionRepository::new(
+            locker.clone(),
+            calls.clone(),
+        ));
+        let runtime = Arc::new(FakeRuntime::new(calls.clone()));
+        let ports = Ports {
+            repository,
+            locker,
+            runtime: runtime.clone(),
+            clock: Arc::new(ManualClock::at_epoch()),
+        };
+        let deps = Dependencies {
+            ports,
+            metrics: PrometheusBuilder::new().build_recorder().handle(),
+            auth: BearerAuth::default(),
+        };
+        let app = Application::build(&config, deps).await.unwrap();
+        let addr = app.grpc_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let test_app = Self {
+            addr,
+            calls,
+            runtime,
+            shutdown,
+            server,
+        };
+        test_app.wait_for_health(ServingStatus::Serving).await;
+        test_app
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(&self) -> SandboxServiceClient<Channel> {
+        SandboxServiceClient::new(self.channel().await)
+    }
+
+    async fn health(&self) -> Option<ServingStatus> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: sandboxd_api::SERVICE_NAME.to_owned(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    async fn wait_for_health(&self, want: ServingStatus) {
+        for _ in 0..100 {
+            if self.health().await == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("health never became {want:?}");
+    }
+}
+
+fn create_request(agent: &str, volume: &str) -> v1::CreateSandboxRequest {
+    v1::CreateSandboxRequest {
+        chat_id: CHAT.into(),
+        agent_id: agent.into(),
+        volume_host_path: volume.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_translates_to_the_use_cases_and_back() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+
+    let created = client
+        .create_sandbox(create_request("default", "/srv/a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.result(), v1::CreateSandboxResult::Created);
+    let sandbox = created.sandbox.unwrap();
+    assert_eq!(sandbox.chat_id, CHAT);
+    assert!(
+        sandbox.endpoint.is_some() && sandbox.created_at.is_some() && sandbox.expires_at.is_some()
+    );
+
+    let reused = client
+        .create_sandbox(create_request("default", "/srv/a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reused.result(), v1::CreateSandboxResult::Reused);
+    assert_eq!(reused.sandbox.unwrap().session_id, sandbox.session_id);
+
+    let conflict = client
+        .create_sandbox(create_request("other", "/srv/b"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+    let info = conflict.get_details_error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("SANDBOX_CONFLICT", "sandboxd")
+    );
+    assert_eq!(info.metadata["fields"], "agent_id,volume_host_path");
+
+    let got = client
+        .get_sandbox(v1::GetSandboxRequest {
+            chat_id: CHAT.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        got.into_inner().sandbox.unwrap().session_id,
+        sandbox.session_id
+    );
+
+    let listed = client
+        .list_sandboxes(v1::ListSandboxesRequest {
+            agent_id: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sandboxes.len(), 1);
+    assert!(listed.next_page_token.is_empty());
+
+    let ttl = prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    };
+    let extended = client
+        .extend_sandbox(v1::ExtendSandboxRequest {
+            chat_id: CHAT.into(),
+            ttl: Some(ttl),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sandbox
+        .unwrap();
+    assert!(extended.expires_at.unwrap().seconds > sandbox.expires_at.unwrap().seconds);
+    let too_long = prost_types::Duration {
+        seconds: 48 * 3600,
+        nanos: 0,
+    };
+    let status = client
+        .extend_sandbox(v1::ExtendSandboxRequest {
+            chat_id: CHAT.into(),
+            ttl: Some(too_long),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.get_details_bad_request().unwrap().field_violations[0].field,
+        "ttl"
+    );
+
+    let deleted = client
+        .delete_sandbox(v1::DeleteSandboxRequest {
+            chat_id: CHAT.into(),
+        })
+        .await
+        .unwrap();
+    let deleted = deleted.into_inner();
+    assert_eq!(deleted.result(), v1::DeleteSandboxResult::Deleted);
+    assert_eq!(deleted.session_id, sandbox.session_id);
+    let again = client
+        .delete_sandbox(v1::DeleteSandboxRequest {
+            chat_id: CHAT.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        again.into_inner().result(),
+        v1::DeleteSandboxResult::NotFound
+    );
+
+    let missing = client
+        .get_sandbox(v1::GetSandboxRequest {
+            chat_id: CHAT.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(missing.get_details_resource_info().is_some());
+    let missing = client
+        .extend_sandbox(v1::ExtendSandboxRequest {
+            chat_id: CHAT.into(),
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let report = client
+        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
+        .await
+        .unwrap();
+    assert_eq!(report.into_inner().error_count, 0);
+
+    app.shutdown.cancel();
+    app.server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_field_is_invalid_argument_naming_it_and_touches_nothing() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    app.calls.clear();
+
+    let mut refusals: Vec<(tonic::Status, &str)> = Vec::new();
+    for (request, field) in [
+        (
+            v1::CreateSandboxRequest {
+                chat_id: "nope".into(),
+                ..create_request("default", "/srv/a")
+            },
+            "chat_id",
+        ),
+        (
+            v1::CreateSandboxRequest {
+                chat_id: CHAT.to_uppercase(),
+                ..create_request("default", "/srv/a")
+            },
+            "chat_id",
+        ),
+        (create_request("", "/srv/a"), "agent_id"),
+        (create_request("Bad!", "/srv/a"), "agent_id"),
+        (create_request("unknown", "/srv/a"), "agent_id"),
+        (create_request("default", ""), "volume_host_path"),
+        (create_request("default", "srv/a"), "volume_host_path"),
+        (create_request("default", "/srv/../etc"), "volume_host_path"),
+        (create_request("default", "/srv/\0"), "volume_host_path"),
+    ] {
+        refusals.push((client.create_sandbox(request).await.unwrap_err(), field));
+    }
+    refusals.push((
+        client
+            .get_sandbox(v1::GetSandboxRequest {
+                chat_id: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        "chat_id",
+    ));
+    refusals.push((
+        client
+            .delete_sandbox(v1::DeleteSandboxRequest {
+                chat_id: "x".into(),
+            })
+            .await
+            .unwrap_err(),
+        "chat_id",
+    ));
+    refusals.push((
+        client
+            .extend_sandbox(v1::ExtendSandboxRequest {
+                chat_id: "x".into(),
+                ttl: None,
+            })
+            .await
+            .unwrap_err(),
+        "chat_id",
+    ));
+    for ttl in [
+        prost_types::Duration {
+            seconds: -5,
+            nanos: 0,
+        },
+        prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        },
+    ] {
+        let request = v1::ExtendSandboxRequest {
+            chat_id: CHAT.into(),
+            ttl: Some(ttl),
+        };
+        refusals.push((client.extend_sandbox(request).await.unwrap_err(), "ttl"));
+    }
+    for (page_size, agent_id) in [(1001, ""), (-1, ""), (10, "Bad Agent")] {
+        let request = v1::ListSandboxesRequest {
+            agent_id: agent_id.into(),
+            page_size,
+            page_token: String::new(),
+        };
+        let field = if agent_id.is_empty() {
+            "page_size"
+        } else {
+            "agent_id"
+        };
+        refusals.push((client.list_sandboxes(request).await.unwrap_err(), field));
+    }
+    for (status, field) in refusals {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, field, "{status:?}");
+    }
+    assert_eq!(
+        app.calls.calls(),
+        Vec::<String>::new(),
+        "a bad request reached a port"
+    );
+    assert!(app.runtime.running().is_empty());
+    app.shutdown.cancel();
+    app.server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_not_serving_refuses_new_calls_and_finishes_in_flight_ones() {
+    let app = TestApp::spawn().await;
+    // The fake's hook is synchronous: a blocking sleep stands for a slow container start.
+    app.runtime
+        .on_create(|_| std::thread::sleep(Duration::from_millis(600)));
+    let mut client = app.client().await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .create_sandbox(create_request("default", "/srv/a"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    app.shutdown.cancel();
+    app.wait_for_health(ServingStatus::NotServing).await;
+    let mut late_client = app.client().await;
+    let other_chat = v1::GetSandboxRequest {
+        chat_id: "1b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10".into(),
+    };
+    assert_eq!(
+        late_client
+            .get_sandbox(other_chat)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
+
+    let created = in_flight.await.unwrap().unwrap().into_inner();
+    assert_eq!(created.result(), v1::CreateSandboxResult::Created);
+    tokio::time::timeout(Duration::from_secs(10), app.server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
