@@ -11,7 +11,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sandboxd_api::v1::sandbox_service_server::SandboxServiceServer;
 use sandboxd_domain::AgentId;
-use sandboxd_usecase::{CleanupExpiredSandboxes, CleanupOptions, Ports};
+use sandboxd_usecase::{CleanupExpiredSandboxes, CleanupOptions, Ports, ReconcileOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -46,6 +46,7 @@ pub struct Application {
     auth: BearerAuth,
     settings: ServiceSettings,
     cleanup_interval: Duration,
+    reconcile_interval: Duration,
     drain_timeout: Duration,
 }
 
@@ -78,9 +79,14 @@ impl Application {
                     concurrency: config.cleanup_concurrency,
                     ..CleanupOptions::default()
                 },
+                reconcile: ReconcileOptions {
+                    grace: config.reconcile_grace,
+                    ..ReconcileOptions::default()
+                },
                 known_agents,
             },
             cleanup_interval: config.cleanup_interval,
+            reconcile_interval: config.reconcile_interval,
             drain_timeout: config.drain_timeout,
         };
         tracing::info!(addr = %app.grpc_addr()?, "grpc_listening");
@@ -125,6 +131,9 @@ impl Application {
                 background_stop.clone(),
             ))
         });
+
+        let reconcile_loop =
+            spawn_reconcile_loop(&use_cases, self.reconcile_interval, background_stop.clone());
 
         let drain = Drain::new();
         let sandbox_service = SandboxGrpcService::new(
@@ -179,8 +188,8 @@ impl Application {
         background_stop.cancel();
         let finish_work = async {
             drain.wait().await;
-            if let Some(cleanup_loop) = cleanup_loop {
-                let _ = cleanup_loop.await;
+            for background_loop in [cleanup_loop, reconcile_loop].into_iter().flatten() {
+                let _ = background_loop.await;
             }
         };
         if tokio::time::timeout(self.drain_timeout, finish_work)
@@ -196,6 +205,22 @@ impl Application {
         tracing::info!("shutdown_complete");
         Ok(())
     }
+}
+
+/// The reconcile loop (first pass right away, in the background: readiness does not wait for
+/// it), unless `interval` is zero.
+fn spawn_reconcile_loop(
+    use_cases: &UseCases,
+    interval: Duration,
+    stop: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    (!interval.is_zero()).then(|| {
+        tokio::spawn(crate::reconcile::run_reconcile_loop(
+            use_cases.reconcile.clone(),
+            interval,
+            stop,
+        ))
+    })
 }
 
 /// Reflection over our API plus the error-detail and health types, so clients such as grpcurl

@@ -74,6 +74,13 @@ pub struct Config {
     pub cleanup_interval: Duration,
     /// Stops of different chats in flight at once during a cleanup pass.
     pub cleanup_concurrency: usize,
+    /// Period of the background reconcile pass (also run once at start); zero disables both.
+    #[serde(deserialize_with = "de_duration")]
+    pub reconcile_interval: Duration,
+    /// Age below which reconcile leaves a container or session alone (a create may be in flight);
+    /// must exceed `lock_ttl` plus every profile's `ready_timeout`.
+    #[serde(deserialize_with = "de_duration")]
+    pub reconcile_grace: Duration,
     /// Lease length of a chat's lock (renewed while held).
     #[serde(deserialize_with = "de_duration")]
     pub lock_ttl: Duration,
@@ -114,6 +121,8 @@ impl Default for Config {
             max_ttl: Duration::from_secs(24 * 60 * 60),
             cleanup_interval: Duration::from_secs(30),
             cleanup_concurrency: 8,
+            reconcile_interval: Duration::from_secs(60),
+            reconcile_grace: Duration::from_secs(120),
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
             allowed_volume_roots: Vec::new(),
@@ -178,6 +187,14 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup_concurrency: Option<usize>,
+    /// Background reconcile period, also run once at start; 0s disables it [env: SANDBOXD_RECONCILE_INTERVAL] [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile_interval: Option<String>,
+    /// Age below which reconcile leaves containers and sessions alone; must exceed lock_ttl + every ready_timeout [env: SANDBOXD_RECONCILE_GRACE] [default: 2m]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile_grace: Option<String>,
     /// Lease length of a chat's lock [env: SANDBOXD_LOCK_TTL] [default: 10s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -316,6 +333,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.validate_reconcile_grace()?;
         if self.engine_timeout <= self.stop_grace {
             return Err(ConfigError::invalid(
                 "engine_timeout",
@@ -353,6 +371,29 @@ impl Config {
         self.redis_config()
             .validate()
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        Ok(())
+    }
+
+    /// A create keeps its container without a session for at most about `lock_ttl` (the lease it
+    /// runs under) plus the profile's `ready_timeout`; a shorter grace would let reconcile remove
+    /// the container of a create still in flight.
+    fn validate_reconcile_grace(&self) -> Result<(), ConfigError> {
+        let slowest_ready = self
+            .agents
+            .values()
+            .map(|profile| profile.ready_timeout)
+            .max()
+            .unwrap_or_default();
+        let floor = self.lock_ttl + slowest_ready;
+        if self.reconcile_grace <= floor {
+            return Err(ConfigError::invalid(
+                "reconcile_grace",
+                format!(
+                    "must exceed lock_ttl + the longest agent ready_timeout ({})",
+                    humantime::format_duration(floor)
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -535,6 +576,8 @@ mod tests {
         assert_eq!(config.max_ttl, Duration::from_secs(86400));
         assert_eq!(config.cleanup_interval, Duration::from_secs(30));
         assert_eq!(config.cleanup_concurrency, 8);
+        assert_eq!(config.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(config.reconcile_grace, Duration::from_secs(120));
         assert_eq!(config.lock_ttl, Duration::from_secs(10));
         assert_eq!(config.lock_wait, Duration::from_secs(5));
         assert!(config.allowed_volume_roots.is_empty());
@@ -615,6 +658,12 @@ mod tests {
             ("stop_grace = \"1m\"", "engine_timeout"),
             ("[agents.Bad]\nimage = \"x\"", "agents.Bad"),
             ("lock_wait = \"0s\"", "lock_wait"),
+            ("reconcile_grace = \"10s\"", "reconcile_grace"),
+            (
+                "reconcile_grace = \"30s\"\n[agents.slow]\nimage = \"x\"\nready_timeout = \"25s\"",
+                "reconcile_grace",
+            ),
+            ("reconcile_interval = \"often\"", "reconcile_interval"),
         ];
         for (body, setting) in cases {
             let cli = Cli {
@@ -663,6 +712,8 @@ mod tests {
             "max_ttl",
             "cleanup_interval",
             "cleanup_concurrency",
+            "reconcile_interval",
+            "reconcile_grace",
             "lock_ttl",
             "lock_wait",
             "allowed_volume_roots",

@@ -6,12 +6,15 @@
 pub mod adapters;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod cleanup;
 pub mod config;
 pub mod drain;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod names;
+pub mod reconcile;
 pub mod shutdown;
 pub mod telemetry;
 

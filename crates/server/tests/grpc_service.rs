@@ -42,6 +42,7 @@ impl TestApp {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             cleanup_interval: Duration::ZERO,
+            reconcile_interval: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
             ..Config::default()
         };

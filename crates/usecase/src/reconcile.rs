@@ -92,8 +92,9 @@ impl ReconcileSandboxes {
             Err(error) => {
                 telemetry::record_result(&span, "error");
                 telemetry::record_error(&span, error.metric_label(), error);
+                // Counted, not logged: the caller handles it (the server's loop logs an outage
+                // once, not on every tick while Redis or Docker is down).
                 telemetry::count_reconcile_error(error.metric_label());
-                telemetry::log_reconcile_failed(error.metric_label());
             }
         }
         outcome

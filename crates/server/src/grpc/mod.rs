@@ -3,6 +3,7 @@
 //! a tracked task, and map its error kind through [`status::to_status`].
 
 pub mod convert;
+mod reconcile;
 pub mod status;
 
 use std::collections::BTreeSet;
@@ -16,7 +17,7 @@ use sandboxd_usecase::ports::ListQuery;
 use sandboxd_usecase::{
     CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
     DeleteResult, DeleteSandbox, DeleteSandboxCommand, ExtendSandbox, ExtendSandboxCommand,
-    GetSandbox, ListSandboxes, Ports,
+    GetSandbox, ListSandboxes, Ports, ReconcileOptions, ReconcileSandboxes,
 };
 use tonic::{Request, Response, Status};
 
@@ -29,6 +30,7 @@ pub struct ServiceSettings {
     pub session_ttl: Duration,
     pub max_ttl: Duration,
     pub cleanup: CleanupOptions,
+    pub reconcile: ReconcileOptions,
     /// Profiles an `agent_id` must name; checked before any use case runs.
     pub known_agents: BTreeSet<AgentId>,
 }
@@ -42,6 +44,7 @@ pub struct UseCases {
     pub extend: ExtendSandbox,
     pub delete: DeleteSandbox,
     pub cleanup: CleanupExpiredSandboxes,
+    pub reconcile: ReconcileSandboxes,
 }
 
 impl UseCases {
@@ -54,6 +57,7 @@ impl UseCases {
             extend: ExtendSandbox::new(ports.clone(), settings.session_ttl, settings.max_ttl),
             delete: DeleteSandbox::new(ports.clone()),
             cleanup: CleanupExpiredSandboxes::new(ports.clone(), settings.cleanup),
+            reconcile: ReconcileSandboxes::new(ports.clone(), settings.reconcile),
         }
     }
 }
@@ -277,5 +281,12 @@ impl SandboxService for SandboxGrpcService {
                 }))
             })
             .await
+    }
+
+    async fn reconcile_sandboxes(
+        &self,
+        _request: Request<v1::ReconcileSandboxesRequest>,
+    ) -> Result<Response<v1::ReconcileSandboxesResponse>, Status> {
+        reconcile::handle(Arc::clone(&self.use_cases), &self.drain).await
     }
 }

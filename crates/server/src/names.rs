@@ -1,0 +1,16 @@
+//! Names of the server's own log events and fields for its background loops, in one place so
+//! dashboards and log queries have one list to follow (the use cases' names live in
+//! `sandboxd_usecase::telemetry`).
+
+/// A background pass failed after the previous one succeeded: the start of an outage.
+pub const BACKGROUND_OUTAGE_STARTED: &str = "background_outage_started";
+/// A background pass succeeded after one or more failed: the end of an outage.
+pub const BACKGROUND_OUTAGE_ENDED: &str = "background_outage_ended";
+/// A failing pass inside an outage that was already logged (debug level only).
+pub const BACKGROUND_PASS_STILL_FAILING: &str = "background_pass_still_failing";
+/// A reconcile pass repaired something (removed orphans); quiet passes log nothing.
+pub const RECONCILE_PASS_REPAIRED: &str = "reconcile_pass_repaired";
+
+/// `loop` field values: which background loop an event is about.
+pub const LOOP_CLEANUP: &str = "cleanup";
+pub const LOOP_RECONCILE: &str = "reconcile";
