@@ -123,13 +123,17 @@ pub(crate) fn decode_page_token(
     if !token.len().is_multiple_of(2) || token.len() > 512 {
         return Err(invalid());
     }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| {
-            token
-                .get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
+    // Only the encoder's spelling (lowercase hex digits) is accepted: `from_str_radix` alone
+    // would also take `+f` and `AB`, so one page would have many tokens.
+    let nibble = |digit: u8| match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    };
+    let bytes = token
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(invalid)?;
     let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
@@ -223,5 +227,84 @@ mod tests {
         assert!(decode_page_token(Some(&agent), &token[..token.len() - 2]).is_err());
         assert!(decode_page_token(Some(&agent), "zz").is_err());
         assert!(decode_page_token(None, "").is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! The page-token decoder at scale: no input panics it, and every token it accepts is exactly
+    //! the one the encoder produces for what it decoded (one canonical spelling per page).
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn agent() -> impl Strategy<Value = Option<AgentId>> {
+        proptest::option::of("[a-z0-9][a-z0-9._-]{0,20}".prop_map(|s| AgentId::parse(&s).unwrap()))
+    }
+
+    /// Tokens near the valid ones: real tokens with one byte changed, case flipped, a `+` sign
+    /// (which `from_str_radix` accepts), truncated or extended.
+    fn mutated_token() -> impl Strategy<Value = String> {
+        (
+            agent(),
+            any::<u128>(),
+            any::<prop::sample::Index>(),
+            prop::sample::select(vec!['+', '-', 'A', 'F', '0', 'g', ' ', 'é', '\n']),
+            0..4u8,
+        )
+            .prop_map(|(agent, id, at, ch, how)| {
+                let token = encode_page_token(
+                    agent.as_ref(),
+                    &SessionId::from_uuid(uuid::Uuid::from_u128(id)),
+                );
+                let i = at.index(token.len());
+                match how {
+                    0 => {
+                        let mut t: Vec<char> = token.chars().collect();
+                        t[i] = ch;
+                        t.into_iter().collect()
+                    }
+                    1 => token.to_uppercase(),
+                    2 => token[..i].to_owned(),
+                    _ => format!("{token}{ch}{ch}"),
+                }
+            })
+    }
+
+    fn check(agent: Option<&AgentId>, token: &str) {
+        if let Ok(last) = decode_page_token(agent, token) {
+            assert_eq!(
+                encode_page_token(agent, &last),
+                token,
+                "accepted a non-canonical token"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn arbitrary_strings_never_panic_and_accepted_ones_round_trip(agent in agent(), token in ".{0,600}") {
+            check(agent.as_ref(), &token);
+        }
+
+        #[test]
+        fn hex_strings_never_panic_and_accepted_ones_round_trip(agent in agent(), token in "[0-9a-fA-F+]{0,200}") {
+            check(agent.as_ref(), &token);
+        }
+
+        #[test]
+        fn mutated_tokens_are_refused_or_canonical(agent in agent(), token in mutated_token()) {
+            check(agent.as_ref(), &token);
+        }
+
+        #[test]
+        fn every_issued_token_decodes_to_its_session(agent in agent(), id in any::<u128>()) {
+            let last = SessionId::from_uuid(uuid::Uuid::from_u128(id));
+            let token = encode_page_token(agent.as_ref(), &last);
+            prop_assert_eq!(decode_page_token(agent.as_ref(), &token).ok(), Some(last));
+        }
     }
 }
