@@ -6,5 +6,8 @@
 //! builds it), `redis-server` and a Docker engine with the `sandboxd/busybox:local` image.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod harness;
 mod helpers;
+mod shutdown;
+mod validation;
