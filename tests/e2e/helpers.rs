@@ -64,6 +64,9 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Extra command-line flags.
     pub args: Vec<String>,
+    /// Appended to the bodies of the built-in `default` and `other` profiles (e.g. a short
+    /// `ready_timeout`, which a short `reconcile_grace` must exceed).
+    pub profile_extra: String,
 }
 
 impl Default for AppConfig {
@@ -80,6 +83,7 @@ impl Default for AppConfig {
             extra_toml: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            profile_extra: String::new(),
         }
     }
 }
@@ -122,7 +126,7 @@ impl AppConfig {
         let _ = writeln!(toml, "allowed_volume_roots = [{}]", toml_string(root));
         toml.push_str(&self.extra_toml);
         toml.push('\n');
-        let profile = Self::busybox_profile();
+        let profile = format!("{}{}\n", Self::busybox_profile(), self.profile_extra);
         for (agent_id, body) in [
             ("default".to_owned(), profile.clone()),
             ("other".to_owned(), profile),
@@ -159,6 +163,9 @@ pub struct TestApp {
     pub http_addr: SocketAddr,
     pub prefix: String,
     pub docker: Docker,
+    /// What the process was started with, so it can be restarted (or joined by a peer).
+    config: AppConfig,
+    config_path: PathBuf,
 }
 
 impl std::fmt::Debug for TestApp {
@@ -217,6 +224,8 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
         http_addr,
         prefix,
         docker,
+        config,
+        config_path,
     };
     app.wait_for_health(ServingStatus::Serving).await;
     app
@@ -341,6 +350,69 @@ impl TestApp {
             .and_then(|labels| labels.get(&format!("{}.{name}", self.prefix)).cloned())
     }
 
+    /// The sandboxd process id (for `/proc/<pid>` figures).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends any signal (`KILL`, `STOP`, `CONT`, ...) to sandboxd.
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
+
+    /// SIGKILL, then waits until the process is gone: no drain, no cleanup, like a crash.
+    pub async fn kill9(&mut self) {
+        self.process.signal("KILL");
+        self.process.wait_for_exit(Duration::from_secs(10)).await;
+    }
+
+    /// Starts sandboxd again with the same configuration (after [`Self::kill9`] or an exit) and
+    /// waits until it is SERVING; the clients point at the new process.
+    pub async fn restart(&mut self) {
+        let mut process = SandboxdProcess::spawn(&self.config_path, &self.config);
+        let (grpc_addr, http_addr) = process.wait_for_addresses().await;
+        let channel = connect(grpc_addr, &process).await;
+        self.process = process;
+        self.api = SandboxServiceClient::new(channel.clone());
+        self.health = HealthClient::new(channel);
+        self.grpc_addr = grpc_addr;
+        self.http_addr = http_addr;
+        self.wait_for_health(ServingStatus::Serving).await;
+    }
+
+    /// A second sandboxd with the same configuration: same Redis, prefix, volume root and engine.
+    /// Drop it before the [`TestApp`].
+    pub async fn spawn_peer(&self) -> Peer {
+        let mut process = SandboxdProcess::spawn(&self.config_path, &self.config);
+        let (grpc_addr, http_addr) = process.wait_for_addresses().await;
+        let channel = connect(grpc_addr, &process).await;
+        let peer = Peer {
+            api: SandboxServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+            grpc_addr,
+            http_addr,
+            process,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let status = peer
+                .health
+                .clone()
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status);
+            if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+                return peer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "peer never SERVING\n{}",
+                peer.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Sends SIGTERM to sandboxd (graceful shutdown).
     pub fn sigterm(&self) {
         self.process.signal("TERM");
@@ -349,6 +421,25 @@ impl TestApp {
     /// Waits for the process to exit and returns its status; panics with the log on timeout.
     pub async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
         self.process.wait_for_exit(timeout).await
+    }
+}
+
+/// Another sandboxd process sharing a [`TestApp`]'s Redis, prefix and engine.
+pub struct Peer {
+    process: SandboxdProcess,
+    pub api: SandboxServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Peer {
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
     }
 }
 
@@ -528,6 +619,10 @@ impl SandboxdProcess {
         }
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     fn log(&self) -> String {
         self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
@@ -697,6 +792,23 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown); its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts an empty server on the same port again.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn_redis(self.port));
+        if let Err(error) = self.wait_ready().await {
+            panic!("restarting redis: {error}");
+        }
     }
 
     pub fn url(&self) -> String {

@@ -9,5 +9,6 @@
 mod api;
 mod harness;
 mod helpers;
+mod reliability;
 mod shutdown;
 mod validation;
