@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod grpcurl;
 mod harness;
 mod helpers;
+mod python;
 mod shutdown;
 mod validation;
