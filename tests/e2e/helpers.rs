@@ -5,6 +5,11 @@
 //!
 //! Tests run in parallel: nothing here is shared between two `TestApp`s except the Docker engine,
 //! where each test only ever looks at (and removes) containers carrying its own label.
+//!
+//! A test binary killed outright (SIGKILL, a CI timeout) runs no destructor: its processes die by
+//! pdeathsig, but its containers and temp dirs stay. Prefixes and temp dir names therefore carry
+//! the test binary's pid, and the first `spawn_app()` of a later run removes what belongs to pids
+//! that no longer exist ([`sweep_dead_runs`]).
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,6 +18,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -184,17 +190,23 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns a server with `config` and waits until it reports SERVING.
 pub async fn spawn_app_with(config: AppConfig) -> TestApp {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(sweep_dead_runs);
     let redis = RedisServer::start().await;
-    let prefix = format!("e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let pid = std::process::id();
+    let prefix = format!(
+        "e2e-{pid}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let containers = ContainerGuard {
         filter: format!("{prefix}.managed-by={MANAGED_BY}"),
     };
     let scratch = tempfile::Builder::new()
-        .prefix("sandboxd-e2e-")
+        .prefix(&format!("sandboxd-e2e-{pid}-"))
         .tempdir()
         .expect("creating a temp dir");
     let volume_root = tempfile::Builder::new()
-        .prefix("sandboxd-e2e-volumes-")
+        .prefix(&format!("sandboxd-e2e-{pid}-volumes-"))
         .tempdir()
         .expect("creating the volume root");
     let config_path = scratch.path().join("sandboxd.toml");
@@ -879,4 +891,54 @@ fn spawn_redis(port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|error| panic!("cannot run redis-server (install redis-server): {error}"))
+}
+
+/// The pid in `e2e-{pid}-...` (a prefix) or `sandboxd-e2e-{pid}-...` (a temp dir name).
+fn run_pid(name: &str) -> Option<u32> {
+    let rest = name.split_once("e2e-")?.1;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+fn is_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes containers and temp dirs left by e2e runs whose test binary no longer exists.
+fn sweep_dead_runs() {
+    let listed = Command::new("docker")
+        .args(["ps", "-a", "--no-trunc", "--format", "{{.ID}}\t{{.Labels}}"])
+        .output();
+    if let Ok(listed) = listed {
+        let stale: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|line| {
+                let (id, labels) = line.split_once('\t')?;
+                let dead = labels.split(',').any(|label| {
+                    label.starts_with("e2e-")
+                        && label.ends_with(&format!(".managed-by={MANAGED_BY}"))
+                        && run_pid(label).is_some_and(|pid| !is_alive(pid))
+                });
+                dead.then(|| id.to_owned())
+            })
+            .collect();
+        if !stale.is_empty() {
+            eprintln!("removing {} containers of dead e2e runs", stale.len());
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&stale)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("sandboxd-e2e-") && run_pid(&name).is_some_and(|pid| !is_alive(pid))
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }

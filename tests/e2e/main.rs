@@ -7,8 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod grpcurl;
 mod harness;
 mod helpers;
+mod python;
 mod reliability;
 mod shutdown;
 mod validation;

@@ -50,10 +50,9 @@ fn bad_chat_ids(valid: &str) -> Vec<String> {
     ]
 }
 
-fn state_snapshot(
-    app: &TestApp,
-) -> impl std::future::Future<Output = (BTreeSet<String>, BTreeSet<String>)> + '_ {
-    async move { (app.redis_keys().await, app.container_ids().await) }
+/// The Redis keys under the test's prefix and the containers with its label.
+async fn state_snapshot(app: &TestApp) -> (BTreeSet<String>, BTreeSet<String>) {
+    (app.redis_keys().await, app.container_ids().await)
 }
 
 #[tokio::test]
