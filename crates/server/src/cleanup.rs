@@ -21,12 +21,20 @@ pub async fn run_cleanup_loop(
         FirstPass::AfterOnePeriod,
         stop,
         || async {
-            // The pass logs and counts each session's outcome itself; only a failed pass is left.
-            cleanup
+            // The pass logs and counts each session's outcome itself; left here are a failed
+            // pass and one whose sessions all failed because Redis or the engine is away (the
+            // pass logs those at debug level only, so the outage is logged once, here).
+            let report = cleanup
                 .execute()
                 .await
-                .map(|_report| ())
-                .map_err(|error| ErrorChain(&error).to_string())
+                .map_err(|error| ErrorChain(&error).to_string())?;
+            if report.unavailable_count > 0 && report.cleaned.is_empty() {
+                return Err(format!(
+                    "{} expired sandboxes could not be cleaned: a backend is unavailable",
+                    report.unavailable_count
+                ));
+            }
+            Ok(())
         },
     )
     .await;

@@ -32,6 +32,8 @@ pub struct CleanupReport {
     /// Sessions whose container was stopped and record deleted, in expiry order.
     pub cleaned: Vec<SandboxSession>,
     pub error_count: usize,
+    /// Of `error_count`, the failures because Redis or the engine did not answer.
+    pub unavailable_count: usize,
     /// Listed sessions that needed nothing: gone, superseded, or live again.
     pub skipped_count: usize,
 }
@@ -44,7 +46,7 @@ port_only_error!(
 enum SessionOutcome {
     Cleaned(SandboxSession),
     Skipped,
-    Failed,
+    Failed { unavailable: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +102,10 @@ impl CleanupExpiredSandboxes {
             match outcome {
                 SessionOutcome::Cleaned(session) => report.cleaned.push(session),
                 SessionOutcome::Skipped => report.skipped_count += 1,
-                SessionOutcome::Failed => report.error_count += 1,
+                SessionOutcome::Failed { unavailable } => {
+                    report.error_count += 1;
+                    report.unavailable_count += usize::from(unavailable);
+                }
             }
         }
         span.record(telemetry::span::CLEANED_COUNT, report.cleaned.len());
@@ -138,8 +143,9 @@ impl CleanupExpiredSandboxes {
                 telemetry::record_result(&span, "error");
                 telemetry::record_error(&span, error.metric_label(), &error);
                 telemetry::count_cleanup_error(error.metric_label(), None);
-                telemetry::log_clean_failed(&listed, error.metric_label());
-                SessionOutcome::Failed
+                let unavailable = matches!(error.kind(), crate::ErrorKind::Unavailable);
+                telemetry::log_clean_failed(&listed, error.metric_label(), unavailable);
+                SessionOutcome::Failed { unavailable }
             }
         }
     }

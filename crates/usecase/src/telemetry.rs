@@ -379,8 +379,14 @@ pub(crate) fn log_cleaned(session: &SandboxSession) {
     session_event!(info, "sandbox_cleaned", session);
 }
 
-pub(crate) fn log_clean_failed(session: &SandboxSession, error_type: &str) {
-    session_event!(error, "sandbox_clean_failed", session, error = error_type);
+/// An unreachable Redis or engine fails every session of every pass alike: that is logged once
+/// per outage by the caller's loop, so here it is only a debug line (other failures stay errors).
+pub(crate) fn log_clean_failed(session: &SandboxSession, error_type: &str, unavailable: bool) {
+    if unavailable {
+        session_event!(debug, "sandbox_clean_failed", session, error = error_type);
+    } else {
+        session_event!(error, "sandbox_clean_failed", session, error = error_type);
+    }
 }
 
 pub(crate) fn log_stale_index_removed(listed: &SandboxSession) {

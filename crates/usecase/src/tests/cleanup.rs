@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::harness::*;
-use crate::ports::{Clock, RepositoryError};
-use crate::testing::RepoOp;
+use crate::ports::{Clock, RepositoryError, RuntimeError};
+use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CleanupExpiredSandboxes, CleanupOptions, ErrorKind};
 
 fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
@@ -329,5 +329,25 @@ fn an_empty_pass_completes() {
             ("sandbox.skipped_count", "0".to_owned()),
             ("sandbox.result", "completed".to_owned()),
         ])
+    );
+}
+
+#[test]
+fn an_unavailable_engine_is_counted_and_logged_at_debug_only() {
+    // The server's loop logs the outage once; a line per session per tick would flood the log.
+    let world = World::new();
+    let a = world.existing_expired(new_chat(), "default", "/srv/a");
+    world.runtime.fail_next(
+        RuntimeOp::Stop,
+        RuntimeError::Unavailable("engine down".into()),
+    );
+    let (out, cap) = capture(pass(&world, 8).execute());
+    let report = out.unwrap();
+    assert_eq!((report.error_count, report.unavailable_count), (1, 1));
+    assert!(report.cleaned.is_empty());
+    assert_eq!(world.repository.all(), vec![a]);
+    assert_eq!(
+        cap.event("sandbox_clean_failed").level,
+        tracing::Level::DEBUG
     );
 }
