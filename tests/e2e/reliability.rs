@@ -268,6 +268,10 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
     let app = spawn_app_with(AppConfig {
         session_ttl: "10m".to_owned(),
         cleanup_interval: "2s".to_owned(),
+        // Both processes also reconcile every second with a short grace, racing the creates.
+        lock_ttl: "2s".to_owned(),
+        profile_extra: "ready_timeout = \"2s\"".to_owned(),
+        extra_toml: "reconcile_interval = \"1s\"\nreconcile_grace = \"5s\"\n".to_owned(),
         ..AppConfig::default()
     })
     .await;
@@ -361,6 +365,19 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
         });
     }
     let samples = sampler.finish().await;
+    // Without crashes nothing is ever an orphan: a repair here would mean the reconcile loops
+    // raced an in-flight create or delete (which the workload, tolerating NOT_FOUND, would hide).
+    for (who, log) in [("app", app.log()), ("peer", peer.log())] {
+        let repairs: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("sandbox_orphan_"))
+            .collect();
+        assert!(
+            repairs.is_empty(),
+            "{who} reconciled live state:\n{}",
+            repairs.join("\n")
+        );
+    }
     // Quiet now: one reconcile pass refreshes the gauge from the store on the process we scrape.
     let report = reconcile(&app.api).await;
     assert_eq!(report.error_count, 0);

@@ -103,8 +103,14 @@ impl ReconcileSandboxes {
     async fn run_pass(&self, span: &Span) -> Result<ReconcileReport, ReconcileError> {
         // The cutoff is taken before listing, so anything created during the pass is younger.
         let cutoff = self.ports.clock.now() - self.options.grace;
-        let containers = self.ports.runtime.list_managed().await?;
+        // Sessions first, then containers: delete and cleanup remove the container before the
+        // session, so a container listed after the sessions is either owned by a listed session,
+        // created after the session listing (young, or its session is found under the lease), or
+        // a true orphan. Listed the other way round, every delete finishing between the two
+        // listings made its (already removed) container look like an orphan, and the pass
+        // reported and counted removing it.
         let sessions = self.all_sessions().await?;
+        let containers = self.ports.runtime.list_managed().await?;
         span.record(telemetry::span::CONTAINER_COUNT, containers.len());
         span.record(telemetry::span::SESSION_COUNT, sessions.len());
         let by_container: HashMap<&ContainerId, &ManagedContainer> =

@@ -238,3 +238,23 @@ fn a_replace_interrupted_after_the_old_stop_ends_as_nothing() {
         (vec![], vec![])
     );
 }
+
+#[test]
+fn lists_the_sessions_before_the_containers() {
+    // Delete and cleanup remove the container before the session: listing containers first made
+    // every delete finishing between the two listings look like an orphan to remove and report.
+    let world = World::new();
+    world.existing(new_chat(), "default", "/srv/h", Duration::from_secs(600));
+    world.calls.clear();
+    let (out, _cap) = capture(reconcile(&world).execute());
+    out.unwrap();
+    let calls = world.calls.calls();
+    let first_list = calls.iter().position(|c| c.starts_with("repository.list"));
+    let containers = calls
+        .iter()
+        .position(|c| c.starts_with("runtime.list_managed"));
+    assert!(
+        matches!((first_list, containers), (Some(s), Some(c)) if s < c),
+        "{calls:?}"
+    );
+}
