@@ -366,6 +366,13 @@ pub trait SandboxRuntime: Send + Sync {
     /// `Unavailable`/`Other`.
     async fn delete(&self, container_id: &ContainerId) -> Result<(), RuntimeError>;
 
+    /// Whether the engine still has this container (in any state). The reconciler asks under
+    /// the chat's lease, so a container removed since it was listed is not reported as removed.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn exists(&self, container_id: &ContainerId) -> Result<bool, RuntimeError>;
+
     /// Every container labelled for this deployment, running or not.
     ///
     /// # Errors

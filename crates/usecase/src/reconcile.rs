@@ -11,6 +11,7 @@
 //! saved); every repair is re-checked under the chat's lease.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_domain::{ContainerId, SandboxSession, Timestamp};
@@ -56,18 +57,28 @@ port_only_error!(
 pub struct ReconcileSandboxes {
     ports: Ports,
     options: ReconcileOptions,
+    /// One pass at a time per process: the background loop's pass and an admin RPC's would
+    /// otherwise compete for the same chats' leases (failing each other with `lock_busy`) to do
+    /// the same repairs. Clones share it.
+    one_pass: Arc<futures::lock::Mutex<()>>,
 }
 
 impl ReconcileSandboxes {
     #[must_use]
     pub fn new(ports: Ports, options: ReconcileOptions) -> Self {
-        Self { ports, options }
+        Self {
+            ports,
+            options,
+            one_pass: Arc::new(futures::lock::Mutex::new(())),
+        }
     }
 
     /// # Errors
     /// `Port` when the containers or the sessions cannot be listed; single repairs that fail are
     /// counted in the report and retried by the next pass.
     pub async fn execute(&self) -> Result<ReconcileReport, ReconcileError> {
+        // Waiting here is bounded by the running pass; the next one then sees its repairs.
+        let _one_pass = self.one_pass.lock().await;
         let span = telemetry::reconcile_span();
         let outcome = self.run_pass(&span).instrument(span.clone()).await;
         let _entered = span.enter();
@@ -196,7 +207,11 @@ impl ReconcileSandboxes {
         let removed = match container.chat_id {
             Some(chat_id) => {
                 with_lease(&*self.ports.locker, &chat_id, async |_lease| {
-                    if !still_orphan().await? {
+                    // Gone already (a delete or cleanup that finished after the listing):
+                    // nothing to remove, and nothing to report.
+                    if !still_orphan().await?
+                        || !self.ports.runtime.exists(&container.container_id).await?
+                    {
                         return Ok(false);
                     }
                     self.ports.runtime.delete(&container.container_id).await?;

@@ -382,6 +382,15 @@ impl SandboxRuntime for DockerRuntime {
         result
     }
 
+    async fn exists(&self, container_id: &ContainerId) -> Result<bool, RuntimeError> {
+        let docker = self.client().await?;
+        match docker.inspect_container(container_id.as_str(), None).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(engine_error(error)),
+        }
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
         let docker = self.client().await?;
         let filters = HashMap::from([("label", vec![self.labels.managed_filter()])]);

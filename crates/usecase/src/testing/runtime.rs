@@ -19,6 +19,7 @@ pub enum RuntimeOp {
     Stop,
     Delete,
     ListManaged,
+    Exists,
     Ping,
 }
 
@@ -206,6 +207,11 @@ impl SandboxRuntime for FakeRuntime {
         self.check_container(container_id)?;
         lock(&self.containers).remove(container_id);
         Ok(())
+    }
+
+    async fn exists(&self, container_id: &ContainerId) -> Result<bool, RuntimeError> {
+        self.enter(RuntimeOp::Exists, format!("runtime.exists {container_id}"))?;
+        Ok(lock(&self.containers).contains_key(container_id))
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
