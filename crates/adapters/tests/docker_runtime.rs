@@ -250,7 +250,6 @@ async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     config.agents.insert(agent("mute"), mute);
     let runtime = DockerRuntime::new(config).unwrap();
 
-    let started = Instant::now();
     let created = runtime
         .create(&new_sandbox("mute", &world.volume_dir("chat")))
         .await;
