@@ -418,21 +418,21 @@ async fn delete_removes_the_container_and_the_keys_then_reports_not_found() {
 
 #[tokio::test]
 async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
-    let app = spawn_app_with(AppConfig {
-        session_ttl: "2s".to_owned(),
-        ..AppConfig::default()
-    })
-    .await;
+    let app = spawn_app().await;
     let chats: Vec<String> = (0..3).map(|_| new_chat_id()).collect();
     let mut sandboxes = Vec::new();
     for (i, chat) in chats.iter().enumerate() {
         let (sandbox, _) = create(&app, chat, "default", &app.new_volume(&format!("v{i}"))).await;
         sandboxes.push(sandbox);
     }
-    // The third one lives on.
-    let kept = extend(&app, &chats[2], Some(Duration::from_secs(600)))
-        .await
-        .unwrap();
+    // Every sandbox starts with the long default TTL, so a slow create cannot expire one early;
+    // the first two are then shortened to expire now, the third lives on.
+    for (chat, sandbox) in chats[..2].iter().zip(sandboxes.iter_mut()) {
+        *sandbox = extend(&app, chat, Some(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    }
+    let kept = sandboxes[2].clone();
     for sandbox in &sandboxes[..2] {
         wait_until_expired(sandbox).await;
     }

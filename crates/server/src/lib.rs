@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod names;
 pub mod reconcile;
+pub mod rpc_telemetry;
 pub mod shutdown;
 pub mod telemetry;
 
