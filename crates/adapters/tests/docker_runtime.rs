@@ -230,13 +230,17 @@ async fn stop_and_delete_are_idempotent() {
 
     runtime.stop(&first.container_id).await.unwrap();
     runtime.stop(&first.container_id).await.unwrap();
+    assert!(runtime.exists(&second.container_id).await.unwrap());
     runtime.delete(&second.container_id).await.unwrap();
     runtime.delete(&second.container_id).await.unwrap();
     assert_eq!(world.count().await, 0);
+    assert!(!runtime.exists(&first.container_id).await.unwrap());
+    assert!(!runtime.exists(&second.container_id).await.unwrap());
 
     let never = ContainerId::parse("sandbox-never-existed-0000").unwrap();
     runtime.stop(&never).await.unwrap();
     runtime.delete(&never).await.unwrap();
+    assert!(!runtime.exists(&never).await.unwrap());
 }
 
 #[tokio::test]
