@@ -374,6 +374,16 @@ async fn throughput(ctx: &mut Ctx<'_>, main: &SandboxdProcess, report: &mut Repo
         live.push(request);
     }
 
+    // CPU time per call of each process is what the rate would be on an otherwise idle machine
+    // (the bench, Redis and sandboxd share its cores with whatever else runs): record it too.
+    let pids = CpuPids {
+        sandboxd: main.pid.to_string(),
+        redis: ctx
+            .redis
+            .pid()
+            .map_or_else(|| "self".to_owned(), |p| p.to_string()),
+    };
+    let before = pids.sample()?;
     let (rate, latencies) = service::closed_loop(
         &channels,
         plan.throughput,
@@ -381,9 +391,11 @@ async fn throughput(ctx: &mut Ctx<'_>, main: &SandboxdProcess, report: &mut Repo
         health_call,
     )
     .await?;
+    let health_cpu = pids.sample()?.per_call(&before, latencies.len());
     report.latency(FLOOR_GRPC_LOADED, None, &latencies);
     report.scalar(FLOOR_GRPC_RATE, rate, "calls/s", None);
 
+    let before = pids.sample()?;
     let (rate, latencies) = service::closed_loop(
         &channels,
         plan.throughput,
@@ -394,13 +406,86 @@ async fn throughput(ctx: &mut Ctx<'_>, main: &SandboxdProcess, report: &mut Repo
         reuse_call,
     )
     .await?;
+    let reuse_cpu = pids.sample()?.per_call(&before, latencies.len());
     report.latency(REUSE_LOADED, Some(FLOOR_GRPC_LOADED), &latencies);
     report.scalar(REUSE_RATE, rate, "calls/s", Some(FLOOR_GRPC_RATE));
+    let floor_cpu = "sandboxd CPU per health Check";
+    report.scalar(floor_cpu, health_cpu.sandboxd, "µs", None);
+    report.scalar(
+        "sandboxd CPU per reuse call",
+        reuse_cpu.sandboxd,
+        "µs",
+        Some(floor_cpu),
+    );
+    report.scalar("redis CPU per reuse call", reuse_cpu.redis, "µs", None);
+    report.scalar(
+        "bench client CPU per reuse call",
+        reuse_cpu.client,
+        "µs",
+        None,
+    );
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let total = reuse_cpu.sandboxd + reuse_cpu.redis + reuse_cpu.client;
+    if total > 0.0 {
+        #[allow(clippy::cast_precision_loss)]
+        let bound = cores as f64 * 1e6 / total;
+        report.scalar(
+            &format!("reuse rate the CPU allows on {cores} idle cores"),
+            bound,
+            "calls/s",
+            None,
+        );
+    }
 
     for request in &live {
         service::delete(&mut setup, &request.chat_id).await?;
     }
     Ok(())
+}
+
+/// The processes whose CPU time the throughput figures divide among calls.
+struct CpuPids {
+    sandboxd: String,
+    redis: String,
+}
+
+/// CPU time used so far by sandboxd, Redis and the bench itself.
+struct CpuSample {
+    sandboxd: Duration,
+    redis: Duration,
+    client: Duration,
+}
+
+/// CPU µs per call of each process over one run.
+struct CpuPerCall {
+    sandboxd: f64,
+    redis: f64,
+    client: f64,
+}
+
+impl CpuPids {
+    fn sample(&self) -> Result<CpuSample> {
+        Ok(CpuSample {
+            sandboxd: procs::cpu_time(&self.sandboxd)?,
+            redis: procs::cpu_time(&self.redis)?,
+            client: procs::cpu_time("self")?,
+        })
+    }
+}
+
+impl CpuSample {
+    fn per_call(&self, before: &Self, calls: usize) -> CpuPerCall {
+        #[allow(clippy::cast_precision_loss)]
+        let calls = calls.max(1) as f64;
+        let per = |after: Duration, before: Duration| {
+            after.saturating_sub(before).as_secs_f64() * 1e6 / calls
+        };
+        CpuPerCall {
+            sandboxd: per(self.sandboxd, before.sandboxd),
+            redis: per(self.redis, before.redis),
+            client: per(self.client, before.client),
+        }
+    }
 }
 
 /// sandboxd's memory after the container work, then with `rss_sessions` sessions written

@@ -86,6 +86,11 @@ impl RedisProcess {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
@@ -251,6 +256,28 @@ impl SandboxdProcess {
 pub struct Memory {
     pub peak: u64,
     pub current: u64,
+}
+
+/// User + system CPU time a process has used so far (`/proc/<pid>/stat`, or `self`). Ticks are
+/// assumed to be 1/100 s (`getconf CLK_TCK` on Linux); fine for runs of seconds.
+pub fn cpu_time(pid: &str) -> Result<Duration> {
+    const TICKS_PER_SEC: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces; the fields after its closing parenthesis do not.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of proc(5); utime and stime are fields 14 and 15.
+    let tick = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no field {index} in /proc/{pid}/stat"))
+    };
+    let ticks = tick(11)? + tick(12)?;
+    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SEC))
 }
 
 /// The address in the first `{event} addr=HOST:PORT` line of a text log.
