@@ -74,3 +74,10 @@ file_is_static() {
   # busybox-static replaces /bin/busybox with a static build; the dynamic one cannot run FROM scratch.
   ! ldd "$1" >/dev/null 2>&1
 }
+
+ensure_metrics_tools() {
+  # The observability tests parse /metrics with the official Python client's parser (system
+  # interpreter) and lint it with promtool.
+  /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || apt_install python3 python3-prometheus-client
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
+}

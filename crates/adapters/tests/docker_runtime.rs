@@ -250,18 +250,13 @@ async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     config.agents.insert(agent("mute"), mute);
     let runtime = DockerRuntime::new(config).unwrap();
 
-    let started = Instant::now();
     let created = runtime
         .create(&new_sandbox("mute", &world.volume_dir("chat")))
         .await;
+    // NotReady carries the profile's bound: the create gave up at the timeout, it did not hang.
     assert!(
         matches!(created, Err(RuntimeError::NotReady(t)) if t == Duration::from_secs(1)),
         "{created:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
     );
     assert_eq!(
         world.count().await,
@@ -305,7 +300,8 @@ async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
     let mut crashing = AgentProfile::new(sandbox_image());
     crashing.port = Some(8080);
     crashing.command = Some(vec!["false".to_owned()]);
-    crashing.ready_timeout = Duration::from_secs(20);
+    // Far longer than the test may take: failing fast must not mean waiting out the timeout.
+    crashing.ready_timeout = Duration::from_secs(120);
     config.agents.insert(agent("crashing"), crashing);
     let runtime = DockerRuntime::new(config).unwrap();
 
@@ -318,7 +314,7 @@ async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
         "{created:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(30),
         "took {:?}",
         started.elapsed()
     );
@@ -329,7 +325,10 @@ async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
 async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
     let world = TestSandboxes::new();
     let config = DockerConfig {
-        stop_grace: Duration::from_secs(2),
+        // A long grace so the bound below separates "SIGTERM delivered" from "grace waited out"
+        // by a wide margin even on a loaded machine.
+        stop_grace: Duration::from_secs(30),
+        engine_timeout: Duration::from_secs(60),
         ..world.config()
     };
     let runtime = DockerRuntime::new(config).unwrap();
@@ -341,8 +340,8 @@ async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
     let started = Instant::now();
     runtime.stop(&session.container_id).await.unwrap();
     let took = started.elapsed();
-    // The init forwards SIGTERM to httpd, which exits at once; without it this takes the full 2 s.
-    assert!(took < Duration::from_millis(1500), "stop took {took:?}");
+    // The init forwards SIGTERM to httpd, which exits at once; without it this takes the full 30 s.
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
     assert_eq!(world.count().await, 0);
 }
 
@@ -419,8 +418,9 @@ async fn an_unreachable_engine_is_unavailable_quickly() {
             runtime.list_managed().await,
             Err(RuntimeError::Unavailable(_))
         ));
+        // Well under engine_timeout (30 s): a refused connection is not retried until it expires.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "took {:?}",
             started.elapsed()
         );

@@ -18,7 +18,7 @@ use time::macros::datetime;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 /// Scheduling slack on a loaded 2-core machine on top of the configured timeout.
-const SLACK: Duration = Duration::from_millis(400);
+const SLACK: Duration = Duration::from_millis(1500);
 
 fn session(chat: ChatId) -> SandboxSession {
     SandboxSession {

@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BearerAuth;
 use crate::cleanup::run_cleanup_loop;
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 use crate::drain::Drain;
 use crate::grpc::{SandboxGrpcService, ServiceSettings, UseCases};
 use crate::health::{HealthPublisher, Readiness, run_checks};
+use crate::rpc_telemetry::RpcTelemetryLayer;
 
 /// After the calls drained, how long open connections (health watches, idle clients) get to
 /// close before the listeners are dropped.
@@ -47,6 +48,8 @@ pub struct Application {
     settings: ServiceSettings,
     cleanup_interval: Duration,
     drain_timeout: Duration,
+    /// TLS for the gRPC port (`None` = plaintext); read at build so a bad file fails start.
+    tls: Option<TlsFiles>,
 }
 
 impl Application {
@@ -82,8 +85,14 @@ impl Application {
             },
             cleanup_interval: config.cleanup_interval,
             drain_timeout: config.drain_timeout,
+            tls: config.tls_files()?,
         };
-        tracing::info!(addr = %app.grpc_addr()?, "grpc_listening");
+        tracing::info!(
+            addr = %app.grpc_addr()?,
+            tls = app.tls.is_some(),
+            mutual_tls = app.tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some()),
+            "grpc_listening"
+        );
         tracing::info!(addr = %app.http_addr()?, "http_listening");
         Ok(app)
     }
@@ -137,7 +146,8 @@ impl Application {
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let servers_stop = CancellationToken::new();
         let grpc_server = tokio::spawn(
-            tonic::transport::Server::builder()
+            grpc_server_builder(self.tls.as_ref())?
+                .layer(RpcTelemetryLayer)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -196,6 +206,24 @@ impl Application {
         tracing::info!("shutdown_complete");
         Ok(())
     }
+}
+
+/// The gRPC server, speaking TLS (mutual when a client CA is set) when configured.
+fn grpc_server_builder(tls: Option<&TlsFiles>) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    let Some(tls) = tls else {
+        return Ok(builder);
+    };
+    let mut tls_config = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+    );
+    if let Some(client_ca) = &tls.client_ca_pem {
+        // A CA root makes a client certificate mandatory (tonic's `client_auth_optional` is off).
+        tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(client_ca));
+    }
+    builder
+        .tls_config(tls_config)
+        .context("configuring TLS from tls_cert_file/tls_key_file")
 }
 
 /// Reflection over our API plus the error-detail and health types, so clients such as grpcurl

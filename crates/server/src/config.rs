@@ -98,6 +98,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// File holding the bearer token SandboxService calls must carry; unset = no auth.
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the gRPC port; with `tls_key_file`, the port speaks TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle client certificates must chain to; set = mutual TLS, clients without a
+    /// certificate are refused in the handshake.
+    pub tls_client_ca_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// Agent profiles by agent id; an id not listed is refused with INVALID_ARGUMENT.
     pub agents: BTreeMap<String, AgentProfile>,
@@ -123,6 +130,9 @@ impl Default for Config {
             engine_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             auth_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             log_format: LogFormat::Text,
             agents: BTreeMap::new(),
         }
@@ -214,6 +224,18 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_file: Option<String>,
+    /// PEM certificate chain: the gRPC port speaks TLS (needs --tls-key-file) [env: SANDBOXD_TLS_CERT_FILE] [default: none, plaintext]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of the TLS certificate [env: SANDBOXD_TLS_KEY_FILE] [default: none]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
+    /// PEM CA bundle: clients must present a certificate it signed (mutual TLS) [env: SANDBOXD_TLS_CLIENT_CA_FILE] [default: none]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<String>,
     /// Log line format; the level comes from RUST_LOG [env: SANDBOXD_LOG_FORMAT] [default: text]
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -347,6 +369,7 @@ impl Config {
                 "not found or not a file",
             ));
         }
+        self.validate_tls()?;
         self.docker_config()?
             .validate()
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
@@ -354,6 +377,65 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         Ok(())
+    }
+
+    /// TLS files come as a set (certificate and key, optionally a client CA) and must parse as
+    /// PEM now, not at the first handshake.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                read_pem_certificates("tls_cert_file", cert)?;
+                read_pem_private_key("tls_key_file", key)?;
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls_key_file",
+                    "must be set with tls_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls_cert_file",
+                    "must be set with tls_key_file",
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(ca) = &self.tls_client_ca_file {
+            if self.tls_cert_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "tls_client_ca_file",
+                    "needs tls_cert_file and tls_key_file (mutual TLS is TLS first)",
+                ));
+            }
+            read_pem_certificates("tls_client_ca_file", ca)?;
+        }
+        Ok(())
+    }
+
+    /// The gRPC port's TLS files, read; `None` when TLS is off.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when a file cannot be read (validated at load, so only when it
+    /// changed since).
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return Ok(None);
+        };
+        let read = |setting: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| {
+                ConfigError::invalid(setting, format!("reading {}: {e}", path.display()))
+            })
+        };
+        Ok(Some(TlsFiles {
+            cert_pem: read("tls_cert_file", cert)?,
+            key_pem: read("tls_key_file", key)?,
+            client_ca_pem: self
+                .tls_client_ca_file
+                .as_deref()
+                .map(|ca| read("tls_client_ca_file", ca))
+                .transpose()?,
+        }))
     }
 
     /// The Docker runtime's part of the configuration.
@@ -405,6 +487,49 @@ impl Config {
     pub fn redis_url_redacted(&self) -> String {
         redact_url_password(&self.redis_url)
     }
+}
+
+/// The PEM contents of the gRPC port's TLS settings.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    // The key is a secret: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// At least one PEM `CERTIFICATE` block, every one well-formed.
+fn read_pem_certificates(setting: &str, path: &Path) -> Result<(), ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ConfigError::invalid(setting, format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(setting, format!("{}: {e}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("{}: no PEM certificate found", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// One PEM private key (PKCS#8, PKCS#1 or SEC1).
+fn read_pem_private_key(setting: &str, path: &Path) -> Result<(), ConfigError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    PrivateKeyDer::from_pem_file(path)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid(setting, format!("{}: {e}", path.display())))
 }
 
 /// Names the setting and its layer (file, environment variable or flag) of a value that did not
@@ -672,6 +797,9 @@ mod tests {
             "engine_timeout",
             "drain_timeout",
             "auth_token_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
             "log_format",
         ] {
             assert!(

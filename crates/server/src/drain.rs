@@ -9,6 +9,7 @@ use std::future::Future;
 
 use tokio_util::task::TaskTracker;
 use tonic::Status;
+use tracing::Instrument as _;
 
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
@@ -33,7 +34,9 @@ impl Drain {
         if self.tracker.is_closed() {
             return Err(Status::unavailable("the server is shutting down"));
         }
-        match self.tracker.spawn(work).await {
+        // The task carries the caller's span (the RPC's server span), so the use-case span is
+        // its child and log lines name the call they belong to.
+        match self.tracker.spawn(work.in_current_span()).await {
             Ok(outcome) => outcome,
             Err(join_error) => {
                 tracing::error!(rpc, error = %join_error, "rpc_task_failed");

@@ -89,12 +89,31 @@ impl HealthPublisher {
 
 /// Pings both backends every [`CHECK_INTERVAL`] until `stop` is cancelled.
 pub async fn run_checks(ports: Ports, publisher: HealthPublisher, stop: CancellationToken) {
+    let mut active_count_known = false;
     loop {
         let up = check_backends(&ports).await;
+        if up && !active_count_known {
+            active_count_known = init_active_count(&ports).await;
+        }
         publisher.set_backends_up(up).await;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+/// Sets `sandbox_active_count` from the store once it answers, so the gauge is right from the
+/// start (sessions may survive a restart); the use cases keep it current after every write.
+async fn init_active_count(ports: &Ports) -> bool {
+    match ports.repository.count_active().await {
+        Ok(count) => {
+            sandboxd_usecase::telemetry::set_active_count(count);
+            true
+        }
+        Err(error) => {
+            tracing::debug!(error = %error, "active_count_unavailable");
+            false
         }
     }
 }

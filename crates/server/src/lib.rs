@@ -12,6 +12,7 @@ pub mod drain;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod rpc_telemetry;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -15,15 +15,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = sandboxd_server::telemetry::init_tracing(config.log_format) {
-        eprintln!("sandboxd: {error:#}");
-        return ExitCode::FAILURE;
-    }
-    match sandboxd_server::run(config).await {
+    let tracing_guard = match sandboxd_server::telemetry::init_tracing(config.log_format) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("sandboxd: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exit = match sandboxd_server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "sandboxd_failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans (the shutdown's) go out now, bounded: a dead collector cannot hold the exit.
+    tracing_guard.shutdown().await;
+    exit
 }

@@ -54,6 +54,14 @@ pub mod metric {
         ),
         (LIST_TOTAL, "ListSandboxes calls by result (ok, error)."),
         (
+            RECONCILE_TOTAL,
+            "Reconciliation repairs by result (orphan container or session removed).",
+        ),
+        (
+            RECONCILE_ERROR_TOTAL,
+            "Reconciliation failures by error type.",
+        ),
+        (
             EXTEND_TOTAL,
             "ExtendSandbox outcomes by result (extended, not_found, expired, invalid, error).",
         ),
@@ -338,7 +346,7 @@ pub(crate) fn count_reconcile_error(error_type: &'static str) {
 }
 
 #[allow(clippy::cast_precision_loss)] // a gauge is f64; session counts stay far below 2^52
-pub(crate) fn set_active_count(count: u64) {
+pub fn set_active_count(count: u64) {
     metrics::gauge!(metric::ACTIVE_COUNT).set(count as f64);
 }
 

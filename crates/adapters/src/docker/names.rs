@@ -17,3 +17,9 @@ pub const RESULT_ERROR: &str = "error";
 
 /// Value of the `{prefix}.managed-by` label on every container this service starts.
 pub const MANAGED_BY_VALUE: &str = "sandboxd";
+
+/// HELP text of the histograms above, for the exporter's `describe_histogram` calls.
+pub const DESCRIPTIONS: &[(&str, &str)] = &[(
+    RUNTIME_DURATION_SECONDS,
+    "Docker engine work per runtime call in seconds, by operation (create, stop, delete) and result.",
+)];

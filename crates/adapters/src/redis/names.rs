@@ -30,3 +30,15 @@ pub mod lock_result {
     pub const BUSY: &str = "busy";
     pub const ERROR: &str = "error";
 }
+
+/// HELP text of the histograms above, for the exporter's `describe_histogram` calls.
+pub const DESCRIPTIONS: &[(&str, &str)] = &[
+    (
+        REDIS_COMMAND_DURATION_SECONDS,
+        "Redis round trips in seconds by logical command (one script or pipeline each).",
+    ),
+    (
+        LOCK_WAIT_SECONDS,
+        "Time spent waiting for a chat's lease in seconds, by result (acquired, busy, error).",
+    ),
+];
