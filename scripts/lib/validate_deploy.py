@@ -8,7 +8,7 @@
 - kubernetes: references between the manifests resolve (ConfigMap, Secret, ServiceAccount,
   selectors, probe and Service ports), the ConfigMap's sandboxd.toml uses only known settings,
   and the pod refuses Kubernetes' service-link variables (sandboxd rejects unknown SANDBOXD_*).
-- docs: docs/operations.md mentions every setting, environment variable and metric.
+- docs: README.md mentions every setting, environment variable and metric.
 
 Needs PyYAML (the tools venv has it, through kubernetes-validate). Exits 1 with every finding.
 """
@@ -28,26 +28,21 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 # Top-level settings of sandboxd.toml (DESIGN.md's table plus engine_timeout and drain_timeout),
 # with their environment variables. DOCKER_HOST is the engine's own convention.
-SETTINGS = {
-    "grpc_addr": "SANDBOXD_GRPC_ADDR",
-    "http_addr": "SANDBOXD_HTTP_ADDR",
-    "redis_url": "SANDBOXD_REDIS_URL",
-    "key_prefix": "SANDBOXD_KEY_PREFIX",
-    "session_ttl": "SANDBOXD_SESSION_TTL",
-    "max_ttl": "SANDBOXD_MAX_TTL",
-    "cleanup_interval": "SANDBOXD_CLEANUP_INTERVAL",
-    "cleanup_concurrency": "SANDBOXD_CLEANUP_CONCURRENCY",
-    "lock_ttl": "SANDBOXD_LOCK_TTL",
-    "lock_wait": "SANDBOXD_LOCK_WAIT",
-    "allowed_volume_roots": "SANDBOXD_ALLOWED_VOLUME_ROOTS",
-    "docker_host": "DOCKER_HOST",
-    "publish_host_ip": "SANDBOXD_PUBLISH_HOST_IP",
-    "stop_grace": "SANDBOXD_STOP_GRACE",
-    "engine_timeout": "SANDBOXD_ENGINE_TIMEOUT",
-    "drain_timeout": "SANDBOXD_DRAIN_TIMEOUT",
-    "auth_token_file": "SANDBOXD_AUTH_TOKEN_FILE",
-    "log_format": "SANDBOXD_LOG_FORMAT",
-}
+def example_settings() -> dict[str, str]:
+    """Every top-level setting of deploy/sandboxd.example.toml (commented ones too) with its
+    environment variable, so a setting added to the server and its example cannot go undocumented."""
+    settings = {}
+    for line in (ROOT / "deploy/sandboxd.example.toml").read_text().splitlines():
+        if line.startswith("["):
+            break
+        m = re.match(r"#?\s*([a-z_]+)\s*=", line)
+        if m:
+            key = m.group(1)
+            settings[key] = "DOCKER_HOST" if key == "docker_host" else f"SANDBOXD_{key.upper()}"
+    return settings
+
+
+SETTINGS = example_settings()
 AGENT_KEYS = {
     "image", "command", "port", "env", "user", "mount_target", "memory", "cpus", "pids_limit",
     "read_only_rootfs", "runtime", "cap_add", "ready_probe", "ready_timeout",
@@ -170,12 +165,12 @@ def check_alerts() -> None:
                     fail(f"alert {name}: needs summary and runbook annotations")
                 anchor = annotations.get("runbook", "").partition("#")[2]
                 if anchor and anchor not in doc_anchors():
-                    fail(f"alert {name}: runbook anchor #{anchor} is not a heading of docs/operations.md")
+                    fail(f"alert {name}: runbook anchor #{anchor} is not a heading of README.md")
     print(f"alerts: {count} alerts checked (metrics, runbook anchors)")
 
 
 def doc_anchors() -> set[str]:
-    path = ROOT / "docs/operations.md"
+    path = ROOT / "README.md"
     anchors = set()
     for line in path.read_text().splitlines():
         m = re.match(r"#+\s+(.*)", line)
@@ -308,17 +303,17 @@ def check_kubernetes() -> None:
 
 
 def check_docs() -> None:
-    text = (ROOT / "docs/operations.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for key, env in SETTINGS.items():
         for word in (key, env):
             if f"`{word}`" not in text:
-                fail(f"docs/operations.md: setting `{word}` not documented")
+                fail(f"README.md: setting `{word}` not documented")
     for key in AGENT_KEYS:
         if f"`{key}`" not in text:
-            fail(f"docs/operations.md: agent profile key `{key}` not documented")
+            fail(f"README.md: agent profile key `{key}` not documented")
     for metric in exported_metrics():
         if f"`{metric}" not in text:
-            fail(f"docs/operations.md: metric `{metric}` not documented")
+            fail(f"README.md: metric `{metric}` not documented")
     print("docs: settings, environment variables, profile keys and metrics checked")
 
 
