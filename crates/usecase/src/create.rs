@@ -6,7 +6,7 @@ use std::time::Duration;
 use sandboxd_domain::{AgentId, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath};
 use tracing::{Instrument, Span};
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::{ErrorKind, PortError, from_port_errors, use_case_error};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Lease, NewSandbox, RepositoryError, RuntimeError};
 use crate::telemetry::{self, metric};
@@ -65,6 +65,7 @@ pub enum CreateSandboxError {
 }
 
 from_port_errors!(CreateSandboxError);
+use_case_error!(CreateSandboxError);
 
 impl CreateSandboxError {
     #[must_use]

@@ -73,6 +73,23 @@ impl RuntimeError {
     }
 }
 
+/// What every use-case error offers the service layer: its kind, and its cause for the log.
+pub trait UseCaseError: std::error::Error + Send + Sync + 'static {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Implements [`UseCaseError`] with the error's own `kind()`.
+macro_rules! use_case_error {
+    ($($name:ty),* $(,)?) => {$(
+        impl $crate::error::UseCaseError for $name {
+            fn kind(&self) -> $crate::error::ErrorKind {
+                Self::kind(self)
+            }
+        }
+    )*};
+}
+pub(crate) use use_case_error;
+
 /// A failure of one of the ports, as every use case can meet it.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -138,6 +155,7 @@ macro_rules! port_only_error {
         }
 
         $crate::error::from_port_errors!($name);
+        $crate::error::use_case_error!($name);
 
         impl $name {
             #[must_use]

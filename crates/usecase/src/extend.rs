@@ -5,7 +5,7 @@ use std::time::Duration;
 use sandboxd_domain::{ChatId, SandboxSession};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::{ErrorKind, PortError, from_port_errors, use_case_error};
 use crate::lease::{Ports, with_lease};
 use crate::telemetry::{self, metric};
 
@@ -30,6 +30,7 @@ pub enum ExtendSandboxError {
 }
 
 from_port_errors!(ExtendSandboxError);
+use_case_error!(ExtendSandboxError);
 
 impl ExtendSandboxError {
     #[must_use]

@@ -3,7 +3,7 @@
 use sandboxd_domain::{ChatId, SandboxSession};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, PortError, from_port_errors};
+use crate::error::{ErrorKind, PortError, from_port_errors, use_case_error};
 use crate::lease::Ports;
 use crate::telemetry::{self, metric};
 
@@ -16,6 +16,7 @@ pub enum GetSandboxError {
 }
 
 from_port_errors!(GetSandboxError);
+use_case_error!(GetSandboxError);
 
 impl GetSandboxError {
     #[must_use]

@@ -29,7 +29,7 @@ pub use create::{
 pub use delete::{
     DeleteResult, DeleteSandbox, DeleteSandboxCommand, DeleteSandboxError, DeleteSandboxOutput,
 };
-pub use error::{ErrorKind, PortError};
+pub use error::{ErrorKind, PortError, UseCaseError};
 pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
 pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;

@@ -1,6 +1,6 @@
 //! The `sandbox.v1.SandboxService` handlers. They only translate: parse every field into domain
 //! values (a bad field is INVALID_ARGUMENT naming it, and nothing is touched), run the use case as
-//! a tracked task, and map its error kind through [`status::to_status`].
+//! a tracked task, and map its error kind through [`status::status_for`].
 
 pub mod convert;
 mod reconcile;
@@ -22,7 +22,7 @@ use sandboxd_usecase::{
 use tonic::{Request, Response, Status};
 
 use crate::drain::Drain;
-use status::{StatusContext, to_status};
+use status::status_for;
 
 /// What the handlers need from the configuration.
 #[derive(Debug, Clone)]
@@ -105,16 +105,11 @@ impl SandboxService for SandboxGrpcService {
         self.drain
             .run(RPC, async move {
                 let chat = command.chat_id.to_string();
-                let output = use_cases.create.execute(command).await.map_err(|e| {
-                    to_status(
-                        e.kind(),
-                        &e,
-                        StatusContext {
-                            rpc: RPC,
-                            chat_id: Some(&chat),
-                        },
-                    )
-                })?;
+                let output = use_cases
+                    .create
+                    .execute(command)
+                    .await
+                    .map_err(status_for(RPC, Some(&chat)))?;
                 Ok(Response::new(v1::CreateSandboxResponse {
                     sandbox: Some(convert::sandbox(&output.session)),
                     result: create_result(output.result).into(),
@@ -133,16 +128,11 @@ impl SandboxService for SandboxGrpcService {
         self.drain
             .run(RPC, async move {
                 let chat = chat_id.to_string();
-                let session = use_cases.get.execute(chat_id).await.map_err(|e| {
-                    to_status(
-                        e.kind(),
-                        &e,
-                        StatusContext {
-                            rpc: RPC,
-                            chat_id: Some(&chat),
-                        },
-                    )
-                })?;
+                let session = use_cases
+                    .get
+                    .execute(chat_id)
+                    .await
+                    .map_err(status_for(RPC, Some(&chat)))?;
                 Ok(Response::new(v1::GetSandboxResponse {
                     sandbox: Some(convert::sandbox(&session)),
                 }))
@@ -164,16 +154,11 @@ impl SandboxService for SandboxGrpcService {
         let use_cases = Arc::clone(&self.use_cases);
         self.drain
             .run(RPC, async move {
-                let page = use_cases.list.execute(query).await.map_err(|e| {
-                    to_status(
-                        e.kind(),
-                        &e,
-                        StatusContext {
-                            rpc: RPC,
-                            chat_id: None,
-                        },
-                    )
-                })?;
+                let page = use_cases
+                    .list
+                    .execute(query)
+                    .await
+                    .map_err(status_for(RPC, None))?;
                 Ok(Response::new(v1::ListSandboxesResponse {
                     sandboxes: page.sessions.iter().map(convert::sandbox).collect(),
                     next_page_token: page.next_page_token.unwrap_or_default(),
@@ -196,16 +181,11 @@ impl SandboxService for SandboxGrpcService {
         self.drain
             .run(RPC, async move {
                 let chat = command.chat_id.to_string();
-                let session = use_cases.extend.execute(command).await.map_err(|e| {
-                    to_status(
-                        e.kind(),
-                        &e,
-                        StatusContext {
-                            rpc: RPC,
-                            chat_id: Some(&chat),
-                        },
-                    )
-                })?;
+                let session = use_cases
+                    .extend
+                    .execute(command)
+                    .await
+                    .map_err(status_for(RPC, Some(&chat)))?;
                 Ok(Response::new(v1::ExtendSandboxResponse {
                     sandbox: Some(convert::sandbox(&session)),
                 }))
@@ -227,16 +207,7 @@ impl SandboxService for SandboxGrpcService {
                     .delete
                     .execute(DeleteSandboxCommand { chat_id })
                     .await
-                    .map_err(|e| {
-                        to_status(
-                            e.kind(),
-                            &e,
-                            StatusContext {
-                                rpc: RPC,
-                                chat_id: Some(&chat),
-                            },
-                        )
-                    })?;
+                    .map_err(status_for(RPC, Some(&chat)))?;
                 let result = match output.result {
                     DeleteResult::Deleted => v1::DeleteSandboxResult::Deleted,
                     DeleteResult::NotFound => v1::DeleteSandboxResult::NotFound,
@@ -264,16 +235,11 @@ impl SandboxService for SandboxGrpcService {
         let use_cases = Arc::clone(&self.use_cases);
         self.drain
             .run(RPC, async move {
-                let report = use_cases.cleanup.execute().await.map_err(|e| {
-                    to_status(
-                        e.kind(),
-                        &e,
-                        StatusContext {
-                            rpc: RPC,
-                            chat_id: None,
-                        },
-                    )
-                })?;
+                let report = use_cases
+                    .cleanup
+                    .execute()
+                    .await
+                    .map_err(status_for(RPC, None))?;
                 Ok(Response::new(v1::CleanupExpiredSandboxesResponse {
                     cleaned: report.cleaned.iter().map(convert::sandbox).collect(),
                     error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),

@@ -8,7 +8,7 @@ use tonic::{Response, Status};
 
 use super::UseCases;
 use super::convert;
-use super::status::{StatusContext, to_status};
+use super::status::status_for;
 use crate::drain::Drain;
 
 const RPC: &str = "ReconcileSandboxes";
@@ -19,16 +19,11 @@ pub(super) async fn handle(
 ) -> Result<Response<v1::ReconcileSandboxesResponse>, Status> {
     drain
         .run(RPC, async move {
-            let report = use_cases.reconcile.execute().await.map_err(|e| {
-                to_status(
-                    e.kind(),
-                    &e,
-                    StatusContext {
-                        rpc: RPC,
-                        chat_id: None,
-                    },
-                )
-            })?;
+            let report = use_cases
+                .reconcile
+                .execute()
+                .await
+                .map_err(status_for(RPC, None))?;
             Ok(Response::new(response(&report)))
         })
         .await

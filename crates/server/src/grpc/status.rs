@@ -5,7 +5,7 @@ use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
-use sandboxd_usecase::ErrorKind;
+use sandboxd_usecase::{ErrorKind, UseCaseError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -34,6 +34,14 @@ pub fn invalid_field(field: &str, description: impl fmt::Display) -> Status {
         format!("invalid {field}: {description}"),
         ErrorDetails::with_bad_request_violation(field, description),
     )
+}
+
+/// The `map_err` of every handler: a use-case error becomes its status in this RPC's context.
+pub fn status_for<'a, E: UseCaseError>(
+    rpc: &'static str,
+    chat_id: Option<&'a str>,
+) -> impl FnOnce(E) -> Status + 'a {
+    move |error| to_status(error.kind(), &error, StatusContext { rpc, chat_id })
 }
 
 /// Maps a use-case error to its status by its [`ErrorKind`].
