@@ -9,12 +9,12 @@ use sandboxd_usecase::ports::{
     ActiveCount, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
 };
 
-use super::RedisStore;
 use super::codec::{self, decode_page_token, encode_page_token};
 use super::config::millis;
 use super::error::StoreFault;
 use super::names::command;
 use super::scripts;
+use super::{Keys, RedisStore};
 
 /// At most this many stale index entries are removed by one `list`/`list_expired` call, so one
 /// call stays short however much TTL expiry left behind; later calls continue.
@@ -56,6 +56,22 @@ impl RedisSessionRepository {
 
     /// The lease flag is checked first: an operation that already knows its lease is gone must
     /// not even try (the script's token check covers the lease that expired silently).
+    /// The keys the save and delete scripts take, in their order. The lock is the one of the
+    /// session's own chat: a lease can only ever write its chat's sessions.
+    fn session_write_keys<'i>(
+        invocation: &'i mut redis::ScriptInvocation<'static>,
+        keys: &Keys,
+        session: &SandboxSession,
+    ) -> &'i mut redis::ScriptInvocation<'static> {
+        invocation
+            .key(keys.lock(&session.chat_id))
+            .key(keys.session(&session.session_id))
+            .key(keys.chat(&session.chat_id))
+            .key(keys.expiry())
+            .key(keys.sessions())
+            .key(keys.agent(&session.agent_id))
+    }
+
     fn refuse_lost(lease: &Lease) -> Result<(), RepositoryError> {
         if lease.is_lost() {
             Err(RepositoryError::LeaseLost)
@@ -122,14 +138,7 @@ impl SessionRepository for RedisSessionRepository {
         Self::refuse_lost(lease)?;
         let keys = &self.store.keys;
         let mut invocation = scripts::SAVE_SCRIPT.prepare_invoke();
-        // The lock of the session's own chat: a lease can only ever write its chat's sessions.
-        invocation
-            .key(keys.lock(&session.chat_id))
-            .key(keys.session(&session.session_id))
-            .key(keys.chat(&session.chat_id))
-            .key(keys.expiry())
-            .key(keys.sessions())
-            .key(keys.agent(&session.agent_id))
+        Self::session_write_keys(&mut invocation, keys, session)
             .arg(lease.token())
             .arg(keys.agent_prefix())
             .arg(self.grace_ms())
@@ -155,13 +164,7 @@ impl SessionRepository for RedisSessionRepository {
         Self::refuse_lost(lease)?;
         let keys = &self.store.keys;
         let mut invocation = scripts::DELETE_SCRIPT.prepare_invoke();
-        invocation
-            .key(keys.lock(&session.chat_id))
-            .key(keys.session(&session.session_id))
-            .key(keys.chat(&session.chat_id))
-            .key(keys.expiry())
-            .key(keys.sessions())
-            .key(keys.agent(&session.agent_id))
+        Self::session_write_keys(&mut invocation, keys, session)
             .arg(lease.token())
             .arg(keys.agent_prefix())
             .arg(session.session_id.to_string());
