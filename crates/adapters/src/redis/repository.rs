@@ -72,6 +72,22 @@ impl RedisSessionRepository {
             .key(keys.agent(&session.agent_id))
     }
 
+    /// Runs a fenced write script (save or delete) and reads its reply: the active count, or
+    /// the lease-lost marker.
+    async fn fenced_write(
+        &self,
+        command: &'static str,
+        invocation: &redis::ScriptInvocation<'static>,
+    ) -> Result<ActiveCount, RepositoryError> {
+        let mut con = self.store.client.connection();
+        let count: i64 = self
+            .store
+            .client
+            .run(command, invocation.invoke_async(&mut con))
+            .await?;
+        Self::count_or_lost(count)
+    }
+
     fn refuse_lost(lease: &Lease) -> Result<(), RepositoryError> {
         if lease.is_lost() {
             Err(RepositoryError::LeaseLost)
@@ -147,13 +163,7 @@ impl SessionRepository for RedisSessionRepository {
         for (name, value) in codec::session_fields(session) {
             invocation.arg(name).arg(value);
         }
-        let mut con = self.store.client.connection();
-        let count: i64 = self
-            .store
-            .client
-            .run(command::SAVE, invocation.invoke_async(&mut con))
-            .await?;
-        Self::count_or_lost(count)
+        self.fenced_write(command::SAVE, &invocation).await
     }
 
     async fn delete(
@@ -168,13 +178,7 @@ impl SessionRepository for RedisSessionRepository {
             .arg(lease.token())
             .arg(keys.agent_prefix())
             .arg(session.session_id.to_string());
-        let mut con = self.store.client.connection();
-        let count: i64 = self
-            .store
-            .client
-            .run(command::DELETE, invocation.invoke_async(&mut con))
-            .await?;
-        Self::count_or_lost(count)
+        self.fenced_write(command::DELETE, &invocation).await
     }
 
     async fn extend(
