@@ -55,9 +55,27 @@ pub struct Args {
     /// Also write the results as JSON to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Only these phases (comma-separated); the targets whose figures were not measured show "-"
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PHASE")]
+    pub phases: Vec<Phase>,
     /// Sandbox image (must exist locally; scripts/build-sandbox-image builds it)
     #[arg(long, env = "SANDBOX_IMAGE", default_value = "sandboxd/busybox:local")]
     pub image: String,
+}
+
+/// A part of the run, to re-measure one figure without the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Engine floor create/remove, cold CreateSandbox and DeleteSandbox
+    Containers,
+    /// Redis and gRPC floors, reuse and get latency
+    Micro,
+    /// Reuse and health Check rates from the concurrent clients
+    Throughput,
+    /// Peak RSS with sessions written into Redis
+    Memory,
+    /// Cleanup passes at concurrency 1 and the default, against the engine's stops
+    Cleanup,
 }
 
 /// The run's sizes, after `--smoke` and the defaults are applied.
@@ -71,6 +89,15 @@ pub struct Plan {
     pub rss_sessions: usize,
     /// Live chats the throughput clients share (reuse needs no container per client).
     pub live_chats: usize,
+    /// The phases to run; empty means all.
+    pub phases: Vec<Phase>,
+}
+
+impl Plan {
+    #[must_use]
+    pub fn runs(&self, phase: Phase) -> bool {
+        self.phases.is_empty() || self.phases.contains(&phase)
+    }
 }
 
 impl Plan {
@@ -92,6 +119,7 @@ impl Plan {
             clients: args.clients.max(1),
             rss_sessions: pick(args.rss_sessions, 10_000, 200),
             live_chats: 4,
+            phases: args.phases.clone(),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::procs::{self, Memory, RedisProcess, SandboxdProcess, SandboxdSettings
 use crate::report::Report;
 use crate::service::{self, Client, Health};
 use crate::stats::ms;
-use crate::{Args, Plan, Scope};
+use crate::{Args, Phase, Plan, Scope};
 
 /// The sandboxd instances a run starts (their names suffix the run's key prefix).
 pub const INSTANCES: [&str; 3] = ["main", "c1", "c8"];
@@ -151,15 +151,25 @@ pub async fn run(args: &Args, plan: &Plan, scope: &Scope, report: &mut Report) -
 
     let settings = ctx.settings("main", "30m", DEFAULT_CLEANUP_CONCURRENCY);
     let (main, channel) = ctx.start(&settings).await?;
-    containers(&mut ctx, &channel, report).await?;
-    micro(&mut ctx, &channel, report).await?;
-    throughput(&mut ctx, &main, report).await?;
-    memory(&ctx, &main, &channel, report).await?;
+    if plan.runs(Phase::Containers) {
+        containers(&mut ctx, &channel, report).await?;
+    }
+    if plan.runs(Phase::Micro) {
+        micro(&mut ctx, &channel, report).await?;
+    }
+    if plan.runs(Phase::Throughput) {
+        throughput(&mut ctx, &main, report).await?;
+    }
+    if plan.runs(Phase::Memory) {
+        memory(&ctx, &main, &channel, report).await?;
+    }
     drop(channel);
     main.stop().await?;
 
-    for concurrency in [1, DEFAULT_CLEANUP_CONCURRENCY] {
-        cleanup(&mut ctx, concurrency, report).await?;
+    if plan.runs(Phase::Cleanup) {
+        for concurrency in [1, DEFAULT_CLEANUP_CONCURRENCY] {
+            cleanup(&mut ctx, concurrency, report).await?;
+        }
     }
     ctx.redis.stop().await;
     targets(plan, report);
@@ -179,6 +189,19 @@ fn describe_run(ctx: &Ctx<'_>, report: &mut Report) {
     put("throughput_secs", plan.throughput.as_secs_f64().into());
     put("clients", plan.clients.into());
     put("rss_sessions", plan.rss_sessions.into());
+    let phases: Vec<String> = plan
+        .phases
+        .iter()
+        .filter_map(|p| clap::ValueEnum::to_possible_value(p).map(|v| v.get_name().to_owned()))
+        .collect();
+    put(
+        "phases",
+        if phases.is_empty() {
+            "all".into()
+        } else {
+            phases.into()
+        },
+    );
     put("sandboxd", ctx.binary.display().to_string().into());
     put("image", ctx.args.image.clone().into());
     put(
