@@ -31,7 +31,7 @@ pub struct Args {
     /// Tiny run (2 iterations, 4 cleanup sessions, 1 s throughput): checks the bench works.
     #[arg(long)]
     pub smoke: bool,
-    /// Container iterations per figure (floor create/remove, cold create, delete) [default: 30]
+    /// Container iterations per figure (floor create/remove, cold create, delete) [default: 60]
     #[arg(long, value_name = "N")]
     pub iterations: Option<usize>,
     /// Samples of the cheap figures (Redis, reuse, get) [default: 2000]
@@ -108,7 +108,7 @@ impl Plan {
                 .max(1)
         };
         Self {
-            iterations: pick(args.iterations, 30, 2),
+            iterations: pick(args.iterations, 60, 2),
             micro_iterations: pick(args.micro_iterations, 2000, 50),
             cleanup_sessions: pick(args.cleanup_sessions, 200, 4),
             throughput: Duration::from_secs_f64(

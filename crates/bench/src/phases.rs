@@ -221,7 +221,7 @@ fn describe_run(ctx: &Ctx<'_>, report: &mut Report) {
     );
 }
 
-/// Cold create and delete against their engine floors, one of each per iteration.
+/// Cold create and delete against their engine floors, one round of each per iteration.
 async fn containers(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -> Result<()> {
     progress(&format!(
         "containers: {} iterations of floor create/remove and CreateSandbox/DeleteSandbox",
@@ -237,30 +237,28 @@ async fn containers(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -
     service::delete(&mut client, &chat).await?;
 
     let n = ctx.plan.iterations;
-    let mut floor = Series::with_capacity(n);
-    let (mut parts_create, mut parts_start, mut parts_inspect, mut parts_ready) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut removals, mut colds, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let (id, timings) = ctx.engine.create_ready(&ctx.volumes.next()?).await?;
-        floor.push(timings.total);
-        parts_create.push(timings.create);
-        parts_start.push(timings.start);
-        parts_inspect.push(timings.inspect);
-        parts_ready.push(timings.ready);
-        let started = Instant::now();
-        ctx.engine.remove_forced(&id).await?;
-        removals.push(started.elapsed());
-
-        let chat = new_chat();
-        let request = service::create_request(&chat, &ctx.volumes.next()?)?;
-        let started = Instant::now();
-        service::create(&mut client, request, CreateSandboxResult::Created).await?;
-        colds.push(started.elapsed());
-        let started = Instant::now();
-        service::delete(&mut client, &chat).await?;
-        deletes.push(started.elapsed());
+    let mut s = ContainerSeries::default();
+    for iteration in 0..n {
+        // Alternating which goes first cancels any effect of what ran just before (the engine
+        // finishing the previous removal in the background, a warmer cache) on either side.
+        if iteration % 2 == 0 {
+            floor_round(ctx, &mut s).await?;
+            sandboxd_round(ctx, &mut client, &mut s).await?;
+        } else {
+            sandboxd_round(ctx, &mut client, &mut s).await?;
+            floor_round(ctx, &mut s).await?;
+        }
     }
+    let ContainerSeries {
+        floor,
+        parts_create,
+        parts_start,
+        parts_inspect,
+        parts_ready,
+        removals,
+        colds,
+        deletes,
+    } = s;
     report.latency(FLOOR_CREATE, None, &floor);
     report.latency(FLOOR_CREATE_CALL, None, &parts_create);
     report.latency(FLOOR_START_CALL, None, &parts_start);
@@ -273,6 +271,49 @@ async fn containers(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -
 }
 
 type Series = Vec<Duration>;
+
+#[derive(Default)]
+struct ContainerSeries {
+    floor: Series,
+    parts_create: Series,
+    parts_start: Series,
+    parts_inspect: Series,
+    parts_ready: Series,
+    removals: Series,
+    colds: Series,
+    deletes: Series,
+}
+
+/// The engine floor: create + start + ready, then forced removal, of the same container.
+async fn floor_round(ctx: &mut Ctx<'_>, s: &mut ContainerSeries) -> Result<()> {
+    let (id, timings) = ctx.engine.create_ready(&ctx.volumes.next()?).await?;
+    s.floor.push(timings.total);
+    s.parts_create.push(timings.create);
+    s.parts_start.push(timings.start);
+    s.parts_inspect.push(timings.inspect);
+    s.parts_ready.push(timings.ready);
+    let started = Instant::now();
+    ctx.engine.remove_forced(&id).await?;
+    s.removals.push(started.elapsed());
+    Ok(())
+}
+
+/// CreateSandbox for a new chat, then DeleteSandbox of it.
+async fn sandboxd_round(
+    ctx: &mut Ctx<'_>,
+    client: &mut Client,
+    s: &mut ContainerSeries,
+) -> Result<()> {
+    let chat = new_chat();
+    let request = service::create_request(&chat, &ctx.volumes.next()?)?;
+    let started = Instant::now();
+    service::create(client, request, CreateSandboxResult::Created).await?;
+    s.colds.push(started.elapsed());
+    let started = Instant::now();
+    service::delete(client, &chat).await?;
+    s.deletes.push(started.elapsed());
+    Ok(())
+}
 
 /// The cheap figures: Redis and gRPC floors, reuse and get, interleaved sample by sample.
 async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -> Result<()> {
