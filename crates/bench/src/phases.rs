@@ -49,6 +49,10 @@ const FLOOR_SAVE: &str = "floor redis fenced save (Lua)";
 const FLOOR_LOCKED_SAVE: &str = "floor redis lock+save+release";
 const FLOOR_GRPC: &str = "floor gRPC health Check";
 const FLOOR_GRPC_REDIS: &str = "floor gRPC Check + redis PING";
+// The read sandboxd's reuse makes (the session-by-chat Lua script, through the same adapter),
+// from the bench: splits reuse's distance to its floor into Redis's share and sandboxd's.
+const FLOOR_READ: &str = "floor redis session read (Lua)";
+const FLOOR_GRPC_READ: &str = "floor gRPC Check + session read";
 const COLD: &str = "sandboxd CreateSandbox cold";
 const DELETE: &str = "sandboxd DeleteSandbox";
 const REUSE: &str = "sandboxd CreateSandbox reuse";
@@ -355,10 +359,19 @@ async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -> Res
         s.locked_save.push(locked_started.elapsed());
 
         let started = Instant::now();
+        repository
+            .get_active_by_chat_id(&floor_session.chat_id)
+            .await?
+            .ok_or_else(|| anyhow!("the floor session is gone"))?;
+        let read = started.elapsed();
+        s.read.push(read);
+
+        let started = Instant::now();
         service::health_check(&mut health).await?;
         let check = started.elapsed();
         s.grpc.push(check);
         s.grpc_redis.push(check + ping);
+        s.grpc_read.push(check + read);
 
         let started = Instant::now();
         service::create(&mut client, request.clone(), CreateSandboxResult::Reused).await?;
@@ -374,8 +387,18 @@ async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -> Res
     report.latency(FLOOR_LOCKED_SAVE, None, &s.locked_save);
     report.latency(FLOOR_GRPC, None, &s.grpc);
     report.latency(FLOOR_GRPC_REDIS, None, &s.grpc_redis);
+    report.latency(FLOOR_READ, None, &s.read);
+    report.latency(FLOOR_GRPC_READ, None, &s.grpc_read);
     report.latency(REUSE, Some(FLOOR_GRPC_REDIS), &s.reuse);
     report.latency(GET, Some(FLOOR_GRPC_REDIS), &s.get);
+    if let (Some(reuse), Some(floor)) = (report.summary(REUSE), report.summary(FLOOR_GRPC_READ)) {
+        report.scalar(
+            "reuse p50 over Check + session read p50",
+            (ms(reuse.p50) - ms(floor.p50)) * 1e3,
+            "µs",
+            None,
+        );
+    }
     Ok(())
 }
 
@@ -386,6 +409,8 @@ struct MicroSeries {
     locked_save: Series,
     grpc: Series,
     grpc_redis: Series,
+    read: Series,
+    grpc_read: Series,
     reuse: Series,
     get: Series,
 }
