@@ -630,7 +630,7 @@ async fn json_logs_are_one_object_per_line_with_the_outcome_events() {
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let app = spawn_app_with(AppConfig {
         extra_toml: format!(
-            "log_format = \"json\"\nauth_token_file = {}\n",
+            "log_format = \"json\"\nlog_spans = true\nauth_token_file = {}\n",
             serde_json::to_string(token_file.to_str().unwrap()).unwrap()
         ),
         env: vec![("RUST_LOG".to_owned(), "debug".to_owned())],
@@ -690,7 +690,7 @@ async fn json_logs_are_one_object_per_line_with_the_outcome_events() {
             .is_some_and(|s| !s.is_empty()),
         "{created}"
     );
-    // The line names the span it happened in.
+    // With log_spans the line names the span it happened in.
     assert!(created["span"]["name"].is_string(), "{created}");
     let reused = &events["sandbox_reused"];
     assert_eq!(reused["chat_id"], chat_id.as_str(), "{reused}");
@@ -701,6 +701,34 @@ async fn json_logs_are_one_object_per_line_with_the_outcome_events() {
         "the conflict names its reason: {conflict}"
     );
     assert!(!log.contains(token), "the auth token was logged");
+}
+
+#[tokio::test]
+async fn by_default_log_lines_carry_the_event_fields_without_span_fields() {
+    let app = spawn_app_with(AppConfig::default()).await;
+    let mut api = app.api.clone();
+    let chat_id = new_chat_id();
+    let volume = app.new_volume("plain-log");
+    api.create_sandbox(v1::CreateSandboxRequest {
+        chat_id: chat_id.clone(),
+        agent_id: "default".to_owned(),
+        volume_host_path: volume,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = app.log();
+    let created = log
+        .lines()
+        .find(|line| line.contains("sandbox_created"))
+        .unwrap_or_else(|| panic!("no sandbox_created line in:\n{log}"));
+    assert!(created.contains(&format!("chat_id={chat_id}")), "{created}");
+    assert!(created.contains("session_id="), "{created}");
+    assert!(created.contains("container_id="), "{created}");
+    // The spans' fields (RPC, use case) stay out of the line: they go to traces.
+    assert!(!created.contains("grpc.request{"), "{created}");
+    assert!(!created.contains("usecase.create_sandbox{"), "{created}");
 }
 
 // ---- authentication ------------------------------------------------------------------------

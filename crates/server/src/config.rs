@@ -113,6 +113,11 @@ pub struct Config {
     /// certificate are refused in the handshake.
     pub tls_client_ca_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// Log lines also carry the fields of the spans they happen in (the RPC's and the use
+    /// case's). Off by default: each event already names its chat, session and container, the
+    /// spans go to the trace exporter, and formatting every span's fields for the log costs the
+    /// hot path more than the rest of sandboxd's own work (README, "Benchmark").
+    pub log_spans: bool,
     /// Agent profiles by agent id; an id not listed is refused with INVALID_ARGUMENT.
     pub agents: BTreeMap<String, AgentProfile>,
 }
@@ -143,6 +148,7 @@ impl Default for Config {
             tls_key_file: None,
             tls_client_ca_file: None,
             log_format: LogFormat::Text,
+            log_spans: false,
             agents: BTreeMap::new(),
         }
     }
@@ -257,6 +263,10 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// Log lines also carry their spans' fields (RPC, use case): more context, more CPU per call [env: SANDBOXD_LOG_SPANS] [default: false]
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_spans: Option<bool>,
 }
 
 impl Config {
@@ -707,6 +717,38 @@ mod tests {
         assert_eq!(config.lock_wait, Duration::from_secs(5));
         assert!(config.allowed_volume_roots.is_empty());
         assert_eq!(config.log_format, LogFormat::Text);
+        assert!(!config.log_spans);
+    }
+
+    #[test]
+    fn log_spans_is_a_boolean_from_file_env_or_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "log_spans = true\n[agents.default]\nimage = \"x\"\n",
+        );
+        let cli = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        figment::Jail::expect_with(|jail| {
+            assert!(Config::load(&cli).unwrap().log_spans);
+            jail.set_env("SANDBOXD_LOG_SPANS", "false");
+            assert!(!Config::load(&cli).unwrap().log_spans);
+            let flagged = Cli::try_parse_from([
+                "sandboxd",
+                "--config",
+                cli.config.as_ref().unwrap().to_str().unwrap(),
+                "--log-spans",
+                "true",
+            ])
+            .unwrap();
+            assert!(Config::load(&flagged).unwrap().log_spans);
+            jail.set_env("SANDBOXD_LOG_SPANS", "sometimes");
+            let message = Config::load(&cli).unwrap_err().to_string();
+            assert!(message.contains("`log_spans`"), "{message}");
+            Ok(())
+        });
     }
 
     #[test]
@@ -852,6 +894,7 @@ mod tests {
             "tls_key_file",
             "tls_client_ca_file",
             "log_format",
+            "log_spans",
         ] {
             assert!(
                 help.contains(&format!("--{}", key.replace('_', "-"))),

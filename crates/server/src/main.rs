@@ -15,13 +15,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tracing_guard = match sandboxd_server::telemetry::init_tracing(config.log_format) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("sandboxd: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let tracing_guard =
+        match sandboxd_server::telemetry::init_tracing(config.log_format, config.log_spans) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("sandboxd: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
     let exit = match sandboxd_server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
