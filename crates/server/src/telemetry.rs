@@ -142,7 +142,6 @@ pub fn init_tracing(format: LogFormat, log_spans: bool) -> anyhow::Result<Tracin
     Ok(TracingGuard { provider })
 }
 
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variable), when set and not empty.
 /// What the log layer sees besides events. Without spans it never formats their fields: each
 /// span field recorded would otherwise be rendered into text at once, for every call, whether or
 /// not a line is ever printed in that span (measured: most of sandboxd's own time per reuse).
@@ -150,6 +149,7 @@ fn log_filter(log_spans: bool) -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bo
     FilterFn::new(move |metadata: &tracing::Metadata<'_>| log_spans || metadata.is_event())
 }
 
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variable), when set and not empty.
 fn otlp_endpoint() -> Option<String> {
     [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
