@@ -245,3 +245,25 @@ async fn teardown(scope: &Scope) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn phases_select_parts_of_the_run_and_none_means_all() {
+        let all = Plan::from_args(&Args::try_parse_from(["sandboxd-bench", "--smoke"]).unwrap());
+        assert!(all.runs(Phase::Containers) && all.runs(Phase::Cleanup));
+
+        let args = Args::try_parse_from(["sandboxd-bench", "--phases", "micro,cleanup"]).unwrap();
+        let some = Plan::from_args(&args);
+        assert!(some.runs(Phase::Micro) && some.runs(Phase::Cleanup));
+        assert!(!some.runs(Phase::Containers));
+        assert!(!some.runs(Phase::Throughput));
+        assert!(!some.runs(Phase::Memory));
+        assert_eq!(some.iterations, 60, "the full run's sizes stay the default");
+
+        assert!(Args::try_parse_from(["sandboxd-bench", "--phases", "everything"]).is_err());
+    }
+}

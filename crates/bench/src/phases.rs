@@ -253,24 +253,14 @@ async fn containers(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -
             floor_round(ctx, &mut s).await?;
         }
     }
-    let ContainerSeries {
-        floor,
-        parts_create,
-        parts_start,
-        parts_inspect,
-        parts_ready,
-        removals,
-        colds,
-        deletes,
-    } = s;
-    report.latency(FLOOR_CREATE, None, &floor);
-    report.latency(FLOOR_CREATE_CALL, None, &parts_create);
-    report.latency(FLOOR_START_CALL, None, &parts_start);
-    report.latency(FLOOR_INSPECT_CALL, None, &parts_inspect);
-    report.latency(FLOOR_READY, None, &parts_ready);
-    report.latency(FLOOR_REMOVE, None, &removals);
-    report.latency(COLD, Some(FLOOR_CREATE), &colds);
-    report.latency(DELETE, Some(FLOOR_REMOVE), &deletes);
+    report.latency(FLOOR_CREATE, None, &s.floor);
+    report.latency(FLOOR_CREATE_CALL, None, &s.parts_create);
+    report.latency(FLOOR_START_CALL, None, &s.parts_start);
+    report.latency(FLOOR_INSPECT_CALL, None, &s.parts_inspect);
+    report.latency(FLOOR_READY, None, &s.parts_ready);
+    report.latency(FLOOR_REMOVE, None, &s.removals);
+    report.latency(COLD, Some(FLOOR_CREATE), &s.colds);
+    report.latency(DELETE, Some(FLOOR_REMOVE), &s.deletes);
     Ok(())
 }
 
