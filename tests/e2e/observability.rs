@@ -716,13 +716,20 @@ async fn by_default_log_lines_carry_the_event_fields_without_span_fields() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let log = app.log();
-    let created = log
-        .lines()
-        .find(|line| line.contains("sandbox_created"))
-        .unwrap_or_else(|| panic!("no sandbox_created line in:\n{log}"));
+    // The line is written by the time the call returns, but read back by a pipe reader thread.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let log = app.log();
+        if let Some(line) = log.lines().find(|line| line.contains("sandbox_created")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sandbox_created line in:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(created.contains(&format!("chat_id={chat_id}")), "{created}");
     assert!(created.contains("session_id="), "{created}");
     assert!(created.contains("container_id="), "{created}");
