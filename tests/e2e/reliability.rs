@@ -36,6 +36,22 @@ fn create_request(chat_id: &str, agent_id: &str, volume: &str) -> v1::CreateSand
     }
 }
 
+/// One CreateSandbox during an outage: UNAVAILABLE, and fast (within `bound`), not a hang.
+async fn create_is_unavailable_within(api: &Api, chat: &str, volume: &str, bound: Duration) {
+    let started = Instant::now();
+    let status = api
+        .clone()
+        .create_sandbox(create_request(chat, "default", volume))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < bound,
+        "took {:?}, bound {bound:?}",
+        started.elapsed()
+    );
+}
+
 /// CreateSandbox, retrying ABORTED (lock contention) as the contract says clients should.
 async fn create_retrying(
     api: &Api,
@@ -477,19 +493,8 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
     let chat = new_chat_id();
     let volume = app.new_volume("during");
     for _ in 0..3 {
-        let started = Instant::now();
-        let status = api
-            .clone()
-            .create_sandbox(create_request(&chat, "default", &volume))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         // Bounded by the Redis command timeout (2 s) plus scheduling slack.
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "took {:?}",
-            started.elapsed()
-        );
+        create_is_unavailable_within(&api, &chat, &volume, Duration::from_secs(4)).await;
         let status = api
             .clone()
             .get_sandbox(v1::GetSandboxRequest {
@@ -648,18 +653,7 @@ async fn docker_outage_is_unavailable_fast_then_recovers_by_itself() {
     let chat = new_chat_id();
     let volume = app.new_volume("during");
     for _ in 0..3 {
-        let started = Instant::now();
-        let status = api
-            .clone()
-            .create_sandbox(create_request(&chat, "default", &volume))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            started.elapsed()
-        );
+        create_is_unavailable_within(&api, &chat, &volume, Duration::from_secs(5)).await;
     }
     // Reads that need only Redis still answer.
     api.clone()
@@ -766,15 +760,7 @@ async fn a_stale_lease_holder_cannot_commit_and_removes_its_container() {
         "{}",
         app.log()
     );
-    let current = app
-        .api
-        .clone()
-        .get_sandbox(v1::GetSandboxRequest { chat_id: chat })
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap();
+    let current = app.live_sandbox(&chat).await;
     assert_eq!(current.session_id, fresh.session_id);
     drop(peer);
 }

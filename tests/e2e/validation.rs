@@ -218,18 +218,7 @@ async fn every_bad_field_of_every_rpc_is_refused_without_touching_the_stores() {
 
     let before = state_snapshot(&app).await;
     assert_eq!(before.1.len(), 1);
-    let live_expiry = app
-        .api
-        .clone()
-        .get_sandbox(v1::GetSandboxRequest {
-            chat_id: chat.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap()
-        .expires_at;
+    let live_expiry = app.live_sandbox(&chat).await.expires_at;
     let mut failures = Vec::new();
     for case in cases {
         match send(&app, case.call).await {
@@ -260,15 +249,7 @@ async fn every_bad_field_of_every_rpc_is_refused_without_touching_the_stores() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The live sandbox is untouched (same session, same expiry).
-    let live = app
-        .api
-        .clone()
-        .get_sandbox(v1::GetSandboxRequest { chat_id: chat })
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap();
+    let live = app.live_sandbox(&chat).await;
     assert_eq!(live.expires_at, live_expiry);
     assert_eq!(live.volume_host_path, volume);
 }
