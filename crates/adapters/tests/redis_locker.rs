@@ -179,7 +179,7 @@ async fn an_expired_lease_cannot_overwrite_the_next_holders_work() -> TestResult
     );
     locker.release(b).await?;
 
-    assert_eq!(repo.get_active_by_chat_id(&chat).await?, Some(by_b));
+    assert_eq!(repo.get_current_by_chat_id(&chat).await?, Some(by_b));
     assert_eq!(repo.get_by_session_id(&stale_write.session_id).await?, None);
     assert_eq!(repo.count_active().await?, 1);
     Ok(())

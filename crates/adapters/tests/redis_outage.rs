@@ -64,7 +64,7 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_i
     server.stop();
     for _ in 0..3 {
         assert_unavailable_fast("ping", repo.ping()).await;
-        assert_unavailable_fast("get", repo.get_active_by_chat_id(&chat)).await;
+        assert_unavailable_fast("get", repo.get_current_by_chat_id(&chat)).await;
         assert_unavailable_fast(
             "get_by_session_id",
             repo.get_by_session_id(&SessionId::new_random()),
@@ -121,7 +121,7 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_i
     let lease = locker.lock(&chat).await?;
     let again = session(chat);
     assert_eq!(repo.save(&lease, &again).await?, 1);
-    assert_eq!(repo.get_active_by_chat_id(&chat).await?, Some(again));
+    assert_eq!(repo.get_current_by_chat_id(&chat).await?, Some(again));
     locker.release(lease).await?;
     Ok(())
 }

@@ -188,7 +188,7 @@ async fn two_prefixes_on_one_redis_do_not_see_each_other() -> TestResult {
     a.repository().save(&lease, &s).await?;
     // The other deployment's lock for the same chat is independent.
     let other_lease = b.locker().lock(&chat).await?;
-    assert_eq!(b.repository().get_active_by_chat_id(&chat).await?, None);
+    assert_eq!(b.repository().get_current_by_chat_id(&chat).await?, None);
     assert_eq!(b.repository().count_active().await?, 0);
     assert!(
         b.repository()
@@ -225,7 +225,7 @@ async fn a_corrupt_hash_is_other_not_a_panic() -> TestResult {
         .query_async(&mut con)
         .await?;
     assert!(matches!(
-        repo.get_active_by_chat_id(&chat).await,
+        repo.get_current_by_chat_id(&chat).await,
         Err(RepositoryError::Other(_))
     ));
     assert!(matches!(
@@ -237,7 +237,7 @@ async fn a_corrupt_hash_is_other_not_a_panic() -> TestResult {
         .arg(format!("{p}:session:{id}"))
         .query_async(&mut con)
         .await?;
-    assert_eq!(repo.get_active_by_chat_id(&chat).await?, None);
+    assert_eq!(repo.get_current_by_chat_id(&chat).await?, None);
     Ok(())
 }
 
@@ -294,7 +294,7 @@ async fn each_call_is_timed_by_operation() -> TestResult {
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let lease = store.locker().lock(&chat).await?;
     store.repository().save(&lease, &session(chat)).await?;
-    store.repository().get_active_by_chat_id(&chat).await?;
+    store.repository().get_current_by_chat_id(&chat).await?;
     store.locker().release(lease).await?;
 
     let mut seen = HashMap::new();
@@ -315,7 +315,7 @@ async fn each_call_is_timed_by_operation() -> TestResult {
     for command in [
         "lock_acquire",
         "save",
-        "get_active_by_chat_id",
+        "get_current_by_chat_id",
         "lock_release",
     ] {
         assert_eq!(

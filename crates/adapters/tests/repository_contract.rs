@@ -223,7 +223,7 @@ async fn save_get_and_delete_round_trip(b: &dyn Backend) -> TestResult {
     let with_endpoint = session(chat, "default", at(60));
     assert_eq!(put(b, &with_endpoint).await?, 1);
     assert_eq!(
-        b.repo().get_active_by_chat_id(&chat).await?,
+        b.repo().get_current_by_chat_id(&chat).await?,
         Some(with_endpoint.clone())
     );
     assert_eq!(
@@ -240,12 +240,12 @@ async fn save_get_and_delete_round_trip(b: &dyn Backend) -> TestResult {
     };
     assert_eq!(put(b, &without_endpoint).await?, 2);
     assert_eq!(
-        b.repo().get_active_by_chat_id(&other_chat).await?,
+        b.repo().get_current_by_chat_id(&other_chat).await?,
         Some(without_endpoint.clone())
     );
 
     assert_eq!(remove(b, &with_endpoint).await?, 1);
-    assert_eq!(b.repo().get_active_by_chat_id(&chat).await?, None);
+    assert_eq!(b.repo().get_current_by_chat_id(&chat).await?, None);
     assert_eq!(
         b.repo()
             .get_by_session_id(&with_endpoint.session_id)
@@ -255,7 +255,7 @@ async fn save_get_and_delete_round_trip(b: &dyn Backend) -> TestResult {
     // Deleting what is already gone is success.
     assert_eq!(remove(b, &with_endpoint).await?, 1);
     assert_eq!(b.repo().count_active().await?, 1);
-    assert_eq!(b.repo().get_active_by_chat_id(&new_chat()).await?, None);
+    assert_eq!(b.repo().get_current_by_chat_id(&new_chat()).await?, None);
     b.repo().ping().await?;
     Ok(())
 }
@@ -292,12 +292,12 @@ async fn saving_again_overwrites_and_the_chat_points_to_the_newest(b: &dyn Backe
     let second = session(chat, "default", at(30));
     assert_eq!(put(b, &second).await?, 2);
     assert_eq!(
-        b.repo().get_active_by_chat_id(&chat).await?,
+        b.repo().get_current_by_chat_id(&chat).await?,
         Some(second.clone())
     );
     // Deleting the older session leaves the pointer to the newer one alone.
     assert_eq!(remove(b, &moved).await?, 1);
-    assert_eq!(b.repo().get_active_by_chat_id(&chat).await?, Some(second));
+    assert_eq!(b.repo().get_current_by_chat_id(&chat).await?, Some(second));
     Ok(())
 }
 
@@ -373,7 +373,7 @@ async fn extend_moves_expiry_and_is_fenced(b: &dyn Backend) -> TestResult {
         ..s.clone()
     };
     assert_eq!(extended, Some(want.clone()));
-    assert_eq!(b.repo().get_active_by_chat_id(&chat).await?, Some(want));
+    assert_eq!(b.repo().get_current_by_chat_id(&chat).await?, Some(want));
     assert!(
         b.repo().list_expired(at(20), 10).await?.is_empty(),
         "no longer due at the old time"
@@ -591,7 +591,7 @@ async fn writes_under_a_lost_or_foreign_lease_change_nothing(b: &dyn Backend) ->
     ));
     b.locker().release(lease_b).await?;
 
-    assert_eq!(b.repo().get_active_by_chat_id(&chat).await?, Some(by_b));
+    assert_eq!(b.repo().get_current_by_chat_id(&chat).await?, Some(by_b));
     assert_eq!(
         b.repo().get_by_session_id(&intruder.session_id).await?,
         None

@@ -350,7 +350,7 @@ async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Report) -> Res
 
         let started = Instant::now();
         repository
-            .get_active_by_chat_id(&floor_session.chat_id)
+            .get_current_by_chat_id(&floor_session.chat_id)
             .await?
             .ok_or_else(|| anyhow!("the floor session is gone"))?;
         let read = started.elapsed();

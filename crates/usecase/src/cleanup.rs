@@ -160,7 +160,7 @@ impl CleanupExpiredSandboxes {
             let current = self
                 .ports
                 .repository
-                .get_active_by_chat_id(&listed.chat_id)
+                .get_current_by_chat_id(&listed.chat_id)
                 .await?;
             let now = self.ports.clock.now();
             let Some(current) = current.filter(|c| c.session_id == listed.session_id) else {

@@ -139,7 +139,7 @@ impl CreateSandbox {
         let current = self
             .ports
             .repository
-            .get_active_by_chat_id(&command.chat_id)
+            .get_current_by_chat_id(&command.chat_id)
             .await?;
         if let Some(session) = current.filter(|s| s.is_live_at(self.ports.clock.now())) {
             return Self::reuse_or_conflict(command, session, span);
@@ -148,7 +148,7 @@ impl CreateSandbox {
             let current = self
                 .ports
                 .repository
-                .get_active_by_chat_id(&command.chat_id)
+                .get_current_by_chat_id(&command.chat_id)
                 .await?;
             let now = self.ports.clock.now();
             match current {

@@ -60,7 +60,7 @@ impl DeleteSandbox {
                 let Some(session) = self
                     .ports
                     .repository
-                    .get_active_by_chat_id(&chat_id)
+                    .get_current_by_chat_id(&chat_id)
                     .await?
                 else {
                     telemetry::record_result(&span, "not_found");

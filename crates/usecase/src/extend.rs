@@ -96,7 +96,7 @@ impl ExtendSandbox {
                 let session = self
                     .ports
                     .repository
-                    .get_active_by_chat_id(&chat_id)
+                    .get_current_by_chat_id(&chat_id)
                     .await?
                     .ok_or(ExtendSandboxError::NotFound(chat_id))?;
                 let now = self.ports.clock.now();

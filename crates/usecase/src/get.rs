@@ -57,7 +57,7 @@ impl GetSandbox {
         let outcome = async {
             self.ports
                 .repository
-                .get_active_by_chat_id(&chat_id)
+                .get_current_by_chat_id(&chat_id)
                 .await?
                 .ok_or(GetSandboxError::NotFound(chat_id))
         }

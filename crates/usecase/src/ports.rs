@@ -215,7 +215,7 @@ pub trait SessionRepository: Send + Sync {
     ///
     /// # Errors
     /// `Unavailable` when the store cannot be reached, `Other` when stored data is corrupt.
-    async fn get_active_by_chat_id(
+    async fn get_current_by_chat_id(
         &self,
         chat_id: &ChatId,
     ) -> Result<Option<SandboxSession>, RepositoryError>;
@@ -223,7 +223,7 @@ pub trait SessionRepository: Send + Sync {
     /// A session by its id, whether or not it is its chat's current one.
     ///
     /// # Errors
-    /// As [`Self::get_active_by_chat_id`].
+    /// As [`Self::get_current_by_chat_id`].
     async fn get_by_session_id(
         &self,
         session_id: &SessionId,

@@ -10,7 +10,7 @@ pub const LABEL_RESULT: &str = "result";
 
 /// `command` label values: one per logical operation, each one round trip.
 pub mod command {
-    pub const GET_ACTIVE_BY_CHAT_ID: &str = "get_active_by_chat_id";
+    pub const GET_ACTIVE_BY_CHAT_ID: &str = "get_current_by_chat_id";
     pub const GET_BY_SESSION_ID: &str = "get_by_session_id";
     pub const SAVE: &str = "save";
     pub const DELETE: &str = "delete";

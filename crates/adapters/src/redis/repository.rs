@@ -107,7 +107,7 @@ fn hash_from(command: &'static str, value: Value) -> Result<Hash, StoreFault> {
 
 #[async_trait]
 impl SessionRepository for RedisSessionRepository {
-    async fn get_active_by_chat_id(
+    async fn get_current_by_chat_id(
         &self,
         chat_id: &ChatId,
     ) -> Result<Option<SandboxSession>, RepositoryError> {

@@ -158,13 +158,13 @@ fn decode_token(query: &ListQuery, token: &str) -> Result<String, RepositoryErro
 
 #[async_trait]
 impl SessionRepository for InMemorySessionRepository {
-    async fn get_active_by_chat_id(
+    async fn get_current_by_chat_id(
         &self,
         chat_id: &ChatId,
     ) -> Result<Option<SandboxSession>, RepositoryError> {
         self.enter(
             RepoOp::GetActiveByChatId,
-            format!("repository.get_active_by_chat_id({chat_id})"),
+            format!("repository.get_current_by_chat_id({chat_id})"),
         )?;
         let state = lock(&self.state);
         Ok(state

@@ -59,7 +59,7 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
         vec![
             "repository.list_expired".to_owned(),
             format!("locker.lock({})", a.chat_id),
-            format!("repository.get_active_by_chat_id({})", a.chat_id),
+            format!("repository.get_current_by_chat_id({})", a.chat_id),
             format!("runtime.stop({})", a.container_id),
             format!("repository.delete({})", a.session_id),
             format!("locker.release({})", a.chat_id),

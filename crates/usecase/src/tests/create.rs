@@ -45,9 +45,9 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
     assert_eq!(
         world.calls.calls(),
         vec![
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             "runtime.validate(default,/srv/a)".to_owned(),
             format!("runtime.create({})", session.session_id),
             format!("repository.save({})", session.session_id),
@@ -86,7 +86,7 @@ fn reuses_a_live_session_whose_agent_and_volume_match() {
     assert_eq!(out.session, existing, "returned unchanged");
     assert_eq!(
         world.calls.calls(),
-        vec![format!("repository.get_active_by_chat_id({chat})")],
+        vec![format!("repository.get_current_by_chat_id({chat})")],
         "a reuse of a live session is one read: no lease, no runtime, no write"
     );
     assert_eq!(
@@ -208,9 +208,9 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
     assert_eq!(
         world.calls.calls(),
         vec![
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             "runtime.validate(other,/srv/b)".to_owned(),
             format!("runtime.stop({})", old.container_id),
             format!("repository.delete({})", old.session_id),
@@ -477,7 +477,7 @@ fn a_busy_lock_is_an_aborted_error_and_touches_nothing() {
     assert_eq!(
         world.calls.calls(),
         vec![
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})")
         ]
     );
@@ -502,7 +502,7 @@ fn a_lock_store_failure_is_unavailable() {
     assert_eq!(
         world.calls.calls(),
         vec![
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})")
         ]
     );
@@ -622,9 +622,9 @@ fn a_session_created_while_waiting_for_the_lease_is_reused_after_the_re_read() {
     assert_eq!(
         world.calls.calls(),
         vec![
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.release({chat})"),
         ]
     );

@@ -21,7 +21,7 @@ fn deleting_a_chat_without_a_session_is_not_found() {
         world.calls.calls(),
         vec![
             format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.release({chat})"),
         ]
     );
@@ -66,7 +66,7 @@ fn deleting_removes_the_container_before_the_session() {
         world.calls.calls(),
         vec![
             format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("runtime.delete({})", session.container_id),
             format!("repository.delete({})", session.session_id),
             format!("locker.release({chat})"),

@@ -21,7 +21,7 @@ fn get_returns_the_current_session_even_when_expired() {
     assert_eq!(out.unwrap(), session);
     assert_eq!(
         world.calls.calls(),
-        vec![format!("repository.get_active_by_chat_id({chat})")],
+        vec![format!("repository.get_current_by_chat_id({chat})")],
         "a read takes no lease"
     );
     assert_eq!(
@@ -185,7 +185,7 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
         world.calls.calls(),
         vec![
             format!("locker.lock({chat})"),
-            format!("repository.get_active_by_chat_id({chat})"),
+            format!("repository.get_current_by_chat_id({chat})"),
             format!("repository.extend({})", session.session_id),
             format!("locker.release({chat})"),
         ]
