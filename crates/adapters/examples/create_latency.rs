@@ -99,7 +99,7 @@ async fn measure(
         let session = runtime.create(&spec).await?;
         let create = started.elapsed();
         let started = Instant::now();
-        runtime.delete(&session.container_id).await?;
+        runtime.force_remove(&session.container_id).await?;
         runtime_series.push((create, started.elapsed()));
 
         plain.push(cli_run(&["--label", &label, "-p", "127.0.0.1::8080", image]).await?);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use docker_engine::{TestSandboxes, agent, engine, exec, http_get, new_sandbox, sandbox_image};
 use sandboxd_adapters::docker::{AgentProfile, DockerConfig, DockerRuntime, names};
 use sandboxd_domain::{ContainerId, ValidationError, VolumePath};
-use sandboxd_usecase::ports::{RuntimeError, SandboxRuntime};
+use sandboxd_usecase::ports::{ContainerState, RuntimeError, SandboxRuntime};
 
 #[tokio::test]
 async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http() {
@@ -23,10 +23,9 @@ async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http()
     std::fs::write(volume.join("index.html"), "hello from the host\n").unwrap();
     let spec = new_sandbox("web", &volume);
 
-    let session = runtime.create(&spec).await.unwrap();
-
-    assert_eq!(session.session_id, spec.session_id);
-    assert_eq!(session.volume_host_path, spec.volume_host_path);
+    let session = spec
+        .clone()
+        .into_session(runtime.create(&spec).await.unwrap());
     let endpoint = session.endpoint.expect("the web profile publishes a port");
     assert_eq!(endpoint.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
 
@@ -107,13 +106,9 @@ async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http()
 
     let managed = runtime.list_managed().await.unwrap();
     assert_eq!(managed.len(), 1);
-    assert_eq!(managed[0].container_id, session.container_id);
-    assert_eq!(managed[0].session_id, Some(spec.session_id));
-    assert_eq!(managed[0].chat_id, Some(spec.chat_id));
-    assert_eq!(managed[0].created_at, Some(spec.created_at));
-    assert!(managed[0].running);
+    assert_eq!(managed[0].session(), Some(session.clone()));
 
-    runtime.delete(&session.container_id).await.unwrap();
+    runtime.force_remove(&session.container_id).await.unwrap();
     assert_eq!(world.count().await, 0);
     assert!(
         volume.join("out.txt").exists(),
@@ -215,32 +210,57 @@ async fn a_missing_image_is_named_and_nothing_is_left() {
 }
 
 #[tokio::test]
-async fn stop_and_delete_are_idempotent() {
+async fn paused_and_stopped_containers_are_listed_and_inspected_in_their_state() {
     let world = TestSandboxes::new();
     let runtime = world.runtime();
-    let first = runtime
+    let paused = runtime
         .create(&new_sandbox("web", &world.volume_dir("a")))
         .await
         .unwrap();
-    let second = runtime
+    let stopped = runtime
         .create(&new_sandbox("web", &world.volume_dir("b")))
         .await
         .unwrap();
-    assert_eq!(world.count().await, 2);
+    let docker = engine().await;
+    docker
+        .pause_container(paused.container_id.as_str())
+        .await
+        .unwrap();
+    docker
+        .stop_container(stopped.container_id.as_str(), None)
+        .await
+        .unwrap();
 
-    runtime.stop(&first.container_id).await.unwrap();
-    runtime.stop(&first.container_id).await.unwrap();
-    assert!(runtime.exists(&second.container_id).await.unwrap());
-    runtime.delete(&second.container_id).await.unwrap();
-    runtime.delete(&second.container_id).await.unwrap();
+    assert_eq!(
+        runtime.inspect(&paused.container_id).await.unwrap(),
+        ContainerState::Paused
+    );
+    assert_eq!(
+        runtime.inspect(&stopped.container_id).await.unwrap(),
+        ContainerState::Stopped
+    );
+    let listed = runtime.list_managed().await.unwrap();
+    let state_of = |id: &ContainerId| {
+        listed
+            .iter()
+            .find(|c| &c.container_id == id)
+            .map(|c| (c.state, c.labels.session_id.is_some()))
+    };
+    assert_eq!(
+        state_of(&paused.container_id),
+        Some((ContainerState::Paused, true))
+    );
+    assert_eq!(
+        state_of(&stopped.container_id),
+        Some((ContainerState::Stopped, true))
+    );
+    // A paused container is removed like any other.
+    runtime.force_remove(&paused.container_id).await.unwrap();
+    runtime
+        .remove_gracefully(&stopped.container_id)
+        .await
+        .unwrap();
     assert_eq!(world.count().await, 0);
-    assert!(!runtime.exists(&first.container_id).await.unwrap());
-    assert!(!runtime.exists(&second.container_id).await.unwrap());
-
-    let never = ContainerId::parse("sandbox-never-existed-0000").unwrap();
-    runtime.stop(&never).await.unwrap();
-    runtime.delete(&never).await.unwrap();
-    assert!(!runtime.exists(&never).await.unwrap());
 }
 
 #[tokio::test]
@@ -342,7 +362,10 @@ async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
         .unwrap();
 
     let started = Instant::now();
-    runtime.stop(&session.container_id).await.unwrap();
+    runtime
+        .remove_gracefully(&session.container_id)
+        .await
+        .unwrap();
     let took = started.elapsed();
     // The init forwards SIGTERM to httpd, which exits at once; without it this takes the full 30 s.
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
@@ -382,7 +405,7 @@ async fn read_only_profiles_get_a_writable_tmp_and_their_capabilities() {
     .await;
     assert!(out.contains("Read-only file system"), "{out}");
     assert!(out.contains("tmp-ok"), "{out}");
-    runtime.delete(&session.container_id).await.unwrap();
+    runtime.force_remove(&session.container_id).await.unwrap();
 }
 
 #[tokio::test]
@@ -411,11 +434,11 @@ async fn an_unreachable_engine_is_unavailable_quickly() {
         ));
         let id = ContainerId::parse("whatever").unwrap();
         assert!(matches!(
-            runtime.stop(&id).await,
+            runtime.remove_gracefully(&id).await,
             Err(RuntimeError::Unavailable(_))
         ));
         assert!(matches!(
-            runtime.delete(&id).await,
+            runtime.force_remove(&id).await,
             Err(RuntimeError::Unavailable(_))
         ));
         assert!(matches!(
@@ -447,8 +470,11 @@ fn runtime_calls_are_timed_by_operation_and_result() {
             .unwrap();
         rt.block_on(async {
             let session = runtime.create(&new_sandbox("web", &volume)).await.unwrap();
-            runtime.stop(&session.container_id).await.unwrap();
-            runtime.delete(&session.container_id).await.unwrap();
+            runtime
+                .remove_gracefully(&session.container_id)
+                .await
+                .unwrap();
+            runtime.force_remove(&session.container_id).await.unwrap();
             assert!(
                 runtime
                     .create(&new_sandbox("nobody", &volume))

@@ -83,18 +83,19 @@ impl SessionId {
     }
 }
 
-/// The engine's id of a container. Opaque to the domain, but bounded and printable so it is safe
-/// in keys, labels and logs.
+/// A runtime's id of a sandbox container. Opaque and engine-neutral (a Docker id is 64 hex
+/// characters, a pod would be `namespace/name`), but bounded and printable so it is safe in keys,
+/// labels and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerId(String);
 
 impl ContainerId {
-    /// Longest id accepted; Docker's are 64 hex chars.
-    pub const MAX_LEN: usize = 128;
+    /// Longest id accepted: room for a Kubernetes `namespace/name` (63 + 1 + 253) and more.
+    pub const MAX_LEN: usize = 512;
 
     /// # Errors
     /// [`ValidationError`] when `raw` is empty, longer than [`Self::MAX_LEN`], or has characters
-    /// outside `[A-Za-z0-9_.-]`.
+    /// outside `[A-Za-z0-9_.:/-]`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         if raw.is_empty() {
             return Err(ValidationError::Empty);
@@ -104,10 +105,10 @@ impl ContainerId {
         }
         if !raw
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
         {
             return Err(ValidationError::BadChar {
-                allowed: "[A-Za-z0-9_.-]",
+                allowed: "[A-Za-z0-9_.:/-]",
             });
         }
         Ok(Self(raw.to_owned()))
@@ -170,15 +171,22 @@ mod tests {
     }
 
     #[test]
-    fn container_id_is_bounded_and_printable() {
+    fn container_id_is_engine_neutral_bounded_and_printable() {
         assert!(ContainerId::parse("abc123_.-X").is_ok());
+        assert!(ContainerId::parse(&"f".repeat(64)).is_ok(), "a Docker id");
+        assert!(
+            ContainerId::parse("sandboxes/sandbox-1:main").is_ok(),
+            "a pod's namespace/name and a container name"
+        );
+        assert!(ContainerId::parse(&"a".repeat(ContainerId::MAX_LEN)).is_ok());
         assert_eq!(ContainerId::parse(""), Err(ValidationError::Empty));
         assert!(matches!(
-            ContainerId::parse(&"a".repeat(129)),
-            Err(ValidationError::TooLong { max: 128 })
+            ContainerId::parse(&"a".repeat(ContainerId::MAX_LEN + 1)),
+            Err(ValidationError::TooLong { max: 512 })
         ));
         assert!(ContainerId::parse("a b").is_err());
-        assert!(ContainerId::parse("a/b").is_err());
+        assert!(ContainerId::parse("a\nb").is_err());
+        assert!(ContainerId::parse("a\\b").is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use sandboxd_usecase::CleanupExpiredSandboxes;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::{FirstPass, run_periodic};
-use crate::grpc::status::ErrorChain;
 use crate::names;
+use sandboxd_usecase::telemetry::ErrorChain;
 
 pub async fn run_cleanup_loop(
     cleanup: CleanupExpiredSandboxes,

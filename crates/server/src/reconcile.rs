@@ -8,8 +8,8 @@ use sandboxd_usecase::ReconcileSandboxes;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::{FirstPass, run_periodic};
-use crate::grpc::status::ErrorChain;
 use crate::names;
+use sandboxd_usecase::telemetry::ErrorChain;
 
 pub async fn run_reconcile_loop(
     reconcile: ReconcileSandboxes,

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use sandboxd_domain::SandboxSession;
 use tracing::{Instrument, Span};
 
-use crate::error::port_only_error;
+use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::telemetry::{self, metric};
 
@@ -38,11 +38,6 @@ pub struct CleanupReport {
     pub skipped_count: usize,
 }
 
-port_only_error!(
-    /// The expiry index could not be read; nothing was attempted.
-    CleanupError
-);
-
 enum SessionOutcome {
     Cleaned(SandboxSession),
     Skipped,
@@ -62,14 +57,14 @@ impl CleanupExpiredSandboxes {
     }
 
     /// # Errors
-    /// `Port` only when listing the expired sessions fails; per-session failures are counted in
-    /// the report.
-    pub async fn execute(&self) -> Result<CleanupReport, CleanupError> {
+    /// Only when listing the expired sessions fails; per-session failures are counted in the
+    /// report.
+    pub async fn execute(&self) -> Result<CleanupReport, PortError> {
         let span = telemetry::cleanup_pass_span();
         self.run_pass(&span).instrument(span.clone()).await
     }
 
-    async fn run_pass(&self, span: &Span) -> Result<CleanupReport, CleanupError> {
+    async fn run_pass(&self, span: &Span) -> Result<CleanupReport, PortError> {
         let now = self.ports.clock.now();
         let expired = match self
             .ports
@@ -79,7 +74,7 @@ impl CleanupExpiredSandboxes {
         {
             Ok(expired) => expired,
             Err(error) => {
-                let error = CleanupError::from(error);
+                let error = PortError::from(error);
                 telemetry::record_result(span, "error");
                 telemetry::count_cleanup_error(
                     error.metric_label(),
@@ -143,7 +138,7 @@ impl CleanupExpiredSandboxes {
                 telemetry::record_result(&span, "error");
                 telemetry::record_error(&span, error.metric_label(), &error);
                 telemetry::count_cleanup_error(error.metric_label(), None);
-                let unavailable = matches!(error.kind(), crate::ErrorKind::Unavailable);
+                let unavailable = error.kind() == ErrorKind::Unavailable;
                 telemetry::log_clean_failed(&listed, error.metric_label(), unavailable);
                 SessionOutcome::Failed { unavailable }
             }
@@ -155,7 +150,7 @@ impl CleanupExpiredSandboxes {
     async fn clean_under_lease(
         &self,
         listed: &SandboxSession,
-    ) -> Result<Option<SandboxSession>, CleanupError> {
+    ) -> Result<Option<SandboxSession>, PortError> {
         with_lease(&*self.ports.locker, &listed.chat_id, async |lease| {
             let current = self
                 .ports
@@ -173,7 +168,10 @@ impl CleanupExpiredSandboxes {
             if current.is_live_at(now) {
                 return Ok(None);
             }
-            self.ports.runtime.stop(&current.container_id).await?;
+            self.ports
+                .runtime
+                .remove_gracefully(&current.container_id)
+                .await?;
             let active = self.ports.repository.delete(lease, &current).await?;
             telemetry::set_active_count(active);
             Ok(Some(current))

@@ -6,9 +6,9 @@ use std::time::Duration;
 use sandboxd_domain::{AgentId, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath};
 use tracing::{Instrument, Span};
 
-use crate::error::{ErrorKind, PortError, from_port_errors, use_case_error};
+use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::ports::{Lease, NewSandbox, RepositoryError, RuntimeError};
+use crate::ports::{Lease, LockError, NewSandbox, RepositoryError, RuntimeError};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,28 +61,47 @@ pub enum CreateSandboxError {
         compensation: Option<RuntimeError>,
     },
     #[error(transparent)]
-    Port(PortError),
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
-from_port_errors!(CreateSandboxError);
-use_case_error!(CreateSandboxError);
-
-impl CreateSandboxError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
+impl UseCaseError for CreateSandboxError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Conflict { reason, .. } => ErrorKind::Conflict { reason: *reason },
-            Self::SaveFailed { save, .. } => save.kind(),
-            Self::Port(error) => error.kind(),
+            Self::SaveFailed { save, .. } | Self::Repository(save) => save.kind(),
+            Self::Lock(error) => error.kind(),
+            Self::Runtime(error) => error.kind(),
         }
     }
 
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Conflict { .. } => "conflict",
-            Self::SaveFailed { save, .. } => save.metric_label(),
-            Self::Port(error) => error.metric_label(),
+            Self::SaveFailed { save, .. } | Self::Repository(save) => save.metric_label(),
+            Self::Lock(error) => error.metric_label(),
+            Self::Runtime(error) => error.metric_label(),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::Conflict { reason, .. } => {
+                format!("the chat has a live sandbox with a different {reason}")
+            }
+            Self::SaveFailed { save, .. } | Self::Repository(save) => save.client_message(),
+            Self::Lock(error) => error.client_message(),
+            Self::Runtime(error) => error.client_message(),
+        }
+    }
+
+    fn result_label(&self) -> &'static str {
+        match self {
+            Self::Conflict { .. } => "conflict",
+            _ => "error",
         }
     }
 }
@@ -102,7 +121,8 @@ impl CreateSandbox {
 
     /// # Errors
     /// `Conflict` when the chat's live sandbox differs; `SaveFailed` when the new session could
-    /// not be stored; `Port` for lock, store and engine failures (including refused agent/volume).
+    /// not be stored; `Lock`, `Repository`, `Runtime` for port failures (including a refused
+    /// agent or volume).
     pub async fn execute(
         &self,
         command: CreateSandboxCommand,
@@ -114,13 +134,13 @@ impl CreateSandbox {
         );
         let outcome = self.decide(&command, &span).instrument(span.clone()).await;
         match &outcome {
-            // The conflict was fully reported where it was decided.
-            Ok(_) | Err(CreateSandboxError::Conflict { .. }) => {}
-            Err(error) => {
-                telemetry::record_result(&span, "error");
-                telemetry::count_result(metric::CREATE_TOTAL, "error");
-                telemetry::record_error(&span, error.metric_label(), error);
-            }
+            // The conflict is counted with its reason where it is decided.
+            Err(CreateSandboxError::Conflict { .. }) => {}
+            outcome => telemetry::finish(
+                &span,
+                metric::CREATE_TOTAL,
+                outcome.as_ref().map(|output| output.result.as_str()),
+            ),
         }
         outcome
     }
@@ -187,8 +207,6 @@ impl CreateSandbox {
                 reason,
             });
         }
-        telemetry::record_result(span, "reused");
-        telemetry::count_result(metric::CREATE_TOTAL, "reused");
         telemetry::log_reused(&session);
         Ok(CreateSandboxOutput {
             session,
@@ -224,25 +242,21 @@ impl CreateSandbox {
                 tracing::field::display(&new_session_id),
             );
         }
-        let new_session = self
-            .ports
-            .runtime
-            .create(&NewSandbox {
-                session_id: new_session_id,
-                chat_id: command.chat_id,
-                agent_id: command.agent_id.clone(),
-                volume_host_path: command.volume_host_path.clone(),
-                created_at,
-                expires_at,
-            })
-            .await?;
+        let spec = NewSandbox {
+            session_id: new_session_id,
+            chat_id: command.chat_id,
+            agent_id: command.agent_id.clone(),
+            volume_host_path: command.volume_host_path.clone(),
+            created_at,
+            expires_at,
+        };
+        let started = self.ports.runtime.create(&spec).await?;
+        let new_session = spec.into_session(started);
         if result == CreateResult::Replaced {
             telemetry::record_new_session(span, &new_session);
         }
         self.save_created(lease, &new_session).await?;
         telemetry::record_session(span, &new_session);
-        telemetry::record_result(span, result.as_str());
-        telemetry::count_result(metric::CREATE_TOTAL, result.as_str());
         telemetry::log_created(&new_session);
         Ok(CreateSandboxOutput {
             session: new_session,
@@ -263,7 +277,10 @@ impl CreateSandbox {
             tracing::field::display(&new_session_id),
         );
         telemetry::log_replaced(old);
-        self.ports.runtime.stop(&old.container_id).await?;
+        self.ports
+            .runtime
+            .remove_gracefully(&old.container_id)
+            .await?;
         let active = self.ports.repository.delete(lease, old).await?;
         telemetry::set_active_count(active);
         Ok(new_session_id)
@@ -283,7 +300,12 @@ impl CreateSandbox {
             }
             Err(save) => save,
         };
-        let compensation = self.ports.runtime.stop(&session.container_id).await.err();
+        let compensation = self
+            .ports
+            .runtime
+            .remove_gracefully(&session.container_id)
+            .await
+            .err();
         if let Some(stop_error) = &compensation {
             telemetry::log_compensation_failed(session, stop_error.metric_label());
         }

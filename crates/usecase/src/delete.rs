@@ -3,7 +3,7 @@
 use sandboxd_domain::{ChatId, ContainerId, SandboxSession, SessionId};
 use tracing::Instrument;
 
-use crate::error::port_only_error;
+use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::telemetry::{self, metric};
 
@@ -19,6 +19,17 @@ pub enum DeleteResult {
     NotFound,
 }
 
+impl DeleteResult {
+    /// The `result` label of `sandbox_delete_total` and the span.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteSandboxOutput {
     pub chat_id: ChatId,
@@ -27,11 +38,6 @@ pub struct DeleteSandboxOutput {
     pub session_id: Option<SessionId>,
     pub container_id: Option<ContainerId>,
 }
-
-port_only_error!(
-    /// Why a delete failed: a lock, store or engine failure.
-    DeleteSandboxError
-);
 
 #[derive(Debug, Clone)]
 pub struct DeleteSandbox {
@@ -45,17 +51,17 @@ impl DeleteSandbox {
     }
 
     /// # Errors
-    /// `Port` for lock, store and engine failures; the session is kept when the container could
-    /// not be removed, so a retry finds it again.
+    /// Lock, store and engine failures; the session is kept when the container could not be
+    /// removed, so a retry finds it again.
     pub async fn execute(
         &self,
         command: DeleteSandboxCommand,
-    ) -> Result<DeleteSandboxOutput, DeleteSandboxError> {
+    ) -> Result<DeleteSandboxOutput, PortError> {
         let chat_id = command.chat_id;
         let span = telemetry::delete_span(&chat_id);
         // The session, once read, for the failure log.
         let mut read: Option<SandboxSession> = None;
-        let outcome: Result<_, DeleteSandboxError> =
+        let outcome: Result<_, PortError> =
             with_lease(&*self.ports.locker, &chat_id, async |lease| {
                 let Some(session) = self
                     .ports
@@ -63,8 +69,6 @@ impl DeleteSandbox {
                     .get_current_by_chat_id(&chat_id)
                     .await?
                 else {
-                    telemetry::record_result(&span, "not_found");
-                    telemetry::count_result(metric::DELETE_TOTAL, "not_found");
                     telemetry::log_delete_not_found(&chat_id);
                     return Ok(DeleteSandboxOutput {
                         chat_id,
@@ -75,11 +79,12 @@ impl DeleteSandbox {
                 };
                 let session = &*read.insert(session);
                 telemetry::record_session(&span, session);
-                self.ports.runtime.delete(&session.container_id).await?;
+                self.ports
+                    .runtime
+                    .force_remove(&session.container_id)
+                    .await?;
                 let active = self.ports.repository.delete(lease, session).await?;
                 telemetry::set_active_count(active);
-                telemetry::record_result(&span, "deleted");
-                telemetry::count_result(metric::DELETE_TOTAL, "deleted");
                 telemetry::log_deleted(session);
                 Ok(DeleteSandboxOutput {
                     chat_id,
@@ -90,10 +95,12 @@ impl DeleteSandbox {
             })
             .instrument(span.clone())
             .await;
+        telemetry::finish(
+            &span,
+            metric::DELETE_TOTAL,
+            outcome.as_ref().map(|output| output.result.as_str()),
+        );
         if let Err(error) = &outcome {
-            telemetry::record_result(&span, "error");
-            telemetry::count_result(metric::DELETE_TOTAL, "error");
-            telemetry::record_error(&span, error.metric_label(), error);
             let _entered = span.enter();
             telemetry::log_delete_failed(&chat_id, read.as_ref(), error.metric_label());
         }

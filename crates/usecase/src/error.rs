@@ -1,4 +1,5 @@
-//! Error kinds shared by every use case: what the service layer maps to a status code.
+//! What every use-case error offers the service layer: its [`ErrorKind`] (which the server maps to
+//! a gRPC code in one place), its metric label, and the message a client may see.
 
 use sandboxd_domain::ConflictReason;
 
@@ -30,67 +31,36 @@ pub enum ErrorKind {
     Internal,
 }
 
-impl LockError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Busy { .. } => ErrorKind::Aborted,
-            Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Other(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-impl RepositoryError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::LeaseLost => ErrorKind::Aborted,
-            Self::InvalidPageToken => ErrorKind::InvalidArgument {
-                field: "page_token",
-            },
-            Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Other(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-impl RuntimeError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::UnknownAgent(_) => ErrorKind::InvalidArgument { field: "agent_id" },
-            Self::VolumeInvalid(_) => ErrorKind::InvalidArgument {
-                field: "volume_host_path",
-            },
-            Self::VolumeDenied(_) => ErrorKind::PermissionDenied {
-                field: "volume_host_path",
-            },
-            // The sandbox could not come up now; a retry may succeed once the engine recovers.
-            Self::NotReady(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::ImageNotFound(_) | Self::Other(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-/// What every use-case error offers the service layer: its kind, and its cause for the log.
+/// Implemented by every error a use case or port returns, beside the enum's definition.
 pub trait UseCaseError: std::error::Error + Send + Sync + 'static {
     fn kind(&self) -> ErrorKind;
+
+    /// Low-cardinality label for metrics (`error_type`) and logs.
+    fn metric_label(&self) -> &'static str;
+
+    /// What a client is told, built from this error's kind and own fields; never from a
+    /// cause's `Display` (a cause may carry addresses, paths or credentials). For
+    /// `InvalidArgument` it describes the field's problem; the server prefixes the field.
+    fn client_message(&self) -> String;
+
+    /// The `result` label of the use case's counter and span: expected refusals are named
+    /// (`not_found`, `expired`, ...), and their span records no error; failures are `error`.
+    fn result_label(&self) -> &'static str {
+        "error"
+    }
 }
 
-/// Implements [`UseCaseError`] with the error's own `kind()`.
-macro_rules! use_case_error {
-    ($($name:ty),* $(,)?) => {$(
-        impl $crate::error::UseCaseError for $name {
-            fn kind(&self) -> $crate::error::ErrorKind {
-                Self::kind(self)
-            }
-        }
-    )*};
+/// The fixed client message of the kinds whose detail stays inside.
+pub(crate) const fn generic_message(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Aborted => "the chat is busy with another operation; retry",
+        ErrorKind::Unavailable => "a backing service (Redis or Docker) is unavailable; retry later",
+        _ => "internal error",
+    }
 }
-pub(crate) use use_case_error;
 
-/// A failure of one of the ports, as every use case can meet it.
+/// A failure of one of the ports, as every use case can meet it; the whole error type of the use
+/// cases that have no refusals of their own (delete, list, cleanup, reconcile).
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     #[error(transparent)]
@@ -101,9 +71,8 @@ pub enum PortError {
     Runtime(#[from] RuntimeError),
 }
 
-impl PortError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
+impl UseCaseError for PortError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Lock(e) => e.kind(),
             Self::Repository(e) => e.kind(),
@@ -111,67 +80,19 @@ impl PortError {
         }
     }
 
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Lock(e) => e.metric_label(),
             Self::Repository(e) => e.metric_label(),
             Self::Runtime(e) => e.metric_label(),
         }
     }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::Lock(e) => e.client_message(),
+            Self::Repository(e) => e.client_message(),
+            Self::Runtime(e) => e.client_message(),
+        }
+    }
 }
-
-/// Lets `?` lift any port error into a use-case error that has a `Port(PortError)` variant.
-macro_rules! from_port_errors {
-    ($target:ty) => {
-        impl From<$crate::ports::LockError> for $target {
-            fn from(error: $crate::ports::LockError) -> Self {
-                Self::Port(error.into())
-            }
-        }
-        impl From<$crate::ports::RepositoryError> for $target {
-            fn from(error: $crate::ports::RepositoryError) -> Self {
-                Self::Port(error.into())
-            }
-        }
-        impl From<$crate::ports::RuntimeError> for $target {
-            fn from(error: $crate::ports::RuntimeError) -> Self {
-                Self::Port(error.into())
-            }
-        }
-    };
-}
-pub(crate) use from_port_errors;
-
-/// Declares a use-case error that can only be a port failure, with its `kind()`, its
-/// `metric_label()` and the `From` impls `?` needs.
-macro_rules! port_only_error {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, thiserror::Error)]
-        pub enum $name {
-            #[error(transparent)]
-            Port($crate::error::PortError),
-        }
-
-        $crate::error::from_port_errors!($name);
-        $crate::error::use_case_error!($name);
-
-        impl $name {
-            #[must_use]
-            pub const fn kind(&self) -> $crate::error::ErrorKind {
-                match self {
-                    Self::Port(error) => error.kind(),
-                }
-            }
-
-            #[must_use]
-            pub const fn metric_label(&self) -> &'static str {
-                match self {
-                    Self::Port(error) => error.metric_label(),
-                }
-            }
-        }
-    };
-}
-pub(crate) use port_only_error;

@@ -5,8 +5,9 @@ use std::time::Duration;
 use sandboxd_domain::{ChatId, SandboxSession};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, PortError, from_port_errors, use_case_error};
+use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
+use crate::ports::{LockError, RepositoryError};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,38 +27,47 @@ pub enum ExtendSandboxError {
     #[error("the sandbox of chat {0} has expired")]
     Expired(ChatId),
     #[error(transparent)]
-    Port(PortError),
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
 }
 
-from_port_errors!(ExtendSandboxError);
-use_case_error!(ExtendSandboxError);
-
-impl ExtendSandboxError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
+impl UseCaseError for ExtendSandboxError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidTtl { .. } => ErrorKind::InvalidArgument { field: "ttl" },
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Expired(_) => ErrorKind::FailedPrecondition,
-            Self::Port(error) => error.kind(),
+            Self::Lock(error) => error.kind(),
+            Self::Repository(error) => error.kind(),
         }
     }
 
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::InvalidTtl { .. } | Self::NotFound(_) | Self::Expired(_) => self.result_label(),
+            Self::Lock(error) => error.metric_label(),
+            Self::Repository(error) => error.metric_label(),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::InvalidTtl { max } => format!("ttl must be positive and at most {max:?}"),
+            Self::NotFound(chat_id) => format!("chat {chat_id} has no sandbox"),
+            Self::Expired(chat_id) => format!("the sandbox of chat {chat_id} has expired"),
+            Self::Lock(error) => error.client_message(),
+            Self::Repository(error) => error.client_message(),
+        }
+    }
+
+    /// The expected refusals by name, every port failure as `error`.
+    fn result_label(&self) -> &'static str {
         match self {
             Self::InvalidTtl { .. } => "invalid",
             Self::NotFound(_) => "not_found",
             Self::Expired(_) => "expired",
-            Self::Port(error) => error.metric_label(),
-        }
-    }
-
-    /// The `result` label: the expected refusals by name, every port failure as `error`.
-    const fn result_label(&self) -> &'static str {
-        match self {
-            Self::Port(_) => "error",
-            other => other.metric_label(),
+            Self::Lock(_) | Self::Repository(_) => "error",
         }
     }
 }
@@ -80,7 +90,7 @@ impl ExtendSandbox {
     }
 
     /// # Errors
-    /// `InvalidTtl` (nothing touched), `NotFound`, `Expired`, `Port`.
+    /// `InvalidTtl` (nothing touched), `NotFound`, `Expired`, `Lock`, `Repository`.
     pub async fn execute(
         &self,
         command: ExtendSandboxCommand,
@@ -121,19 +131,18 @@ impl ExtendSandbox {
                     telemetry::span::EXPIRES_AT,
                     tracing::field::display(session.expires_at),
                 );
-                telemetry::record_result(&span, "extended");
-                telemetry::count_result(metric::EXTEND_TOTAL, "extended");
                 telemetry::log_extended(session);
             }
-            Err(error) => {
-                telemetry::record_result(&span, error.result_label());
-                telemetry::count_result(metric::EXTEND_TOTAL, error.result_label());
-                if matches!(error, ExtendSandboxError::Port(_)) {
-                    telemetry::record_error(&span, error.metric_label(), error);
-                }
-                telemetry::log_extend_failed(&chat_id, error.metric_label());
+            Err(error) if error.result_label() != "error" => {
+                telemetry::log_extend_refused(&chat_id, error.metric_label());
             }
+            Err(_) => {}
         }
+        telemetry::finish(
+            &span,
+            metric::EXTEND_TOTAL,
+            outcome.as_ref().map(|_| "extended"),
+        );
         outcome
     }
 }

@@ -3,8 +3,9 @@
 use sandboxd_domain::{ChatId, SandboxSession};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, PortError, from_port_errors, use_case_error};
+use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::Ports;
+use crate::ports::RepositoryError;
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, thiserror::Error)]
@@ -12,26 +13,35 @@ pub enum GetSandboxError {
     #[error("chat {0} has no sandbox")]
     NotFound(ChatId),
     #[error(transparent)]
-    Port(PortError),
+    Repository(#[from] RepositoryError),
 }
 
-from_port_errors!(GetSandboxError);
-use_case_error!(GetSandboxError);
-
-impl GetSandboxError {
-    #[must_use]
-    pub const fn kind(&self) -> ErrorKind {
+impl UseCaseError for GetSandboxError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Port(error) => error.kind(),
+            Self::Repository(error) => error.kind(),
         }
     }
 
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "not_found",
-            Self::Port(error) => error.metric_label(),
+            Self::Repository(error) => error.metric_label(),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::NotFound(chat_id) => format!("chat {chat_id} has no sandbox"),
+            Self::Repository(error) => error.client_message(),
+        }
+    }
+
+    fn result_label(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::Repository(_) => "error",
         }
     }
 }
@@ -51,7 +61,7 @@ impl GetSandbox {
     /// wholly or not at all, since writes are atomic).
     ///
     /// # Errors
-    /// `NotFound` when the chat has no session; `Port` when the store fails.
+    /// `NotFound` when the chat has no session; `Repository` when the store fails.
     pub async fn execute(&self, chat_id: ChatId) -> Result<SandboxSession, GetSandboxError> {
         let span = telemetry::get_span(&chat_id);
         let outcome = async {
@@ -63,24 +73,10 @@ impl GetSandbox {
         }
         .instrument(span.clone())
         .await;
-        match &outcome {
-            Ok(session) => {
-                telemetry::record_session(&span, session);
-                telemetry::record_result(&span, "found");
-                telemetry::count_result(metric::GET_TOTAL, "found");
-            }
-            Err(GetSandboxError::NotFound(_)) => {
-                telemetry::record_result(&span, "not_found");
-                telemetry::count_result(metric::GET_TOTAL, "not_found");
-            }
-            Err(error) => {
-                telemetry::record_result(&span, "error");
-                telemetry::count_result(metric::GET_TOTAL, "error");
-                telemetry::record_error(&span, error.metric_label(), error);
-                let _entered = span.enter();
-                telemetry::log_get_failed(&chat_id, error.metric_label());
-            }
+        if let Ok(session) = &outcome {
+            telemetry::record_session(&span, session);
         }
+        telemetry::finish(&span, metric::GET_TOTAL, outcome.as_ref().map(|_| "found"));
         outcome
     }
 }

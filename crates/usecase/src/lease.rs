@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sandboxd_domain::ChatId;
 
+use crate::error::UseCaseError;
 use crate::ports::{Clock, Lease, LifecycleLocker, LockError, SandboxRuntime, SessionRepository};
 use crate::telemetry;
 

@@ -2,7 +2,7 @@
 //!
 //! Depends on the domain only. Telemetry goes through the `tracing` and `metrics` facades, with
 //! every name in [`telemetry`]. Each use case is a struct built from [`Ports`] whose `execute`
-//! is one pass of the seed's logic (`usecase_sandbox.py`), in the same order.
+//! states its flow and ends in one `telemetry::finish`; `docs/design.md` describes each.
 
 mod cleanup;
 mod create;
@@ -22,16 +22,14 @@ mod tests;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use cleanup::{CleanupError, CleanupExpiredSandboxes, CleanupOptions, CleanupReport};
+pub use cleanup::{CleanupExpiredSandboxes, CleanupOptions, CleanupReport};
 pub use create::{
     CreateResult, CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput,
 };
-pub use delete::{
-    DeleteResult, DeleteSandbox, DeleteSandboxCommand, DeleteSandboxError, DeleteSandboxOutput,
-};
+pub use delete::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, DeleteSandboxOutput};
 pub use error::{ErrorKind, PortError, UseCaseError};
 pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
 pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;
-pub use list::{ListSandboxes, ListSandboxesError};
-pub use reconcile::{ReconcileError, ReconcileOptions, ReconcileReport, ReconcileSandboxes};
+pub use list::ListSandboxes;
+pub use reconcile::{ReconcileOptions, ReconcileReport, ReconcileSandboxes};

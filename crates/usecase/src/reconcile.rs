@@ -17,9 +17,9 @@ use std::time::Duration;
 use sandboxd_domain::{ContainerId, SandboxSession, Timestamp};
 use tracing::{Instrument, Span};
 
-use crate::error::port_only_error;
+use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::ports::{ListQuery, ManagedContainer};
+use crate::ports::{ContainerState, ListQuery, ManagedContainer};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +48,6 @@ pub struct ReconcileReport {
     pub error_count: usize,
 }
 
-port_only_error!(
-    /// Listing containers or sessions failed; nothing was repaired.
-    ReconcileError
-);
-
 #[derive(Debug, Clone)]
 pub struct ReconcileSandboxes {
     ports: Ports,
@@ -74,9 +69,9 @@ impl ReconcileSandboxes {
     }
 
     /// # Errors
-    /// `Port` when the containers or the sessions cannot be listed; single repairs that fail are
+    /// When the containers or the sessions cannot be listed; single repairs that fail are
     /// counted in the report and retried by the next pass.
-    pub async fn execute(&self) -> Result<ReconcileReport, ReconcileError> {
+    pub async fn execute(&self) -> Result<ReconcileReport, PortError> {
         // Waiting here is bounded by the running pass; the next one then sees its repairs.
         let _one_pass = self.one_pass.lock().await;
         let span = telemetry::reconcile_span();
@@ -111,7 +106,7 @@ impl ReconcileSandboxes {
         outcome
     }
 
-    async fn run_pass(&self, span: &Span) -> Result<ReconcileReport, ReconcileError> {
+    async fn run_pass(&self, span: &Span) -> Result<ReconcileReport, PortError> {
         // The cutoff is taken before listing, so anything created during the pass is younger.
         let cutoff = self.ports.clock.now() - self.options.grace;
         // Sessions first, then containers: delete and cleanup remove the container before the
@@ -132,7 +127,7 @@ impl ReconcileSandboxes {
         let mut report = ReconcileReport::default();
         for container in &containers {
             if owned.contains_key(&container.container_id)
-                || !older_than(container.created_at, cutoff)
+                || !older_than(container.labels.created_at, cutoff)
             {
                 continue;
             }
@@ -147,7 +142,7 @@ impl ReconcileSandboxes {
         for session in &sessions {
             let healthy = by_container
                 .get(&session.container_id)
-                .is_some_and(|c| c.running);
+                .is_some_and(|c| c.state.is_alive());
             if healthy || session.created_at > cutoff {
                 continue;
             }
@@ -163,13 +158,13 @@ impl ReconcileSandboxes {
         Ok(report)
     }
 
-    fn count_failure(&self, report: &mut ReconcileReport, error: &ReconcileError) {
+    fn count_failure(&self, report: &mut ReconcileReport, error: &PortError) {
         report.error_count += 1;
         telemetry::count_reconcile_error(error.metric_label());
         telemetry::log_reconcile_failed(error.metric_label());
     }
 
-    async fn all_sessions(&self) -> Result<Vec<SandboxSession>, ReconcileError> {
+    async fn all_sessions(&self) -> Result<Vec<SandboxSession>, PortError> {
         let mut sessions = Vec::new();
         let mut page_token = None;
         loop {
@@ -192,9 +187,9 @@ impl ReconcileSandboxes {
     async fn remove_orphan_container(
         &self,
         container: &ManagedContainer,
-    ) -> Result<bool, ReconcileError> {
-        let still_orphan = async || -> Result<bool, ReconcileError> {
-            Ok(match container.session_id {
+    ) -> Result<bool, PortError> {
+        let still_orphan = async || -> Result<bool, PortError> {
+            Ok(match container.labels.session_id {
                 Some(session_id) => self
                     .ports
                     .repository
@@ -204,23 +199,30 @@ impl ReconcileSandboxes {
                 None => true,
             })
         };
-        let removed = match container.chat_id {
+        let removed = match container.labels.chat_id {
             Some(chat_id) => {
                 with_lease(&*self.ports.locker, &chat_id, async |_lease| {
                     // Gone already (a delete or cleanup that finished after the listing):
                     // nothing to remove, and nothing to report.
                     if !still_orphan().await?
-                        || !self.ports.runtime.exists(&container.container_id).await?
+                        || self.ports.runtime.inspect(&container.container_id).await?
+                            == ContainerState::Gone
                     {
                         return Ok(false);
                     }
-                    self.ports.runtime.delete(&container.container_id).await?;
-                    Ok::<_, ReconcileError>(true)
+                    self.ports
+                        .runtime
+                        .force_remove(&container.container_id)
+                        .await?;
+                    Ok::<_, PortError>(true)
                 })
                 .await?
             }
             None => {
-                self.ports.runtime.delete(&container.container_id).await?;
+                self.ports
+                    .runtime
+                    .force_remove(&container.container_id)
+                    .await?;
                 true
             }
         };
@@ -233,10 +235,7 @@ impl ReconcileSandboxes {
 
     /// Deletes a session whose container is gone or stopped (removing what is left of the
     /// container), if under the lease it is still the same stored session.
-    async fn remove_orphan_session(
-        &self,
-        session: &SandboxSession,
-    ) -> Result<bool, ReconcileError> {
+    async fn remove_orphan_session(&self, session: &SandboxSession) -> Result<bool, PortError> {
         let removed = with_lease(&*self.ports.locker, &session.chat_id, async |lease| {
             let stored = self
                 .ports
@@ -246,10 +245,13 @@ impl ReconcileSandboxes {
             if stored.as_ref() != Some(session) {
                 return Ok(false);
             }
-            self.ports.runtime.delete(&session.container_id).await?;
+            self.ports
+                .runtime
+                .force_remove(&session.container_id)
+                .await?;
             let active = self.ports.repository.delete(lease, session).await?;
             telemetry::set_active_count(active);
-            Ok::<_, ReconcileError>(true)
+            Ok::<_, PortError>(true)
         })
         .await?;
         if removed {

@@ -6,6 +6,8 @@
 //! with every attribute it may later record.
 
 use sandboxd_domain::{ChatId, SandboxSession};
+
+use crate::error::UseCaseError;
 use tracing::Span;
 use tracing::field::Empty;
 
@@ -130,8 +132,6 @@ pub mod event {
     pub const SANDBOX_STALE_INDEX_REMOVED: &str = "sandbox_stale_index_removed";
     pub const SANDBOX_EXTENDED: &str = "sandbox_extended";
     pub const SANDBOX_EXTEND_FAILED: &str = "sandbox_extend_failed";
-    pub const SANDBOX_GET_FAILED: &str = "sandbox_get_failed";
-    pub const SANDBOX_LIST_FAILED: &str = "sandbox_list_failed";
     pub const SANDBOX_COMPENSATION_FAILED: &str = "sandbox_compensation_failed";
     pub const LEASE_RELEASE_FAILED: &str = "lease_release_failed";
     pub const SANDBOX_ORPHAN_CONTAINER_REMOVED: &str = "sandbox_orphan_container_removed";
@@ -172,7 +172,7 @@ macro_rules! session_span {
 
 pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Span {
     session_span!(
-        "usecase.create_sandbox",
+        span::CREATE,
         chat.id = %chat_id,
         agent.id = agent_id,
         volume.host_path = volume,
@@ -189,16 +189,16 @@ pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Spa
 }
 
 pub(crate) fn delete_span(chat_id: &ChatId) -> Span {
-    session_span!("usecase.delete_sandbox", chat.id = %chat_id,)
+    session_span!(span::DELETE, chat.id = %chat_id,)
 }
 
 pub(crate) fn get_span(chat_id: &ChatId) -> Span {
-    session_span!("usecase.get_sandbox", chat.id = %chat_id,)
+    session_span!(span::GET, chat.id = %chat_id,)
 }
 
 pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
     session_span!(
-        "usecase.extend_sandbox",
+        span::EXTEND,
         chat.id = %chat_id,
         sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
         sandbox.expires_at = Empty,
@@ -207,7 +207,7 @@ pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
 
 pub(crate) fn cleanup_pass_span() -> Span {
     usecase_span!(
-        "usecase.cleanup_expired_sandboxes",
+        span::CLEANUP_PASS,
         sandbox.expired_count = Empty,
         sandbox.cleaned_count = Empty,
         sandbox.error_count = Empty,
@@ -218,7 +218,7 @@ pub(crate) fn cleanup_pass_span() -> Span {
 pub(crate) fn cleanup_one_span(parent: &Span, session: &SandboxSession) -> Span {
     usecase_span!(
         parent: parent,
-        "usecase.cleanup_expired_sandbox",
+        span::CLEANUP_ONE,
         chat.id = %session.chat_id,
         session.id = %session.session_id,
         container.id = %session.container_id,
@@ -227,7 +227,7 @@ pub(crate) fn cleanup_one_span(parent: &Span, session: &SandboxSession) -> Span 
 
 pub(crate) fn list_span(agent_id: Option<&str>, page_size: usize) -> Span {
     usecase_span!(
-        "usecase.list_sandboxes",
+        span::LIST,
         agent.id = agent_id,
         sandbox.page_size = page_size,
         sandbox.returned_count = Empty,
@@ -236,7 +236,7 @@ pub(crate) fn list_span(agent_id: Option<&str>, page_size: usize) -> Span {
 
 pub(crate) fn reconcile_span() -> Span {
     usecase_span!(
-        "usecase.reconcile_sandboxes",
+        span::RECONCILE,
         sandbox.container_count = Empty,
         sandbox.session_count = Empty,
         sandbox.removed_containers = Empty,
@@ -289,6 +289,27 @@ pub(crate) fn record_new_session(span: &Span, session: &SandboxSession) {
 
 pub(crate) fn record_result(span: &Span, result: &str) {
     span.record(span::RESULT, result);
+}
+
+/// Ends a use case: its `result` on the span and the counter, and for a failure (result
+/// `error`) the error's type, chain and status on the span. `outcome` is the success's result
+/// label or the error. Log lines stay with each use case: it knows which fields they name.
+pub(crate) fn finish<E: UseCaseError>(
+    span: &Span,
+    counter: &'static str,
+    outcome: Result<&'static str, &E>,
+) {
+    let result = match outcome {
+        Ok(result) => result,
+        Err(error) => error.result_label(),
+    };
+    record_result(span, result);
+    count_result(counter, result);
+    if let Err(error) = outcome
+        && result == "error"
+    {
+        record_error(span, error.metric_label(), error);
+    }
 }
 
 /// The seed's `span.record_error(exc)`: type, message and an error status for OpenTelemetry.
@@ -354,7 +375,7 @@ pub fn set_active_count(count: u64) {
 
 /// The seed's `_sandbox_attrs`: `{chat_id, session_id, container_id}`.
 macro_rules! session_event {
-    ($level:ident, $name:literal, $session:expr $(, $key:ident = $value:expr)*) => {{
+    ($level:ident, $name:expr, $session:expr $(, $key:ident = $value:expr)*) => {{
         let session: &SandboxSession = $session;
         tracing::$level!(
             name: $name,
@@ -362,49 +383,59 @@ macro_rules! session_event {
             session_id = %session.session_id,
             container_id = %session.container_id,
             $($key = $value,)*
-            $name
+            message = $name,
         );
     }};
 }
 
 pub(crate) fn log_created(session: &SandboxSession) {
-    session_event!(info, "sandbox_created", session);
+    session_event!(info, event::SANDBOX_CREATED, session);
 }
 
 pub(crate) fn log_reused(session: &SandboxSession) {
-    session_event!(info, "sandbox_reused", session);
+    session_event!(info, event::SANDBOX_REUSED, session);
 }
 
 pub(crate) fn log_replaced(old: &SandboxSession) {
-    session_event!(info, "sandbox_replaced", old);
+    session_event!(info, event::SANDBOX_REPLACED, old);
 }
 
 pub(crate) fn log_deleted(session: &SandboxSession) {
-    session_event!(info, "sandbox_deleted", session);
+    session_event!(info, event::SANDBOX_DELETED, session);
 }
 
 pub(crate) fn log_cleaned(session: &SandboxSession) {
-    session_event!(info, "sandbox_cleaned", session);
+    session_event!(info, event::SANDBOX_CLEANED, session);
 }
 
 /// An unreachable Redis or engine fails every session of every pass alike: that is logged once
 /// per outage by the caller's loop, so here it is only a debug line (other failures stay errors).
 pub(crate) fn log_clean_failed(session: &SandboxSession, error_type: &str, unavailable: bool) {
     if unavailable {
-        session_event!(debug, "sandbox_clean_failed", session, error = error_type);
+        session_event!(
+            debug,
+            event::SANDBOX_CLEAN_FAILED,
+            session,
+            error = error_type
+        );
     } else {
-        session_event!(error, "sandbox_clean_failed", session, error = error_type);
+        session_event!(
+            error,
+            event::SANDBOX_CLEAN_FAILED,
+            session,
+            error = error_type
+        );
     }
 }
 
 pub(crate) fn log_stale_index_removed(listed: &SandboxSession) {
-    session_event!(info, "sandbox_stale_index_removed", listed);
+    session_event!(info, event::SANDBOX_STALE_INDEX_REMOVED, listed);
 }
 
 pub(crate) fn log_extended(session: &SandboxSession) {
     session_event!(
         info,
-        "sandbox_extended",
+        event::SANDBOX_EXTENDED,
         session,
         expires_at = tracing::field::display(session.expires_at)
     );
@@ -420,7 +451,7 @@ pub(crate) struct ConflictLog<'a> {
 
 pub(crate) fn log_conflict(c: &ConflictLog<'_>) {
     tracing::warn!(
-        name: "sandbox_conflict",
+        name: event::SANDBOX_CONFLICT,
         chat_id = %c.chat_id,
         session_id = %c.session.session_id,
         container_id = %c.session.container_id,
@@ -429,12 +460,12 @@ pub(crate) fn log_conflict(c: &ConflictLog<'_>) {
         requested_volume_host_path = c.requested_volume_host_path,
         session_volume_host_path = c.session.volume_host_path.as_str(),
         reason = c.reason,
-        "sandbox_conflict"
+        message = event::SANDBOX_CONFLICT,
     );
 }
 
 pub(crate) fn log_delete_not_found(chat_id: &ChatId) {
-    tracing::info!(name: "sandbox_delete_not_found", chat_id = %chat_id, "sandbox_delete_not_found");
+    tracing::info!(name: event::SANDBOX_DELETE_NOT_FOUND, chat_id = %chat_id, message = event::SANDBOX_DELETE_NOT_FOUND);
 }
 
 /// The seed's `_delete_error_attrs`: chat and error, plus the session when it had been read.
@@ -445,57 +476,72 @@ pub(crate) fn log_delete_failed(
 ) {
     match session {
         Some(session) => {
-            session_event!(error, "sandbox_delete_failed", session, error = error_type)
+            session_event!(
+                error,
+                event::SANDBOX_DELETE_FAILED,
+                session,
+                error = error_type
+            )
         }
         None => tracing::error!(
-            name: "sandbox_delete_failed",
+            name: event::SANDBOX_DELETE_FAILED,
             chat_id = %chat_id,
             error = error_type,
-            "sandbox_delete_failed"
+            message = event::SANDBOX_DELETE_FAILED,
         ),
     }
 }
 
-pub(crate) fn log_extend_failed(chat_id: &ChatId, error_type: &str) {
-    tracing::warn!(name: "sandbox_extend_failed", chat_id = %chat_id, error = error_type, "sandbox_extend_failed");
-}
-
-pub(crate) fn log_get_failed(chat_id: &ChatId, error_type: &str) {
-    tracing::error!(name: "sandbox_get_failed", chat_id = %chat_id, error = error_type, "sandbox_get_failed");
-}
-
-pub(crate) fn log_list_failed(error_type: &str) {
-    tracing::error!(name: "sandbox_list_failed", error = error_type, "sandbox_list_failed");
+/// A refused extend (not found, expired, bad ttl): the client's mistake, worth a warning with
+/// the chat. Port failures are logged where they are handled, by the server.
+pub(crate) fn log_extend_refused(chat_id: &ChatId, error_type: &str) {
+    tracing::warn!(name: event::SANDBOX_EXTEND_FAILED, chat_id = %chat_id, error = error_type, message = event::SANDBOX_EXTEND_FAILED);
 }
 
 /// A compensation stop that failed leaves a container with no session: the reconciler's job.
 pub(crate) fn log_compensation_failed(session: &SandboxSession, error_type: &str) {
     session_event!(
         error,
-        "sandbox_compensation_failed",
+        event::SANDBOX_COMPENSATION_FAILED,
         session,
         error = error_type
     );
 }
 
 pub(crate) fn log_release_failed(chat_id: &ChatId, error_type: &str) {
-    tracing::warn!(name: "lease_release_failed", chat_id = %chat_id, error = error_type, "lease_release_failed");
+    tracing::warn!(name: event::LEASE_RELEASE_FAILED, chat_id = %chat_id, error = error_type, message = event::LEASE_RELEASE_FAILED);
 }
 
 pub(crate) fn log_orphan_session_removed(session: &SandboxSession) {
-    session_event!(warn, "sandbox_orphan_session_removed", session);
+    session_event!(warn, event::SANDBOX_ORPHAN_SESSION_REMOVED, session);
 }
 
 pub(crate) fn log_orphan_container_removed(container: &crate::ports::ManagedContainer) {
     tracing::warn!(
-        name: "sandbox_orphan_container_removed",
+        name: event::SANDBOX_ORPHAN_CONTAINER_REMOVED,
         container_id = %container.container_id,
-        chat_id = container.chat_id.map(tracing::field::display),
-        session_id = container.session_id.map(tracing::field::display),
-        "sandbox_orphan_container_removed"
+        state = container.state.as_str(),
+        chat_id = container.labels.chat_id.map(tracing::field::display),
+        session_id = container.labels.session_id.map(tracing::field::display),
+        message = event::SANDBOX_ORPHAN_CONTAINER_REMOVED,
     );
 }
 
 pub(crate) fn log_reconcile_failed(error_type: &str) {
-    tracing::error!(name: "sandbox_reconcile_failed", error = error_type, "sandbox_reconcile_failed");
+    tracing::error!(name: event::SANDBOX_RECONCILE_FAILED, error = error_type, message = event::SANDBOX_RECONCILE_FAILED);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_chain_shows_every_cause_in_order() {
+        let error = Outer(std::io::Error::other("root cause"));
+        assert_eq!(ErrorChain(&error).to_string(), "outer: root cause");
+    }
 }

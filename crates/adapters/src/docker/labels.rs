@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use sandboxd_domain::{ChatId, SessionId, Timestamp};
-use sandboxd_usecase::ports::NewSandbox;
+use sandboxd_domain::{AgentId, ChatId, SessionId, Timestamp, VolumePath};
+use sandboxd_usecase::ports::{NewSandbox, SandboxLabels};
 use time::format_description::well_known::Rfc3339;
 
 use super::names::MANAGED_BY_VALUE;
@@ -56,25 +56,19 @@ impl LabelKeys {
         ])
     }
 
+    /// The labels of a listed container, decoded; each field `None` when missing or malformed.
     #[must_use]
-    pub fn session_id(&self, labels: &HashMap<String, String>) -> Option<SessionId> {
-        labels
-            .get(&self.key("session_id"))
-            .and_then(|raw| SessionId::parse(raw).ok())
-    }
-
-    #[must_use]
-    pub fn chat_id(&self, labels: &HashMap<String, String>) -> Option<ChatId> {
-        labels
-            .get(&self.key("chat_id"))
-            .and_then(|raw| ChatId::parse(raw).ok())
-    }
-
-    #[must_use]
-    pub fn created_at(&self, labels: &HashMap<String, String>) -> Option<Timestamp> {
-        labels
-            .get(&self.key("created_at"))
-            .and_then(|raw| Timestamp::parse(raw, &Rfc3339).ok())
+    pub fn decode(&self, labels: &HashMap<String, String>) -> SandboxLabels {
+        let get = |name: &str| labels.get(&self.key(name)).map(String::as_str);
+        let timestamp = |name: &str| get(name).and_then(|raw| Timestamp::parse(raw, &Rfc3339).ok());
+        SandboxLabels {
+            session_id: get("session_id").and_then(|raw| SessionId::parse(raw).ok()),
+            chat_id: get("chat_id").and_then(|raw| ChatId::parse(raw).ok()),
+            agent_id: get("agent_id").and_then(|raw| AgentId::parse(raw).ok()),
+            volume_host_path: get("volume_host_path").and_then(|raw| VolumePath::parse(raw).ok()),
+            created_at: timestamp("created_at"),
+            expires_at: timestamp("expires_at"),
+        }
     }
 }
 
@@ -89,7 +83,6 @@ fn format_timestamp(at: Timestamp) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use sandboxd_domain::{AgentId, VolumePath};
     use time::macros::datetime;
 
     #[test]
@@ -108,9 +101,27 @@ mod tests {
         assert_eq!(labels["sbx.created_at"], "2026-01-01T00:00:00.123456789Z");
         assert_eq!(labels["sbx.expires_at"], "2026-01-01T00:30:00Z");
         assert_eq!(labels["sbx.volume_host_path"], "/srv/a");
-        assert_eq!(keys.session_id(&labels), Some(spec.session_id));
-        assert_eq!(keys.chat_id(&labels), Some(spec.chat_id));
-        assert_eq!(keys.created_at(&labels), Some(spec.created_at));
+        assert_eq!(keys.decode(&labels), SandboxLabels::of(&spec));
         assert_eq!(keys.managed_filter(), "sbx.managed-by=sandboxd");
+    }
+
+    #[test]
+    fn missing_or_malformed_labels_decode_to_none_each() {
+        let keys = LabelKeys::new("sbx");
+        let labels = HashMap::from([
+            ("sbx.chat_id".to_owned(), "not-a-uuid".to_owned()),
+            ("sbx.agent_id".to_owned(), "web".to_owned()),
+            ("sbx.created_at".to_owned(), "yesterday".to_owned()),
+            (
+                "other.session_id".to_owned(),
+                "11111111-1111-4111-8111-111111111111".to_owned(),
+            ),
+        ]);
+        let decoded = keys.decode(&labels);
+        assert_eq!(decoded.agent_id, Some(AgentId::parse("web").unwrap()));
+        assert_eq!(decoded.chat_id, None);
+        assert_eq!(decoded.session_id, None, "another deployment's label");
+        assert_eq!(decoded.created_at, None);
+        assert_eq!(decoded.volume_host_path, None);
     }
 }

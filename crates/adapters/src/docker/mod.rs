@@ -21,14 +21,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountType, PortBinding,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
+    HostConfig, Mount, MountType, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentId, ContainerId, Endpoint, SandboxSession, VolumePath};
-use sandboxd_usecase::ports::{ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime};
+use sandboxd_domain::{AgentId, ContainerId, Endpoint, VolumePath};
+use sandboxd_usecase::ports::{
+    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
+};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -152,12 +155,8 @@ impl DockerRuntime {
         .map_err(|e| other(format!("volume check task failed: {e}")))?;
         match checked {
             Ok(source) => Ok((profile, source)),
-            Err(VolumeRefusal::Denied(reason)) => {
-                Err(RuntimeError::VolumeDenied(reason.to_owned()))
-            }
-            Err(VolumeRefusal::Invalid(reason)) => {
-                Err(RuntimeError::VolumeInvalid(reason.to_owned()))
-            }
+            Err(VolumeRefusal::Denied(reason)) => Err(RuntimeError::VolumeDenied(reason)),
+            Err(VolumeRefusal::Invalid(reason)) => Err(RuntimeError::VolumeInvalid(reason)),
         }
     }
 
@@ -237,14 +236,14 @@ impl DockerRuntime {
         }
     }
 
-    async fn create_sandbox(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
+    async fn create_sandbox(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {
         // The profile first (no I/O), then the engine, so the volume check knows its data root.
         self.profile(&spec.agent_id)?;
         let docker = self.client().await?;
         let (profile, source) = self.check(&spec.agent_id, &spec.volume_host_path).await?;
         let source = source
             .to_str()
-            .ok_or_else(|| RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path".to_owned()))?
+            .ok_or(RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path"))?
             .to_owned();
         let name = format!("sandbox-{}", spec.session_id);
         // Armed before the create call: if this future is dropped mid-way, whatever was created
@@ -277,15 +276,9 @@ impl DockerRuntime {
         {
             Ok(endpoint) => {
                 guard.disarm();
-                Ok(SandboxSession {
-                    session_id: spec.session_id,
-                    chat_id: spec.chat_id,
-                    agent_id: spec.agent_id.clone(),
-                    volume_host_path: spec.volume_host_path.clone(),
+                Ok(StartedSandbox {
                     container_id,
                     endpoint,
-                    created_at: spec.created_at,
-                    expires_at: spec.expires_at,
                 })
             }
             Err(error) => {
@@ -327,7 +320,31 @@ impl DockerRuntime {
         Ok(Some(endpoint))
     }
 
-    async fn stop_sandbox(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+    /// A listed container in the port's terms; `None` for an id the engine should never send.
+    fn managed(&self, summary: ContainerSummary) -> Option<ManagedContainer> {
+        let container_id = ContainerId::parse(summary.id.as_deref()?).ok()?;
+        let labels = self.labels.decode(&summary.labels.unwrap_or_default());
+        // The one published TCP port of a sandbox, on the address this deployment publishes on.
+        let endpoint = summary
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|port| {
+                let public = port.public_port.filter(|p| *p != 0)?;
+                let ip = port.ip.as_deref()?.parse::<IpAddr>().ok()?;
+                (ip == self.config.publish_host_ip)
+                    .then(|| Endpoint::new(ip, public).ok())
+                    .flatten()
+            });
+        Some(ManagedContainer {
+            container_id,
+            state: summary_state(summary.state),
+            labels,
+            endpoint,
+        })
+    }
+
+    async fn stop_and_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         let options = StopContainerOptionsBuilder::default()
             .t(self.stop_grace_secs())
@@ -350,14 +367,14 @@ impl SandboxRuntime for DockerRuntime {
         self.check(agent_id, volume).await.map(drop)
     }
 
-    async fn create(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
+    async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {
         let started = Instant::now();
         let result = self.create_sandbox(spec).await;
         record(OPERATION_CREATE, result.is_ok(), started);
-        if let Ok(session) = &result {
+        if let Ok(sandbox) = &result {
             tracing::debug!(
-                container_id = %session.container_id,
-                session_id = %session.session_id,
+                container_id = %sandbox.container_id,
+                session_id = %spec.session_id,
                 elapsed_ms = started.elapsed().as_millis(),
                 "sandbox_container_ready"
             );
@@ -365,14 +382,14 @@ impl SandboxRuntime for DockerRuntime {
         result
     }
 
-    async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+    async fn remove_gracefully(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
         let started = Instant::now();
-        let result = self.stop_sandbox(container_id).await;
+        let result = self.stop_and_remove(container_id).await;
         record(OPERATION_STOP, result.is_ok(), started);
         result
     }
 
-    async fn delete(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+    async fn force_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let result = match self.client().await {
             Ok(docker) => remove_forced(&docker, container_id.as_str()).await,
@@ -382,11 +399,11 @@ impl SandboxRuntime for DockerRuntime {
         result
     }
 
-    async fn exists(&self, container_id: &ContainerId) -> Result<bool, RuntimeError> {
+    async fn inspect(&self, container_id: &ContainerId) -> Result<ContainerState, RuntimeError> {
         let docker = self.client().await?;
         match docker.inspect_container(container_id.as_str(), None).await {
-            Ok(_) => Ok(true),
-            Err(error) if is_not_found(&error) => Ok(false),
+            Ok(inspect) => Ok(inspect_state(inspect.state.and_then(|state| state.status))),
+            Err(error) if is_not_found(&error) => Ok(ContainerState::Gone),
             Err(error) => Err(engine_error(error)),
         }
     }
@@ -404,23 +421,38 @@ impl SandboxRuntime for DockerRuntime {
             .map_err(engine_error)?;
         Ok(containers
             .into_iter()
-            .filter_map(|summary| {
-                let container_id = ContainerId::parse(summary.id.as_deref()?).ok()?;
-                let labels = summary.labels.unwrap_or_default();
-                Some(ManagedContainer {
-                    container_id,
-                    session_id: self.labels.session_id(&labels),
-                    chat_id: self.labels.chat_id(&labels),
-                    created_at: self.labels.created_at(&labels),
-                    running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
-                })
-            })
+            .filter_map(|summary| self.managed(summary))
             .collect())
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         docker.ping().await.map(drop).map_err(engine_error)
+    }
+}
+
+/// The state of a listed container in the port's terms.
+fn summary_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
+    match state {
+        Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+        Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
+        Some(ContainerSummaryStateEnum::REMOVING | ContainerSummaryStateEnum::DEAD) => {
+            ContainerState::Gone
+        }
+        // created, exited, restarting, or a state this client does not know.
+        _ => ContainerState::Stopped,
+    }
+}
+
+/// The state of an inspected container in the port's terms.
+fn inspect_state(state: Option<ContainerStateStatusEnum>) -> ContainerState {
+    match state {
+        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+        Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::DEAD) => {
+            ContainerState::Gone
+        }
+        _ => ContainerState::Stopped,
     }
 }
 

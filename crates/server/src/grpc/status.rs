@@ -1,10 +1,11 @@
-//! The one place use-case error kinds become gRPC statuses with rich details (DESIGN.md's error
-//! table). Internal causes are logged here, once, and never sent to clients.
+//! The one place use-case error kinds become gRPC statuses with rich details (`docs/design.md`,
+//! "Errors"). Internal causes are logged here, once, and never sent to clients: the message is
+//! the error's `client_message`, built from its kind and fields.
 
-use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
+use sandboxd_usecase::telemetry::ErrorChain;
 use sandboxd_usecase::{ErrorKind, UseCaseError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -41,27 +42,24 @@ pub fn status_for<'a, E: UseCaseError>(
     rpc: &'static str,
     chat_id: Option<&'a str>,
 ) -> impl FnOnce(E) -> Status + 'a {
-    move |error| to_status(error.kind(), &error, StatusContext { rpc, chat_id })
+    move |error| to_status(&error, StatusContext { rpc, chat_id })
 }
 
 /// Maps a use-case error to its status by its [`ErrorKind`].
-pub fn to_status(
-    kind: ErrorKind,
-    error: &(dyn Error + 'static),
-    context: StatusContext<'_>,
-) -> Status {
+pub fn to_status(error: &dyn UseCaseError, context: StatusContext<'_>) -> Status {
     let rpc = context.rpc;
-    match kind {
-        ErrorKind::InvalidArgument { field } => invalid_field(field, error),
+    let message = error.client_message();
+    match error.kind() {
+        ErrorKind::InvalidArgument { field } => invalid_field(field, message),
         ErrorKind::PermissionDenied { field } => Status::with_error_details(
             Code::PermissionDenied,
-            // The runtime's message already names the field and the policy that refused it.
-            error.to_string(),
-            ErrorDetails::with_bad_request_violation(field, error.to_string()),
+            // The message already names the field and the policy that refused it.
+            message.clone(),
+            ErrorDetails::with_bad_request_violation(field, message),
         ),
         ErrorKind::Conflict { reason } => Status::with_error_details(
             Code::AlreadyExists,
-            format!("the chat has a live sandbox with a different {reason}"),
+            message,
             ErrorDetails::with_error_info(
                 REASON_SANDBOX_CONFLICT,
                 ERROR_DOMAIN,
@@ -70,7 +68,7 @@ pub fn to_status(
         ),
         ErrorKind::NotFound => Status::with_error_details(
             Code::NotFound,
-            error.to_string(),
+            message,
             ErrorDetails::with_resource_info(
                 RESOURCE_TYPE_SANDBOX,
                 context
@@ -81,48 +79,32 @@ pub fn to_status(
                 "the chat has no sandbox",
             ),
         ),
-        ErrorKind::FailedPrecondition => Status::failed_precondition(error.to_string()),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(message),
         ErrorKind::Aborted => Status::with_error_details(
             Code::Aborted,
-            "the chat is busy with another operation; retry",
+            message,
             ErrorDetails::with_retry_info(Some(ABORTED_RETRY_DELAY)),
         ),
         ErrorKind::Unavailable => {
             tracing::warn!(rpc, error = %ErrorChain(error), "rpc_unavailable");
-            Status::unavailable("a backing service (Redis or Docker) is unavailable; retry later")
+            Status::unavailable(message)
         }
         ErrorKind::Internal => {
             tracing::error!(rpc, error = %ErrorChain(error), "rpc_internal_error");
-            Status::internal("internal error")
+            Status::internal(message)
         }
-    }
-}
-
-/// Displays an error with its whole `source()` chain, for the one log line of its cause.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use sandboxd_domain::ConflictReason;
+    use std::time::Duration;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
+    use super::*;
+    use sandboxd_domain::{ChatId, ConflictReason, SessionId};
+    use sandboxd_usecase::ports::{LockError, RepositoryError, RuntimeError};
+    use sandboxd_usecase::{CreateSandboxError, ExtendSandboxError, GetSandboxError, PortError};
 
     fn ctx() -> StatusContext<'static> {
         StatusContext {
@@ -131,17 +113,23 @@ mod tests {
         }
     }
 
+    fn chat() -> ChatId {
+        ChatId::parse("0b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10").unwrap()
+    }
+
     #[test]
     fn conflict_carries_error_info_with_the_fields() {
-        let error = Outer(std::io::Error::other("x"));
-        let status = to_status(
-            ErrorKind::Conflict {
-                reason: ConflictReason::AgentIdAndVolumeHostPath,
-            },
-            &error,
-            ctx(),
-        );
+        let error = CreateSandboxError::Conflict {
+            chat_id: chat(),
+            session_id: SessionId::new_random(),
+            reason: ConflictReason::AgentIdAndVolumeHostPath,
+        };
+        let status = to_status(&error, ctx());
         assert_eq!(status.code(), Code::AlreadyExists);
+        assert_eq!(
+            status.message(),
+            "the chat has a live sandbox with a different agent_id,volume_host_path"
+        );
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.reason, REASON_SANDBOX_CONFLICT);
         assert_eq!(info.domain, ERROR_DOMAIN);
@@ -152,42 +140,77 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_has_its_code_and_internal_causes_stay_inside() {
-        let error = Outer(std::io::Error::other("secret cause"));
-        let cases = [
+    fn every_kind_has_its_code_and_causes_stay_inside() {
+        let secret = || -> sandboxd_usecase::ports::BoxError { "secret cause at 10.0.0.7".into() };
+        let cases: Vec<(Box<dyn UseCaseError>, Code)> = vec![
             (
-                ErrorKind::InvalidArgument { field: "ttl" },
+                Box::new(ExtendSandboxError::InvalidTtl {
+                    max: Duration::from_secs(60),
+                }),
                 Code::InvalidArgument,
             ),
             (
-                ErrorKind::PermissionDenied {
-                    field: "volume_host_path",
-                },
+                Box::new(PortError::from(RuntimeError::VolumeDenied(
+                    "outside the allowed roots",
+                ))),
                 Code::PermissionDenied,
             ),
-            (ErrorKind::NotFound, Code::NotFound),
-            (ErrorKind::FailedPrecondition, Code::FailedPrecondition),
-            (ErrorKind::Aborted, Code::Aborted),
-            (ErrorKind::Unavailable, Code::Unavailable),
-            (ErrorKind::Internal, Code::Internal),
+            (Box::new(GetSandboxError::NotFound(chat())), Code::NotFound),
+            (
+                Box::new(ExtendSandboxError::Expired(chat())),
+                Code::FailedPrecondition,
+            ),
+            (
+                Box::new(PortError::from(LockError::Busy {
+                    waited: Duration::from_secs(5),
+                })),
+                Code::Aborted,
+            ),
+            (
+                Box::new(PortError::from(RepositoryError::Unavailable(secret()))),
+                Code::Unavailable,
+            ),
+            (
+                Box::new(PortError::from(RuntimeError::Other(secret()))),
+                Code::Internal,
+            ),
+            (
+                Box::new(CreateSandboxError::SaveFailed {
+                    save: RepositoryError::Other(secret()),
+                    compensation: Some(RuntimeError::Unavailable(secret())),
+                }),
+                Code::Internal,
+            ),
         ];
-        for (kind, code) in cases {
-            let status = to_status(kind, &error, ctx());
-            assert_eq!(status.code(), code, "{kind:?}");
-            assert!(!status.message().contains("secret"), "{kind:?}");
+        for (error, code) in &cases {
+            let status = to_status(error.as_ref(), ctx());
+            assert_eq!(status.code(), *code, "{error:?}");
+            assert!(
+                status.message().ends_with(&error.client_message()),
+                "{error:?}"
+            );
+            assert!(!status.message().contains("secret"), "{error:?}");
         }
-        let status = to_status(ErrorKind::InvalidArgument { field: "ttl" }, &error, ctx());
+        let status = to_status(cases[0].0.as_ref(), ctx());
+        assert_eq!(
+            status.message(),
+            "invalid ttl: ttl must be positive and at most 60s"
+        );
         assert_eq!(
             status.get_details_bad_request().unwrap().field_violations[0].field,
             "ttl"
         );
-        let status = to_status(ErrorKind::Aborted, &error, ctx());
+        let status = to_status(cases[1].0.as_ref(), ctx());
+        assert_eq!(
+            status.get_details_bad_request().unwrap().field_violations[0].field,
+            "volume_host_path"
+        );
+        let status = to_status(cases[4].0.as_ref(), ctx());
         assert!(status.get_details_retry_info().is_some());
-        let status = to_status(ErrorKind::NotFound, &error, ctx());
+        let status = to_status(cases[2].0.as_ref(), ctx());
         assert_eq!(
             status.get_details_resource_info().unwrap().resource_type,
             RESOURCE_TYPE_SANDBOX
         );
-        assert_eq!(ErrorChain(&error).to_string(), "outer: secret cause");
     }
 }

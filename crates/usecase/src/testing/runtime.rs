@@ -6,31 +6,42 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sandboxd_domain::{AgentId, ContainerId, Endpoint, SandboxSession, VolumePath};
+use sandboxd_domain::{AgentId, ContainerId, Endpoint, VolumePath};
 
 use super::{CallLog, lock};
-use crate::ports::{ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime};
+use crate::ports::{
+    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+    StartedSandbox,
+};
 
 /// Runtime methods, for failure injection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuntimeOp {
     Validate,
     Create,
-    Stop,
-    Delete,
+    RemoveGracefully,
+    ForceRemove,
     ListManaged,
-    Exists,
+    Inspect,
     Ping,
+}
+
+/// One "container" of the fake engine.
+#[derive(Debug, Clone)]
+struct FakeContainer {
+    spec: NewSandbox,
+    endpoint: Option<Endpoint>,
+    state: ContainerState,
 }
 
 type CreateHook = Arc<dyn Fn(&NewSandbox) + Send + Sync>;
 
 pub struct FakeRuntime {
     calls: CallLog,
-    /// Running containers: id -> the spec they were created from.
-    containers: Mutex<BTreeMap<ContainerId, NewSandbox>>,
+    /// The engine's containers: id -> what they were created from, and their state.
+    containers: Mutex<BTreeMap<ContainerId, FakeContainer>>,
     failures: Mutex<HashMap<RuntimeOp, VecDeque<RuntimeError>>>,
-    /// Containers whose stop/delete always fails (per-session failure isolation tests).
+    /// Containers whose removals always fail (per-session failure isolation tests).
     failing_containers: Mutex<HashSet<ContainerId>>,
     known_agents: Mutex<Option<HashSet<AgentId>>>,
     /// Runs inside `create`, after the container "starts": lets tests act mid-operation.
@@ -73,7 +84,7 @@ impl FakeRuntime {
         lock(&self.failures).entry(op).or_default().push_back(error);
     }
 
-    /// Every stop and delete of this container fails with `Other`.
+    /// Every removal of this container fails with `Other`.
     pub fn fail_container(&self, container_id: ContainerId) {
         lock(&self.failing_containers).insert(container_id);
     }
@@ -87,10 +98,17 @@ impl FakeRuntime {
         *lock(&self.on_create) = Some(Arc::new(hook));
     }
 
-    /// Ids of containers currently "running".
+    /// Ids of the containers the fake engine has, in any state.
     #[must_use]
     pub fn running(&self) -> Vec<ContainerId> {
         lock(&self.containers).keys().cloned().collect()
+    }
+
+    /// Changes a container's state, as the engine would (paused or stopped by hand, died).
+    pub fn set_state(&self, container_id: &ContainerId, state: ContainerState) {
+        if let Some(container) = lock(&self.containers).get_mut(container_id) {
+            container.state = state;
+        }
     }
 
     /// How many containers `create` has started in total.
@@ -99,7 +117,7 @@ impl FakeRuntime {
         self.created_total.load(Ordering::SeqCst)
     }
 
-    /// The most `stop` calls that were in progress at once.
+    /// The most graceful removals that were in progress at once.
     #[must_use]
     pub fn max_stops_in_flight(&self) -> u64 {
         self.max_stops_in_flight.load(Ordering::SeqCst)
@@ -112,7 +130,14 @@ impl FakeRuntime {
 
     /// Adds a running container directly (test setup of an existing session).
     pub fn insert_running(&self, container_id: ContainerId, spec: NewSandbox) {
-        lock(&self.containers).insert(container_id, spec);
+        lock(&self.containers).insert(
+            container_id,
+            FakeContainer {
+                spec,
+                endpoint: None,
+                state: ContainerState::Running,
+            },
+        );
     }
 
     fn enter(&self, op: RuntimeOp, call: String) -> Result<(), RuntimeError> {
@@ -155,7 +180,7 @@ impl SandboxRuntime for FakeRuntime {
         self.check_agent(agent_id)
     }
 
-    async fn create(&self, spec: &NewSandbox) -> Result<SandboxSession, RuntimeError> {
+    async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {
         self.enter(
             RuntimeOp::Create,
             format!("runtime.create({})", spec.session_id),
@@ -169,26 +194,30 @@ impl SandboxRuntime for FakeRuntime {
         let port = self.next_port.fetch_add(1, Ordering::SeqCst);
         let endpoint = Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
             .map_err(|e| RuntimeError::Other(Box::new(e)))?;
-        lock(&self.containers).insert(container_id.clone(), spec.clone());
+        lock(&self.containers).insert(
+            container_id.clone(),
+            FakeContainer {
+                spec: spec.clone(),
+                endpoint: Some(endpoint),
+                state: ContainerState::Running,
+            },
+        );
         self.created_total.fetch_add(1, Ordering::SeqCst);
         let hook = lock(&self.on_create).clone();
         if let Some(hook) = hook {
             hook(spec);
         }
-        Ok(SandboxSession {
-            session_id: spec.session_id,
-            chat_id: spec.chat_id,
-            agent_id: spec.agent_id.clone(),
-            volume_host_path: spec.volume_host_path.clone(),
+        Ok(StartedSandbox {
             container_id,
             endpoint: Some(endpoint),
-            created_at: spec.created_at,
-            expires_at: spec.expires_at,
         })
     }
 
-    async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        self.enter(RuntimeOp::Stop, format!("runtime.stop({container_id})"))?;
+    async fn remove_gracefully(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        self.enter(
+            RuntimeOp::RemoveGracefully,
+            format!("runtime.remove_gracefully({container_id})"),
+        )?;
         self.check_container(container_id)?;
         let in_flight = self.stops_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_stops_in_flight
@@ -202,28 +231,38 @@ impl SandboxRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn delete(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        self.enter(RuntimeOp::Delete, format!("runtime.delete({container_id})"))?;
+    async fn force_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        self.enter(
+            RuntimeOp::ForceRemove,
+            format!("runtime.force_remove({container_id})"),
+        )?;
         self.check_container(container_id)?;
         lock(&self.containers).remove(container_id);
         Ok(())
     }
 
-    async fn exists(&self, container_id: &ContainerId) -> Result<bool, RuntimeError> {
-        self.enter(RuntimeOp::Exists, format!("runtime.exists {container_id}"))?;
-        Ok(lock(&self.containers).contains_key(container_id))
+    async fn inspect(&self, container_id: &ContainerId) -> Result<ContainerState, RuntimeError> {
+        self.enter(
+            RuntimeOp::Inspect,
+            format!("runtime.inspect({container_id})"),
+        )?;
+        Ok(lock(&self.containers)
+            .get(container_id)
+            .map_or(ContainerState::Gone, |c| c.state))
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
         self.enter(RuntimeOp::ListManaged, "runtime.list_managed".to_owned())?;
         Ok(lock(&self.containers)
             .iter()
-            .map(|(id, spec)| ManagedContainer {
+            .map(|(id, container)| ManagedContainer {
                 container_id: id.clone(),
-                session_id: Some(spec.session_id),
-                chat_id: Some(spec.chat_id),
-                created_at: Some(spec.created_at),
-                running: true,
+                state: container.state,
+                labels: SandboxLabels::of(&container.spec),
+                // As an engine: a container that does not run has nothing bound.
+                endpoint: container
+                    .endpoint
+                    .filter(|_| container.state == ContainerState::Running),
             })
             .collect())
     }

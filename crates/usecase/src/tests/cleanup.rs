@@ -1,5 +1,6 @@
 //! CleanupExpiredSandboxes, branch by branch (NOTES.md "CleanupExpiredSandboxes" and its gaps).
 
+use crate::UseCaseError;
 use std::time::Duration;
 
 use super::harness::*;
@@ -60,7 +61,7 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
             "repository.list_expired".to_owned(),
             format!("locker.lock({})", a.chat_id),
             format!("repository.get_current_by_chat_id({})", a.chat_id),
-            format!("runtime.stop({})", a.container_id),
+            format!("runtime.remove_gracefully({})", a.container_id),
             format!("repository.delete({})", a.session_id),
             format!("locker.release({})", a.chat_id),
         ],
@@ -338,7 +339,7 @@ fn an_unavailable_engine_is_counted_and_logged_at_debug_only() {
     let world = World::new();
     let a = world.existing_expired(new_chat(), "default", "/srv/a");
     world.runtime.fail_next(
-        RuntimeOp::Stop,
+        RuntimeOp::RemoveGracefully,
         RuntimeError::Unavailable("engine down".into()),
     );
     let (out, cap) = capture(pass(&world, 8).execute());

@@ -1,5 +1,6 @@
 //! CreateSandbox, branch by branch (NOTES.md "CreateSandbox").
 
+use crate::UseCaseError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,7 +213,7 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
             "runtime.validate(other,/srv/b)".to_owned(),
-            format!("runtime.stop({})", old.container_id),
+            format!("runtime.remove_gracefully({})", old.container_id),
             format!("repository.delete({})", old.session_id),
             format!("runtime.create({})", new.session_id),
             format!("repository.save({})", new.session_id),
@@ -303,7 +304,7 @@ fn save_failure_stops_the_new_container_and_surfaces_the_save_error() {
         calls[created + 1..].to_vec(),
         vec![
             calls[created].replace("runtime.create", "repository.save"),
-            "runtime.stop(fake-0001)".to_owned(),
+            "runtime.remove_gracefully(fake-0001)".to_owned(),
             "repository.count_active".to_owned(),
             format!("locker.release({chat})"),
         ],
@@ -340,7 +341,7 @@ fn save_failure_with_a_failing_compensation_still_surfaces_the_save_error() {
         .repository
         .fail_next(RepoOp::Save, RepositoryError::Other("boom".into()));
     world.runtime.fail_next(
-        RuntimeOp::Stop,
+        RuntimeOp::RemoveGracefully,
         RuntimeError::Unavailable("engine down".into()),
     );
     let (out, cap) = capture(
@@ -445,7 +446,15 @@ fn assert_plain_error_with_events(
         CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
     );
     let err = out.unwrap_err();
-    assert!(matches!(err, CreateSandboxError::Port(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CreateSandboxError::Lock(_)
+                | CreateSandboxError::Repository(_)
+                | CreateSandboxError::Runtime(_)
+        ),
+        "{err:?}"
+    );
     assert_eq!(err.kind(), want_kind);
     assert_eq!(err.metric_label(), want_type);
     assert_eq!(
@@ -548,7 +557,7 @@ fn a_refused_volume_on_replace_leaves_the_expired_sandbox_untouched() {
     let old = world.existing_expired(chat, "default", "/srv/a");
     world.runtime.fail_next(
         RuntimeOp::Validate,
-        RuntimeError::VolumeDenied("outside the roots".into()),
+        RuntimeError::VolumeDenied("outside the roots"),
     );
     assert_plain_error(
         &world,

@@ -1,5 +1,6 @@
 //! DeleteSandbox, branch by branch (NOTES.md "DeleteSandbox").
 
+use crate::UseCaseError;
 use std::time::Duration;
 
 use super::harness::*;
@@ -67,7 +68,7 @@ fn deleting_removes_the_container_before_the_session() {
         vec![
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
-            format!("runtime.delete({})", session.container_id),
+            format!("runtime.force_remove({})", session.container_id),
             format!("repository.delete({})", session.session_id),
             format!("locker.release({chat})"),
         ]
@@ -155,7 +156,7 @@ fn a_runtime_failure_keeps_the_session_for_a_retry() {
     let chat = new_chat();
     let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
     world.runtime.fail_next(
-        RuntimeOp::Delete,
+        RuntimeOp::ForceRemove,
         RuntimeError::Unavailable("engine down".into()),
     );
     assert_delete_error(

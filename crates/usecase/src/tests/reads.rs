@@ -1,5 +1,7 @@
 //! GetSandbox, ListSandboxes and ExtendSandbox: result, calls, metric, span and log per outcome.
 
+use crate::UseCaseError;
+use crate::telemetry;
 use std::time::Duration;
 
 use super::harness::*;
@@ -50,7 +52,7 @@ fn get_of_an_unknown_chat_is_not_found() {
 }
 
 #[test]
-fn get_failure_is_logged_and_counted() {
+fn get_failure_is_counted_and_on_the_span_but_logged_only_where_handled() {
     let world = World::new();
     world.repository.fail_next(
         RepoOp::GetActiveByChatId,
@@ -63,14 +65,15 @@ fn get_failure_is_logged_and_counted() {
         cap.counter_lines(),
         vec!["sandbox_get_total{result=error} 1"]
     );
+    let span = cap.span(telemetry::span::GET);
     assert_eq!(
-        cap.event("sandbox_get_failed").fields,
-        fields(&[
-            ("chat_id", chat.to_string()),
-            ("error", "repository_unavailable".to_owned()),
-            ("message", "sandbox_get_failed".to_owned())
-        ])
+        span.fields
+            .get(telemetry::span::ERROR_TYPE)
+            .map(String::as_str),
+        Some("repository_unavailable")
     );
+    // The server maps the error to its status and logs it there, once.
+    assert_eq!(cap.event_names(), Vec::<&str>::new());
 }
 
 #[test]
@@ -144,13 +147,14 @@ fn list_refuses_a_forged_page_token_as_an_invalid_argument() {
         cap.counter_lines(),
         vec!["sandbox_list_total{result=error} 1"]
     );
+    let span = cap.span(telemetry::span::LIST);
     assert_eq!(
-        cap.event("sandbox_list_failed").fields,
-        fields(&[
-            ("error", "invalid_page_token".to_owned()),
-            ("message", "sandbox_list_failed".to_owned())
-        ])
+        span.fields
+            .get(telemetry::span::ERROR_TYPE)
+            .map(String::as_str),
+        Some("invalid_page_token")
     );
+    assert_eq!(cap.event_names(), Vec::<&str>::new());
 }
 
 fn extend(

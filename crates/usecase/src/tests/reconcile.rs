@@ -1,6 +1,7 @@
 //! ReconcileSandboxes: orphans on either side are repaired after the grace period, and a create
 //! interrupted at any point ends as a complete session or nothing.
 
+use crate::UseCaseError;
 use std::time::Duration;
 
 use sandboxd_domain::{ContainerId, SessionId};
@@ -76,7 +77,7 @@ fn removes_containers_without_a_session_only_after_the_grace_period() {
         world
             .calls
             .calls()
-            .contains(&format!("runtime.delete({old})"))
+            .contains(&format!("runtime.force_remove({old})"))
     );
 }
 
@@ -173,7 +174,7 @@ fn one_failed_repair_is_counted_and_the_pass_goes_on() {
     let second = orphan_container(&world, GRACE * 2);
     world
         .runtime
-        .fail_next(RuntimeOp::Delete, RuntimeError::Other("boom".into()));
+        .fail_next(RuntimeOp::ForceRemove, RuntimeError::Other("boom".into()));
     let (out, cap) = capture(reconcile(&world).execute());
     let report = out.unwrap();
     assert_eq!(report.error_count, 1);
@@ -203,9 +204,10 @@ fn a_create_interrupted_after_the_container_started_ends_as_nothing() {
     world
         .repository
         .fail_next(RepoOp::Save, RepositoryError::Unavailable("killed".into()));
-    world
-        .runtime
-        .fail_next(RuntimeOp::Stop, RuntimeError::Unavailable("killed".into()));
+    world.runtime.fail_next(
+        RuntimeOp::RemoveGracefully,
+        RuntimeError::Unavailable("killed".into()),
+    );
     let command = CreateSandboxCommand {
         chat_id: chat,
         agent_id: agent_id("default"),

@@ -1,0 +1,211 @@
+//! One contract suite for the runtime port, run against the Docker runtime and against the
+//! in-memory fake, so the fake the use-case tests rely on cannot drift from a real engine and a
+//! new runtime has one list of cases to pass (`docs/design.md`, "Adding a runtime").
+//!
+//! Each check is an async fn over a [`Backend`]; `contract!` instantiates every check once per
+//! backend. Engine-specific behaviour (hardening, volume policy, readiness) stays in
+//! `docker_runtime.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/docker_engine.rs"]
+mod docker_engine;
+
+use std::sync::Arc;
+
+use docker_engine::{TestSandboxes, agent, new_sandbox};
+use sandboxd_domain::ContainerId;
+use sandboxd_usecase::ports::{
+    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+};
+use sandboxd_usecase::testing::{CallLog, FakeRuntime};
+
+/// What the suite needs besides the port: sandboxes it may create, and a way to count them that
+/// does not go through the port.
+trait Backend {
+    fn runtime(&self) -> Arc<dyn SandboxRuntime>;
+    /// A spec for the profile `web`, which every backend knows, with a fresh volume.
+    fn spec(&self, volume: &str) -> NewSandbox;
+}
+
+struct Docker {
+    world: TestSandboxes,
+    runtime: Arc<dyn SandboxRuntime>,
+}
+
+impl Docker {
+    fn new() -> Self {
+        let world = TestSandboxes::new();
+        let runtime = Arc::new(world.runtime());
+        Self { world, runtime }
+    }
+}
+
+impl Backend for Docker {
+    fn runtime(&self) -> Arc<dyn SandboxRuntime> {
+        self.runtime.clone()
+    }
+    fn spec(&self, volume: &str) -> NewSandbox {
+        new_sandbox("web", &self.world.volume_dir(volume))
+    }
+}
+
+struct Fake {
+    runtime: Arc<FakeRuntime>,
+    root: tempfile::TempDir,
+}
+
+impl Fake {
+    fn new() -> Self {
+        let runtime = Arc::new(FakeRuntime::new(CallLog::default()));
+        runtime.set_known_agents([agent("web")]);
+        Self {
+            runtime,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Backend for Fake {
+    fn runtime(&self) -> Arc<dyn SandboxRuntime> {
+        self.runtime.clone()
+    }
+    fn spec(&self, volume: &str) -> NewSandbox {
+        let dir = self.root.path().join(volume);
+        std::fs::create_dir(&dir).unwrap();
+        new_sandbox("web", &dir)
+    }
+}
+
+async fn a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session(
+    backend: &dyn Backend,
+) {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    let started = runtime.create(&spec).await.unwrap();
+    assert!(
+        started.endpoint.is_some(),
+        "the web profile publishes a port"
+    );
+    assert_eq!(
+        runtime.inspect(&started.container_id).await.unwrap(),
+        ContainerState::Running
+    );
+
+    let listed = runtime.list_managed().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let container = &listed[0];
+    assert_eq!(container.container_id, started.container_id);
+    assert_eq!(container.state, ContainerState::Running);
+    assert_eq!(container.labels, SandboxLabels::of(&spec));
+    assert_eq!(container.endpoint, started.endpoint);
+    assert_eq!(
+        container.session(),
+        Some(spec.into_session(started.clone())),
+        "a reconcile can rebuild the session from the engine alone"
+    );
+    runtime.force_remove(&started.container_id).await.unwrap();
+}
+
+async fn removals_are_idempotent_and_leave_the_container_gone(backend: &dyn Backend) {
+    let runtime = backend.runtime();
+    let first = runtime.create(&backend.spec("a")).await.unwrap();
+    let second = runtime.create(&backend.spec("b")).await.unwrap();
+    assert_eq!(runtime.list_managed().await.unwrap().len(), 2);
+
+    runtime
+        .remove_gracefully(&first.container_id)
+        .await
+        .unwrap();
+    runtime
+        .remove_gracefully(&first.container_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        runtime.inspect(&first.container_id).await.unwrap(),
+        ContainerState::Gone
+    );
+    assert_eq!(
+        runtime.inspect(&second.container_id).await.unwrap(),
+        ContainerState::Running,
+        "removing one sandbox leaves the others"
+    );
+    runtime.force_remove(&second.container_id).await.unwrap();
+    runtime.force_remove(&second.container_id).await.unwrap();
+    assert_eq!(
+        runtime.inspect(&second.container_id).await.unwrap(),
+        ContainerState::Gone
+    );
+    assert!(runtime.list_managed().await.unwrap().is_empty());
+
+    let never = ContainerId::parse("sandbox-never-existed-0000").unwrap();
+    runtime.remove_gracefully(&never).await.unwrap();
+    runtime.force_remove(&never).await.unwrap();
+    assert_eq!(runtime.inspect(&never).await.unwrap(), ContainerState::Gone);
+}
+
+async fn an_unknown_agent_is_refused_and_nothing_is_created(backend: &dyn Backend) {
+    let runtime = backend.runtime();
+    let mut spec = backend.spec("a");
+    spec.agent_id = agent("nobody");
+    let validated = runtime
+        .validate(&spec.agent_id, &spec.volume_host_path)
+        .await;
+    assert!(
+        matches!(validated, Err(RuntimeError::UnknownAgent(ref a)) if *a == agent("nobody")),
+        "{validated:?}"
+    );
+    let created = runtime.create(&spec).await;
+    assert!(
+        matches!(created, Err(RuntimeError::UnknownAgent(_))),
+        "{created:?}"
+    );
+    assert!(runtime.list_managed().await.unwrap().is_empty());
+}
+
+async fn a_known_agent_and_an_allowed_volume_validate(backend: &dyn Backend) {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    runtime
+        .validate(&spec.agent_id, &spec.volume_host_path)
+        .await
+        .unwrap();
+    runtime.ping().await.unwrap();
+    assert!(
+        runtime.list_managed().await.unwrap().is_empty(),
+        "validate creates nothing"
+    );
+}
+
+macro_rules! contract {
+    ($($module:ident => $backend:ident),*) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session() {
+                let backend = $backend::new();
+                super::a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session(&backend).await;
+            }
+
+            #[tokio::test]
+            async fn removals_are_idempotent_and_leave_the_container_gone() {
+                let backend = $backend::new();
+                super::removals_are_idempotent_and_leave_the_container_gone(&backend).await;
+            }
+
+            #[tokio::test]
+            async fn an_unknown_agent_is_refused_and_nothing_is_created() {
+                let backend = $backend::new();
+                super::an_unknown_agent_is_refused_and_nothing_is_created(&backend).await;
+            }
+
+            #[tokio::test]
+            async fn a_known_agent_and_an_allowed_volume_validate() {
+                let backend = $backend::new();
+                super::a_known_agent_and_an_allowed_volume_validate(&backend).await;
+            }
+        }
+    )*};
+}
+
+contract!(in_memory => Fake, on_docker => Docker);

@@ -1,0 +1,28 @@
+//! The ports the use cases drive: session store, per-chat lease locker, container runtime, clock.
+//!
+//! Adapters implement these traits; the use cases only ever see `Arc<dyn Trait>`.
+
+use sandboxd_domain::Timestamp;
+
+/// A boxed cause, kept for logs and never sent to clients.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Number of sessions in the store right after a write: what the `sandbox_active_count` gauge shows.
+/// Writes return it so the gauge costs no extra round trip.
+pub type ActiveCount = u64;
+
+mod locker;
+mod repository;
+mod runtime;
+
+pub use locker::{Lease, LeaseLossFlag, LifecycleLocker, LockError};
+pub use repository::{ListQuery, RepositoryError, SessionPage, SessionRepository};
+pub use runtime::{
+    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+    StartedSandbox,
+};
+
+/// Time as the use cases see it; a port so tests can decide expiry.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}

@@ -1,0 +1,259 @@
+//! The container runtime port: start, remove, inspect and list sandboxes on an engine.
+//!
+//! Engine-neutral: nothing here names Docker. A runtime is an adapter that passes the runtime
+//! contract suite (`crates/adapters/tests/runtime_contract.rs`); see `docs/design.md`, "Adding a
+//! runtime". A new operation (pause, a network policy, ...) is a new method here with its own
+//! `# Errors`, implemented by every runtime; existing methods and callers stay as they are.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sandboxd_domain::{
+    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp, VolumePath,
+};
+
+use super::BoxError;
+use crate::error::{ErrorKind, UseCaseError, generic_message};
+
+/// Failures of the container runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No profile is configured for this agent id; nothing was created.
+    #[error("unknown agent profile {0}")]
+    UnknownAgent(AgentId),
+    /// The volume path is malformed for this host (e.g. does not exist, not a directory); the
+    /// reason is a fixed phrase, safe for clients.
+    #[error("volume_host_path is not usable: {0}")]
+    VolumeInvalid(&'static str),
+    /// The volume path is refused by policy (outside the allowed roots, a forbidden path); the
+    /// reason is a fixed phrase that does not reveal whether the path exists.
+    #[error("volume_host_path is not allowed: {0}")]
+    VolumeDenied(&'static str),
+    /// The profile's image is not present on the engine (nothing can be pulled).
+    #[error("image {0} not found on the engine")]
+    ImageNotFound(String),
+    /// The container started but its endpoint never became ready; it was removed.
+    #[error("sandbox endpoint not ready within {0:?}; the container was removed")]
+    NotReady(Duration),
+    #[error("container engine unavailable")]
+    Unavailable(#[source] BoxError),
+    #[error("container engine failed")]
+    Other(#[source] BoxError),
+}
+
+impl UseCaseError for RuntimeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::UnknownAgent(_) => ErrorKind::InvalidArgument { field: "agent_id" },
+            Self::VolumeInvalid(_) => ErrorKind::InvalidArgument {
+                field: "volume_host_path",
+            },
+            Self::VolumeDenied(_) => ErrorKind::PermissionDenied {
+                field: "volume_host_path",
+            },
+            // The sandbox could not come up now; a retry may succeed once the engine recovers.
+            Self::NotReady(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::ImageNotFound(_) | Self::Other(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::UnknownAgent(_) => "unknown_agent",
+            Self::VolumeInvalid(_) => "volume_invalid",
+            Self::VolumeDenied(_) => "volume_denied",
+            Self::ImageNotFound(_) => "image_not_found",
+            Self::NotReady(_) => "runtime_not_ready",
+            Self::Unavailable(_) => "runtime_unavailable",
+            Self::Other(_) => "runtime_error",
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::UnknownAgent(agent) => format!("unknown agent profile {agent}"),
+            Self::VolumeInvalid(reason) => format!("volume_host_path is not usable: {reason}"),
+            Self::VolumeDenied(reason) => format!("volume_host_path is not allowed: {reason}"),
+            other => generic_message(other.kind()).to_owned(),
+        }
+    }
+}
+
+/// What the runtime needs to start a sandbox: the identity and lifetime of the session it will
+/// serve. Runtimes label the container with all of it, so a reconcile can rebuild the session
+/// from the engine alone ([`ManagedContainer::session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSandbox {
+    pub session_id: SessionId,
+    pub chat_id: ChatId,
+    pub agent_id: AgentId,
+    pub volume_host_path: VolumePath,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+impl NewSandbox {
+    /// The session of this sandbox once `started`: the use case, not the runtime, builds it.
+    #[must_use]
+    pub fn into_session(self, started: StartedSandbox) -> SandboxSession {
+        SandboxSession {
+            session_id: self.session_id,
+            chat_id: self.chat_id,
+            agent_id: self.agent_id,
+            volume_host_path: self.volume_host_path,
+            container_id: started.container_id,
+            endpoint: started.endpoint,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What `create` reports: the engine's handle and where the sandbox serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedSandbox {
+    pub container_id: ContainerId,
+    /// `None` when the profile publishes no port.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// A container's state as the engine reports it, in the terms a reconcile judges by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContainerState {
+    /// Started and not frozen.
+    Running,
+    /// Frozen by the engine (memory kept, no CPU): alive, not dead.
+    Paused,
+    /// Exited, created but never started, or restarting: its process does not run.
+    Stopped,
+    /// The engine does not know it, or is removing it.
+    Gone,
+}
+
+impl ContainerState {
+    /// Whether the container still holds its sandbox (running or frozen). A stopped or gone
+    /// container serves no session: reconcile deletes a session whose container is in neither
+    /// state.
+    #[must_use]
+    pub const fn is_alive(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+
+    /// Lower-case name for logs.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// A sandbox's labels, decoded: each field `None` when its label is missing or malformed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxLabels {
+    pub session_id: Option<SessionId>,
+    pub chat_id: Option<ChatId>,
+    pub agent_id: Option<AgentId>,
+    pub volume_host_path: Option<VolumePath>,
+    pub created_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl SandboxLabels {
+    /// The labels a runtime puts on the sandbox of `spec`.
+    #[must_use]
+    pub fn of(spec: &NewSandbox) -> Self {
+        Self {
+            session_id: Some(spec.session_id),
+            chat_id: Some(spec.chat_id),
+            agent_id: Some(spec.agent_id.clone()),
+            volume_host_path: Some(spec.volume_host_path.clone()),
+            created_at: Some(spec.created_at),
+            expires_at: Some(spec.expires_at),
+        }
+    }
+}
+
+/// A container the runtime found carrying this deployment's labels (for reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    pub container_id: ContainerId,
+    pub state: ContainerState,
+    pub labels: SandboxLabels,
+    /// Where it serves, as the engine publishes it; `None` when it publishes nothing (or is not
+    /// running, so nothing is bound).
+    pub endpoint: Option<Endpoint>,
+}
+
+impl ManagedContainer {
+    /// The session this container was started for, rebuilt from its labels and the engine's
+    /// endpoint; `None` when a label it needs is missing or malformed.
+    #[must_use]
+    pub fn session(&self) -> Option<SandboxSession> {
+        let labels = &self.labels;
+        Some(SandboxSession {
+            session_id: labels.session_id?,
+            chat_id: labels.chat_id?,
+            agent_id: labels.agent_id.clone()?,
+            volume_host_path: labels.volume_host_path.clone()?,
+            container_id: self.container_id.clone(),
+            endpoint: self.endpoint,
+            created_at: labels.created_at?,
+            expires_at: labels.expires_at?,
+        })
+    }
+}
+
+/// The container engine.
+#[async_trait]
+pub trait SandboxRuntime: Send + Sync {
+    /// Checks, without side effects, that a sandbox for this agent and volume could be created:
+    /// the profile exists and the volume passes the mount policy.
+    ///
+    /// # Errors
+    /// `UnknownAgent`, `VolumeInvalid`, `VolumeDenied`.
+    async fn validate(&self, agent_id: &AgentId, volume: &VolumePath) -> Result<(), RuntimeError>;
+
+    /// Starts the sandbox, labelled with everything in `spec` ([`SandboxLabels::of`]), and
+    /// returns once its endpoint is ready. On any failure nothing is left running.
+    ///
+    /// # Errors
+    /// Those of [`Self::validate`], `ImageNotFound`, `NotReady`, `Unavailable`, `Other`.
+    async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError>;
+
+    /// Stops the sandbox gracefully (its process gets the configured grace, then is killed) and
+    /// removes it. A container already gone is success.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn remove_gracefully(&self, container_id: &ContainerId) -> Result<(), RuntimeError>;
+
+    /// Removes the sandbox at once, killing its process. A container already gone is success.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn force_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError>;
+
+    /// The container's state now; [`ContainerState::Gone`] when the engine does not know it.
+    /// The reconciler asks under the chat's lease, so a container removed since it was listed is
+    /// not reported as removed.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn inspect(&self, container_id: &ContainerId) -> Result<ContainerState, RuntimeError>;
+
+    /// Every container labelled for this deployment, in any state.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError>;
+
+    /// Cheap liveness check for health reporting.
+    ///
+    /// # Errors
+    /// `Unavailable` when the engine does not answer.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+}
