@@ -15,7 +15,7 @@ use crate::config::Config;
 ///
 /// # Errors
 /// When a backend client cannot be built from the configuration.
-pub fn connect(config: &Config) -> anyhow::Result<Ports> {
+pub(crate) fn connect(config: &Config) -> anyhow::Result<Ports> {
     let store = RedisStore::connect_lazy(config.redis_config())?;
     let runtime = DockerRuntime::new(config.docker_config()?)?;
     Ok(Ports {

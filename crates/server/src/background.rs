@@ -13,7 +13,7 @@ use crate::names;
 
 /// When the first pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirstPass {
+pub(crate) enum FirstPass {
     /// Right away (reconcile: repair what a crash left before serving for long).
     AtStart,
     /// After one period (cleanup: startup stays quick and predictable).
@@ -22,7 +22,7 @@ pub enum FirstPass {
 
 /// Runs `pass` every `interval` until `stop` is cancelled. A pass returns `Err(description)` when
 /// it failed as a whole; the description of the first failure of an outage is logged.
-pub async fn run_periodic<F, Fut>(
+pub(crate) async fn run_periodic<F, Fut>(
     loop_name: &'static str,
     interval: Duration,
     first: FirstPass,
@@ -51,7 +51,7 @@ pub async fn run_periodic<F, Fut>(
 
 /// Turns a stream of pass outcomes into one log line when failures start and one when they end.
 #[derive(Debug)]
-pub struct OutageLog {
+pub(crate) struct OutageLog {
     loop_name: &'static str,
     /// `Some` while passes keep failing: when the outage began and how many passes failed.
     current: Option<Outage>,
@@ -65,7 +65,7 @@ struct Outage {
 
 /// What [`OutageLog::record`] logged, so the dedup can be tested without a log capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logged {
+pub(crate) enum Logged {
     Nothing,
     OutageStarted,
     OutageEnded { failed_passes: u64 },
@@ -73,19 +73,14 @@ pub enum Logged {
 
 impl OutageLog {
     #[must_use]
-    pub fn new(loop_name: &'static str) -> Self {
+    pub(crate) fn new(loop_name: &'static str) -> Self {
         Self {
             loop_name,
             current: None,
         }
     }
 
-    #[must_use]
-    pub fn in_outage(&self) -> bool {
-        self.current.is_some()
-    }
-
-    pub fn record(&mut self, outcome: Result<(), String>) -> Logged {
+    pub(crate) fn record(&mut self, outcome: Result<(), String>) -> Logged {
         match (outcome, self.current.as_mut()) {
             (Ok(()), None) => Logged::Nothing,
             (Ok(()), Some(outage)) => {
@@ -144,7 +139,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(log.record(Err("still down".into())), Logged::Nothing);
         }
-        assert!(log.in_outage());
+        assert!(log.current.is_some(), "an outage is open");
         assert_eq!(
             log.record(Ok(())),
             Logged::OutageEnded { failed_passes: 11 }

@@ -10,7 +10,7 @@ use crate::background::{FirstPass, run_periodic};
 use crate::names;
 use sandboxd_usecase::telemetry::ErrorChain;
 
-pub async fn run_cleanup_loop(
+pub(crate) async fn run_cleanup_loop(
     cleanup: CleanupExpiredSandboxes,
     interval: Duration,
     stop: CancellationToken,

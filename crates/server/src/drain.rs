@@ -50,11 +50,6 @@ impl Drain {
         self.tracker.close();
     }
 
-    #[must_use]
-    pub fn is_draining(&self) -> bool {
-        self.tracker.is_closed()
-    }
-
     /// Calls still running.
     #[must_use]
     pub fn in_flight(&self) -> usize {

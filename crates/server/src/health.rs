@@ -11,50 +11,45 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// How often the backends are pinged.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A ping slower than this counts as a failure: health must answer quickly, not hang with Redis.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What `/readyz` and the health service report, shared between the checker and shutdown.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     backends_up: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Readiness {
     #[must_use]
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.backends_up.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 
     #[must_use]
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 }
 
 /// Publishes readiness to the gRPC health service.
 #[derive(Debug, Clone)]
-pub struct HealthPublisher {
+pub(crate) struct HealthPublisher {
     reporter: HealthReporter,
     readiness: Arc<Readiness>,
 }
 
 impl HealthPublisher {
     /// Starts NOT_SERVING: nothing is known about the backends until the first check.
-    pub async fn new(reporter: HealthReporter, readiness: Arc<Readiness>) -> Self {
+    pub(crate) async fn new(reporter: HealthReporter, readiness: Arc<Readiness>) -> Self {
         let publisher = Self {
             reporter,
             readiness,
         };
         publisher.publish().await;
         publisher
-    }
-
-    #[must_use]
-    pub fn readiness(&self) -> &Arc<Readiness> {
-        &self.readiness
     }
 
     async fn publish(&self) {
@@ -81,14 +76,14 @@ impl HealthPublisher {
     }
 
     /// NOT_SERVING from now on, whatever the backends say.
-    pub async fn set_draining(&self) {
+    pub(crate) async fn set_draining(&self) {
         self.readiness.draining.store(true, Ordering::SeqCst);
         self.publish().await;
     }
 }
 
 /// Pings both backends every [`CHECK_INTERVAL`] until `stop` is cancelled.
-pub async fn run_checks(ports: Ports, publisher: HealthPublisher, stop: CancellationToken) {
+pub(crate) async fn run_checks(ports: Ports, publisher: HealthPublisher, stop: CancellationToken) {
     let mut active_count_known = false;
     loop {
         let up = check_backends(&ports).await;

@@ -17,7 +17,7 @@ struct HttpState {
     readiness: Arc<Readiness>,
 }
 
-pub fn router(metrics: PrometheusHandle, readiness: Arc<Readiness>) -> Router {
+pub(crate) fn router(metrics: PrometheusHandle, readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))

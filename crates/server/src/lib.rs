@@ -3,20 +3,20 @@
 //!
 //! `main.rs` only wires these together; tests build an [`app::Application`] from in-memory ports.
 
-pub mod adapters;
+pub(crate) mod adapters;
 pub mod app;
 pub mod auth;
-pub mod background;
-pub mod cleanup;
+pub(crate) mod background;
+pub(crate) mod cleanup;
 pub mod config;
-pub mod drain;
+pub(crate) mod drain;
 pub mod grpc;
-pub mod health;
-pub mod http;
-pub mod names;
-pub mod reconcile;
-pub mod rpc_telemetry;
-pub mod shutdown;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod names;
+pub(crate) mod reconcile;
+pub(crate) mod rpc_telemetry;
+pub(crate) mod shutdown;
 pub mod telemetry;
 
 use tokio_util::sync::CancellationToken;

@@ -3,14 +3,14 @@
 //! `sandboxd_usecase::telemetry`).
 
 /// A background pass failed after the previous one succeeded: the start of an outage.
-pub const BACKGROUND_OUTAGE_STARTED: &str = "background_outage_started";
+pub(crate) const BACKGROUND_OUTAGE_STARTED: &str = "background_outage_started";
 /// A background pass succeeded after one or more failed: the end of an outage.
-pub const BACKGROUND_OUTAGE_ENDED: &str = "background_outage_ended";
+pub(crate) const BACKGROUND_OUTAGE_ENDED: &str = "background_outage_ended";
 /// A failing pass inside an outage that was already logged (debug level only).
-pub const BACKGROUND_PASS_STILL_FAILING: &str = "background_pass_still_failing";
+pub(crate) const BACKGROUND_PASS_STILL_FAILING: &str = "background_pass_still_failing";
 /// A reconcile pass repaired something (removed orphans); quiet passes log nothing.
-pub const RECONCILE_PASS_REPAIRED: &str = "reconcile_pass_repaired";
+pub(crate) const RECONCILE_PASS_REPAIRED: &str = "reconcile_pass_repaired";
 
 /// `loop` field values: which background loop an event is about.
-pub const LOOP_CLEANUP: &str = "cleanup";
-pub const LOOP_RECONCILE: &str = "reconcile";
+pub(crate) const LOOP_CLEANUP: &str = "cleanup";
+pub(crate) const LOOP_RECONCILE: &str = "reconcile";

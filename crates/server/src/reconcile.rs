@@ -11,7 +11,7 @@ use crate::background::{FirstPass, run_periodic};
 use crate::names;
 use sandboxd_usecase::telemetry::ErrorChain;
 
-pub async fn run_reconcile_loop(
+pub(crate) async fn run_reconcile_loop(
     reconcile: ReconcileSandboxes,
     interval: Duration,
     stop: CancellationToken,

@@ -2,7 +2,7 @@
 //! (`grpc.request`, parent of the use-case span, child of a W3C `traceparent` sent by the
 //! client) and its latency histogram sample (`method`, `code`).
 //!
-//! A layer rather than code in each handler: the six handlers (and any added later) stay pure
+//! A layer rather than code in each handler: the handlers (and any added later) stay pure
 //! translation, and the auth interceptor's UNAUTHENTICATED is measured like any other outcome.
 //! Health and reflection pass through untouched: probes every few seconds would drown the
 //! traces and say nothing about the service.
@@ -21,8 +21,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::telemetry::names;
 
-/// The RPCs of `sandbox.v1.SandboxService`; any other method name is labelled `unknown` so a
-/// client cannot grow the label set.
+/// The RPCs of `sandbox.v1.SandboxService`, the `method` label values; any other method name is
+/// labelled `unknown` so a client cannot grow the label set. A test holds this list equal to the
+/// service descriptor, so an RPC added to the proto fails it until it is listed here.
 const METHODS: &[&str] = &[
     "CreateSandbox",
     "GetSandbox",
@@ -34,7 +35,7 @@ const METHODS: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RpcTelemetryLayer;
+pub(crate) struct RpcTelemetryLayer;
 
 impl<S> tower::Layer<S> for RpcTelemetryLayer {
     type Service = RpcTelemetry<S>;
@@ -45,7 +46,7 @@ impl<S> tower::Layer<S> for RpcTelemetryLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct RpcTelemetry<S> {
+pub(crate) struct RpcTelemetry<S> {
     inner: S,
 }
 
@@ -68,15 +69,7 @@ where
         let Some(method) = sandbox_method(request.uri().path()) else {
             return Box::pin(self.inner.call(request));
         };
-        let span = tracing::info_span!(
-            "grpc.request",
-            rpc.system = "grpc",
-            rpc.service = sandboxd_api::SERVICE_NAME,
-            rpc.method = method,
-            rpc.grpc.status_code = Empty,
-            otel.kind = "server",
-            otel.status_code = Empty,
-        );
+        let span = request_span(method);
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
@@ -104,6 +97,19 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The server span of one call, with the OpenTelemetry RPC attributes.
+fn request_span(method: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        names::SPAN_GRPC_REQUEST,
+        rpc.system = "grpc",
+        rpc.service = sandboxd_api::SERVICE_NAME,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+    )
 }
 
 /// The method name of a SandboxService path (`/sandbox.v1.SandboxService/CreateSandbox`), or
@@ -159,7 +165,7 @@ const fn is_server_error(code: Code) -> bool {
 
 /// The canonical upper-case name of a status code, as gRPC documents and grpcurl prints them.
 #[must_use]
-pub const fn code_name(code: Code) -> &'static str {
+pub(crate) const fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -210,6 +216,62 @@ mod tests {
         );
         assert_eq!(sandbox_method("/grpc.health.v1.Health/Check"), None);
         assert_eq!(sandbox_method("/sandbox.v1.SandboxServiceX/Get"), None);
+    }
+
+    /// The RPC names of the service as the API crate's descriptor set declares them.
+    fn descriptor_methods() -> Vec<String> {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(sandboxd_api::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        set.file
+            .iter()
+            .flat_map(|file| {
+                file.service
+                    .iter()
+                    .filter(|service| {
+                        format!("{}.{}", file.package(), service.name())
+                            == sandboxd_api::SERVICE_NAME
+                    })
+                    .flat_map(|service| service.method.iter().map(|m| m.name().to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_measured_rpcs_are_exactly_those_of_the_service_descriptor() {
+        let mut declared = descriptor_methods();
+        declared.sort();
+        let mut measured: Vec<String> = METHODS.iter().map(|m| (*m).to_owned()).collect();
+        measured.sort();
+        assert!(!declared.is_empty(), "the descriptor set names the service");
+        assert_eq!(
+            measured,
+            declared,
+            "METHODS must list every RPC of {}",
+            sandboxd_api::SERVICE_NAME
+        );
+    }
+
+    #[test]
+    fn the_request_span_declares_the_attributes_its_constants_name() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = request_span("CreateSandbox");
+            let metadata = span
+                .metadata()
+                .unwrap_or_else(|| unreachable!("subscriber set"));
+            assert_eq!(metadata.name(), names::SPAN_GRPC_REQUEST);
+            for field in [
+                names::RPC_SYSTEM,
+                names::RPC_SERVICE,
+                names::RPC_METHOD,
+                names::RPC_GRPC_STATUS_CODE,
+                names::OTEL_KIND,
+                names::OTEL_STATUS_CODE,
+            ] {
+                assert!(metadata.fields().field(field).is_some(), "{field}");
+            }
+        });
     }
 
     #[test]

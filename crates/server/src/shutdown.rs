@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
-pub fn cancel_on_signals(token: CancellationToken) {
+pub(crate) fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutdown_signal");

@@ -71,12 +71,6 @@ pub struct TracingGuard {
 }
 
 impl TracingGuard {
-    /// Whether spans are exported (an OTLP endpoint was configured).
-    #[must_use]
-    pub fn is_exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Flushes batched spans and stops the exporter, bounded by [`TRACE_FLUSH_TIMEOUT`].
     pub async fn shutdown(self) {
         let Some(provider) = self.provider else {

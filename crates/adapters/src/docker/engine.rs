@@ -7,7 +7,7 @@ use sandboxd_usecase::ports::RuntimeError;
 /// Engine replies that mean "not now" rather than "no".
 const UNAVAILABLE_STATUSES: &[u16] = &[502, 503, 504];
 
-pub fn engine_error(error: BollardError) -> RuntimeError {
+pub(super) fn engine_error(error: BollardError) -> RuntimeError {
     let unreachable = match &error {
         // No socket, refused or reset connections, timeouts, broken HTTP: the engine is not there.
         BollardError::SocketNotFoundError(_)
@@ -27,7 +27,7 @@ pub fn engine_error(error: BollardError) -> RuntimeError {
     }
 }
 
-pub fn is_not_found(error: &BollardError) -> bool {
+pub(super) fn is_not_found(error: &BollardError) -> bool {
     matches!(
         error,
         BollardError::DockerResponseServerError {
@@ -38,13 +38,13 @@ pub fn is_not_found(error: &BollardError) -> bool {
 }
 
 /// A concurrent removal of the same container already won.
-pub fn is_removal_in_progress(error: &BollardError) -> bool {
+pub(super) fn is_removal_in_progress(error: &BollardError) -> bool {
     matches!(error, BollardError::DockerResponseServerError { status_code: 409, message }
         if message.contains("already in progress"))
 }
 
 /// An `Other` with a message, for failures that are not bollard errors.
-pub fn other(message: String) -> RuntimeError {
+pub(super) fn other(message: String) -> RuntimeError {
     RuntimeError::Other(message.into())
 }
 

@@ -97,12 +97,6 @@ impl DockerRuntime {
         })
     }
 
-    /// The label keys of this deployment (tests and the reconciler filter by them).
-    #[must_use]
-    pub fn label_keys(&self) -> &LabelKeys {
-        &self.labels
-    }
-
     /// The connected, version-negotiated engine client.
     async fn client(&self) -> Result<Docker, RuntimeError> {
         self.client

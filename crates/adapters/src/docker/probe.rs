@@ -18,7 +18,7 @@ const TCP_OPEN_WINDOW: Duration = Duration::from_millis(150);
 const MAX_STATUS_LINE: usize = 256;
 
 /// One probe attempt bounded by `budget`: `true` when the endpoint is serving.
-pub async fn probe_once(kind: ReadyProbe, addr: SocketAddr, budget: Duration) -> bool {
+pub(super) async fn probe_once(kind: ReadyProbe, addr: SocketAddr, budget: Duration) -> bool {
     match kind {
         ReadyProbe::None => true,
         ReadyProbe::Http => timeout(budget, http_status_line(addr))

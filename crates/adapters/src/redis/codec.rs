@@ -9,15 +9,15 @@ use sandboxd_usecase::ports::RepositoryError;
 
 /// Hash field names of `{prefix}:session:{id}`.
 pub(crate) mod field {
-    pub const SESSION_ID: &str = "session_id";
-    pub const CHAT_ID: &str = "chat_id";
-    pub const AGENT_ID: &str = "agent_id";
-    pub const VOLUME_HOST_PATH: &str = "volume_host_path";
-    pub const CONTAINER_ID: &str = "container_id";
-    pub const ENDPOINT_IP: &str = "endpoint_ip";
-    pub const ENDPOINT_PORT: &str = "endpoint_port";
-    pub const CREATED_AT: &str = "created_at";
-    pub const EXPIRES_AT: &str = "expires_at";
+    pub(crate) const SESSION_ID: &str = "session_id";
+    pub(crate) const CHAT_ID: &str = "chat_id";
+    pub(crate) const AGENT_ID: &str = "agent_id";
+    pub(crate) const VOLUME_HOST_PATH: &str = "volume_host_path";
+    pub(crate) const CONTAINER_ID: &str = "container_id";
+    pub(crate) const ENDPOINT_IP: &str = "endpoint_ip";
+    pub(crate) const ENDPOINT_PORT: &str = "endpoint_port";
+    pub(crate) const CREATED_AT: &str = "created_at";
+    pub(crate) const EXPIRES_AT: &str = "expires_at";
 }
 
 /// Unix milliseconds, the one timestamp format in Redis (hash fields and expiry scores);

@@ -1,6 +1,7 @@
 //! CleanupExpiredSandboxes, branch by branch (NOTES.md "CleanupExpiredSandboxes" and its gaps).
 
 use crate::UseCaseError;
+use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
@@ -34,10 +35,10 @@ fn a_failing_listing_is_counted_with_its_reason_and_raised() {
             "sandbox_cleanup_error_total{error_type=repository_unavailable,reason=list_expired} 1"
         ]
     );
-    let span = cap.span("usecase.cleanup_expired_sandboxes");
-    assert_eq!(span.field("sandbox.result"), Some("error"));
-    assert_eq!(span.field("error.type"), Some("repository_unavailable"));
-    assert!(!span.fields.contains_key("sandbox.expired_count"));
+    let span = cap.span(span::CLEANUP_PASS);
+    assert_eq!(span.field(span::RESULT), Some("error"));
+    assert_eq!(span.field(span::ERROR_TYPE), Some("repository_unavailable"));
+    assert!(!span.fields.contains_key(span::EXPIRED_COUNT));
     assert_eq!(
         world.calls.calls(),
         vec!["repository.list_expired".to_owned()]
@@ -71,37 +72,34 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
         cap.counter_lines(),
         vec!["sandbox_cleanup_total{result=cleaned} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandboxes").fields,
+        cap.span(span::CLEANUP_PASS).fields,
         fields(&[
-            ("sandbox.expired_count", "1".to_owned()),
-            ("sandbox.cleaned_count", "1".to_owned()),
-            ("sandbox.error_count", "0".to_owned()),
-            ("sandbox.skipped_count", "0".to_owned()),
-            ("sandbox.result", "completed".to_owned()),
+            (span::EXPIRED_COUNT, "1".to_owned()),
+            (span::CLEANED_COUNT, "1".to_owned()),
+            (span::ERROR_COUNT, "0".to_owned()),
+            (span::SKIPPED_COUNT, "0".to_owned()),
+            (span::RESULT, "completed".to_owned()),
         ])
     );
-    let child = cap.span("usecase.cleanup_expired_sandbox");
-    assert_eq!(
-        child.parent.as_deref(),
-        Some("usecase.cleanup_expired_sandboxes")
-    );
+    let child = cap.span(span::CLEANUP_ONE);
+    assert_eq!(child.parent.as_deref(), Some(span::CLEANUP_PASS));
     assert_eq!(
         child.fields,
         fields(&[
-            ("chat.id", a.chat_id.to_string()),
-            ("session.id", a.session_id.to_string()),
-            ("container.id", a.container_id.to_string()),
-            ("sandbox.result", "cleaned".to_owned()),
+            (span::CHAT_ID, a.chat_id.to_string()),
+            (span::SESSION_ID, a.session_id.to_string()),
+            (span::CONTAINER_ID, a.container_id.to_string()),
+            (span::RESULT, "cleaned".to_owned()),
         ])
     );
     let mut want = session_log_fields(&a);
-    want.push(("message", "sandbox_cleaned".to_owned()));
-    assert_eq!(cap.event("sandbox_cleaned").fields, fields(&want));
+    want.push(("message", event::SANDBOX_CLEANED.to_owned()));
+    assert_eq!(cap.event(event::SANDBOX_CLEANED).fields, fields(&want));
     assert_eq!(
-        cap.event("sandbox_cleaned").span.as_deref(),
-        Some("usecase.cleanup_expired_sandbox")
+        cap.event(event::SANDBOX_CLEANED).span.as_deref(),
+        Some(span::CLEANUP_ONE)
     );
 }
 
@@ -132,13 +130,11 @@ fn skips_a_session_that_was_deleted_after_listing() {
         "a skip counts nothing"
     );
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandbox")
-            .field("sandbox.result"),
+        cap.span(span::CLEANUP_ONE).field(span::RESULT),
         Some("skipped")
     );
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandboxes")
-            .field("sandbox.skipped_count"),
+        cap.span(span::CLEANUP_PASS).field(span::SKIPPED_COUNT),
         Some("1")
     );
 }
@@ -177,14 +173,13 @@ fn skips_a_superseded_session_and_removes_it_from_the_expiry_index() {
         vec![format!("repository.delete({})", stale.session_id)]
     );
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandbox")
-            .field("sandbox.result"),
+        cap.span(span::CLEANUP_ONE).field(span::RESULT),
         Some("skipped")
     );
     let mut want = session_log_fields(&stale);
-    want.push(("message", "sandbox_stale_index_removed".to_owned()));
+    want.push(("message", event::SANDBOX_STALE_INDEX_REMOVED.to_owned()));
     assert_eq!(
-        cap.event("sandbox_stale_index_removed").fields,
+        cap.event(event::SANDBOX_STALE_INDEX_REMOVED).fields,
         fields(&want)
     );
     // The next pass no longer lists it.
@@ -218,8 +213,7 @@ fn skips_a_session_extended_after_listing() {
     assert_eq!(world.runtime.running(), vec![a.container_id.clone()]);
     assert_eq!(world.repository.all().len(), 1);
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandbox")
-            .field("sandbox.result"),
+        cap.span(span::CLEANUP_ONE).field(span::RESULT),
         Some("skipped")
     );
     assert_eq!(cap.counter_lines(), Vec::<String>::new());
@@ -253,26 +247,25 @@ fn one_failing_session_does_not_stop_the_pass() {
         ]
     );
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandboxes")
-            .field("sandbox.result"),
+        cap.span(span::CLEANUP_PASS).field(span::RESULT),
         Some("completed_with_errors")
     );
     let failed: Vec<_> = cap
-        .spans_named("usecase.cleanup_expired_sandbox")
+        .spans_named(span::CLEANUP_ONE)
         .into_iter()
-        .filter(|s| s.field("sandbox.result") == Some("error"))
+        .filter(|s| s.field(span::RESULT) == Some("error"))
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(
-        failed[0].fields.get("session.id"),
+        failed[0].fields.get(span::SESSION_ID),
         Some(&b.session_id.to_string())
     );
-    assert_eq!(failed[0].field("error.type"), Some("runtime_error"));
-    let event = cap.event("sandbox_clean_failed");
+    assert_eq!(failed[0].field(span::ERROR_TYPE), Some("runtime_error"));
+    let event = cap.event(event::SANDBOX_CLEAN_FAILED);
     assert_eq!(event.level, tracing::Level::ERROR);
     let mut want = session_log_fields(&b);
     want.push(("error", "runtime_error".to_owned()));
-    want.push(("message", "sandbox_clean_failed".to_owned()));
+    want.push(("message", event::SANDBOX_CLEAN_FAILED.to_owned()));
     assert_eq!(event.fields, fields(&want));
 }
 
@@ -302,7 +295,7 @@ fn returns_cleaned_sessions_in_expiry_order_with_bounded_concurrency() {
         cap.counter_lines(),
         vec!["sandbox_cleanup_total{result=cleaned} 20"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(0.0));
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(0.0));
 }
 
 #[test]
@@ -322,13 +315,13 @@ fn an_empty_pass_completes() {
     let (out, cap) = capture(pass(&world, 8).execute());
     assert_eq!(out.unwrap(), crate::CleanupReport::default());
     assert_eq!(
-        cap.span("usecase.cleanup_expired_sandboxes").fields,
+        cap.span(span::CLEANUP_PASS).fields,
         fields(&[
-            ("sandbox.expired_count", "0".to_owned()),
-            ("sandbox.cleaned_count", "0".to_owned()),
-            ("sandbox.error_count", "0".to_owned()),
-            ("sandbox.skipped_count", "0".to_owned()),
-            ("sandbox.result", "completed".to_owned()),
+            (span::EXPIRED_COUNT, "0".to_owned()),
+            (span::CLEANED_COUNT, "0".to_owned()),
+            (span::ERROR_COUNT, "0".to_owned()),
+            (span::SKIPPED_COUNT, "0".to_owned()),
+            (span::RESULT, "completed".to_owned()),
         ])
     );
 }
@@ -348,7 +341,7 @@ fn an_unavailable_engine_is_counted_and_logged_at_debug_only() {
     assert!(report.cleaned.is_empty());
     assert_eq!(world.repository.all(), vec![a]);
     assert_eq!(
-        cap.event("sandbox_clean_failed").level,
+        cap.event(event::SANDBOX_CLEAN_FAILED).level,
         tracing::Level::DEBUG
     );
 }

@@ -1,6 +1,7 @@
 //! CreateSandbox, branch by branch (NOTES.md "CreateSandbox").
 
 use crate::UseCaseError;
+use crate::telemetry::{event, metric, span};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +22,9 @@ fn command(chat: sandboxd_domain::ChatId, agent: &str, volume: &str) -> CreateSa
 
 fn request_span_fields(cmd: &CreateSandboxCommand) -> Vec<(&'static str, String)> {
     vec![
-        ("chat.id", cmd.chat_id.to_string()),
-        ("agent.id", cmd.agent_id.to_string()),
-        ("volume.host_path", cmd.volume_host_path.to_string()),
+        (span::CHAT_ID, cmd.chat_id.to_string()),
+        (span::AGENT_ID, cmd.agent_id.to_string()),
+        (span::VOLUME_HOST_PATH, cmd.volume_host_path.to_string()),
     ]
 }
 
@@ -59,17 +60,17 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
         cap.counter_lines(),
         vec!["sandbox_create_total{result=created} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
     let mut want = request_span_fields(&cmd);
     want.extend(session_span_fields(session));
-    want.push(("sandbox.result", "created".to_owned()));
-    assert_eq!(cap.span("usecase.create_sandbox").fields, fields(&want));
-    assert_eq!(cap.event_names(), vec!["sandbox_created"]);
-    let event = cap.event("sandbox_created");
+    want.push((span::RESULT, "created".to_owned()));
+    assert_eq!(cap.span(span::CREATE).fields, fields(&want));
+    assert_eq!(cap.event_names(), vec![event::SANDBOX_CREATED]);
+    let event = cap.event(event::SANDBOX_CREATED);
     assert_eq!(event.level, tracing::Level::INFO);
-    assert_eq!(event.span.as_deref(), Some("usecase.create_sandbox"));
+    assert_eq!(event.span.as_deref(), Some(span::CREATE));
     let mut want_event = session_log_fields(session);
-    want_event.push(("message", "sandbox_created".to_owned()));
+    want_event.push(("message", event::SANDBOX_CREATED.to_owned()));
     assert_eq!(event.fields, fields(&want_event));
     assert!(!world.locker.is_held(&chat), "the lease is released");
 }
@@ -95,18 +96,18 @@ fn reuses_a_live_session_whose_agent_and_volume_match() {
         vec!["sandbox_create_total{result=reused} 1"]
     );
     assert_eq!(
-        cap.gauge("sandbox_active_count"),
+        cap.gauge(metric::ACTIVE_COUNT),
         None,
         "no write, no gauge update"
     );
     let mut want = request_span_fields(&cmd);
     want.extend(session_span_fields(&existing));
-    want.push(("sandbox.result", "reused".to_owned()));
-    assert_eq!(cap.span("usecase.create_sandbox").fields, fields(&want));
+    want.push((span::RESULT, "reused".to_owned()));
+    assert_eq!(cap.span(span::CREATE).fields, fields(&want));
     let mut want_event = session_log_fields(&existing);
-    want_event.push(("message", "sandbox_reused".to_owned()));
-    assert_eq!(cap.event("sandbox_reused").fields, fields(&want_event));
-    assert_eq!(cap.event_names(), vec!["sandbox_reused"]);
+    want_event.push(("message", event::SANDBOX_REUSED.to_owned()));
+    assert_eq!(cap.event(event::SANDBOX_REUSED).fields, fields(&want_event));
+    assert_eq!(cap.event_names(), vec![event::SANDBOX_REUSED]);
 }
 
 fn assert_conflict(agent: &str, volume: &str, reason: ConflictReason, reason_text: &str) {
@@ -139,10 +140,10 @@ fn assert_conflict(agent: &str, volume: &str, reason: ConflictReason, reason_tex
     );
     let mut want = request_span_fields(&cmd);
     want.extend(session_span_fields(&existing));
-    want.push(("sandbox.result", "conflict".to_owned()));
-    want.push(("sandbox.conflict.reason", reason_text.to_owned()));
-    assert_eq!(cap.span("usecase.create_sandbox").fields, fields(&want));
-    let event = cap.event("sandbox_conflict");
+    want.push((span::RESULT, "conflict".to_owned()));
+    want.push((span::CONFLICT_REASON, reason_text.to_owned()));
+    assert_eq!(cap.span(span::CREATE).fields, fields(&want));
+    let event = cap.event(event::SANDBOX_CONFLICT);
     assert_eq!(event.level, tracing::Level::WARN);
     assert_eq!(
         event.fields,
@@ -155,10 +156,10 @@ fn assert_conflict(agent: &str, volume: &str, reason: ConflictReason, reason_tex
             ("requested_volume_host_path", volume.to_owned()),
             ("session_volume_host_path", "/srv/a".to_owned()),
             ("reason", reason_text.to_owned()),
-            ("message", "sandbox_conflict".to_owned()),
+            ("message", event::SANDBOX_CONFLICT.to_owned()),
         ])
     );
-    assert_eq!(cap.event_names(), vec!["sandbox_conflict"]);
+    assert_eq!(cap.event_names(), vec![event::SANDBOX_CONFLICT]);
     assert!(!world.locker.is_held(&chat));
 }
 
@@ -224,34 +225,37 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
         cap.counter_lines(),
         vec!["sandbox_create_total{result=replaced} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
     let mut want = request_span_fields(&cmd);
     want.extend([
-        ("sandbox.previous_session.id", old.session_id.to_string()),
-        (
-            "sandbox.previous_container.id",
-            old.container_id.to_string(),
-        ),
-        ("sandbox.previous_agent.id", "default".to_owned()),
-        ("sandbox.previous_volume.host_path", "/srv/a".to_owned()),
-        ("sandbox.new_session.id", new.session_id.to_string()),
-        ("sandbox.new_container.id", new.container_id.to_string()),
-        ("sandbox.new_agent.id", "other".to_owned()),
-        ("sandbox.new_volume.host_path", "/srv/b".to_owned()),
-        ("sandbox.result", "replaced".to_owned()),
+        (span::PREVIOUS_SESSION_ID, old.session_id.to_string()),
+        (span::PREVIOUS_CONTAINER_ID, old.container_id.to_string()),
+        (span::PREVIOUS_AGENT_ID, "default".to_owned()),
+        (span::PREVIOUS_VOLUME_HOST_PATH, "/srv/a".to_owned()),
+        (span::NEW_SESSION_ID, new.session_id.to_string()),
+        (span::NEW_CONTAINER_ID, new.container_id.to_string()),
+        (span::NEW_AGENT_ID, "other".to_owned()),
+        (span::NEW_VOLUME_HOST_PATH, "/srv/b".to_owned()),
+        (span::RESULT, "replaced".to_owned()),
     ]);
     want.extend(session_span_fields(new));
-    assert_eq!(cap.span("usecase.create_sandbox").fields, fields(&want));
+    assert_eq!(cap.span(span::CREATE).fields, fields(&want));
     assert_eq!(
         cap.event_names(),
-        vec!["sandbox_replaced", "sandbox_created"]
+        vec![event::SANDBOX_REPLACED, event::SANDBOX_CREATED]
     );
     let mut old_fields = session_log_fields(&old);
-    old_fields.push(("message", "sandbox_replaced".to_owned()));
-    assert_eq!(cap.event("sandbox_replaced").fields, fields(&old_fields));
+    old_fields.push(("message", event::SANDBOX_REPLACED.to_owned()));
+    assert_eq!(
+        cap.event(event::SANDBOX_REPLACED).fields,
+        fields(&old_fields)
+    );
     let mut new_fields = session_log_fields(new);
-    new_fields.push(("message", "sandbox_created".to_owned()));
-    assert_eq!(cap.event("sandbox_created").fields, fields(&new_fields));
+    new_fields.push(("message", event::SANDBOX_CREATED.to_owned()));
+    assert_eq!(
+        cap.event(event::SANDBOX_CREATED).fields,
+        fields(&new_fields)
+    );
 }
 
 #[test]
@@ -314,13 +318,13 @@ fn save_failure_stops_the_new_container_and_surfaces_the_save_error() {
         cap.counter_lines(),
         vec!["sandbox_create_total{result=error} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(0.0));
-    let span = cap.span("usecase.create_sandbox");
-    assert_eq!(span.field("sandbox.result"), Some("error"));
-    assert_eq!(span.field("error.type"), Some("repository_unavailable"));
-    assert_eq!(span.field("otel.status_code"), Some("ERROR"));
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(0.0));
+    let span = cap.span(span::CREATE);
+    assert_eq!(span.field(span::RESULT), Some("error"));
+    assert_eq!(span.field(span::ERROR_TYPE), Some("repository_unavailable"));
+    assert_eq!(span.field(span::OTEL_STATUS_CODE), Some("ERROR"));
     assert_eq!(
-        span.fields.get("session.id").cloned(),
+        span.fields.get(span::SESSION_ID).cloned(),
         calls[created]
             .strip_prefix("runtime.create(")
             .and_then(|s| s.strip_suffix(')'))
@@ -374,12 +378,12 @@ fn save_failure_with_a_failing_compensation_still_surfaces_the_save_error() {
         cap.counter_lines(),
         vec!["sandbox_create_total{result=error} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(0.0));
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(0.0));
     assert_eq!(
-        cap.span("usecase.create_sandbox").field("error.type"),
+        cap.span(span::CREATE).field(span::ERROR_TYPE),
         Some("repository_error")
     );
-    let event = cap.event("sandbox_compensation_failed");
+    let event = cap.event(event::SANDBOX_COMPENSATION_FAILED);
     assert_eq!(event.level, tracing::Level::ERROR);
     assert_eq!(event.field("error"), Some("runtime_unavailable"));
     assert_eq!(event.field("container_id"), Some("fake-0001"));
@@ -421,7 +425,7 @@ fn a_lease_lost_before_the_save_commits_nothing_and_stops_the_new_container() {
         vec!["sandbox_create_total{result=error} 1"]
     );
     assert_eq!(
-        cap.span("usecase.create_sandbox").field("error.type"),
+        cap.span(span::CREATE).field(span::ERROR_TYPE),
         Some("lease_lost")
     );
 }
@@ -461,10 +465,10 @@ fn assert_plain_error_with_events(
         cap.counter_lines(),
         vec!["sandbox_create_total{result=error} 1"]
     );
-    let span = cap.span("usecase.create_sandbox");
-    assert_eq!(span.field("sandbox.result"), Some("error"));
-    assert_eq!(span.field("error.type"), Some(want_type));
-    assert!(span.fields.contains_key("exception.message"));
+    let span = cap.span(span::CREATE);
+    assert_eq!(span.field(span::RESULT), Some("error"));
+    assert_eq!(span.field(span::ERROR_TYPE), Some(want_type));
+    assert!(span.fields.contains_key(span::EXCEPTION_MESSAGE));
     assert_eq!(cap.event_names(), want_events);
     assert!(!world.locker.is_held(&chat));
 }
@@ -599,7 +603,7 @@ fn a_failing_stop_of_the_expired_container_aborts_the_replace() {
         chat,
         ErrorKind::Internal,
         "runtime_error",
-        &["sandbox_replaced"],
+        &[event::SANDBOX_REPLACED],
     );
     assert_eq!(
         world.repository.all(),

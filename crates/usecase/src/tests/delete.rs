@@ -1,6 +1,7 @@
 //! DeleteSandbox, branch by branch (NOTES.md "DeleteSandbox").
 
 use crate::UseCaseError;
+use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
@@ -31,19 +32,19 @@ fn deleting_a_chat_without_a_session_is_not_found() {
         vec!["sandbox_delete_total{result=not_found} 1"]
     );
     assert_eq!(
-        cap.span("usecase.delete_sandbox").fields,
+        cap.span(span::DELETE).fields,
         fields(&[
-            ("chat.id", chat.to_string()),
-            ("sandbox.result", "not_found".to_owned())
+            (span::CHAT_ID, chat.to_string()),
+            (span::RESULT, "not_found".to_owned())
         ])
     );
-    let event = cap.event("sandbox_delete_not_found");
+    let event = cap.event(event::SANDBOX_DELETE_NOT_FOUND);
     assert_eq!(event.level, tracing::Level::INFO);
     assert_eq!(
         event.fields,
         fields(&[
             ("chat_id", chat.to_string()),
-            ("message", "sandbox_delete_not_found".to_owned())
+            ("message", event::SANDBOX_DELETE_NOT_FOUND.to_owned())
         ])
     );
 }
@@ -77,14 +78,17 @@ fn deleting_removes_the_container_before_the_session() {
         cap.counter_lines(),
         vec!["sandbox_delete_total{result=deleted} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
-    let mut want = vec![("chat.id", chat.to_string())];
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
+    let mut want = vec![(span::CHAT_ID, chat.to_string())];
     want.extend(session_span_fields(&session));
-    want.push(("sandbox.result", "deleted".to_owned()));
-    assert_eq!(cap.span("usecase.delete_sandbox").fields, fields(&want));
+    want.push((span::RESULT, "deleted".to_owned()));
+    assert_eq!(cap.span(span::DELETE).fields, fields(&want));
     let mut want_event = session_log_fields(&session);
-    want_event.push(("message", "sandbox_deleted".to_owned()));
-    assert_eq!(cap.event("sandbox_deleted").fields, fields(&want_event));
+    want_event.push(("message", event::SANDBOX_DELETED.to_owned()));
+    assert_eq!(
+        cap.event(event::SANDBOX_DELETED).fields,
+        fields(&want_event)
+    );
 }
 
 fn assert_delete_error(
@@ -103,18 +107,18 @@ fn assert_delete_error(
         cap.counter_lines(),
         vec!["sandbox_delete_total{result=error} 1"]
     );
-    let span = cap.span("usecase.delete_sandbox");
-    assert_eq!(span.field("sandbox.result"), Some("error"));
-    assert_eq!(span.field("error.type"), Some(want_type));
-    assert_eq!(span.field("otel.status_code"), Some("ERROR"));
-    let event = cap.event("sandbox_delete_failed");
+    let span = cap.span(span::DELETE);
+    assert_eq!(span.field(span::RESULT), Some("error"));
+    assert_eq!(span.field(span::ERROR_TYPE), Some(want_type));
+    assert_eq!(span.field(span::OTEL_STATUS_CODE), Some("ERROR"));
+    let event = cap.event(event::SANDBOX_DELETE_FAILED);
     assert_eq!(event.level, tracing::Level::ERROR);
     let mut want = match read {
         Some(session) => session_log_fields(session),
         None => vec![("chat_id", chat.to_string())],
     };
     want.push(("error", want_type.to_owned()));
-    want.push(("message", "sandbox_delete_failed".to_owned()));
+    want.push(("message", event::SANDBOX_DELETE_FAILED.to_owned()));
     assert_eq!(event.fields, fields(&want));
     assert!(!world.locker.is_held(&chat), "released also on failure");
 }

@@ -16,6 +16,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::Ports;
 use crate::ports::{Clock, NewSandbox};
+use crate::telemetry::span;
 use crate::testing::{
     CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
 };
@@ -377,17 +378,17 @@ pub fn session_log_fields(session: &SandboxSession) -> Vec<(&'static str, String
 /// The seed's `_set_session_span_attrs` as recorded.
 pub fn session_span_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
     let mut out = vec![
-        ("session.id", session.session_id.to_string()),
-        ("container.id", session.container_id.to_string()),
-        ("sandbox.session_agent.id", session.agent_id.to_string()),
+        (span::SESSION_ID, session.session_id.to_string()),
+        (span::CONTAINER_ID, session.container_id.to_string()),
+        (span::SESSION_AGENT_ID, session.agent_id.to_string()),
         (
-            "sandbox.session_volume.host_path",
+            span::SESSION_VOLUME_HOST_PATH,
             session.volume_host_path.to_string(),
         ),
     ];
     if let Some(endpoint) = session.endpoint {
-        out.push(("sandbox.endpoint.ip", endpoint.ip.to_string()));
-        out.push(("sandbox.endpoint.port", endpoint.port.to_string()));
+        out.push((span::ENDPOINT_IP, endpoint.ip.to_string()));
+        out.push((span::ENDPOINT_PORT, endpoint.port.to_string()));
     }
     out
 }

@@ -2,6 +2,7 @@
 
 use crate::UseCaseError;
 use crate::telemetry;
+use crate::telemetry::{event, span};
 use std::time::Duration;
 
 use super::harness::*;
@@ -30,10 +31,10 @@ fn get_returns_the_current_session_even_when_expired() {
         cap.counter_lines(),
         vec!["sandbox_get_total{result=found} 1"]
     );
-    let mut want = vec![("chat.id", chat.to_string())];
+    let mut want = vec![(span::CHAT_ID, chat.to_string())];
     want.extend(session_span_fields(&session));
-    want.push(("sandbox.result", "found".to_owned()));
-    assert_eq!(cap.span("usecase.get_sandbox").fields, fields(&want));
+    want.push((span::RESULT, "found".to_owned()));
+    assert_eq!(cap.span(span::GET).fields, fields(&want));
 }
 
 #[test]
@@ -118,12 +119,12 @@ fn list_pages_through_every_session_once_with_an_agent_filter() {
     assert_eq!(pages, 3);
     assert_eq!(cap.counter_lines(), vec!["sandbox_list_total{result=ok} 1"]);
     assert_eq!(
-        cap.span("usecase.list_sandboxes").fields,
+        cap.span(span::LIST).fields,
         fields(&[
-            ("agent.id", "python".to_owned()),
-            ("sandbox.page_size", "2".to_owned()),
-            ("sandbox.returned_count", "1".to_owned()),
-            ("sandbox.result", "ok".to_owned()),
+            (span::AGENT_ID, "python".to_owned()),
+            (span::PAGE_SIZE, "2".to_owned()),
+            (span::RETURNED_COUNT, "1".to_owned()),
+            (span::RESULT, "ok".to_owned()),
         ])
     );
 }
@@ -199,17 +200,20 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
         vec!["sandbox_extend_total{result=extended} 1"]
     );
     let mut want = vec![
-        ("chat.id", chat.to_string()),
-        ("sandbox.ttl_ms", "3600000".to_owned()),
+        (span::CHAT_ID, chat.to_string()),
+        (span::TTL_MS, "3600000".to_owned()),
     ];
     want.extend(session_span_fields(&extended));
-    want.push(("sandbox.expires_at", extended.expires_at.to_string()));
-    want.push(("sandbox.result", "extended".to_owned()));
-    assert_eq!(cap.span("usecase.extend_sandbox").fields, fields(&want));
+    want.push((span::EXPIRES_AT, extended.expires_at.to_string()));
+    want.push((span::RESULT, "extended".to_owned()));
+    assert_eq!(cap.span(span::EXTEND).fields, fields(&want));
     let mut want_event = session_log_fields(&extended);
     want_event.push(("expires_at", extended.expires_at.to_string()));
-    want_event.push(("message", "sandbox_extended".to_owned()));
-    assert_eq!(cap.event("sandbox_extended").fields, fields(&want_event));
+    want_event.push(("message", event::SANDBOX_EXTENDED.to_owned()));
+    assert_eq!(
+        cap.event(event::SANDBOX_EXTENDED).fields,
+        fields(&want_event)
+    );
 }
 
 #[test]
@@ -263,11 +267,11 @@ fn extend_of_an_expired_session_is_a_failed_precondition() {
         vec!["sandbox_extend_total{result=expired} 1"]
     );
     assert_eq!(
-        cap.event("sandbox_extend_failed").fields,
+        cap.event(event::SANDBOX_EXTEND_FAILED).fields,
         fields(&[
             ("chat_id", chat.to_string()),
             ("error", "expired".to_owned()),
-            ("message", "sandbox_extend_failed".to_owned())
+            ("message", event::SANDBOX_EXTEND_FAILED.to_owned())
         ])
     );
 }
@@ -299,7 +303,7 @@ fn extend_with_a_lost_lease_commits_nothing() {
         vec!["sandbox_extend_total{result=error} 1"]
     );
     assert_eq!(
-        cap.span("usecase.extend_sandbox").field("error.type"),
+        cap.span(span::EXTEND).field(span::ERROR_TYPE),
         Some("lease_lost")
     );
 }

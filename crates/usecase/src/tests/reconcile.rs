@@ -2,6 +2,7 @@
 //! interrupted at any point ends as a complete session or nothing.
 
 use crate::UseCaseError;
+use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use sandboxd_domain::{ContainerId, SessionId};
@@ -65,13 +66,13 @@ fn removes_containers_without_a_session_only_after_the_grace_period() {
         cap.counter_lines(),
         vec!["sandbox_reconcile_total{result=container_removed} 1"]
     );
-    assert_eq!(cap.gauge("sandbox_active_count"), Some(1.0));
-    let span = cap.span("usecase.reconcile_sandboxes");
-    assert_eq!(span.field("sandbox.removed_containers"), Some("1"));
-    assert_eq!(span.field("sandbox.container_count"), Some("3"));
-    assert_eq!(span.field("sandbox.session_count"), Some("1"));
-    assert_eq!(span.field("sandbox.result"), Some("completed"));
-    let event = cap.event("sandbox_orphan_container_removed");
+    assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
+    let span = cap.span(span::RECONCILE);
+    assert_eq!(span.field(span::REMOVED_CONTAINERS), Some("1"));
+    assert_eq!(span.field(span::CONTAINER_COUNT), Some("3"));
+    assert_eq!(span.field(span::SESSION_COUNT), Some("1"));
+    assert_eq!(span.field(span::RESULT), Some("completed"));
+    let event = cap.event(event::SANDBOX_ORPHAN_CONTAINER_REMOVED);
     assert_eq!(event.fields.get("container_id"), Some(&old.to_string()));
     assert!(
         world
@@ -106,9 +107,9 @@ fn deletes_sessions_whose_container_is_gone() {
         vec!["sandbox_reconcile_total{result=session_removed} 1"]
     );
     let mut want = session_log_fields(&session);
-    want.push(("message", "sandbox_orphan_session_removed".to_owned()));
+    want.push(("message", event::SANDBOX_ORPHAN_SESSION_REMOVED.to_owned()));
     assert_eq!(
-        cap.event("sandbox_orphan_session_removed").fields,
+        cap.event(event::SANDBOX_ORPHAN_SESSION_REMOVED).fields,
         fields(&want)
     );
     let calls = world.calls.calls();
@@ -160,11 +161,7 @@ fn a_listing_failure_fails_the_pass() {
         cap.counter_lines(),
         vec!["sandbox_reconcile_error_total{error_type=runtime_unavailable} 1"]
     );
-    assert_eq!(
-        cap.span("usecase.reconcile_sandboxes")
-            .field("sandbox.result"),
-        Some("error")
-    );
+    assert_eq!(cap.span(span::RECONCILE).field(span::RESULT), Some("error"));
 }
 
 #[test]
@@ -189,8 +186,7 @@ fn one_failed_repair_is_counted_and_the_pass_goes_on() {
         ]
     );
     assert_eq!(
-        cap.span("usecase.reconcile_sandboxes")
-            .field("sandbox.result"),
+        cap.span(span::RECONCILE).field(span::RESULT),
         Some("completed_with_errors")
     );
 }
