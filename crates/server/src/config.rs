@@ -13,9 +13,9 @@ use std::time::Duration;
 use clap::Parser;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use sandboxd_adapters::docker::{AgentProfile, DockerConfig};
+use sandboxd_adapters::docker::DockerConfig;
 use sandboxd_adapters::redis::RedisConfig;
-use sandboxd_domain::{AgentId, VolumePath};
+use sandboxd_domain::{AgentId, AgentProfile, VolumePath, de_duration};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A setting that cannot work, named by its TOML key so the operator knows what to fix.
@@ -398,9 +398,15 @@ impl Config {
             ));
         }
         self.validate_tls()?;
-        self.docker_config()?
-            .validate()
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        if self.stop_grace > Duration::from_secs(i32::MAX as u64) {
+            return Err(ConfigError::invalid("stop_grace", "is too long"));
+        }
+        for (name, profile) in &self.agents {
+            profile
+                .validate(&format!("agents.{name}"))
+                .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        }
+        self.docker_config()?;
         self.redis_config()
             .validate()
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
@@ -652,12 +658,6 @@ fn redact_url_password(url: &str) -> String {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => format!("{scheme}://***@{host}"),
     }
-}
-
-/// Durations as humantime strings (`"90s"`, `"30m"`, `"2h"`).
-fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// A list of paths as a TOML array, or one comma-separated string (environment, flags).

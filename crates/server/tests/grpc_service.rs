@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-use sandboxd_adapters::docker::AgentProfile;
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::Config;

@@ -13,9 +13,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
-use sandboxd_adapters::docker::AgentProfile;
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Cli, Config};
