@@ -35,7 +35,7 @@ impl AgentProfiles {
     }
 
     /// The table names, for logs.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
 
@@ -57,7 +57,7 @@ impl AgentProfiles {
 
     /// The profiles by agent id (validated by [`Self::validate`]; a bad name is skipped).
     #[must_use]
-    pub fn by_agent_id(&self) -> BTreeMap<AgentId, AgentProfile> {
+    pub(crate) fn by_agent_id(&self) -> BTreeMap<AgentId, AgentProfile> {
         self.0
             .iter()
             .filter_map(|(name, profile)| Some((AgentId::parse(name).ok()?, profile.clone())))

@@ -162,14 +162,14 @@ impl Config {
 
     /// The Docker runtime's part of the configuration (valid once [`Self::load`] accepted it).
     #[must_use]
-    pub fn docker_config(&self) -> DockerConfig {
+    pub(crate) fn docker_config(&self) -> DockerConfig {
         self.docker
             .docker_config(&self.redis.key_prefix, self.agents.by_agent_id())
     }
 
     /// The Redis adapters' part of the configuration.
     #[must_use]
-    pub fn redis_config(&self) -> RedisConfig {
+    pub(crate) fn redis_config(&self) -> RedisConfig {
         self.redis.redis_config()
     }
 }

@@ -95,7 +95,7 @@ impl RedisSettings {
 
     /// The Redis adapters' configuration.
     #[must_use]
-    pub fn redis_config(&self) -> RedisConfig {
+    pub(crate) fn redis_config(&self) -> RedisConfig {
         RedisConfig {
             url: self.redis_url.clone(),
             key_prefix: self.key_prefix.clone(),
@@ -107,7 +107,7 @@ impl RedisSettings {
 
     /// `redis_url` with any password replaced, for logs.
     #[must_use]
-    pub fn redis_url_redacted(&self) -> String {
+    pub(crate) fn redis_url_redacted(&self) -> String {
         redact_url_password(&self.redis_url)
     }
 }
