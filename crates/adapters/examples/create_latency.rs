@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
-use sandboxd_adapters::docker::{AgentProfile, DockerConfig, DockerRuntime};
+use sandboxd_adapters::docker::{DockerConfig, DockerRuntime};
+use sandboxd_domain::AgentProfile;
 use sandboxd_domain::{AgentId, ChatId, SessionId, VolumePath};
 use sandboxd_usecase::ports::{NewSandbox, SandboxRuntime};
 use time::OffsetDateTime;
@@ -75,7 +76,7 @@ async fn measure(
         allowed_volume_roots: vec![root.to_path_buf()],
         agents: BTreeMap::from([(agent.clone(), profile)]),
         ..DockerConfig::default()
-    })?;
+    });
     runtime.ping().await?; // connect and negotiate outside the timed loop
 
     // Interleaved, so load from anything else on the machine hits all three series alike.

@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use docker_engine::{TestSandboxes, agent, engine, exec, http_get, new_sandbox, sandbox_image};
-use sandboxd_adapters::docker::{AgentProfile, DockerConfig, DockerRuntime, names};
-use sandboxd_domain::{ContainerId, ValidationError, VolumePath};
+use sandboxd_adapters::docker::{DockerConfig, DockerRuntime, names};
+use sandboxd_domain::{AgentProfile, ContainerId, ValidationError, VolumePath};
 use sandboxd_usecase::ports::{ContainerState, RuntimeError, SandboxRuntime};
 
 #[tokio::test]
@@ -198,7 +198,7 @@ async fn a_missing_image_is_named_and_nothing_is_left() {
         agent("ghost"),
         AgentProfile::new("sandboxd/does-not-exist:never"),
     );
-    let runtime = DockerRuntime::new(config).unwrap();
+    let runtime = DockerRuntime::new(config);
     let created = runtime
         .create(&new_sandbox("ghost", &world.volume_dir("chat")))
         .await;
@@ -272,7 +272,7 @@ async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
     mute.ready_timeout = Duration::from_secs(1);
     config.agents.insert(agent("mute"), mute);
-    let runtime = DockerRuntime::new(config).unwrap();
+    let runtime = DockerRuntime::new(config);
 
     let created = runtime
         .create(&new_sandbox("mute", &world.volume_dir("chat")))
@@ -298,7 +298,7 @@ async fn an_abandoned_create_leaves_no_container_behind() {
     mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
     mute.ready_timeout = Duration::from_secs(30);
     config.agents.insert(agent("mute"), mute);
-    let runtime = DockerRuntime::new(config).unwrap();
+    let runtime = DockerRuntime::new(config);
 
     // The caller gives up (a cancelled RPC drops the future) while create waits for readiness.
     let spec = new_sandbox("mute", &world.volume_dir("chat"));
@@ -327,7 +327,7 @@ async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
     // Far longer than the test may take: failing fast must not mean waiting out the timeout.
     crashing.ready_timeout = Duration::from_secs(120);
     config.agents.insert(agent("crashing"), crashing);
-    let runtime = DockerRuntime::new(config).unwrap();
+    let runtime = DockerRuntime::new(config);
 
     let started = Instant::now();
     let created = runtime
@@ -355,7 +355,7 @@ async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
         engine_timeout: Duration::from_secs(60),
         ..world.config()
     };
-    let runtime = DockerRuntime::new(config).unwrap();
+    let runtime = DockerRuntime::new(config);
     let session = runtime
         .create(&new_sandbox("web", &world.volume_dir("chat")))
         .await
@@ -380,7 +380,7 @@ async fn read_only_profiles_get_a_writable_tmp_and_their_capabilities() {
     locked.read_only_rootfs = true;
     locked.cap_add = vec!["CAP_NET_BIND_SERVICE".to_owned()];
     config.agents.insert(agent("locked"), locked);
-    let runtime = DockerRuntime::new(config).unwrap();
+    let runtime = DockerRuntime::new(config);
     let session = runtime
         .create(&new_sandbox("locked", &world.volume_dir("chat")))
         .await
@@ -421,7 +421,7 @@ async fn an_unreachable_engine_is_unavailable_quickly() {
             docker_host: Some(format!("unix://{}", socket.display())),
             ..world.config()
         };
-        let runtime = DockerRuntime::new(config).unwrap();
+        let runtime = DockerRuntime::new(config);
         let started = Instant::now();
         let created = runtime.create(&new_sandbox("web", &volume)).await;
         assert!(

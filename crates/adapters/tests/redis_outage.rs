@@ -179,12 +179,12 @@ async fn connecting_to_a_closed_port_is_unavailable() -> TestResult {
 
 #[tokio::test]
 async fn bad_settings_are_refused_by_name() {
-    let bad_prefix = RedisConfig {
-        key_prefix: String::new(),
+    let short_lease = RedisConfig {
+        lock_ttl: Duration::from_millis(1),
         ..RedisConfig::default()
     };
-    match RedisStore::connect(bad_prefix).await {
-        Err(ConnectError::InvalidConfig(error)) => assert_eq!(error.setting, "key_prefix"),
+    match RedisStore::connect(short_lease).await {
+        Err(ConnectError::InvalidConfig(error)) => assert_eq!(error.setting, "lock_ttl"),
         other => panic!("expected InvalidConfig, got {other:?}"),
     }
     let bad_url = RedisConfig {

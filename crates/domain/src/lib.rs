@@ -1,15 +1,18 @@
 //! The sandboxd domain: a chat's sandbox session, its ids and the validated values it is made of.
 //!
 //! Nothing here performs I/O or needs an async runtime; every value that comes from outside the
-//! process is parsed through a constructor that refuses what the rest of the system must never see.
+//! process is parsed through a constructor that refuses what the rest of the system must never see;
+//! agent profiles (`[agents.<id>]`) are validated here too, so every engine gets the same checks.
 
 mod error;
 mod ids;
+mod profile;
 mod session;
 mod values;
 
 pub use error::ValidationError;
 pub use ids::{ChatId, ContainerId, SessionId};
+pub use profile::{AgentProfile, ByteSize, InvalidProfile, ReadyProbe, de_duration};
 pub use session::{ConflictReason, SandboxSession};
 pub use values::{AgentId, Endpoint, VolumePath};
 

@@ -17,7 +17,7 @@ use crate::config::Config;
 /// When a backend client cannot be built from the configuration.
 pub(crate) fn connect(config: &Config) -> anyhow::Result<Ports> {
     let store = RedisStore::connect_lazy(config.redis_config())?;
-    let runtime = DockerRuntime::new(config.docker_config()?)?;
+    let runtime = DockerRuntime::new(config.docker_config());
     Ok(Ports {
         repository: Arc::new(store.repository()),
         locker: Arc::new(store.locker()),

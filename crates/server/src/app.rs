@@ -59,15 +59,15 @@ impl Application {
     /// # Errors
     /// When a listener cannot be bound.
     pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
+        let grpc_listener = TcpListener::bind(config.server.grpc_addr)
             .await
-            .with_context(|| format!("binding grpc_addr {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("binding grpc_addr {}", config.server.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.server.http_addr)
             .await
-            .with_context(|| format!("binding http_addr {}", config.http_addr))?;
-        let known_agents: BTreeSet<AgentId> = config.agent_ids().into_iter().collect();
-        if !deps.auth.is_enabled() && !config.grpc_addr.ip().is_loopback() {
-            tracing::warn!(grpc_addr = %config.grpc_addr, "auth_disabled_on_non_loopback_address");
+            .with_context(|| format!("binding http_addr {}", config.server.http_addr))?;
+        let known_agents: BTreeSet<AgentId> = config.agents.by_agent_id().into_keys().collect();
+        if !deps.auth.is_enabled() && !config.server.grpc_addr.ip().is_loopback() {
+            tracing::warn!(grpc_addr = %config.server.grpc_addr, "auth_disabled_on_non_loopback_address");
         }
         let app = Self {
             grpc_listener,
@@ -76,22 +76,22 @@ impl Application {
             metrics: deps.metrics,
             auth: deps.auth,
             settings: ServiceSettings {
-                session_ttl: config.session_ttl,
-                max_ttl: config.max_ttl,
+                session_ttl: config.lifecycle.session_ttl,
+                max_ttl: config.lifecycle.max_ttl,
                 cleanup: CleanupOptions {
-                    concurrency: config.cleanup_concurrency,
+                    concurrency: config.lifecycle.cleanup_concurrency,
                     ..CleanupOptions::default()
                 },
                 reconcile: ReconcileOptions {
-                    grace: config.reconcile_grace,
+                    grace: config.lifecycle.reconcile_grace,
                     ..ReconcileOptions::default()
                 },
                 known_agents,
             },
-            cleanup_interval: config.cleanup_interval,
-            reconcile_interval: config.reconcile_interval,
-            drain_timeout: config.drain_timeout,
-            tls: config.tls_files()?,
+            cleanup_interval: config.lifecycle.cleanup_interval,
+            reconcile_interval: config.lifecycle.reconcile_interval,
+            drain_timeout: config.server.drain_timeout,
+            tls: config.server.tls_files()?,
         };
         tracing::info!(
             addr = %app.grpc_addr()?,

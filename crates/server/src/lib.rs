@@ -27,15 +27,15 @@ use tokio_util::sync::CancellationToken;
 /// When a backend cannot be set up, a listener cannot be bound, or a server fails.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
-    let auth = match &config.auth_token_file {
+    let auth = match &config.server.auth_token_file {
         Some(path) => auth::BearerAuth::from_file(path)?,
         None => auth::BearerAuth::default(),
     };
     tracing::info!(
-        redis_url = %config.redis_url_redacted(),
-        key_prefix = %config.key_prefix,
-        agents = ?config.agents.keys().collect::<Vec<_>>(),
-        allowed_volume_roots = ?config.allowed_volume_roots,
+        redis_url = %config.redis.redis_url_redacted(),
+        key_prefix = %config.redis.key_prefix,
+        agents = ?config.agents.names().collect::<Vec<_>>(),
+        allowed_volume_roots = ?config.docker.allowed_volume_roots,
         auth = auth.is_enabled(),
         "sandboxd_starting"
     );

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use sandboxd_server::config::{Cli, Config};
 
 #[tokio::main]
@@ -15,14 +14,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tracing_guard =
-        match sandboxd_server::telemetry::init_tracing(config.log_format, config.log_spans) {
-            Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("sandboxd: {error:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let tracing_guard = match sandboxd_server::telemetry::init_tracing(
+        config.telemetry.log_format,
+        config.telemetry.log_spans,
+    ) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("sandboxd: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let exit = match sandboxd_server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-use sandboxd_adapters::docker::AgentProfile;
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
-use sandboxd_server::config::Config;
+use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
 use sandboxd_usecase::Ports;
 use sandboxd_usecase::testing::{
     CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
@@ -39,18 +39,23 @@ struct TestApp {
 impl TestApp {
     async fn spawn() -> Self {
         let mut config = Config {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            cleanup_interval: Duration::ZERO,
-            reconcile_interval: Duration::ZERO,
-            drain_timeout: Duration::from_secs(5),
+            server: ServerSettings {
+                grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                drain_timeout: Duration::from_secs(5),
+                ..ServerSettings::default()
+            },
+            lifecycle: LifecycleSettings {
+                cleanup_interval: Duration::ZERO,
+                reconcile_interval: Duration::ZERO,
+                ..LifecycleSettings::default()
+            },
             ..Config::default()
         };
         for agent in ["default", "other"] {
-            config.agents.insert(
-                agent.to_owned(),
-                AgentProfile::new("sandboxd/busybox:local"),
-            );
+            config
+                .agents
+                .insert(agent, AgentProfile::new("sandboxd/busybox:local"));
         }
         let calls = CallLog::default();
         let locker = Arc::new(InMemoryLocker::new(calls.clone()));

@@ -13,9 +13,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
-use sandboxd_adapters::docker::AgentProfile;
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Cli, Config};
@@ -104,20 +104,28 @@ impl TlsApp {
             std::fs::write(&path, body).unwrap();
             path.to_str().unwrap().to_owned()
         };
-        let cli = Cli {
-            grpc_addr: Some("127.0.0.1:0".into()),
-            http_addr: Some("127.0.0.1:0".into()),
-            cleanup_interval: Some("0s".into()),
-            tls_cert_file: Some(write("server.crt", &pki.server_cert_pem)),
-            tls_key_file: Some(write("server.key", &pki.server_key_pem)),
-            tls_client_ca_file: mutual.then(|| write("client-ca.crt", &pki.client_ca_pem)),
-            ..Cli::default()
-        };
+        let mut args = vec![
+            "sandboxd".to_owned(),
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
+            "--http-addr".into(),
+            "127.0.0.1:0".into(),
+            "--cleanup-interval".into(),
+            "0s".into(),
+            "--tls-cert-file".into(),
+            write("server.crt", &pki.server_cert_pem),
+            "--tls-key-file".into(),
+            write("server.key", &pki.server_key_pem),
+        ];
+        if mutual {
+            args.push("--tls-client-ca-file".into());
+            args.push(write("client-ca.crt", &pki.client_ca_pem));
+        }
+        let cli = Cli::try_parse_from(args).unwrap();
         let mut config = Config::load(&cli).unwrap();
-        config.agents.insert(
-            "default".to_owned(),
-            AgentProfile::new("sandboxd/busybox:local"),
-        );
+        config
+            .agents
+            .insert("default", AgentProfile::new("sandboxd/busybox:local"));
         let calls = CallLog::default();
         let locker = Arc::new(InMemoryLocker::new(calls.clone()));
         let ports = Ports {
@@ -238,6 +246,23 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
     app.stop().await;
 }
 
+/// The command line `--tls-cert-file CERT --tls-key-file KEY --tls-client-ca-file CA`, each flag
+/// only when its file is given.
+fn tls_cli(cert: Option<&String>, key: Option<&String>, ca: Option<&String>) -> Cli {
+    let mut args = vec!["sandboxd".to_owned()];
+    for (flag, file) in [
+        ("--tls-cert-file", cert),
+        ("--tls-key-file", key),
+        ("--tls-client-ca-file", ca),
+    ] {
+        if let Some(file) = file {
+            args.push(flag.to_owned());
+            args.push(file.clone());
+        }
+    }
+    Cli::try_parse_from(args).unwrap()
+}
+
 #[test]
 fn tls_settings_are_validated_at_load() {
     let pki = pki();
@@ -266,23 +291,13 @@ fn tls_settings_are_validated_at_load() {
         (None, None, Some(&cert), "tls_client_ca_file"),
     ];
     for (cert_file, key_file, ca_file, setting) in cases {
-        let cli = Cli {
-            tls_cert_file: cert_file.cloned(),
-            tls_key_file: key_file.cloned(),
-            tls_client_ca_file: ca_file.cloned(),
-            ..Cli::default()
-        };
+        let cli = tls_cli(cert_file, key_file, ca_file);
         let message = Config::load(&cli).unwrap_err().to_string();
         assert!(message.contains(setting), "{setting}: {message}");
     }
-    let cli = Cli {
-        tls_cert_file: Some(cert.clone()),
-        tls_key_file: Some(key.clone()),
-        tls_client_ca_file: Some(cert),
-        ..Cli::default()
-    };
+    let cli = tls_cli(Some(&cert), Some(&key), Some(&cert));
     let config = Config::load(&cli).unwrap();
-    let files = config.tls_files().unwrap().unwrap();
+    let files = config.server.tls_files().unwrap().unwrap();
     assert!(files.client_ca_pem.is_some());
     assert!(!format!("{files:?}").contains("PRIVATE KEY"));
 }

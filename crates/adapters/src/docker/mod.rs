@@ -28,14 +28,14 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentId, ContainerId, Endpoint, VolumePath};
+use sandboxd_domain::{AgentId, AgentProfile, ContainerId, Endpoint, ReadyProbe, VolumePath};
 use sandboxd_usecase::ports::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-pub use config::{AgentProfile, ByteSize, ConfigError, DockerConfig, ReadyProbe};
+pub use config::DockerConfig;
 use engine::{engine_error, is_not_found, is_removal_in_progress, other};
 use labels::LabelKeys;
 use names::{
@@ -80,21 +80,19 @@ impl fmt::Debug for DockerRuntime {
 }
 
 impl DockerRuntime {
-    /// Validates `config`; does not contact the engine (see the type's docs).
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the first invalid setting.
-    pub fn new(config: DockerConfig) -> Result<Self, ConfigError> {
-        config.validate()?;
+    /// A runtime for `config`, already validated by its owner (sandboxd's `docker` section and
+    /// `AgentProfile::validate`); does not contact the engine (see the type's docs).
+    #[must_use]
+    pub fn new(config: DockerConfig) -> Self {
         let policy =
             VolumePolicy::new(config.allowed_volume_roots.clone(), unix_socket_of(&config));
-        Ok(Self {
+        Self {
             labels: LabelKeys::new(&config.key_prefix),
             policy: Arc::new(policy),
             config,
             client: OnceCell::new(),
             engine_root_dir: std::sync::OnceLock::new(),
-        })
+        }
     }
 
     /// The connected, version-negotiated engine client.

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::config::ReadyProbe;
+use sandboxd_domain::ReadyProbe;
 
 /// How long a probed connection must stay open, silent, for `tcp` to call it ready. The proxy
 /// closes within a millisecond or two when nothing listens inside.

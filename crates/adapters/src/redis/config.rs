@@ -7,7 +7,7 @@ use std::time::Duration;
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`; may carry a password, so never logged whole.
     pub url: String,
-    /// Prefix of every key, so two deployments can share one Redis.
+    /// Prefix of every key, so two deployments can share one Redis (validated by its owner).
     pub key_prefix: String,
     /// Upper bound of every Redis call (and of each connection attempt): a dead Redis turns into
     /// `Unavailable` after this long, never a hang.
@@ -60,23 +60,13 @@ impl RedisConfig {
     /// Shortest lease accepted: renewal runs every third of it, in whole milliseconds.
     pub const MIN_LOCK_TTL: Duration = Duration::from_millis(30);
 
+    /// What the adapters themselves need of their settings. The key prefix is checked by its
+    /// owner (sandboxd's configuration, which also uses it for container labels), not here.
+    ///
     /// # Errors
     /// [`InvalidRedisConfig`] naming the first setting that cannot work.
     pub fn validate(&self) -> Result<(), InvalidRedisConfig> {
         let invalid = |setting, reason| Err(InvalidRedisConfig { setting, reason });
-        if self.key_prefix.is_empty() {
-            return invalid("key_prefix", "must not be empty");
-        }
-        if self
-            .key_prefix
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return invalid(
-                "key_prefix",
-                "must not contain whitespace or control characters",
-            );
-        }
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
         }

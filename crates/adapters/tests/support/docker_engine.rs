@@ -11,8 +11,8 @@ use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use futures::StreamExt;
-use sandboxd_adapters::docker::{AgentProfile, DockerConfig, DockerRuntime};
-use sandboxd_domain::{AgentId, ChatId, SessionId, VolumePath};
+use sandboxd_adapters::docker::{DockerConfig, DockerRuntime};
+use sandboxd_domain::{AgentId, AgentProfile, ChatId, SessionId, VolumePath};
 use sandboxd_usecase::ports::NewSandbox;
 use tempfile::TempDir;
 use time::OffsetDateTime;
@@ -72,7 +72,7 @@ impl TestSandboxes {
     pub fn config(&self) -> DockerConfig {
         let mut web = AgentProfile::new(sandbox_image());
         web.port = Some(8080);
-        web.memory = sandboxd_adapters::docker::ByteSize(64 << 20);
+        web.memory = sandboxd_domain::ByteSize(64 << 20);
         web.cpus = 0.5;
         web.pids_limit = 64;
         web.ready_timeout = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl TestSandboxes {
     }
 
     pub fn runtime(&self) -> DockerRuntime {
-        DockerRuntime::new(self.config()).unwrap()
+        DockerRuntime::new(self.config())
     }
 
     /// Containers of this test, counted on the engine by label.

@@ -1,0 +1,430 @@
+//! Agent profiles: what sandbox a chat of one agent gets (image, limits, readiness), independent of
+//! the engine that runs it. Parsed from `[agents.<agent_id>]` tables and validated here, once; the
+//! runtime adapter only translates a valid profile into its engine's terms.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::VolumePath;
+
+/// Engines refuse memory limits below 6 MiB (Docker does); catching it here names the setting.
+const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+
+/// A profile setting that cannot work; `setting` is the dotted key (`agents.<id>.<field>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting `{setting}`: {reason}")]
+pub struct InvalidProfile {
+    pub setting: String,
+    pub reason: String,
+}
+
+/// How `create` decides a sandbox's endpoint is serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyProbe {
+    /// `GET /` over HTTP/1.0 answered by any `HTTP/1.x NNN` status line.
+    Http,
+    /// A TCP connection that the published port does not close at once. Docker's userland proxy
+    /// accepts before anything listens inside, then closes: a bare connect proves nothing.
+    Tcp,
+    /// Ready as soon as the container has started.
+    None,
+}
+
+/// One `[agents.<agent_id>]` table: what container a chat of this agent gets.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentProfile {
+    /// Image reference; must already be on the engine (nothing is ever pulled).
+    pub image: String,
+    /// Overrides the image's CMD; `None` keeps it.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Container port (TCP) published as the session's endpoint; `None` = no endpoint.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Environment of the sandbox process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `uid[:gid]` or a name known to the image; `None` keeps the image's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Where the chat's volume appears inside the container.
+    #[serde(default = "default_mount_target")]
+    pub mount_target: String,
+    /// Memory limit; `None` would let one chat take the host's memory, so a default applies.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// CPU limit in cores (fractions allowed).
+    #[serde(default = "default_cpus")]
+    pub cpus: f64,
+    /// Bound on processes and threads: a fork bomb stays inside its sandbox.
+    #[serde(default = "default_pids_limit")]
+    pub pids_limit: i64,
+    /// Read-only root filesystem (a tmpfs is mounted on /tmp so programs still have scratch space).
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    /// Alternative OCI runtime registered with the engine (e.g. `runsc`); `None` = engine default.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Capabilities given back after dropping ALL (`NET_BIND_SERVICE` or `CAP_NET_BIND_SERVICE`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `None` = `http` when a port is published, `none` otherwise.
+    #[serde(default)]
+    pub ready_probe: Option<ReadyProbe>,
+    /// How long `create` waits for the endpoint before removing the container.
+    #[serde(default = "default_ready_timeout", deserialize_with = "de_duration")]
+    pub ready_timeout: Duration,
+}
+
+fn default_mount_target() -> String {
+    "/workspace".to_owned()
+}
+fn default_memory() -> ByteSize {
+    ByteSize(512 * 1024 * 1024)
+}
+fn default_cpus() -> f64 {
+    1.0
+}
+fn default_pids_limit() -> i64 {
+    256
+}
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl AgentProfile {
+    /// A profile for `image` with every other setting at its default.
+    #[must_use]
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            command: None,
+            port: None,
+            env: BTreeMap::new(),
+            user: None,
+            mount_target: default_mount_target(),
+            memory: default_memory(),
+            cpus: default_cpus(),
+            pids_limit: default_pids_limit(),
+            read_only_rootfs: false,
+            runtime: None,
+            cap_add: Vec::new(),
+            ready_probe: None,
+            ready_timeout: default_ready_timeout(),
+        }
+    }
+
+    /// The probe actually used, with the default resolved.
+    #[must_use]
+    pub fn effective_probe(&self) -> ReadyProbe {
+        match (self.ready_probe, self.port) {
+            (Some(probe), _) => probe,
+            (None, Some(_)) => ReadyProbe::Http,
+            (None, None) => ReadyProbe::None,
+        }
+    }
+
+    /// `cap_add` in the canonical spelling (no `CAP_` prefix, upper case).
+    #[must_use]
+    pub fn normalised_cap_add(&self) -> Vec<String> {
+        self.cap_add
+            .iter()
+            .map(|cap| {
+                let upper = cap.to_ascii_uppercase();
+                upper
+                    .strip_prefix("CAP_")
+                    .map(str::to_owned)
+                    .unwrap_or(upper)
+            })
+            .collect()
+    }
+
+    /// `cpus` in billionths of a core (Docker's NanoCpus).
+    #[must_use]
+    #[allow(clippy::cast_possible_truncation)] // bounded by validate(): at most 1024 cores
+    pub fn nano_cpus(&self) -> i64 {
+        (self.cpus * 1e9).round() as i64
+    }
+
+    /// Checks every field; `scope` is the table's key (`agents.<id>`).
+    ///
+    /// # Errors
+    /// [`InvalidProfile`] with `scope.<field>` as the setting.
+    pub fn validate(&self, scope: &str) -> Result<(), InvalidProfile> {
+        let err = |field: &str, reason: &str| InvalidProfile {
+            setting: format!("{scope}.{field}"),
+            reason: reason.to_owned(),
+        };
+        if self.image.trim().is_empty() || self.image.chars().any(char::is_whitespace) {
+            return Err(err(
+                "image",
+                "must be a non-empty image reference without spaces",
+            ));
+        }
+        if let Some(command) = &self.command
+            && command.is_empty()
+        {
+            return Err(err(
+                "command",
+                "must not be empty (omit it to keep the image's CMD)",
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(err("port", "must be 1-65535"));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.chars().any(char::is_control) {
+                return Err(err(
+                    "env",
+                    "keys must be non-empty without '=' or control characters",
+                ));
+            }
+        }
+        if self.env.values().any(|v| v.contains('\0')) {
+            return Err(err("env", "values must not contain NUL"));
+        }
+        if let Some(user) = &self.user
+            && (user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(err(
+                "user",
+                "must be a non-empty user[:group] without spaces",
+            ));
+        }
+        match VolumePath::parse(&self.mount_target) {
+            Ok(target) if target.as_str() != "/" => {}
+            Ok(_) => return Err(err("mount_target", "must not be /")),
+            Err(e) => return Err(err("mount_target", &e.to_string())),
+        }
+        if self.memory.0 < MIN_MEMORY_BYTES {
+            return Err(err("memory", "must be at least 6m (the engine's minimum)"));
+        }
+        if i64::try_from(self.memory.0).is_err() {
+            return Err(err("memory", "is too large"));
+        }
+        if !(self.cpus.is_finite() && self.cpus >= 0.01 && self.cpus <= 1024.0) {
+            return Err(err("cpus", "must be between 0.01 and 1024"));
+        }
+        if self.pids_limit < 1 {
+            return Err(err("pids_limit", "must be at least 1"));
+        }
+        if let Some(runtime) = &self.runtime
+            && (runtime.is_empty() || runtime.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(err("runtime", "must be a non-empty runtime name"));
+        }
+        for cap in self.normalised_cap_add() {
+            if cap == "ALL" {
+                // Adding ALL back would undo the hardening; name the capabilities instead.
+                return Err(err("cap_add", "must name capabilities; ALL is refused"));
+            }
+            if cap.is_empty() || !cap.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                return Err(err("cap_add", "entries must look like NET_BIND_SERVICE"));
+            }
+        }
+        if self.effective_probe() != ReadyProbe::None && self.port.is_none() {
+            return Err(err("ready_probe", "http and tcp probes need a port"));
+        }
+        if self.ready_timeout.is_zero() {
+            return Err(err("ready_timeout", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// A byte count written either as an integer or as a Docker-style string: `"512m"`, `"1g"`,
+/// `"64k"`, `"1048576b"` (binary multiples; `kb`/`kib` spellings are accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// # Errors
+    /// A message when `raw` is not a number with an optional `b`/`k`/`m`/`g` unit.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let text = raw.trim().to_ascii_lowercase();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("{raw:?} is not a byte size"))?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            _ => return Err(format!("{raw:?} has an unknown unit (use b, k, m or g)")),
+        };
+        number
+            .checked_mul(multiplier)
+            .map(Self)
+            .ok_or_else(|| format!("{raw:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}b", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => Ok(Self(bytes)),
+            Raw::Text(text) => Self::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Durations as humantime strings (`"90s"`, `"500ms"`, `"2h"`): the one parser of every duration
+/// setting, the profiles' and the server's.
+///
+/// # Errors
+/// The deserializer's error when the value is not a string or not a humantime duration.
+pub fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn valid_profile() -> AgentProfile {
+        let mut profile = AgentProfile::new("sandboxd/busybox:local");
+        profile.port = Some(8080);
+        profile
+    }
+
+    #[test]
+    fn byte_sizes_accept_docker_style_units() {
+        assert_eq!(ByteSize::parse("256m"), Ok(ByteSize(256 << 20)));
+        assert_eq!(ByteSize::parse("1G"), Ok(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("64kib"), Ok(ByteSize(64 << 10)));
+        assert_eq!(ByteSize::parse("1048576"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("10b"), Ok(ByteSize(10)));
+        for bad in ["", "m", "12x", "1.5g", "-1m", "99999999999999999999g"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_toml_profile_deserialises_with_defaults_filled_in() {
+        let profiles: BTreeMap<String, AgentProfile> = toml::from_str(
+            r#"
+            [default]
+            image = "sandboxd/busybox:local"
+            port = 8080
+            memory = "256m"
+            cpus = 0.5
+            cap_add = ["CAP_NET_BIND_SERVICE"]
+            ready_timeout = "1500ms"
+            env = { LANG = "C.UTF-8" }
+
+            ["py3.12"]
+            image = "python:3.12"
+            memory = 134217728
+            command = ["sleep", "3600"]
+            "#,
+        )
+        .unwrap();
+        let default = &profiles["default"];
+        default.validate("agents.default").unwrap();
+        assert_eq!(default.memory, ByteSize(256 << 20));
+        assert_eq!(default.nano_cpus(), 500_000_000);
+        assert_eq!(default.mount_target, "/workspace");
+        assert_eq!(
+            default.normalised_cap_add(),
+            vec!["NET_BIND_SERVICE".to_owned()]
+        );
+        assert_eq!(default.ready_timeout, Duration::from_millis(1500));
+        assert_eq!(default.effective_probe(), ReadyProbe::Http);
+        let python = &profiles["py3.12"];
+        python.validate("agents.py3.12").unwrap();
+        assert_eq!(python.memory, ByteSize(128 << 20));
+        assert_eq!(python.effective_probe(), ReadyProbe::None);
+        assert_eq!(python.pids_limit, 256);
+    }
+
+    #[test]
+    fn unknown_profile_keys_and_bad_durations_fail_at_load() {
+        assert!(toml::from_str::<AgentProfile>("image = \"x\"\nmemroy = 1").is_err());
+        assert!(toml::from_str::<AgentProfile>("image = \"x\"\nready_timeout = \"soon\"").is_err());
+        assert!(toml::from_str::<AgentProfile>("port = 80").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_offending_setting() {
+        type Mutation = Box<dyn Fn(&mut AgentProfile)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|p| p.image = String::new()), "agents.a.image"),
+            (Box::new(|p| p.command = Some(vec![])), "agents.a.command"),
+            (Box::new(|p| p.port = Some(0)), "agents.a.port"),
+            (
+                Box::new(|p| p.mount_target = "workspace".into()),
+                "agents.a.mount_target",
+            ),
+            (
+                Box::new(|p| p.mount_target = "/".into()),
+                "agents.a.mount_target",
+            ),
+            (Box::new(|p| p.memory = ByteSize(1024)), "agents.a.memory"),
+            (Box::new(|p| p.cpus = 0.0), "agents.a.cpus"),
+            (Box::new(|p| p.cpus = f64::NAN), "agents.a.cpus"),
+            (Box::new(|p| p.pids_limit = 0), "agents.a.pids_limit"),
+            (
+                Box::new(|p| p.cap_add = vec!["ALL".into()]),
+                "agents.a.cap_add",
+            ),
+            (
+                Box::new(|p| p.cap_add = vec!["net admin".into()]),
+                "agents.a.cap_add",
+            ),
+            (
+                Box::new(|p| {
+                    p.env
+                        .insert("A=B".into(), "x".into())
+                        .map(drop)
+                        .unwrap_or(())
+                }),
+                "agents.a.env",
+            ),
+            (
+                Box::new(|p| {
+                    p.port = None;
+                    p.ready_probe = Some(ReadyProbe::Http);
+                }),
+                "agents.a.ready_probe",
+            ),
+            (
+                Box::new(|p| p.ready_timeout = Duration::ZERO),
+                "agents.a.ready_timeout",
+            ),
+        ];
+        for (mutate, setting) in cases {
+            let mut profile = valid_profile();
+            mutate(&mut profile);
+            let error = profile.validate("agents.a").expect_err(setting);
+            assert_eq!(error.setting, setting, "{error}");
+        }
+        valid_profile().validate("agents.a").unwrap();
+        let mut no_port = valid_profile();
+        no_port.port = None;
+        no_port.ready_probe = Some(ReadyProbe::None);
+        no_port.validate("agents.a").unwrap();
+    }
+}
