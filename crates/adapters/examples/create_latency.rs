@@ -5,7 +5,7 @@
 //! `cargo run -p sandboxd-adapters --example create_latency [-- RUNS]` (default 20 runs each).
 //! Everything it starts carries a unique label prefix and is removed at the end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -71,10 +71,10 @@ async fn measure(
     let agent = AgentId::parse("web")?;
     let mut profile = AgentProfile::new(image);
     profile.port = Some(8080);
+    let profile = std::sync::Arc::new(profile);
     let runtime = DockerRuntime::new(DockerConfig {
         key_prefix: prefix.to_owned(),
         allowed_volume_roots: vec![root.to_path_buf()],
-        agents: BTreeMap::from([(agent.clone(), profile)]),
         ..DockerConfig::default()
     });
     runtime.ping().await?; // connect and negotiate outside the timed loop
@@ -92,6 +92,7 @@ async fn measure(
             session_id: SessionId::new_random(),
             chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
             agent_id: agent.clone(),
+            profile: profile.clone(),
             volume_host_path: VolumePath::parse(dir.to_str().ok_or("non-UTF-8 temp dir")?)?,
             created_at: now,
             expires_at: now + Duration::from_secs(600),

@@ -10,7 +10,9 @@ mod docker_engine;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use docker_engine::{TestSandboxes, agent, engine, exec, http_get, new_sandbox, sandbox_image};
+use docker_engine::{
+    TestSandboxes, engine, exec, http_get, new_sandbox, sandbox_image, sandbox_of, web_profile,
+};
 use sandboxd_adapters::docker::{DockerConfig, DockerRuntime, names};
 use sandboxd_domain::{AgentProfile, ContainerId, ValidationError, VolumePath};
 use sandboxd_usecase::ports::{ContainerState, RuntimeError, SandboxRuntime};
@@ -21,7 +23,7 @@ async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http()
     let runtime = world.runtime();
     let volume = world.volume_dir("chat-a");
     std::fs::write(volume.join("index.html"), "hello from the host\n").unwrap();
-    let spec = new_sandbox("web", &volume);
+    let spec = new_sandbox(&volume);
 
     let session = spec
         .clone()
@@ -137,14 +139,14 @@ async fn volume_refusals_create_no_container() {
         root.clone(),
     ];
     for path in &denied {
-        let spec = new_sandbox("web", std::path::Path::new(path));
+        let spec = new_sandbox(std::path::Path::new(path));
         let created = runtime.create(&spec).await;
         assert!(
             matches!(created, Err(RuntimeError::VolumeDenied(_))),
             "{path}: {created:?}"
         );
         let validated = runtime
-            .validate(&spec.agent_id, &spec.volume_host_path)
+            .validate(&spec.profile, &spec.volume_host_path)
             .await;
         assert!(
             matches!(validated, Err(RuntimeError::VolumeDenied(_))),
@@ -152,7 +154,7 @@ async fn volume_refusals_create_no_container() {
         );
     }
     for path in [format!("{root}/missing"), format!("{root}/a-file")] {
-        let spec = new_sandbox("web", std::path::Path::new(&path));
+        let spec = new_sandbox(std::path::Path::new(&path));
         let created = runtime.create(&spec).await;
         assert!(
             matches!(created, Err(RuntimeError::VolumeInvalid(_))),
@@ -177,30 +179,12 @@ async fn volume_refusals_create_no_container() {
 }
 
 #[tokio::test]
-async fn an_unknown_agent_is_refused_before_anything_is_created() {
-    let world = TestSandboxes::new();
-    let runtime = world.runtime();
-    let spec = new_sandbox("nobody", &world.volume_dir("chat"));
-    let created = runtime.create(&spec).await;
-    assert!(matches!(created, Err(RuntimeError::UnknownAgent(ref a)) if *a == agent("nobody")));
-    let validated = runtime
-        .validate(&spec.agent_id, &spec.volume_host_path)
-        .await;
-    assert!(matches!(validated, Err(RuntimeError::UnknownAgent(_))));
-    assert_eq!(world.count().await, 0);
-}
-
-#[tokio::test]
 async fn a_missing_image_is_named_and_nothing_is_left() {
     let world = TestSandboxes::new();
-    let mut config = world.config();
-    config.agents.insert(
-        agent("ghost"),
-        AgentProfile::new("sandboxd/does-not-exist:never"),
-    );
-    let runtime = DockerRuntime::new(config);
+    let runtime = world.runtime();
+    let ghost = AgentProfile::new("sandboxd/does-not-exist:never");
     let created = runtime
-        .create(&new_sandbox("ghost", &world.volume_dir("chat")))
+        .create(&sandbox_of("ghost", ghost, &world.volume_dir("chat")))
         .await;
     assert!(
         matches!(created, Err(RuntimeError::ImageNotFound(ref image)) if image == "sandboxd/does-not-exist:never"),
@@ -214,11 +198,11 @@ async fn paused_and_stopped_containers_are_listed_and_inspected_in_their_state()
     let world = TestSandboxes::new();
     let runtime = world.runtime();
     let paused = runtime
-        .create(&new_sandbox("web", &world.volume_dir("a")))
+        .create(&new_sandbox(&world.volume_dir("a")))
         .await
         .unwrap();
     let stopped = runtime
-        .create(&new_sandbox("web", &world.volume_dir("b")))
+        .create(&new_sandbox(&world.volume_dir("b")))
         .await
         .unwrap();
     let docker = engine().await;
@@ -266,16 +250,14 @@ async fn paused_and_stopped_containers_are_listed_and_inspected_in_their_state()
 #[tokio::test]
 async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     let world = TestSandboxes::new();
-    let mut config = world.config();
     let mut mute = AgentProfile::new(sandbox_image());
     mute.port = Some(8080);
     mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
     mute.ready_timeout = Duration::from_secs(1);
-    config.agents.insert(agent("mute"), mute);
-    let runtime = DockerRuntime::new(config);
+    let runtime = world.runtime();
 
     let created = runtime
-        .create(&new_sandbox("mute", &world.volume_dir("chat")))
+        .create(&sandbox_of("mute", mute, &world.volume_dir("chat")))
         .await;
     // NotReady carries the profile's bound: the create gave up at the timeout, it did not hang.
     assert!(
@@ -292,16 +274,14 @@ async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
 #[tokio::test]
 async fn an_abandoned_create_leaves_no_container_behind() {
     let world = TestSandboxes::new();
-    let mut config = world.config();
     let mut mute = AgentProfile::new(sandbox_image());
     mute.port = Some(8080);
     mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
     mute.ready_timeout = Duration::from_secs(30);
-    config.agents.insert(agent("mute"), mute);
-    let runtime = DockerRuntime::new(config);
+    let runtime = world.runtime();
 
     // The caller gives up (a cancelled RPC drops the future) while create waits for readiness.
-    let spec = new_sandbox("mute", &world.volume_dir("chat"));
+    let spec = sandbox_of("mute", mute, &world.volume_dir("chat"));
     let abandoned = tokio::time::timeout(Duration::from_secs(2), runtime.create(&spec)).await;
     assert!(
         abandoned.is_err(),
@@ -320,18 +300,16 @@ async fn an_abandoned_create_leaves_no_container_behind() {
 #[tokio::test]
 async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
     let world = TestSandboxes::new();
-    let mut config = world.config();
     let mut crashing = AgentProfile::new(sandbox_image());
     crashing.port = Some(8080);
     crashing.command = Some(vec!["false".to_owned()]);
     // Far longer than the test may take: failing fast must not mean waiting out the timeout.
     crashing.ready_timeout = Duration::from_secs(120);
-    config.agents.insert(agent("crashing"), crashing);
-    let runtime = DockerRuntime::new(config);
+    let runtime = world.runtime();
 
     let started = Instant::now();
     let created = runtime
-        .create(&new_sandbox("crashing", &world.volume_dir("chat")))
+        .create(&sandbox_of("crashing", crashing, &world.volume_dir("chat")))
         .await;
     assert!(
         matches!(created, Err(RuntimeError::Other(_))),
@@ -357,7 +335,7 @@ async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
     };
     let runtime = DockerRuntime::new(config);
     let session = runtime
-        .create(&new_sandbox("web", &world.volume_dir("chat")))
+        .create(&new_sandbox(&world.volume_dir("chat")))
         .await
         .unwrap();
 
@@ -375,14 +353,12 @@ async fn stop_of_a_running_sandbox_returns_well_under_the_grace() {
 #[tokio::test]
 async fn read_only_profiles_get_a_writable_tmp_and_their_capabilities() {
     let world = TestSandboxes::new();
-    let mut config = world.config();
-    let mut locked = config.agents[&agent("web")].clone();
+    let mut locked = web_profile();
     locked.read_only_rootfs = true;
     locked.cap_add = vec!["CAP_NET_BIND_SERVICE".to_owned()];
-    config.agents.insert(agent("locked"), locked);
-    let runtime = DockerRuntime::new(config);
+    let runtime = world.runtime();
     let session = runtime
-        .create(&new_sandbox("locked", &world.volume_dir("chat")))
+        .create(&sandbox_of("locked", locked, &world.volume_dir("chat")))
         .await
         .unwrap();
 
@@ -423,7 +399,7 @@ async fn an_unreachable_engine_is_unavailable_quickly() {
         };
         let runtime = DockerRuntime::new(config);
         let started = Instant::now();
-        let created = runtime.create(&new_sandbox("web", &volume)).await;
+        let created = runtime.create(&new_sandbox(&volume)).await;
         assert!(
             matches!(created, Err(RuntimeError::Unavailable(_))),
             "{created:?}"
@@ -469,15 +445,16 @@ fn runtime_calls_are_timed_by_operation_and_result() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let session = runtime.create(&new_sandbox("web", &volume)).await.unwrap();
+            let session = runtime.create(&new_sandbox(&volume)).await.unwrap();
             runtime
                 .remove_gracefully(&session.container_id)
                 .await
                 .unwrap();
             runtime.force_remove(&session.container_id).await.unwrap();
+            // Outside the allowed roots: refused, and timed as a failed create.
             assert!(
                 runtime
-                    .create(&new_sandbox("nobody", &volume))
+                    .create(&new_sandbox(std::path::Path::new("/")))
                     .await
                     .is_err()
             );

@@ -14,11 +14,13 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis_server::{RedisServer, TestResult};
 use sandboxd_adapters::redis::RedisStore;
-use sandboxd_domain::{AgentId, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath};
+use sandboxd_domain::{
+    AgentId, AgentProfile, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath,
+};
 use sandboxd_usecase::testing::{CallLog, FakeRuntime, ManualClock};
 use sandboxd_usecase::{
     CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
-    CreateSandboxError, DeleteResult, DeleteSandbox, DeleteSandboxCommand, Ports,
+    CreateSandboxError, DeleteResult, DeleteSandbox, DeleteSandboxCommand, Ports, Profiles,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -51,7 +53,16 @@ impl World {
         };
         let con = server.connection().await?;
         Ok(Self {
-            create: CreateSandbox::new(ports.clone(), TTL),
+            create: CreateSandbox::new(
+                ports.clone(),
+                Profiles::new(["default", "other"].map(|agent| {
+                    (
+                        AgentId::parse(agent).expect("agent"),
+                        AgentProfile::new("sandboxd/busybox:local"),
+                    )
+                })),
+                TTL,
+            ),
             delete: DeleteSandbox::new(ports.clone()),
             cleanup: CleanupExpiredSandboxes::new(ports, CleanupOptions::default()),
             server,

@@ -12,18 +12,15 @@ mod docker_engine;
 
 use std::sync::Arc;
 
-use docker_engine::{TestSandboxes, agent, new_sandbox};
+use docker_engine::{TestSandboxes, new_sandbox};
 use sandboxd_domain::ContainerId;
-use sandboxd_usecase::ports::{
-    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
-};
+use sandboxd_usecase::ports::{ContainerState, NewSandbox, SandboxLabels, SandboxRuntime};
 use sandboxd_usecase::testing::{CallLog, FakeRuntime};
 
-/// What the suite needs besides the port: sandboxes it may create, and a way to count them that
-/// does not go through the port.
+/// What the suite needs besides the port: specs it may create.
 trait Backend {
     fn runtime(&self) -> Arc<dyn SandboxRuntime>;
-    /// A spec for the profile `web`, which every backend knows, with a fresh volume.
+    /// A spec of the `web` profile with a fresh volume the backend allows.
     fn spec(&self, volume: &str) -> NewSandbox;
 }
 
@@ -45,7 +42,7 @@ impl Backend for Docker {
         self.runtime.clone()
     }
     fn spec(&self, volume: &str) -> NewSandbox {
-        new_sandbox("web", &self.world.volume_dir(volume))
+        new_sandbox(&self.world.volume_dir(volume))
     }
 }
 
@@ -57,7 +54,6 @@ struct Fake {
 impl Fake {
     fn new() -> Self {
         let runtime = Arc::new(FakeRuntime::new(CallLog::default()));
-        runtime.set_known_agents([agent("web")]);
         Self {
             runtime,
             root: tempfile::tempdir().unwrap(),
@@ -72,7 +68,7 @@ impl Backend for Fake {
     fn spec(&self, volume: &str) -> NewSandbox {
         let dir = self.root.path().join(volume);
         std::fs::create_dir(&dir).unwrap();
-        new_sandbox("web", &dir)
+        new_sandbox(&dir)
     }
 }
 
@@ -143,30 +139,11 @@ async fn removals_are_idempotent_and_leave_the_container_gone(backend: &dyn Back
     assert_eq!(runtime.inspect(&never).await.unwrap(), ContainerState::Gone);
 }
 
-async fn an_unknown_agent_is_refused_and_nothing_is_created(backend: &dyn Backend) {
-    let runtime = backend.runtime();
-    let mut spec = backend.spec("a");
-    spec.agent_id = agent("nobody");
-    let validated = runtime
-        .validate(&spec.agent_id, &spec.volume_host_path)
-        .await;
-    assert!(
-        matches!(validated, Err(RuntimeError::UnknownAgent(ref a)) if *a == agent("nobody")),
-        "{validated:?}"
-    );
-    let created = runtime.create(&spec).await;
-    assert!(
-        matches!(created, Err(RuntimeError::UnknownAgent(_))),
-        "{created:?}"
-    );
-    assert!(runtime.list_managed().await.unwrap().is_empty());
-}
-
-async fn a_known_agent_and_an_allowed_volume_validate(backend: &dyn Backend) {
+async fn an_allowed_volume_validates_and_creates_nothing(backend: &dyn Backend) {
     let runtime = backend.runtime();
     let spec = backend.spec("a");
     runtime
-        .validate(&spec.agent_id, &spec.volume_host_path)
+        .validate(&spec.profile, &spec.volume_host_path)
         .await
         .unwrap();
     runtime.ping().await.unwrap();
@@ -194,15 +171,9 @@ macro_rules! contract {
             }
 
             #[tokio::test]
-            async fn an_unknown_agent_is_refused_and_nothing_is_created() {
+            async fn an_allowed_volume_validates_and_creates_nothing() {
                 let backend = $backend::new();
-                super::an_unknown_agent_is_refused_and_nothing_is_created(&backend).await;
-            }
-
-            #[tokio::test]
-            async fn a_known_agent_and_an_allowed_volume_validate() {
-                let backend = $backend::new();
-                super::a_known_agent_and_an_allowed_volume_validate(&backend).await;
+                super::an_allowed_volume_validates_and_creates_nothing(&backend).await;
             }
         }
     )*};

@@ -2,7 +2,6 @@
 //! health, reflection v1 and v1alpha) and HTTP, runs the health checker and cleanup loop, and on
 //! cancellation drains in order under time bounds.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sandboxd_api::v1::sandbox_service_server::SandboxServiceServer;
-use sandboxd_domain::AgentId;
 use sandboxd_usecase::{CleanupExpiredSandboxes, CleanupOptions, Ports, ReconcileOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -65,7 +63,6 @@ impl Application {
         let http_listener = TcpListener::bind(config.server.http_addr)
             .await
             .with_context(|| format!("binding http_addr {}", config.server.http_addr))?;
-        let known_agents: BTreeSet<AgentId> = config.agents.by_agent_id().into_keys().collect();
         if !deps.auth.is_enabled() && !config.server.grpc_addr.ip().is_loopback() {
             tracing::warn!(grpc_addr = %config.server.grpc_addr, "auth_disabled_on_non_loopback_address");
         }
@@ -86,7 +83,7 @@ impl Application {
                     grace: config.lifecycle.reconcile_grace,
                     ..ReconcileOptions::default()
                 },
-                known_agents,
+                profiles: config.agents.by_agent_id(),
             },
             cleanup_interval: config.lifecycle.cleanup_interval,
             reconcile_interval: config.lifecycle.reconcile_interval,
@@ -145,11 +142,7 @@ impl Application {
             spawn_reconcile_loop(&use_cases, self.reconcile_interval, background_stop.clone());
 
         let drain = Drain::new();
-        let sandbox_service = SandboxGrpcService::new(
-            Arc::clone(&use_cases),
-            self.settings.known_agents.clone(),
-            drain.clone(),
-        );
+        let sandbox_service = SandboxGrpcService::new(Arc::clone(&use_cases), drain.clone());
         let auth = self.auth.clone();
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;

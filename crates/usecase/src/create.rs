@@ -1,14 +1,18 @@
 //! CreateSandbox: reuse the chat's live sandbox, refuse a differing one, replace an expired one,
 //! or start a new one — all under the chat's lease.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sandboxd_domain::{AgentId, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath};
+use sandboxd_domain::{
+    AgentId, AgentProfile, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath,
+};
 use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Lease, LockError, NewSandbox, RepositoryError, RuntimeError};
+use crate::profiles::Profiles;
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,9 @@ pub struct CreateSandboxOutput {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateSandboxError {
+    /// No profile is configured for the requested agent id; nothing was read or changed.
+    #[error("no agent profile {0} is configured")]
+    UnknownAgent(AgentId),
     /// The chat's live sandbox was started with another agent or volume.
     #[error("chat {chat_id} has a live sandbox with a different {reason}")]
     Conflict {
@@ -71,6 +78,7 @@ pub enum CreateSandboxError {
 impl UseCaseError for CreateSandboxError {
     fn kind(&self) -> ErrorKind {
         match self {
+            Self::UnknownAgent(_) => ErrorKind::InvalidArgument { field: "agent_id" },
             Self::Conflict { reason, .. } => ErrorKind::Conflict { reason: *reason },
             Self::SaveFailed { save, .. } | Self::Repository(save) => save.kind(),
             Self::Lock(error) => error.kind(),
@@ -80,6 +88,7 @@ impl UseCaseError for CreateSandboxError {
 
     fn metric_label(&self) -> &'static str {
         match self {
+            Self::UnknownAgent(_) => "unknown_agent",
             Self::Conflict { .. } => "conflict",
             Self::SaveFailed { save, .. } | Self::Repository(save) => save.metric_label(),
             Self::Lock(error) => error.metric_label(),
@@ -89,6 +98,7 @@ impl UseCaseError for CreateSandboxError {
 
     fn client_message(&self) -> String {
         match self {
+            Self::UnknownAgent(_) => "no agent profile with this id is configured".to_owned(),
             Self::Conflict { reason, .. } => {
                 format!("the chat has a live sandbox with a different {reason}")
             }
@@ -109,17 +119,24 @@ impl UseCaseError for CreateSandboxError {
 #[derive(Debug, Clone)]
 pub struct CreateSandbox {
     ports: Ports,
+    /// The agents a chat may ask for; any other id is refused before anything is read.
+    profiles: Profiles,
     /// Lifetime of a new session.
     ttl: Duration,
 }
 
 impl CreateSandbox {
     #[must_use]
-    pub fn new(ports: Ports, ttl: Duration) -> Self {
-        Self { ports, ttl }
+    pub fn new(ports: Ports, profiles: Profiles, ttl: Duration) -> Self {
+        Self {
+            ports,
+            profiles,
+            ttl,
+        }
     }
 
     /// # Errors
+    /// `UnknownAgent` when no profile is configured for the agent id (nothing read or changed);
     /// `Conflict` when the chat's live sandbox differs; `SaveFailed` when the new session could
     /// not be stored; `Lock`, `Repository`, `Runtime` for port failures (including a refused
     /// agent or volume).
@@ -156,6 +173,10 @@ impl CreateSandbox {
         command: &CreateSandboxCommand,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        let profile = self
+            .profiles
+            .get(&command.agent_id)
+            .ok_or_else(|| CreateSandboxError::UnknownAgent(command.agent_id.clone()))?;
         let current = self
             .ports
             .repository
@@ -176,7 +197,7 @@ impl CreateSandbox {
                     Self::reuse_or_conflict(command, session, span)
                 }
                 expired_or_none => {
-                    self.create_or_replace(lease, command, expired_or_none, span)
+                    self.create_or_replace(lease, command, profile, expired_or_none, span)
                         .await
                 }
             }
@@ -218,14 +239,15 @@ impl CreateSandbox {
         &self,
         lease: &Lease,
         command: &CreateSandboxCommand,
+        profile: &Arc<AgentProfile>,
         expired: Option<SandboxSession>,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
-        // Not in the seed: refuse an unknown agent or a forbidden volume before anything changes,
-        // so a bad request never stops the chat's expired sandbox.
+        // Not in the seed: refuse a forbidden volume before anything changes, so a bad request
+        // never stops the chat's expired sandbox.
         self.ports
             .runtime
-            .validate(&command.agent_id, &command.volume_host_path)
+            .validate(profile, &command.volume_host_path)
             .await?;
         let (result, new_session_id) = match &expired {
             Some(old) => (
@@ -246,6 +268,7 @@ impl CreateSandbox {
             session_id: new_session_id,
             chat_id: command.chat_id,
             agent_id: command.agent_id.clone(),
+            profile: Arc::clone(profile),
             volume_host_path: command.volume_host_path.clone(),
             created_at,
             expires_at,

@@ -13,6 +13,7 @@ mod get;
 mod lease;
 mod list;
 pub mod ports;
+mod profiles;
 mod reconcile;
 pub mod telemetry;
 
@@ -32,4 +33,5 @@ pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
 pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;
 pub use list::ListSandboxes;
+pub use profiles::Profiles;
 pub use reconcile::{ReconcileOptions, ReconcileReport, ReconcileSandboxes};

@@ -1,14 +1,10 @@
-//! What the Docker runtime is given: engine connection, label namespace, volume roots and the
-//! agent profiles. Plain values: the settings are validated by their owner (sandboxd's `docker`
-//! configuration section, the profiles by `AgentProfile::validate` in the domain) before a
-//! runtime is built.
+//! What the Docker runtime is given: engine connection, label namespace and volume roots.
+//! Plain values: the settings are validated by their owner (sandboxd's `docker` configuration
+//! section) before a runtime is built. Agent profiles arrive with each sandbox's spec.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
-
-use sandboxd_domain::{AgentId, AgentProfile};
 
 /// Everything the Docker runtime needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +23,6 @@ pub struct DockerConfig {
     pub engine_timeout: Duration,
     /// Host directories that volumes must lie under (after resolving symlinks); empty = refuse all.
     pub allowed_volume_roots: Vec<PathBuf>,
-    /// Profiles by agent id; an id not listed here is refused before anything is created.
-    pub agents: BTreeMap<AgentId, AgentProfile>,
 }
 
 impl Default for DockerConfig {
@@ -41,7 +35,6 @@ impl Default for DockerConfig {
             stop_grace: Duration::from_secs(2),
             engine_timeout: Duration::from_secs(30),
             allowed_volume_roots: Vec::new(),
-            agents: BTreeMap::new(),
         }
     }
 }

@@ -92,6 +92,7 @@ mod tests {
             session_id: SessionId::parse("11111111-1111-4111-8111-111111111111").unwrap(),
             chat_id: ChatId::parse("22222222-2222-4222-8222-222222222222").unwrap(),
             agent_id: AgentId::parse("default").unwrap(),
+            profile: std::sync::Arc::new(sandboxd_domain::AgentProfile::new("img")),
             volume_host_path: VolumePath::parse("/srv/a").unwrap(),
             created_at: datetime!(2026-01-01 00:00:00.123456789 UTC),
             expires_at: datetime!(2026-01-01 00:30 UTC),

@@ -28,7 +28,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentId, AgentProfile, ContainerId, Endpoint, ReadyProbe, VolumePath};
+use sandboxd_domain::{AgentProfile, ContainerId, Endpoint, ReadyProbe, VolumePath};
 use sandboxd_usecase::ports::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
@@ -73,7 +73,6 @@ impl fmt::Debug for DockerRuntime {
         f.debug_struct("DockerRuntime")
             .field("docker_host", &self.config.docker_host)
             .field("key_prefix", &self.config.key_prefix)
-            .field("agents", &self.config.agents.keys().collect::<Vec<_>>())
             .field("connected", &self.client.initialized())
             .finish_non_exhaustive()
     }
@@ -121,20 +120,8 @@ impl DockerRuntime {
             .cloned()
     }
 
-    fn profile(&self, agent_id: &AgentId) -> Result<&AgentProfile, RuntimeError> {
-        self.config
-            .agents
-            .get(agent_id)
-            .ok_or_else(|| RuntimeError::UnknownAgent(agent_id.clone()))
-    }
-
-    /// The profile and the canonical host directory to mount, or why not.
-    async fn check(
-        &self,
-        agent_id: &AgentId,
-        volume: &VolumePath,
-    ) -> Result<(&AgentProfile, PathBuf), RuntimeError> {
-        let profile = self.profile(agent_id)?;
+    /// The canonical host directory to mount, or why not.
+    async fn check(&self, volume: &VolumePath) -> Result<PathBuf, RuntimeError> {
         let policy = Arc::clone(&self.policy);
         let volume = volume.clone();
         // Canonicalisation walks the filesystem: keep it off the async workers.
@@ -146,7 +133,7 @@ impl DockerRuntime {
         .await
         .map_err(|e| other(format!("volume check task failed: {e}")))?;
         match checked {
-            Ok(source) => Ok((profile, source)),
+            Ok(source) => Ok(source),
             Err(VolumeRefusal::Denied(reason)) => Err(RuntimeError::VolumeDenied(reason)),
             Err(VolumeRefusal::Invalid(reason)) => Err(RuntimeError::VolumeInvalid(reason)),
         }
@@ -229,10 +216,10 @@ impl DockerRuntime {
     }
 
     async fn create_sandbox(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {
-        // The profile first (no I/O), then the engine, so the volume check knows its data root.
-        self.profile(&spec.agent_id)?;
+        // The engine first, so the volume check knows its data root.
         let docker = self.client().await?;
-        let (profile, source) = self.check(&spec.agent_id, &spec.volume_host_path).await?;
+        let profile = spec.profile.as_ref();
+        let source = self.check(&spec.volume_host_path).await?;
         let source = source
             .to_str()
             .ok_or(RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path"))?
@@ -355,8 +342,12 @@ impl DockerRuntime {
 
 #[async_trait]
 impl SandboxRuntime for DockerRuntime {
-    async fn validate(&self, agent_id: &AgentId, volume: &VolumePath) -> Result<(), RuntimeError> {
-        self.check(agent_id, volume).await.map(drop)
+    async fn validate(
+        &self,
+        _profile: &AgentProfile,
+        volume: &VolumePath,
+    ) -> Result<(), RuntimeError> {
+        self.check(volume).await.map(drop)
     }
 
     async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,18 +68,11 @@ impl TestSandboxes {
         dir
     }
 
-    /// A config with this test's prefix and root and one profile `web` serving HTTP on 8080.
+    /// A config with this test's prefix and root.
     pub fn config(&self) -> DockerConfig {
-        let mut web = AgentProfile::new(sandbox_image());
-        web.port = Some(8080);
-        web.memory = sandboxd_domain::ByteSize(64 << 20);
-        web.cpus = 0.5;
-        web.pids_limit = 64;
-        web.ready_timeout = Duration::from_secs(10);
         DockerConfig {
             key_prefix: self.prefix.clone(),
             allowed_volume_roots: vec![self.root.path().to_path_buf()],
-            agents: BTreeMap::from([(agent("web"), web)]),
             ..DockerConfig::default()
         }
     }
@@ -100,12 +93,30 @@ pub fn agent(name: &str) -> AgentId {
     AgentId::parse(name).unwrap()
 }
 
-pub fn new_sandbox(agent_id: &str, volume: &Path) -> NewSandbox {
+/// The profile `web`: the sandbox image serving HTTP on 8080, with small limits.
+pub fn web_profile() -> AgentProfile {
+    let mut web = AgentProfile::new(sandbox_image());
+    web.port = Some(8080);
+    web.memory = sandboxd_domain::ByteSize(64 << 20);
+    web.cpus = 0.5;
+    web.pids_limit = 64;
+    web.ready_timeout = Duration::from_secs(10);
+    web
+}
+
+/// A spec of agent `web` with the [`web_profile`] for `volume`.
+pub fn new_sandbox(volume: &Path) -> NewSandbox {
+    sandbox_of("web", web_profile(), volume)
+}
+
+/// A spec of `agent_id` with `profile` for `volume`, created now and expiring in 30 minutes.
+pub fn sandbox_of(agent_id: &str, profile: AgentProfile, volume: &Path) -> NewSandbox {
     let now = OffsetDateTime::now_utc();
     NewSandbox {
         session_id: SessionId::new_random(),
         chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
         agent_id: agent(agent_id),
+        profile: std::sync::Arc::new(profile),
         volume_host_path: VolumePath::parse(volume.to_str().unwrap()).unwrap(),
         created_at: now,
         expires_at: now + Duration::from_secs(1800),

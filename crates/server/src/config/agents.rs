@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use sandboxd_domain::{AgentId, AgentProfile};
+use sandboxd_usecase::Profiles;
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -57,11 +58,12 @@ impl AgentProfiles {
 
     /// The profiles by agent id (validated by [`Self::validate`]; a bad name is skipped).
     #[must_use]
-    pub(crate) fn by_agent_id(&self) -> BTreeMap<AgentId, AgentProfile> {
-        self.0
-            .iter()
-            .filter_map(|(name, profile)| Some((AgentId::parse(name).ok()?, profile.clone())))
-            .collect()
+    pub(crate) fn by_agent_id(&self) -> Profiles {
+        Profiles::new(
+            self.0
+                .iter()
+                .filter_map(|(name, profile)| Some((AgentId::parse(name).ok()?, profile.clone()))),
+        )
     }
 
     /// The longest `ready_timeout` of any profile; zero without profiles.

@@ -2,14 +2,13 @@
 //! stop, and the host directories volumes may come from. Its checks are the only ones of these
 //! settings: the Docker adapter takes the resulting `DockerConfig` as valid.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use sandboxd_adapters::docker::DockerConfig;
-use sandboxd_domain::{AgentId, AgentProfile, VolumePath, de_duration};
+use sandboxd_domain::{VolumePath, de_duration};
 use serde::{Deserialize, Deserializer};
 
 use super::ConfigError;
@@ -137,11 +136,7 @@ impl DockerSettings {
 
     /// The Docker runtime's configuration, from this section, the label namespace and the
     /// (validated) profiles.
-    pub(crate) fn docker_config(
-        &self,
-        key_prefix: &str,
-        agents: BTreeMap<AgentId, AgentProfile>,
-    ) -> DockerConfig {
+    pub(crate) fn docker_config(&self, key_prefix: &str) -> DockerConfig {
         DockerConfig {
             docker_host: self.docker_host.clone(),
             key_prefix: key_prefix.to_owned(),
@@ -149,7 +144,6 @@ impl DockerSettings {
             stop_grace: self.stop_grace,
             engine_timeout: self.engine_timeout,
             allowed_volume_roots: self.allowed_volume_roots.clone(),
-            agents,
         }
     }
 }

@@ -163,8 +163,7 @@ impl Config {
     /// The Docker runtime's part of the configuration (valid once [`Self::load`] accepted it).
     #[must_use]
     pub(crate) fn docker_config(&self) -> DockerConfig {
-        self.docker
-            .docker_config(&self.redis.key_prefix, self.agents.by_agent_id())
+        self.docker.docker_config(&self.redis.key_prefix)
     }
 
     /// The Redis adapters' part of the configuration.
@@ -364,7 +363,12 @@ mod tests {
         );
         assert_eq!(config.docker.allowed_volume_roots[1], PathBuf::from("/abs"));
         assert_eq!(
-            config.agents.by_agent_id().into_keys().collect::<Vec<_>>(),
+            config
+                .agents
+                .by_agent_id()
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>(),
             vec![AgentId::parse("default").unwrap()]
         );
 
@@ -493,10 +497,11 @@ mod tests {
             vec![PathBuf::from("/srv/chats")]
         );
         assert_eq!(
-            docker
+            config
                 .agents
-                .keys()
-                .map(AgentId::as_str)
+                .by_agent_id()
+                .iter()
+                .map(|(id, _)| id.as_str().to_owned())
                 .collect::<Vec<_>>(),
             vec!["default", "py3.12"]
         );

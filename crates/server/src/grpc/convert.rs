@@ -1,7 +1,6 @@
 //! Translation between the wire and the domain: every request field is parsed into a domain
 //! value before any use case runs, and sessions become `sandbox.v1.Sandbox` messages.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sandboxd_api::v1;
@@ -19,17 +18,9 @@ pub fn chat_id(raw: &str) -> Result<ChatId, Status> {
     ChatId::parse(raw).map_err(|e| invalid_field("chat_id", e))
 }
 
-/// An agent id that must name a configured profile.
-pub fn known_agent_id(raw: &str, known: &BTreeSet<AgentId>) -> Result<AgentId, Status> {
-    let agent_id = AgentId::parse(raw).map_err(|e| invalid_field("agent_id", e))?;
-    if known.contains(&agent_id) {
-        Ok(agent_id)
-    } else {
-        Err(invalid_field(
-            "agent_id",
-            "no agent profile with this id is configured",
-        ))
-    }
+/// A well-formed agent id; whether a profile exists is CreateSandbox's to decide.
+pub fn agent_id(raw: &str) -> Result<AgentId, Status> {
+    AgentId::parse(raw).map_err(|e| invalid_field("agent_id", e))
 }
 
 /// The optional agent filter of ListSandboxes: empty means all agents. Any well-formed id is
@@ -149,16 +140,8 @@ mod tests {
             violation_field(&volume_host_path("rel/x").unwrap_err()),
             "volume_host_path"
         );
-        let known = BTreeSet::from([AgentId::parse("default").unwrap()]);
-        assert!(known_agent_id("default", &known).is_ok());
-        assert_eq!(
-            violation_field(&known_agent_id("other", &known).unwrap_err()),
-            "agent_id"
-        );
-        assert_eq!(
-            violation_field(&known_agent_id("Bad!", &known).unwrap_err()),
-            "agent_id"
-        );
+        assert!(agent_id("default").is_ok());
+        assert_eq!(violation_field(&agent_id("Bad!").unwrap_err()), "agent_id");
         assert_eq!(agent_filter("").unwrap(), None);
         assert!(agent_filter("other").unwrap().is_some());
     }

@@ -6,18 +6,16 @@ pub mod convert;
 mod reconcile;
 pub mod status;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_server::SandboxService;
-use sandboxd_domain::AgentId;
 use sandboxd_usecase::ports::ListQuery;
 use sandboxd_usecase::{
     CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
     DeleteResult, DeleteSandbox, DeleteSandboxCommand, ExtendSandbox, ExtendSandboxCommand,
-    GetSandbox, ListSandboxes, Ports, ReconcileOptions, ReconcileSandboxes,
+    GetSandbox, ListSandboxes, Ports, Profiles, ReconcileOptions, ReconcileSandboxes,
 };
 use tonic::{Request, Response, Status};
 
@@ -31,11 +29,11 @@ pub struct ServiceSettings {
     pub max_ttl: Duration,
     pub cleanup: CleanupOptions,
     pub reconcile: ReconcileOptions,
-    /// Profiles an `agent_id` must name; checked before any use case runs.
-    pub known_agents: BTreeSet<AgentId>,
+    /// The agent profiles CreateSandbox may start.
+    pub profiles: Profiles,
 }
 
-/// The use cases behind the six RPCs, built once from the ports.
+/// The use cases behind the RPCs, built once from the ports.
 #[derive(Debug, Clone)]
 pub struct UseCases {
     pub create: CreateSandbox,
@@ -51,7 +49,11 @@ impl UseCases {
     #[must_use]
     pub fn new(ports: &Ports, settings: &ServiceSettings) -> Self {
         Self {
-            create: CreateSandbox::new(ports.clone(), settings.session_ttl),
+            create: CreateSandbox::new(
+                ports.clone(),
+                settings.profiles.clone(),
+                settings.session_ttl,
+            ),
             get: GetSandbox::new(ports.clone()),
             list: ListSandboxes::new(ports.clone()),
             extend: ExtendSandbox::new(ports.clone(), settings.session_ttl, settings.max_ttl),
@@ -65,18 +67,13 @@ impl UseCases {
 #[derive(Debug, Clone)]
 pub struct SandboxGrpcService {
     use_cases: Arc<UseCases>,
-    known_agents: Arc<BTreeSet<AgentId>>,
     drain: Drain,
 }
 
 impl SandboxGrpcService {
     #[must_use]
-    pub fn new(use_cases: Arc<UseCases>, known_agents: BTreeSet<AgentId>, drain: Drain) -> Self {
-        Self {
-            use_cases,
-            known_agents: Arc::new(known_agents),
-            drain,
-        }
+    pub fn new(use_cases: Arc<UseCases>, drain: Drain) -> Self {
+        Self { use_cases, drain }
     }
 }
 
@@ -98,7 +95,7 @@ impl SandboxService for SandboxGrpcService {
         let request = request.into_inner();
         let command = CreateSandboxCommand {
             chat_id: convert::chat_id(&request.chat_id)?,
-            agent_id: convert::known_agent_id(&request.agent_id, &self.known_agents)?,
+            agent_id: convert::agent_id(&request.agent_id)?,
             volume_host_path: convert::volume_host_path(&request.volume_host_path)?,
         };
         let use_cases = Arc::clone(&self.use_cases);

@@ -5,11 +5,13 @@
 //! runtime". A new operation (pause, a network policy, ...) is a new method here with its own
 //! `# Errors`, implemented by every runtime; existing methods and callers stay as they are.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sandboxd_domain::{
-    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp, VolumePath,
+    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp,
+    VolumePath,
 };
 
 use super::BoxError;
@@ -18,9 +20,6 @@ use crate::error::{ErrorKind, UseCaseError, generic_message};
 /// Failures of the container runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// No profile is configured for this agent id; nothing was created.
-    #[error("unknown agent profile {0}")]
-    UnknownAgent(AgentId),
     /// The volume path is malformed for this host (e.g. does not exist, not a directory); the
     /// reason is a fixed phrase, safe for clients.
     #[error("volume_host_path is not usable: {0}")]
@@ -44,7 +43,6 @@ pub enum RuntimeError {
 impl UseCaseError for RuntimeError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::UnknownAgent(_) => ErrorKind::InvalidArgument { field: "agent_id" },
             Self::VolumeInvalid(_) => ErrorKind::InvalidArgument {
                 field: "volume_host_path",
             },
@@ -59,7 +57,6 @@ impl UseCaseError for RuntimeError {
 
     fn metric_label(&self) -> &'static str {
         match self {
-            Self::UnknownAgent(_) => "unknown_agent",
             Self::VolumeInvalid(_) => "volume_invalid",
             Self::VolumeDenied(_) => "volume_denied",
             Self::ImageNotFound(_) => "image_not_found",
@@ -71,7 +68,6 @@ impl UseCaseError for RuntimeError {
 
     fn client_message(&self) -> String {
         match self {
-            Self::UnknownAgent(agent) => format!("unknown agent profile {agent}"),
             Self::VolumeInvalid(reason) => format!("volume_host_path is not usable: {reason}"),
             Self::VolumeDenied(reason) => format!("volume_host_path is not allowed: {reason}"),
             other => generic_message(other.kind()).to_owned(),
@@ -80,13 +76,16 @@ impl UseCaseError for RuntimeError {
 }
 
 /// What the runtime needs to start a sandbox: the identity and lifetime of the session it will
-/// serve. Runtimes label the container with all of it, so a reconcile can rebuild the session
-/// from the engine alone ([`ManagedContainer::session`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// serve, and the profile of its agent. Runtimes label the container with the identity and
+/// lifetime, so a reconcile can rebuild the session from the engine alone
+/// ([`ManagedContainer::session`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewSandbox {
     pub session_id: SessionId,
     pub chat_id: ChatId,
     pub agent_id: AgentId,
+    /// The engine-neutral profile of `agent_id`, which the runtime translates.
+    pub profile: Arc<AgentProfile>,
     pub volume_host_path: VolumePath,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
@@ -210,12 +209,16 @@ impl ManagedContainer {
 /// The container engine.
 #[async_trait]
 pub trait SandboxRuntime: Send + Sync {
-    /// Checks, without side effects, that a sandbox for this agent and volume could be created:
-    /// the profile exists and the volume passes the mount policy.
+    /// Checks, without side effects, that a sandbox of this profile with this volume could be
+    /// created: the volume passes the mount policy.
     ///
     /// # Errors
-    /// `UnknownAgent`, `VolumeInvalid`, `VolumeDenied`.
-    async fn validate(&self, agent_id: &AgentId, volume: &VolumePath) -> Result<(), RuntimeError>;
+    /// `VolumeInvalid`, `VolumeDenied`.
+    async fn validate(
+        &self,
+        profile: &AgentProfile,
+        volume: &VolumePath,
+    ) -> Result<(), RuntimeError>;
 
     /// Starts the sandbox, labelled with everything in `spec` ([`SandboxLabels::of`]), and
     /// returns once its endpoint is ready. On any failure nothing is left running.

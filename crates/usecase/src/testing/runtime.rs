@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sandboxd_domain::{AgentId, ContainerId, Endpoint, VolumePath};
+use sandboxd_domain::{AgentProfile, ContainerId, Endpoint, VolumePath};
 
 use super::{CallLog, lock};
 use crate::ports::{
@@ -43,7 +43,6 @@ pub struct FakeRuntime {
     failures: Mutex<HashMap<RuntimeOp, VecDeque<RuntimeError>>>,
     /// Containers whose removals always fail (per-session failure isolation tests).
     failing_containers: Mutex<HashSet<ContainerId>>,
-    known_agents: Mutex<Option<HashSet<AgentId>>>,
     /// Runs inside `create`, after the container "starts": lets tests act mid-operation.
     on_create: Mutex<Option<CreateHook>>,
     next_id: AtomicU64,
@@ -69,7 +68,6 @@ impl FakeRuntime {
             containers: Mutex::new(BTreeMap::new()),
             failures: Mutex::new(HashMap::new()),
             failing_containers: Mutex::new(HashSet::new()),
-            known_agents: Mutex::new(None),
             on_create: Mutex::new(None),
             next_id: AtomicU64::new(1),
             next_port: AtomicU16::new(40_000),
@@ -87,11 +85,6 @@ impl FakeRuntime {
     /// Every removal of this container fails with `Other`.
     pub fn fail_container(&self, container_id: ContainerId) {
         lock(&self.failing_containers).insert(container_id);
-    }
-
-    /// Restricts `validate`/`create` to these agents (default: any agent is known).
-    pub fn set_known_agents(&self, agents: impl IntoIterator<Item = AgentId>) {
-        *lock(&self.known_agents) = Some(agents.into_iter().collect());
     }
 
     pub fn on_create(&self, hook: impl Fn(&NewSandbox) + Send + Sync + 'static) {
@@ -159,25 +152,19 @@ impl FakeRuntime {
         }
         Ok(())
     }
-
-    fn check_agent(&self, agent_id: &AgentId) -> Result<(), RuntimeError> {
-        match &*lock(&self.known_agents) {
-            Some(known) if !known.contains(agent_id) => {
-                Err(RuntimeError::UnknownAgent(agent_id.clone()))
-            }
-            _ => Ok(()),
-        }
-    }
 }
 
 #[async_trait]
 impl SandboxRuntime for FakeRuntime {
-    async fn validate(&self, agent_id: &AgentId, volume: &VolumePath) -> Result<(), RuntimeError> {
+    async fn validate(
+        &self,
+        profile: &AgentProfile,
+        volume: &VolumePath,
+    ) -> Result<(), RuntimeError> {
         self.enter(
             RuntimeOp::Validate,
-            format!("runtime.validate({agent_id},{volume})"),
-        )?;
-        self.check_agent(agent_id)
+            format!("runtime.validate({},{volume})", profile.image),
+        )
     }
 
     async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {
@@ -185,7 +172,6 @@ impl SandboxRuntime for FakeRuntime {
             RuntimeOp::Create,
             format!("runtime.create({})", spec.session_id),
         )?;
-        self.check_agent(&spec.agent_id)?;
         // Yield so concurrent callers interleave here, where a real engine takes ~200 ms.
         tokio::task::yield_now().await;
         let number = self.next_id.fetch_add(1, Ordering::SeqCst);

@@ -10,7 +10,7 @@ use sandboxd_domain::ConflictReason;
 use super::harness::*;
 use crate::ports::{LockError, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
-use crate::{CreateResult, CreateSandbox, CreateSandboxCommand, CreateSandboxError, ErrorKind};
+use crate::{CreateResult, CreateSandboxCommand, CreateSandboxError, ErrorKind};
 
 fn command(chat: sandboxd_domain::ChatId, agent: &str, volume: &str) -> CreateSandboxCommand {
     CreateSandboxCommand {
@@ -33,7 +33,7 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
     let world = World::new();
     let chat = new_chat();
     let cmd = command(chat, "default", "/srv/a");
-    let usecase = CreateSandbox::new(world.ports.clone(), TTL);
+    let usecase = world.create();
     let (out, cap) = capture(usecase.execute(cmd.clone()));
     let out = out.unwrap();
 
@@ -50,7 +50,7 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
             format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
-            "runtime.validate(default,/srv/a)".to_owned(),
+            "runtime.validate(default:local,/srv/a)".to_owned(),
             format!("runtime.create({})", session.session_id),
             format!("repository.save({})", session.session_id),
             format!("locker.release({chat})"),
@@ -81,7 +81,7 @@ fn reuses_a_live_session_whose_agent_and_volume_match() {
     let chat = new_chat();
     let existing = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
     let cmd = command(chat, "default", "/srv/a");
-    let (out, cap) = capture(CreateSandbox::new(world.ports.clone(), TTL).execute(cmd.clone()));
+    let (out, cap) = capture(world.create().execute(cmd.clone()));
     let out = out.unwrap();
 
     assert_eq!(out.result, CreateResult::Reused);
@@ -115,7 +115,7 @@ fn assert_conflict(agent: &str, volume: &str, reason: ConflictReason, reason_tex
     let chat = new_chat();
     let existing = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
     let cmd = command(chat, agent, volume);
-    let (out, cap) = capture(CreateSandbox::new(world.ports.clone(), TTL).execute(cmd.clone()));
+    let (out, cap) = capture(world.create().execute(cmd.clone()));
 
     let err = out.unwrap_err();
     assert!(
@@ -195,7 +195,7 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
     let old = world.existing_expired(chat, "default", "/srv/a");
     // A replacement may use another agent and volume: the old session no longer binds them.
     let cmd = command(chat, "other", "/srv/b");
-    let (out, cap) = capture(CreateSandbox::new(world.ports.clone(), TTL).execute(cmd.clone()));
+    let (out, cap) = capture(world.create().execute(cmd.clone()));
     let out = out.unwrap();
 
     assert_eq!(out.result, CreateResult::Replaced);
@@ -213,7 +213,7 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
             format!("repository.get_current_by_chat_id({chat})"),
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
-            "runtime.validate(other,/srv/b)".to_owned(),
+            "runtime.validate(other:local,/srv/b)".to_owned(),
             format!("runtime.remove_gracefully({})", old.container_id),
             format!("repository.delete({})", old.session_id),
             format!("runtime.create({})", new.session_id),
@@ -263,9 +263,7 @@ fn a_session_expiring_exactly_now_is_replaced_not_reused() {
     let world = World::new();
     let chat = new_chat();
     world.existing(chat, "default", "/srv/a", Duration::ZERO);
-    let (out, _) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, _) = capture(world.create().execute(command(chat, "default", "/srv/a")));
     assert_eq!(out.unwrap().result, CreateResult::Replaced);
 }
 
@@ -277,9 +275,7 @@ fn save_failure_stops_the_new_container_and_surfaces_the_save_error() {
         RepoOp::Save,
         RepositoryError::Unavailable("redis down".into()),
     );
-    let (out, cap) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
 
     let err = out.unwrap_err();
     assert!(
@@ -348,9 +344,7 @@ fn save_failure_with_a_failing_compensation_still_surfaces_the_save_error() {
         RuntimeOp::RemoveGracefully,
         RuntimeError::Unavailable("engine down".into()),
     );
-    let (out, cap) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
 
     let err = out.unwrap_err();
     assert!(
@@ -398,9 +392,7 @@ fn a_lease_lost_before_the_save_commits_nothing_and_stops_the_new_container() {
     world
         .runtime
         .on_create(move |spec| locker.expire(&spec.chat_id));
-    let (out, cap) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
 
     let err = out.unwrap_err();
     assert!(
@@ -446,9 +438,7 @@ fn assert_plain_error_with_events(
     want_type: &str,
     want_events: &[&str],
 ) {
-    let (out, cap) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
     let err = out.unwrap_err();
     assert!(
         matches!(
@@ -481,9 +471,7 @@ fn a_busy_lock_is_an_aborted_error_and_touches_nothing() {
         .0
         .unwrap();
     world.calls.clear();
-    let (out, cap) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
     let err = out.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Aborted);
     assert_eq!(err.metric_label(), "lock_busy");
@@ -508,9 +496,7 @@ fn a_lock_store_failure_is_unavailable() {
         .locker
         .fail_next(LockError::Unavailable("redis down".into()));
     let chat = new_chat();
-    let (out, _) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, _) = capture(world.create().execute(command(chat, "default", "/srv/a")));
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
     assert_eq!(
         world.calls.calls(),
@@ -573,17 +559,17 @@ fn a_refused_volume_on_replace_leaves_the_expired_sandbox_untouched() {
     );
     assert_eq!(world.repository.all(), vec![old.clone()]);
     assert_eq!(world.runtime.running(), vec![old.container_id]);
-    assert_eq!(world.calls.calls_of("runtime.stop"), Vec::<String>::new());
+    assert_eq!(
+        world.calls.calls_of("runtime.remove_gracefully"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn an_unknown_agent_is_an_invalid_argument_on_agent_id() {
     let world = World::new();
-    world.runtime.set_known_agents([agent_id("default")]);
     let chat = new_chat();
-    let (out, _) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "nope", "/srv/a")),
-    );
+    let (out, _) = capture(world.create().execute(command(chat, "nope", "/srv/a")));
     assert_eq!(
         out.unwrap_err().kind(),
         ErrorKind::InvalidArgument { field: "agent_id" }
@@ -625,9 +611,7 @@ fn a_session_created_while_waiting_for_the_lease_is_reused_after_the_re_read() {
         .locker
         .on_lock(move |_| repository.insert(saved.clone()));
     world.calls.clear();
-    let (out, cap) = capture(
-        CreateSandbox::new(world.ports.clone(), TTL).execute(command(chat, "default", "/srv/a")),
-    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
     let out = out.unwrap();
     assert_eq!(out.result, CreateResult::Reused);
     assert_eq!(out.session, theirs);
@@ -651,7 +635,7 @@ fn a_session_created_while_waiting_for_the_lease_is_reused_after_the_re_read() {
 fn thirty_two_concurrent_creates_for_one_chat_start_exactly_one_container() {
     let world = World::new();
     let chat = new_chat();
-    let usecase = Arc::new(CreateSandbox::new(world.ports.clone(), TTL));
+    let usecase = Arc::new(world.create());
     let (outs, cap) = capture(futures::future::join_all((0..32).map(|_| {
         let usecase = usecase.clone();
         async move { usecase.execute(command(chat, "default", "/srv/a")).await }

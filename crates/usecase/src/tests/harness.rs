@@ -7,19 +7,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
+use sandboxd_domain::{
+    AgentId, AgentProfile, ChatId, ContainerId, SandboxSession, SessionId, VolumePath,
+};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::Ports;
 use crate::ports::{Clock, NewSandbox};
 use crate::telemetry::span;
 use crate::testing::{
     CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
 };
+use crate::{CreateSandbox, Ports, Profiles};
 
 pub const TTL: Duration = Duration::from_secs(30 * 60);
 
@@ -256,6 +258,8 @@ pub struct World {
     pub runtime: Arc<FakeRuntime>,
     pub clock: Arc<ManualClock>,
     pub ports: Ports,
+    /// The agents `default`, `python` and `other`.
+    pub profiles: Profiles,
 }
 
 impl World {
@@ -278,6 +282,10 @@ impl World {
             runtime: runtime.clone(),
             clock: clock.clone(),
         };
+        let profiles = Profiles::new(
+            ["default", "python", "other"]
+                .map(|agent| (agent_id(agent), AgentProfile::new(format!("{agent}:local")))),
+        );
         Self {
             calls,
             locker,
@@ -285,6 +293,37 @@ impl World {
             runtime,
             clock,
             ports,
+            profiles,
+        }
+    }
+
+    /// The use case under test, built like the server builds it.
+    pub fn create(&self) -> CreateSandbox {
+        CreateSandbox::new(self.ports.clone(), self.profiles.clone(), TTL)
+    }
+
+    /// The spec a create of `agent` would hand the runtime.
+    pub fn spec(
+        &self,
+        chat: ChatId,
+        agent: &str,
+        volume: &str,
+        created_at: sandboxd_domain::Timestamp,
+        expires_at: sandboxd_domain::Timestamp,
+    ) -> NewSandbox {
+        let agent = agent_id(agent);
+        NewSandbox {
+            session_id: SessionId::new_random(),
+            chat_id: chat,
+            profile: self
+                .profiles
+                .get(&agent)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(AgentProfile::new("unknown:local"))),
+            agent_id: agent,
+            volume_host_path: volume_path(volume),
+            created_at,
+            expires_at,
         }
     }
 
@@ -330,17 +369,11 @@ impl World {
             expires_at,
         };
         self.repository.insert(session.clone());
-        self.runtime.insert_running(
-            container_id,
-            NewSandbox {
-                session_id,
-                chat_id: chat,
-                agent_id: session.agent_id.clone(),
-                volume_host_path: session.volume_host_path.clone(),
-                created_at: session.created_at,
-                expires_at,
-            },
-        );
+        let spec = NewSandbox {
+            session_id,
+            ..self.spec(chat, agent, volume, session.created_at, expires_at)
+        };
+        self.runtime.insert_running(container_id, spec);
         self.calls.clear();
         session
     }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use sandboxd_domain::{ContainerId, SessionId};
 
 use super::harness::*;
-use crate::ports::{Clock, NewSandbox, RepositoryError, RuntimeError};
+use crate::ports::{Clock, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
-use crate::{CreateSandbox, CreateSandboxCommand, ErrorKind, ReconcileOptions, ReconcileSandboxes};
+use crate::{CreateSandboxCommand, ErrorKind, ReconcileOptions, ReconcileSandboxes};
 
 const GRACE: Duration = Duration::from_secs(60);
 
@@ -33,14 +33,13 @@ fn orphan_container(world: &World, age: Duration) -> ContainerId {
     let created_at = world.clock.now() - age;
     world.runtime.insert_running(
         id.clone(),
-        NewSandbox {
-            session_id: SessionId::new_random(),
-            chat_id: new_chat(),
-            agent_id: agent_id("default"),
-            volume_host_path: volume_path("/srv/a"),
+        world.spec(
+            new_chat(),
+            "default",
+            "/srv/a",
             created_at,
-            expires_at: created_at + TTL,
-        },
+            created_at + TTL,
+        ),
     );
     id
 }
@@ -139,7 +138,10 @@ fn a_consistent_world_is_left_alone() {
     world.calls.clear();
     let (out, cap) = capture(reconcile(&world).execute());
     assert_eq!(out.unwrap(), crate::ReconcileReport::default());
-    assert_eq!(world.calls.calls_of("runtime.delete"), Vec::<String>::new());
+    assert_eq!(
+        world.calls.calls_of("runtime.force_remove"),
+        Vec::<String>::new()
+    );
     assert_eq!(
         world.calls.calls_of("repository.list").len(),
         3,
@@ -209,7 +211,7 @@ fn a_create_interrupted_after_the_container_started_ends_as_nothing() {
         agent_id: agent_id("default"),
         volume_host_path: volume_path("/srv/a"),
     };
-    let (out, _) = capture(CreateSandbox::new(world.ports.clone(), TTL).execute(command.clone()));
+    let (out, _) = capture(world.create().execute(command.clone()));
     assert!(out.is_err());
     assert_eq!(world.runtime.running().len(), 1);
     world.clock.advance(GRACE + Duration::from_secs(1));
