@@ -21,7 +21,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::helpers::{AppConfig, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with};
+use sandboxd_testkit::{AppConfig, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with};
 
 // ---- /metrics ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis_server::{RedisServer, TestResult};
+use redis_server::{AdapterConfig, RedisServer, TestResult};
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp, VolumePath,
