@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -55,30 +55,13 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
 
     app.redis.restart().await.unwrap();
     app.wait_for_health(ServingStatus::Serving).await;
-    let created = create_retrying(&api, &chat, &volume).await.unwrap();
-    assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
     // The session of `before` died with Redis: its container is an orphan the loop removes.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.containers().await.len() != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "orphan not reconciled\n{}",
-            app.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    create_then_wait_for_one_container(&app, &chat, &volume, Duration::from_secs(20), "orphan")
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_invariant(&app, &api, &app.http_addr.to_string()).await;
     let log = app.log();
-    for loop_name in ["cleanup", "reconcile"] {
-        for event in ["background_outage_started", "background_outage_ended"] {
-            assert_eq!(
-                loop_events(&log, loop_name, event),
-                1,
-                "{loop_name} {event}\n{log}"
-            );
-        }
-    }
+    assert_each_loop_logged_the_outage_once(&log);
 }
 
 /// A unix-socket proxy in front of the Docker engine that the test can cut and restore, so the
@@ -194,30 +177,19 @@ async fn docker_outage_is_unavailable_fast_then_recovers_by_itself() {
 
     proxy.start();
     app.wait_for_health(ServingStatus::Serving).await;
-    let created = create_retrying(&api, &chat, &volume).await.unwrap();
-    assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app.containers().await.len() != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "expired sandbox never cleaned\n{}",
-            app.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_then_wait_for_one_container(
+        &app,
+        &chat,
+        &volume,
+        Duration::from_secs(15),
+        "expired sandbox",
+    )
+    .await;
     let report = reconcile(&api).await;
     assert_eq!(report.error_count, 0);
     assert_invariant(&app, &api, &app.http_addr.to_string()).await;
     let log = app.log();
-    for loop_name in ["cleanup", "reconcile"] {
-        for event in ["background_outage_started", "background_outage_ended"] {
-            assert_eq!(
-                loop_events(&log, loop_name, event),
-                1,
-                "{loop_name} {event}\n{log}"
-            );
-        }
-    }
+    assert_each_loop_logged_the_outage_once(&log);
     let per_session = log
         .lines()
         .filter(|l| l.contains("sandbox_clean_failed"))
@@ -226,4 +198,39 @@ async fn docker_outage_is_unavailable_fast_then_recovers_by_itself() {
         per_session, 0,
         "per-session failures logged at info or above\n{log}"
     );
+}
+
+/// After the outage: a create for the new chat, then (within `bound`) the one container left is
+/// its own; `leftover` names what the loops had to remove.
+async fn create_then_wait_for_one_container(
+    app: &TestApp,
+    chat: &str,
+    volume: &str,
+    bound: Duration,
+    leftover: &str,
+) {
+    let created = create_retrying(&app.api, chat, volume).await.unwrap();
+    assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
+    let deadline = Instant::now() + bound;
+    while app.containers().await.len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{leftover} never removed\n{}",
+            app.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Both loops logged the outage's start and end exactly once (not once per tick).
+fn assert_each_loop_logged_the_outage_once(log: &str) {
+    for loop_name in ["cleanup", "reconcile"] {
+        for event in ["background_outage_started", "background_outage_ended"] {
+            assert_eq!(
+                loop_events(log, loop_name, event),
+                1,
+                "{loop_name} {event}\n{log}"
+            );
+        }
+    }
 }
