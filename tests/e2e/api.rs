@@ -9,7 +9,7 @@ use sandboxd_api::v1;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{AppConfig, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with};
+use sandboxd_testkit::{AppConfig, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with};
 
 fn create_request(chat_id: &str, agent_id: &str, volume: &str) -> v1::CreateSandboxRequest {
     v1::CreateSandboxRequest {

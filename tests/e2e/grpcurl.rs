@@ -8,7 +8,7 @@ use std::process::Output;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, new_chat_id, spawn_app};
+use sandboxd_testkit::{TestApp, new_chat_id, spawn_app};
 
 fn grpcurl_bin() -> String {
     std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sandboxd_api::v1;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{new_chat_id, spawn_app};
+use sandboxd_testkit::{new_chat_id, spawn_app};
 
 #[tokio::test]
 async fn spawned_server_is_serving_and_cleans_up_after_itself() {
@@ -15,7 +15,7 @@ async fn spawned_server_is_serving_and_cleans_up_after_itself() {
         app.health_status(sandboxd_api::SERVICE_NAME).await.unwrap(),
         ServingStatus::Serving
     );
-    let (status, body) = crate::helpers::http_get(&app.http_addr.to_string(), "/healthz")
+    let (status, body) = sandboxd_testkit::http_get(&app.http_addr.to_string(), "/healthz")
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");

@@ -1,15 +1,15 @@
-//! The end-to-end suite: a real `sandboxd` process per test (`helpers::spawn_app`), real Redis,
-//! real Docker, and real clients (the generated tonic client, grpcurl, Python grpcio).
+//! The end-to-end suite: a real `sandboxd` process per test (`sandboxd_testkit::spawn_app`), real
+//! Redis, real Docker, and real clients (the generated tonic client, grpcurl, Python grpcio).
 //!
-//! One test binary (zero-to-production's `tests/api/main.rs` layout): modules share the helpers
-//! and link once. Needs `target/debug/sandboxd` (`cargo build -p sandboxd-server`; scripts/test
-//! builds it), `redis-server` and a Docker engine with the `sandboxd/busybox:local` image.
+//! One test binary (zero-to-production's `tests/api/main.rs` layout): modules share the test kit
+//! (`crates/testkit`) and link once. Needs `target/debug/sandboxd` (`cargo build -p
+//! sandboxd-server`; scripts/test builds it), `redis-server` and a Docker engine with the
+//! `sandboxd/busybox:local` image.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod grpcurl;
 mod harness;
-mod helpers;
 mod observability;
 mod python;
 mod reliability;

@@ -3,7 +3,7 @@
 //!
 //! scripts/test installs `tests/python/requirements.txt`; `PYTHON` overrides the interpreter.
 
-use crate::helpers::{spawn_app, workspace_root};
+use sandboxd_testkit::{spawn_app, workspace_root};
 
 #[tokio::test]
 async fn python_grpcio_client_creates_deletes_and_sees_serving() {

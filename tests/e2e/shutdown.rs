@@ -7,7 +7,7 @@ use sandboxd_api::v1;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{AppConfig, http_get, new_chat_id, sandbox_image, spawn_app_with};
+use sandboxd_testkit::{AppConfig, http_get, new_chat_id, sandbox_image, spawn_app_with};
 
 /// A profile whose httpd starts two seconds late: the ready probe keeps CreateSandbox in flight
 /// long enough to signal the process in the middle of it.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_server::{RedisServer, TestResult};
+use redis_server::{AdapterConfig, RedisServer, TestResult};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore};
 use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
 use sandboxd_usecase::ports::{

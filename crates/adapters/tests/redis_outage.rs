@@ -8,7 +8,7 @@ mod redis_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis_server::{RedisServer, TestResult};
+use redis_server::{AdapterConfig, RedisServer, TestResult};
 use sandboxd_adapters::redis::{ConnectError, RedisConfig, RedisStore};
 use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
 use sandboxd_usecase::ports::{

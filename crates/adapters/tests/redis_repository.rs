@@ -8,7 +8,7 @@ mod redis_server;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use redis_server::{RedisServer, TestResult, random_prefix};
+use redis_server::{AdapterConfig, RedisServer, TestResult, random_prefix};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore, names};
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, VolumePath,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis_server::{RedisServer, TestResult};
+use redis_server::{AdapterConfig, RedisServer, TestResult};
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_domain::{
     AgentId, AgentProfile, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath,

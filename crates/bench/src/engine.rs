@@ -10,11 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
-};
-use futures::StreamExt;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, StopContainerOptionsBuilder};
+use sandboxd_testkit::docker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -165,28 +162,15 @@ impl Engine {
     }
 }
 
-/// The local engine (`DOCKER_HOST` or the socket), version-negotiated: bollard speaks 1.53 by
-/// default and this engine 1.41.
+/// The local engine, through the test kit's engine helper.
 pub async fn client() -> Result<Docker> {
-    Docker::connect_with_defaults()
-        .context("docker client")?
-        .negotiate_version()
+    docker::engine()
         .await
         .context("the Docker engine must be running")
 }
 
 async fn remove_forced(docker: &Docker, id: &str) -> Result<()> {
-    let options = RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build();
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(error) => Err(error.into()),
-    }
+    Ok(docker::remove_forced(docker, id).await?)
 }
 
 /// `GET / HTTP/1.0` until any `HTTP/1.x` status line comes back. A bare TCP connect is not
@@ -228,25 +212,5 @@ async fn http_status_line(addr: SocketAddr) -> bool {
 /// Removes every container carrying one of `filters` (`label=value`): the run's floor containers
 /// and every sandboxd instance's. Returns how many it removed.
 pub async fn sweep(docker: &Docker, filters: &[String]) -> Result<usize> {
-    let mut removed = 0;
-    for filter in filters {
-        let filters = HashMap::from([("label", vec![filter.clone()])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = docker.list_containers(Some(options)).await?;
-        let ids: Vec<String> = containers.into_iter().filter_map(|c| c.id).collect();
-        // Bounded, so a sweep of hundreds does not pile every removal onto the engine at once.
-        let results: Vec<Result<()>> = futures::stream::iter(ids.iter())
-            .map(|id| remove_forced(docker, id))
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        for result in results {
-            result?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    Ok(docker::sweep(docker, filters).await?)
 }

@@ -13,6 +13,7 @@ use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
+use sandboxd_testkit::hostile::{self, DecidedBy};
 use sandboxd_usecase::Ports;
 use sandboxd_usecase::testing::{
     CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
@@ -274,100 +275,31 @@ async fn every_rpc_translates_to_the_use_cases_and_back() {
     app.server.await.unwrap().unwrap();
 }
 
+/// The part of the kit's hostile-input table the server decides by itself: every case is refused
+/// with its code and field before any port is called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_field_is_invalid_argument_naming_it_and_touches_nothing() {
     let app = TestApp::spawn().await;
-    let mut client = app.client().await;
+    let client = app.client().await;
+    let targets = hostile::Targets {
+        live_chat: CHAT.to_owned(),
+        fresh_chat: "1b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10".to_owned(),
+        fresh_volume: "/srv/a".to_owned(),
+        volume_root: "/srv".to_owned(),
+        page_token: hostile::forged_token(CHAT),
+        max_ttl: Config::default().lifecycle.max_ttl,
+    };
     app.calls.clear();
 
-    let mut refusals: Vec<(tonic::Status, &str)> = Vec::new();
-    for (request, field) in [
-        (
-            v1::CreateSandboxRequest {
-                chat_id: "nope".into(),
-                ..create_request("default", "/srv/a")
-            },
-            "chat_id",
-        ),
-        (
-            v1::CreateSandboxRequest {
-                chat_id: CHAT.to_uppercase(),
-                ..create_request("default", "/srv/a")
-            },
-            "chat_id",
-        ),
-        (create_request("", "/srv/a"), "agent_id"),
-        (create_request("Bad!", "/srv/a"), "agent_id"),
-        (create_request("unknown", "/srv/a"), "agent_id"),
-        (create_request("default", ""), "volume_host_path"),
-        (create_request("default", "srv/a"), "volume_host_path"),
-        (create_request("default", "/srv/../etc"), "volume_host_path"),
-        (create_request("default", "/srv/\0"), "volume_host_path"),
-    ] {
-        refusals.push((client.create_sandbox(request).await.unwrap_err(), field));
+    let mut failures = Vec::new();
+    let cases = hostile::hostile_cases(&targets);
+    for case in cases
+        .iter()
+        .filter(|case| case.decided_by == DecidedBy::Request)
+    {
+        failures.extend(case.run(&client).await);
     }
-    refusals.push((
-        client
-            .get_sandbox(v1::GetSandboxRequest {
-                chat_id: String::new(),
-            })
-            .await
-            .unwrap_err(),
-        "chat_id",
-    ));
-    refusals.push((
-        client
-            .delete_sandbox(v1::DeleteSandboxRequest {
-                chat_id: "x".into(),
-            })
-            .await
-            .unwrap_err(),
-        "chat_id",
-    ));
-    refusals.push((
-        client
-            .extend_sandbox(v1::ExtendSandboxRequest {
-                chat_id: "x".into(),
-                ttl: None,
-            })
-            .await
-            .unwrap_err(),
-        "chat_id",
-    ));
-    for ttl in [
-        prost_types::Duration {
-            seconds: -5,
-            nanos: 0,
-        },
-        prost_types::Duration {
-            seconds: 0,
-            nanos: 0,
-        },
-    ] {
-        let request = v1::ExtendSandboxRequest {
-            chat_id: CHAT.into(),
-            ttl: Some(ttl),
-        };
-        refusals.push((client.extend_sandbox(request).await.unwrap_err(), "ttl"));
-    }
-    for (page_size, agent_id) in [(1001, ""), (-1, ""), (10, "Bad Agent")] {
-        let request = v1::ListSandboxesRequest {
-            agent_id: agent_id.into(),
-            page_size,
-            page_token: String::new(),
-        };
-        let field = if agent_id.is_empty() {
-            "page_size"
-        } else {
-            "agent_id"
-        };
-        refusals.push((client.list_sandboxes(request).await.unwrap_err(), field));
-    }
-    for (status, field) in refusals {
-        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-        let violations = status.get_details_bad_request().unwrap().field_violations;
-        assert_eq!(violations[0].field, field, "{status:?}");
-    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
         app.calls.calls(),
         Vec::<String>::new(),

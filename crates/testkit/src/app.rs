@@ -1,0 +1,570 @@
+//! `spawn_app()`: one real `sandboxd` process per test, with its own `redis-server` on a free
+//! port, its own key prefix (which is also its container label namespace) and its own volume
+//! root. Everything is stopped and removed when the [`TestApp`] drops, also when the test panics,
+//! and the processes die with the test binary if it is killed (pdeathsig).
+//!
+//! Tests run in parallel: nothing here is shared between two `TestApp`s except the Docker engine,
+//! where each test only ever looks at (and removes) containers carrying its own label.
+//!
+//! A test binary killed outright (SIGKILL, a CI timeout) runs no destructor: its processes die by
+//! pdeathsig, but its containers and temp dirs stay. Prefixes and temp dir names therefore carry
+//! the test binary's pid, and the first `spawn_app()` of a later run removes what belongs to pids
+//! that no longer exist ([`sweep_dead_runs`]).
+//!
+//! A harness for tests: it panics, with the server's log, where a test could not go on.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::ContainerSummary;
+use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::binary::sandboxd_bin;
+use crate::docker::{self, LabelGuard, MANAGED_BY, sandbox_image};
+use crate::process::{Launch, START_TIMEOUT, SandboxdProcess};
+use crate::redis::RedisServer;
+
+/// A fresh canonical chat id.
+#[must_use]
+pub fn new_chat_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// What a test (or the bench) may change in the server's configuration; [`Default`] is a fast,
+/// quiet server with two busybox profiles, `default` and `other`, and the cleanup loop off (tests
+/// drive the CleanupExpiredSandboxes RPC themselves).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub session_ttl: String,
+    pub max_ttl: String,
+    pub lock_ttl: String,
+    pub lock_wait: String,
+    /// `"0s"` disables the background loop.
+    pub cleanup_interval: String,
+    pub drain_timeout: String,
+    pub stop_grace: String,
+    /// The body of the built-in `default` and `other` profiles ([`Self::busybox_profile`]).
+    pub profile: String,
+    /// Appended to the bodies of the built-in profiles (e.g. a short `ready_timeout`, which a
+    /// short `reconcile_grace` must exceed).
+    pub profile_extra: String,
+    /// Extra `[agents.<id>]` tables: (agent id, the table's TOML body).
+    pub extra_agents: Vec<(String, String)>,
+    /// Appended verbatim to the top level of the config file (before the agent tables).
+    pub extra_toml: String,
+    /// Extra environment of the process (`RUST_LOG` defaults to `info`; every inherited
+    /// `SANDBOXD_*` variable is removed so the caller's shell cannot change the test).
+    pub env: Vec<(String, String)>,
+    /// Extra command-line flags.
+    pub args: Vec<String>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: "30m".to_owned(),
+            max_ttl: "24h".to_owned(),
+            lock_ttl: "10s".to_owned(),
+            lock_wait: "5s".to_owned(),
+            cleanup_interval: "0s".to_owned(),
+            drain_timeout: "20s".to_owned(),
+            stop_grace: "1s".to_owned(),
+            profile: Self::busybox_profile(),
+            profile_extra: String::new(),
+            extra_agents: Vec::new(),
+            extra_toml: String::new(),
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+impl AppConfig {
+    /// Adds an `[agents.<agent_id>]` table with `body` (TOML lines).
+    #[must_use]
+    pub fn with_agent(mut self, agent_id: &str, body: &str) -> Self {
+        self.extra_agents
+            .push((agent_id.to_owned(), body.to_owned()));
+        self
+    }
+
+    /// The body of a busybox profile publishing 8080 with the HTTP ready probe, light limits.
+    #[must_use]
+    pub fn busybox_profile() -> String {
+        format!(
+            "image = {}\nport = 8080\nready_probe = \"http\"\nmemory = \"64m\"\ncpus = 0.5\npids_limit = 64\n",
+            toml_string(&sandbox_image())
+        )
+    }
+
+    /// The config file: listeners on port 0 on loopback, `redis_url`, `prefix` as the key prefix
+    /// and label namespace, `volume_root` as the only allowed volume root.
+    #[must_use]
+    pub fn render(&self, redis_url: &str, prefix: &str, volume_root: &Path) -> String {
+        let mut toml = String::new();
+        let settings = [
+            ("grpc_addr", "127.0.0.1:0"),
+            ("http_addr", "127.0.0.1:0"),
+            ("redis_url", redis_url),
+            ("key_prefix", prefix),
+            ("session_ttl", &self.session_ttl),
+            ("max_ttl", &self.max_ttl),
+            ("lock_ttl", &self.lock_ttl),
+            ("lock_wait", &self.lock_wait),
+            ("cleanup_interval", &self.cleanup_interval),
+            ("drain_timeout", &self.drain_timeout),
+            ("stop_grace", &self.stop_grace),
+            ("publish_host_ip", "127.0.0.1"),
+        ];
+        for (key, value) in settings {
+            let _ = writeln!(toml, "{key} = {}", toml_string(value));
+        }
+        let root = toml_string(&volume_root.display().to_string());
+        let _ = writeln!(toml, "allowed_volume_roots = [{root}]");
+        toml.push_str(&self.extra_toml);
+        toml.push('\n');
+        let profile = format!("{}{}\n", self.profile, self.profile_extra);
+        for (agent_id, body) in [
+            ("default".to_owned(), profile.clone()),
+            ("other".to_owned(), profile),
+        ]
+        .iter()
+        .chain(&self.extra_agents)
+        {
+            let _ = writeln!(toml, "\n[agents.{agent_id}]\n{body}");
+        }
+        toml
+    }
+
+    /// How to start sandboxd with this configuration, its config file already written.
+    #[must_use]
+    pub fn launch(&self, binary: PathBuf, config_path: PathBuf, log_path: PathBuf) -> Launch {
+        let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        env.extend(self.env.iter().cloned());
+        Launch {
+            binary,
+            config_path,
+            args: self.args.clone(),
+            env,
+            log_path,
+        }
+    }
+}
+
+/// A TOML basic string: JSON string escapes are valid TOML.
+#[must_use]
+pub fn toml_string(value: &str) -> String {
+    serde_json::Value::from(value).to_string()
+}
+
+/// One running sandboxd with its own Redis, prefix and volume root.
+///
+/// Field order is drop order: the process is killed first (nothing creates containers after),
+/// then its containers are removed, then Redis dies and the directories go.
+pub struct TestApp {
+    process: SandboxdProcess,
+    containers: LabelGuard,
+    pub redis: RedisServer,
+    /// Config file, logs and scratch space; not mountable (outside `volume_root`).
+    pub scratch: TempDir,
+    /// The only allowed volume root; sandboxes mount directories made by [`TestApp::new_volume`].
+    pub volume_root: TempDir,
+    pub api: SandboxServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub prefix: String,
+    pub docker: Docker,
+    /// What the process was started with, so it can be restarted (or joined by a peer).
+    config: AppConfig,
+    config_path: PathBuf,
+}
+
+impl std::fmt::Debug for TestApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestApp")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Spawns a server with the default [`AppConfig`].
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppConfig::default()).await
+}
+
+/// Spawns a server with `config` and waits until it reports SERVING.
+pub async fn spawn_app_with(config: AppConfig) -> TestApp {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(sweep_dead_runs);
+    let redis = RedisServer::start().await.expect("starting redis-server");
+    let pid = std::process::id();
+    let prefix = format!(
+        "e2e-{pid}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let containers = LabelGuard::new(docker::managed_filter(&prefix));
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("sandboxd-e2e-{pid}-"))
+        .tempdir()
+        .expect("creating a temp dir");
+    let volume_root = tempfile::Builder::new()
+        .prefix(&format!("sandboxd-e2e-{pid}-volumes-"))
+        .tempdir()
+        .expect("creating the volume root");
+    let config_path = scratch.path().join("sandboxd.toml");
+    std::fs::write(
+        &config_path,
+        config.render(&redis.url(), &prefix, volume_root.path()),
+    )
+    .expect("writing the config file");
+
+    let process = start_process(&config, &config_path, scratch.path()).await;
+    let channel = connect(&process).await;
+    let docker = docker::engine()
+        .await
+        .expect("the Docker engine must be running (scripts/test starts it)");
+    let app = TestApp {
+        grpc_addr: process.grpc_addr,
+        http_addr: process.http_addr,
+        process,
+        containers,
+        redis,
+        scratch,
+        volume_root,
+        api: SandboxServiceClient::new(channel.clone()),
+        health: HealthClient::new(channel),
+        prefix,
+        docker,
+        config,
+        config_path,
+    };
+    app.wait_for_health(ServingStatus::Serving).await;
+    app
+}
+
+/// Starts one more process of a test (the first, a restart or a peer), its log in `dir`.
+async fn start_process(config: &AppConfig, config_path: &Path, dir: &Path) -> SandboxdProcess {
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let log_path = dir.join(format!(
+        "sandboxd-{}.log",
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    ));
+    let launch = config.launch(sandboxd_bin(), config_path.to_path_buf(), log_path);
+    SandboxdProcess::start(&launch)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+impl TestApp {
+    /// `http://127.0.0.1:PORT` of the gRPC listener, for clients that want a URL.
+    #[must_use]
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of `/metrics`, `/healthz`, `/readyz`.
+    #[must_use]
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The chat's sandbox through GetSandbox; panics (with the server log) when there is none.
+    pub async fn live_sandbox(&self, chat_id: &str) -> sandboxd_api::v1::Sandbox {
+        self.api
+            .clone()
+            .get_sandbox(sandboxd_api::v1::GetSandboxRequest {
+                chat_id: chat_id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("get {chat_id}: {status:?}\n{}", self.log()))
+            .into_inner()
+            .sandbox
+            .unwrap_or_else(|| panic!("get {chat_id}: no sandbox in the response"))
+    }
+
+    /// A fresh client on its own connection (the shared `api` is fine for most tests).
+    pub async fn new_client(&self) -> SandboxServiceClient<Channel> {
+        SandboxServiceClient::new(connect(&self.process).await)
+    }
+
+    /// Makes a fresh directory under the volume root and returns its path as sent on the wire.
+    #[must_use]
+    pub fn new_volume(&self, name: &str) -> String {
+        let dir = self.volume_root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("creating a volume dir");
+        dir.to_str().expect("temp dir paths are UTF-8").to_owned()
+    }
+
+    /// Everything sandboxd has printed so far (stdout and stderr, interleaved by line).
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// The gRPC health status of `service` (`""` = the whole server).
+    ///
+    /// # Errors
+    /// The status of a failed Check.
+    pub async fn health_status(&self, service: &str) -> Result<ServingStatus, tonic::Status> {
+        health_status(&self.health, service).await
+    }
+
+    /// Polls until the overall health status is `wanted`; panics with the log after a while.
+    pub async fn wait_for_health(&self, wanted: ServingStatus) {
+        wait_for_health(&self.health, wanted, || self.log()).await;
+    }
+
+    /// A new connection to this test's Redis, for assertions on the raw data.
+    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
+        self.redis
+            .connection()
+            .await
+            .expect("connecting to the test redis")
+    }
+
+    /// Every Redis key under this test's prefix.
+    pub async fn redis_keys(&self) -> BTreeSet<String> {
+        let mut con = self.redis_connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut con)
+            .await
+            .expect("KEYS");
+        keys.into_iter().collect()
+    }
+
+    /// `{prefix}:{suffix}`: a key of the data model.
+    #[must_use]
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// This test's containers (running or not) as the engine lists them.
+    pub async fn containers(&self) -> Vec<ContainerSummary> {
+        docker::list_by_label(&self.docker, self.containers.filter())
+            .await
+            .expect("listing containers")
+    }
+
+    /// Ids of this test's containers.
+    pub async fn container_ids(&self) -> BTreeSet<String> {
+        self.containers()
+            .await
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect()
+    }
+
+    /// Whether the engine still knows a container with this id (in any state).
+    pub async fn container_exists(&self, id: &str) -> bool {
+        docker::container_exists(&self.docker, id)
+            .await
+            .unwrap_or_else(|error| panic!("inspecting container {id}: {error}"))
+    }
+
+    /// The label `{prefix}.{name}` of a container.
+    #[must_use]
+    pub fn label(&self, container: &ContainerSummary, name: &str) -> Option<String> {
+        container
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(&format!("{}.{name}", self.prefix)).cloned())
+    }
+
+    /// The sandboxd process id (for `/proc/<pid>` figures).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends any signal (`KILL`, `STOP`, `CONT`, ...) to sandboxd.
+    pub fn signal(&self, signal: &str) {
+        self.process
+            .signal(signal)
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    /// SIGKILL, then waits until the process is gone: no drain, no cleanup, like a crash.
+    pub async fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_for_exit(Duration::from_secs(10)).await;
+    }
+
+    /// Starts sandboxd again with the same configuration (after [`Self::kill9`] or an exit) and
+    /// waits until it is SERVING; the clients point at the new process.
+    pub async fn restart(&mut self) {
+        let process = start_process(&self.config, &self.config_path, self.scratch.path()).await;
+        let channel = connect(&process).await;
+        self.grpc_addr = process.grpc_addr;
+        self.http_addr = process.http_addr;
+        self.process = process;
+        self.api = SandboxServiceClient::new(channel.clone());
+        self.health = HealthClient::new(channel);
+        self.wait_for_health(ServingStatus::Serving).await;
+    }
+
+    /// A second sandboxd with the same configuration: same Redis, prefix, volume root and engine.
+    /// Drop it before the [`TestApp`].
+    pub async fn spawn_peer(&self) -> Peer {
+        let process = start_process(&self.config, &self.config_path, self.scratch.path()).await;
+        let channel = connect(&process).await;
+        let peer = Peer {
+            api: SandboxServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+            grpc_addr: process.grpc_addr,
+            http_addr: process.http_addr,
+            process,
+        };
+        wait_for_health(&peer.health, ServingStatus::Serving, || peer.log()).await;
+        peer
+    }
+
+    /// Sends SIGTERM to sandboxd (graceful shutdown).
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Waits for the process to exit and returns its status; panics with the log on timeout.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.process.wait_for_exit(timeout).await {
+            Ok(status) => status,
+            Err(error) => panic!("{error}\n--- sandboxd log ---\n{}", self.log()),
+        }
+    }
+}
+
+/// Another sandboxd process sharing a [`TestApp`]'s Redis, prefix and engine.
+#[derive(Debug)]
+pub struct Peer {
+    process: SandboxdProcess,
+    pub api: SandboxServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Peer {
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        self.process
+            .signal(signal)
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+}
+
+async fn health_status(
+    health: &HealthClient<Channel>,
+    service: &str,
+) -> Result<ServingStatus, tonic::Status> {
+    let response = health
+        .clone()
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
+
+async fn wait_for_health(
+    health: &HealthClient<Channel>,
+    wanted: ServingStatus,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let status = health_status(health, "").await;
+        if matches!(status, Ok(s) if s == wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never became {wanted:?} (last: {status:?})\n--- sandboxd log ---\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Connects a channel, failing with the server's log if it cannot.
+async fn connect(process: &SandboxdProcess) -> Channel {
+    let endpoint = Channel::from_shared(process.endpoint())
+        .expect("a valid URI")
+        .connect_timeout(Duration::from_secs(5));
+    match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(error) => panic!(
+            "connecting to sandboxd at {}: {error}\n--- sandboxd log ---\n{}",
+            process.grpc_addr,
+            process.log()
+        ),
+    }
+}
+
+/// The pid in `e2e-{pid}-...` (a prefix) or `sandboxd-e2e-{pid}-...` (a temp dir name).
+fn run_pid(name: &str) -> Option<u32> {
+    let rest = name.split_once("e2e-")?.1;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+fn is_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes containers and temp dirs left by e2e runs whose test binary no longer exists.
+pub fn sweep_dead_runs() {
+    let suffix = format!(".managed-by={MANAGED_BY}");
+    let dead_filters = docker::block_on_own_thread(move || async move {
+        let docker = docker::engine().await.ok()?;
+        let all = docker::list_by_label(&docker, "").await.ok()?;
+        let filters: BTreeSet<String> = all
+            .into_iter()
+            .flat_map(|container| container.labels.unwrap_or_default())
+            .map(|(key, value)| format!("{key}={value}"))
+            .filter(|label| {
+                label.starts_with("e2e-")
+                    && label.ends_with(&suffix)
+                    && run_pid(label).is_some_and(|pid| !is_alive(pid))
+            })
+            .collect();
+        Some(filters.into_iter().collect::<Vec<_>>())
+    })
+    .flatten()
+    .unwrap_or_default();
+    if !dead_filters.is_empty() {
+        eprintln!(
+            "removing the containers of {} dead e2e runs",
+            dead_filters.len()
+        );
+        docker::sweep_blocking(dead_filters);
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("sandboxd-e2e-") && run_pid(&name).is_some_and(|pid| !is_alive(pid))
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! sandboxd's test kit (unpublished): exactly one of each thing the tests and the bench start or
+//! share, so they cannot drift apart.
+//!
+//! - [`redis`]: a throwaway `redis-server` on a free port, killed with its handle (and with the
+//!   test binary, by pdeathsig), stoppable and restartable for outage tests.
+//! - [`docker`]: the local engine, the sandbox image, and containers listed and removed by label.
+//! - [`process`]: one spawned `sandboxd` process: its log, addresses, signals and memory.
+//! - [`app`]: `spawn_app()`, a whole test world around one `sandboxd` (Redis, prefix, volume
+//!   root, clients) that removes everything it started when dropped.
+//! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
+//! - [`hostile`]: the one table of hostile requests with the code and field each must get.
+//! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz` and sandbox endpoints.
+
+pub mod app;
+pub mod binary;
+pub mod docker;
+pub mod hostile;
+pub mod http;
+pub mod process;
+pub mod redis;
+
+pub use app::{AppConfig, Peer, TestApp, new_chat_id, spawn_app, spawn_app_with};
+pub use binary::workspace_root;
+pub use docker::{LabelGuard, sandbox_image};
+pub use http::http_get;
+pub use redis::RedisServer;
+
+/// The result of a test or helper that reports failures as errors rather than panics.
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Why a launcher or engine helper failed; the bench reports it, a test fails with it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    #[error(transparent)]
+    Docker(#[from] bollard::errors::Error),
+    /// A process that did not start, answer or stop as it should; the message says which.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The kit's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,203 @@
+//! Reliability end to end (issue 8): concurrency on one chat and across two sandboxd processes,
+//! SIGKILL during creates, Redis and Docker outages, lease expiry during a slow create, hostile
+//! input, and a bounded soak (`cargo test --test e2e -- --ignored soak`).
+//!
+//! The invariant checked after each run: the containers carrying the test's label are exactly
+//! the containers of the sessions in Redis (same count as `sandbox_active_count` after a final
+//! reconcile pass), all running, and no chat has more than one.
+//!
+//! This module holds the helpers the reliability tests share; each submodule tests one kind of
+//! trouble.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use sandboxd_api::v1;
+use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
+use sandboxd_testkit::{TestApp, http_get};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+mod concurrency;
+mod crashes;
+mod hostile;
+mod outages;
+mod soak;
+
+pub(super) type Api = SandboxServiceClient<Channel>;
+
+pub(super) fn create_request(
+    chat_id: &str,
+    agent_id: &str,
+    volume: &str,
+) -> v1::CreateSandboxRequest {
+    v1::CreateSandboxRequest {
+        chat_id: chat_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        volume_host_path: volume.to_owned(),
+    }
+}
+
+/// One CreateSandbox during an outage: UNAVAILABLE, and fast (within `bound`), not a hang.
+pub(super) async fn create_is_unavailable_within(
+    api: &Api,
+    chat: &str,
+    volume: &str,
+    bound: Duration,
+) {
+    let started = Instant::now();
+    let status = api
+        .clone()
+        .create_sandbox(create_request(chat, "default", volume))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < bound,
+        "took {:?}, bound {bound:?}",
+        started.elapsed()
+    );
+}
+
+/// CreateSandbox, retrying ABORTED (lock contention) as the contract says clients should.
+pub(super) async fn create_retrying(
+    api: &Api,
+    chat_id: &str,
+    volume: &str,
+) -> Result<v1::CreateSandboxResponse, Status> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match api
+            .clone()
+            .create_sandbox(create_request(chat_id, "default", volume))
+            .await
+        {
+            Err(status) if status.code() == Code::Aborted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            outcome => return outcome.map(tonic::Response::into_inner),
+        }
+    }
+}
+
+pub(super) async fn reconcile(api: &Api) -> v1::ReconcileSandboxesResponse {
+    api.clone()
+        .reconcile_sandboxes(v1::ReconcileSandboxesRequest {})
+        .await
+        .unwrap_or_else(|status| panic!("reconcile: {status:?}"))
+        .into_inner()
+}
+
+/// Every session, through ListSandboxes.
+async fn all_sandboxes(api: &Api) -> Vec<v1::Sandbox> {
+    let mut sandboxes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = api
+            .clone()
+            .list_sandboxes(v1::ListSandboxesRequest {
+                agent_id: String::new(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        sandboxes.extend(page.sandboxes);
+        if page.next_page_token.is_empty() {
+            return sandboxes;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// `sandbox_active_count` as `/metrics` shows it.
+async fn active_gauge(http_addr: &str) -> Option<f64> {
+    let (_, body) = http_get(http_addr, "/metrics").await.ok()?;
+    body.lines()
+        .find(|line| line.starts_with("sandbox_active_count"))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Live (running) containers of the test, by chat label.
+async fn running_by_chat(app: &TestApp) -> BTreeMap<String, Vec<String>> {
+    let mut by_chat: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for container in app.containers().await {
+        if container.state.as_ref().map(ToString::to_string).as_deref() != Some("running") {
+            continue;
+        }
+        let chat = app.label(&container, "chat_id").unwrap_or_default();
+        by_chat
+            .entry(chat)
+            .or_default()
+            .push(container.id.unwrap_or_default());
+    }
+    by_chat
+}
+
+/// The invariant counts after a run: (containers with the label, sessions in Redis, session
+/// keys in Redis, the gauge). Panics when they disagree or a chat has two containers.
+pub(super) async fn assert_invariant(
+    app: &TestApp,
+    api: &Api,
+    http_addr: &str,
+) -> (usize, usize, f64) {
+    let sessions = all_sandboxes(api).await;
+    let containers = app.containers().await;
+    let container_ids: BTreeSet<String> = containers.iter().filter_map(|c| c.id.clone()).collect();
+    let session_containers: BTreeSet<String> =
+        sessions.iter().map(|s| s.container_id.clone()).collect();
+    let session_keys = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|key| key.starts_with(&app.key("session:")))
+        .count();
+    let not_running: Vec<_> = containers
+        .iter()
+        .filter(|c| c.state.as_ref().map(ToString::to_string).as_deref() != Some("running"))
+        .map(|c| (c.id.clone(), c.state))
+        .collect();
+    assert!(
+        not_running.is_empty(),
+        "containers not running: {not_running:?}"
+    );
+    assert_eq!(
+        container_ids, session_containers,
+        "containers with the label != sessions' containers"
+    );
+    assert_eq!(
+        session_keys,
+        sessions.len(),
+        "session hashes != listed sessions"
+    );
+    let chats: BTreeSet<&str> = sessions.iter().map(|s| s.chat_id.as_str()).collect();
+    assert_eq!(chats.len(), sessions.len(), "a chat has two sessions");
+    for (chat, ids) in running_by_chat(app).await {
+        assert!(ids.len() <= 1, "chat {chat} has containers {ids:?}");
+    }
+    let gauge = active_gauge(http_addr)
+        .await
+        .expect("sandbox_active_count on /metrics");
+    #[allow(clippy::cast_precision_loss)]
+    let expected = sessions.len() as f64;
+    assert!(
+        (gauge - expected).abs() < f64::EPSILON,
+        "sandbox_active_count {gauge} != {expected} sessions"
+    );
+    (container_ids.len(), sessions.len(), gauge)
+}
+
+/// Counts `event` lines of `loop_name` in a text or JSON log.
+pub(super) fn loop_events(log: &str, loop_name: &str, event: &str) -> usize {
+    let spellings = [
+        format!("loop=\"{loop_name}\""),
+        format!("loop={loop_name}"),
+        format!("\"loop\":\"{loop_name}\""),
+    ];
+    log.lines()
+        .filter(|line| line.contains(event))
+        .filter(|line| spellings.iter().any(|s| line.contains(s.as_str())))
+        .count()
+}
