@@ -159,7 +159,7 @@ impl CleanupExpiredSandboxes {
                 .await?;
             let now = self.ports.clock.now();
             let Some(current) = current.filter(|c| c.session_id == listed.session_id) else {
-                // Not in the seed: a superseded session would be listed on every pass forever.
+                // Beyond the reference flow: a superseded session would be listed on every pass forever.
                 let active = self.ports.repository.delete(lease, listed).await?;
                 telemetry::set_active_count(active);
                 telemetry::log_stale_index_removed(listed);

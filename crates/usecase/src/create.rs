@@ -162,7 +162,7 @@ impl CreateSandbox {
         outcome
     }
 
-    /// The seed's flow, preceded by a lock-free read (not in the seed): when the chat's current
+    /// The reference flow (docs/design.md §6), preceded by a lock-free read: when the chat's current
     /// session is live, reuse or conflict is decided from that one atomic read, without a lease.
     /// This is safe because neither outcome writes anything and every write is one atomic script,
     /// so the read sees a state that existed at one instant; the answer is the one the locked path
@@ -243,7 +243,7 @@ impl CreateSandbox {
         expired: Option<SandboxSession>,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
-        // Not in the seed: refuse a forbidden volume before anything changes, so a bad request
+        // Beyond the reference flow: refuse a forbidden volume before anything changes, so a bad request
         // never stops the chat's expired sandbox.
         self.ports
             .runtime
@@ -332,7 +332,7 @@ impl CreateSandbox {
         if let Some(stop_error) = &compensation {
             telemetry::log_compensation_failed(session, stop_error.metric_label());
         }
-        // No write happened; the gauge is refreshed as the seed does, best effort.
+        // No write happened; the gauge is refreshed anyway, best effort.
         if let Ok(active) = self.ports.repository.count_active().await {
             telemetry::set_active_count(active);
         }

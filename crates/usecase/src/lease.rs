@@ -24,7 +24,7 @@ impl std::fmt::Debug for Ports {
 }
 
 /// Takes the chat's lease, runs `step` with it and releases it whatever `step` returned: the
-/// seed's `with locker.lock(chat_id):`. A failed release is logged, not raised: the step's
+/// reference flow's `with locker.lock(chat_id):`. A failed release is logged, not raised: the step's
 /// outcome is already decided and committed, and the lease expires on its own.
 pub(crate) async fn with_lease<T, E>(
     locker: &dyn LifecycleLocker,

@@ -1,4 +1,4 @@
-//! Settings of the Redis adapters, with the defaults of DESIGN.md.
+//! Settings of the Redis adapters, with sandboxd's defaults.
 
 use std::time::Duration;
 

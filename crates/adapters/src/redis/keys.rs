@@ -1,4 +1,4 @@
-//! Key names of the data model (DESIGN.md), all under one configurable prefix.
+//! Key names of the data model (docs/design.md §3), all under one configurable prefix.
 //!
 //! | key | type | content |
 //! | --- | --- | --- |

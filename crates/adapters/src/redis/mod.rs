@@ -1,7 +1,7 @@
 //! The Redis adapters: the session store ([`RedisSessionRepository`]) and the per-chat lease
 //! locker ([`RedisLeaseLocker`]), sharing one connection made by [`RedisStore::connect`].
 //!
-//! Data model: see [`keys`](self::keys) (DESIGN.md plus two lex-ordered indexes for paging).
+//! Data model: see [`keys`](self::keys) (docs/design.md §3, with two lex-ordered indexes for paging).
 //! Every fenced write is one Lua script that checks the lease token first; every call is bounded
 //! by `command_timeout`, and an unreachable Redis is `Unavailable`, never a hang.
 

@@ -1,6 +1,6 @@
 //! Every metric, span and log name the use cases emit, in one place.
 //!
-//! Names follow the seed (`usecase_sandbox.py`) with Prometheus spelling for metrics
+//! Names are the API's fixed telemetry contract (docs/design.md §7), with Prometheus spelling for metrics
 //! (`sandbox.create.total` -> `sandbox_create_total`, label `error.type` -> `error_type`).
 //! Span fields must be declared when a span is created, so each use case's span is built here
 //! with every attribute it may later record.
@@ -112,7 +112,7 @@ pub mod span {
     pub const SESSION_COUNT: &str = "sandbox.session_count";
     pub const REMOVED_CONTAINERS: &str = "sandbox.removed_containers";
     pub const REMOVED_SESSIONS: &str = "sandbox.removed_sessions";
-    /// `span.record_error` of the seed: the error's type label, message and an error status.
+    /// What `record_error` sets: the error's type label, message and an error status.
     pub const ERROR_TYPE: &str = "error.type";
     pub const EXCEPTION_MESSAGE: &str = "exception.message";
     pub const OTEL_STATUS_CODE: &str = "otel.status_code";
@@ -155,7 +155,7 @@ macro_rules! usecase_span {
     };
 }
 
-/// A span that may describe one session (the seed's `_set_session_span_attrs`).
+/// A span that may describe one session (see [`record_session`]).
 macro_rules! session_span {
     ($($fields:tt)*) => {
         usecase_span!(
@@ -245,7 +245,7 @@ pub(crate) fn reconcile_span() -> Span {
     )
 }
 
-/// The seed's `_set_session_span_attrs`.
+/// The attributes of the session a span is about.
 pub(crate) fn record_session(span: &Span, session: &SandboxSession) {
     span.record(
         span::SESSION_ID,
@@ -263,7 +263,7 @@ pub(crate) fn record_session(span: &Span, session: &SandboxSession) {
     }
 }
 
-/// The seed's `_set_previous_session_span_attrs`.
+/// The attributes of the expired session a create replaces.
 pub(crate) fn record_previous_session(span: &Span, session: &SandboxSession) {
     span.record(
         span::PREVIOUS_SESSION_ID,
@@ -277,7 +277,7 @@ pub(crate) fn record_previous_session(span: &Span, session: &SandboxSession) {
     );
 }
 
-/// The seed's `_set_new_session_span_attrs`.
+/// The attributes of the session that replaces it.
 pub(crate) fn record_new_session(span: &Span, session: &SandboxSession) {
     span.record(span::NEW_CONTAINER_ID, session.container_id.as_str());
     span.record(span::NEW_AGENT_ID, session.agent_id.as_str());
@@ -312,7 +312,7 @@ pub(crate) fn finish<E: UseCaseError>(
     }
 }
 
-/// The seed's `span.record_error(exc)`: type, message and an error status for OpenTelemetry.
+/// A failure on the span: type, message and an error status for OpenTelemetry.
 pub(crate) fn record_error(span: &Span, error_type: &str, error: &dyn std::error::Error) {
     span.record(span::ERROR_TYPE, error_type);
     span.record(
@@ -373,7 +373,7 @@ pub fn set_active_count(count: u64) {
 
 // ---- log events --------------------------------------------------------------------------
 
-/// The seed's `_sandbox_attrs`: `{chat_id, session_id, container_id}`.
+/// The fields of every session log event: `{chat_id, session_id, container_id}`.
 macro_rules! session_event {
     ($level:ident, $name:expr, $session:expr $(, $key:ident = $value:expr)*) => {{
         let session: &SandboxSession = $session;
@@ -468,7 +468,7 @@ pub(crate) fn log_delete_not_found(chat_id: &ChatId) {
     tracing::info!(name: event::SANDBOX_DELETE_NOT_FOUND, chat_id = %chat_id, message = event::SANDBOX_DELETE_NOT_FOUND);
 }
 
-/// The seed's `_delete_error_attrs`: chat and error, plus the session when it had been read.
+/// The fields of a failed delete: chat and error, plus the session when it had been read.
 pub(crate) fn log_delete_failed(
     chat_id: &ChatId,
     session: Option<&SandboxSession>,
@@ -532,135 +532,4 @@ pub(crate) fn log_reconcile_failed(error_type: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn an_error_chain_shows_every_cause_in_order() {
-        let error = Outer(std::io::Error::other("root cause"));
-        assert_eq!(ErrorChain(&error).to_string(), "outer: root cause");
-    }
-}
-
-/// The span macros spell field names as identifiers; these checks hold them equal to the
-/// constants the use cases record through and tests read by.
-#[cfg(test)]
-mod span_declarations {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    const ERROR_FIELDS: &[&str] = &[
-        span::RESULT,
-        span::ERROR_TYPE,
-        span::EXCEPTION_MESSAGE,
-        span::OTEL_STATUS_CODE,
-    ];
-    const SESSION_FIELDS: &[&str] = &[
-        span::SESSION_ID,
-        span::CONTAINER_ID,
-        span::SESSION_AGENT_ID,
-        span::SESSION_VOLUME_HOST_PATH,
-        span::ENDPOINT_IP,
-        span::ENDPOINT_PORT,
-    ];
-
-    fn assert_declares(made: &Span, name: &str, fields: &[&[&str]]) {
-        let metadata = made.metadata().expect("a subscriber is installed");
-        assert_eq!(metadata.name(), name);
-        for field in fields.iter().copied().flatten() {
-            assert!(
-                metadata.fields().field(field).is_some(),
-                "{name} declares {field}"
-            );
-        }
-    }
-
-    #[test]
-    fn every_use_case_span_declares_the_fields_its_constants_name() {
-        let chat = ChatId::parse("0b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10").unwrap();
-        tracing::subscriber::with_default(tracing_subscriber::registry(), || {
-            assert_declares(
-                &create_span(&chat, "default", "/srv/a"),
-                span::CREATE,
-                &[
-                    ERROR_FIELDS,
-                    SESSION_FIELDS,
-                    &[
-                        span::CHAT_ID,
-                        span::AGENT_ID,
-                        span::VOLUME_HOST_PATH,
-                        span::CONFLICT_REASON,
-                        span::PREVIOUS_SESSION_ID,
-                        span::PREVIOUS_CONTAINER_ID,
-                        span::PREVIOUS_AGENT_ID,
-                        span::PREVIOUS_VOLUME_HOST_PATH,
-                        span::NEW_SESSION_ID,
-                        span::NEW_CONTAINER_ID,
-                        span::NEW_AGENT_ID,
-                        span::NEW_VOLUME_HOST_PATH,
-                    ],
-                ],
-            );
-            assert_declares(
-                &delete_span(&chat),
-                span::DELETE,
-                &[ERROR_FIELDS, SESSION_FIELDS, &[span::CHAT_ID]],
-            );
-            assert_declares(
-                &get_span(&chat),
-                span::GET,
-                &[ERROR_FIELDS, SESSION_FIELDS, &[span::CHAT_ID]],
-            );
-            assert_declares(
-                &extend_span(&chat, 1000),
-                span::EXTEND,
-                &[
-                    ERROR_FIELDS,
-                    SESSION_FIELDS,
-                    &[span::CHAT_ID, span::TTL_MS, span::EXPIRES_AT],
-                ],
-            );
-            assert_declares(
-                &list_span(Some("default"), 10),
-                span::LIST,
-                &[
-                    ERROR_FIELDS,
-                    &[span::AGENT_ID, span::PAGE_SIZE, span::RETURNED_COUNT],
-                ],
-            );
-            let pass = cleanup_pass_span();
-            assert_declares(
-                &pass,
-                span::CLEANUP_PASS,
-                &[
-                    ERROR_FIELDS,
-                    &[
-                        span::EXPIRED_COUNT,
-                        span::CLEANED_COUNT,
-                        span::ERROR_COUNT,
-                        span::SKIPPED_COUNT,
-                    ],
-                ],
-            );
-            assert_declares(
-                &reconcile_span(),
-                span::RECONCILE,
-                &[
-                    ERROR_FIELDS,
-                    &[
-                        span::CONTAINER_COUNT,
-                        span::SESSION_COUNT,
-                        span::REMOVED_CONTAINERS,
-                        span::REMOVED_SESSIONS,
-                        span::ERROR_COUNT,
-                    ],
-                ],
-            );
-        });
-    }
-}
+mod tests;
