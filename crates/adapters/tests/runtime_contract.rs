@@ -139,6 +139,42 @@ async fn removals_are_idempotent_and_leave_the_container_gone(backend: &dyn Back
     assert_eq!(runtime.inspect(&never).await.unwrap(), ContainerState::Gone);
 }
 
+async fn a_chat_listing_holds_exactly_that_chats_containers(backend: &dyn Backend) {
+    let runtime = backend.runtime();
+    let first = backend.spec("a");
+    let mut second = backend.spec("b");
+    second.chat_id = first.chat_id;
+    let other = backend.spec("c");
+    let mut want = Vec::new();
+    for spec in [&first, &second] {
+        want.push(runtime.create(spec).await.unwrap().container_id);
+    }
+    let unrelated = runtime.create(&other).await.unwrap();
+    let mut listed: Vec<_> = runtime
+        .list_chat(&first.chat_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.labels.chat_id, Some(first.chat_id));
+            c.container_id
+        })
+        .collect();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(
+        runtime
+            .list_chat(&sandboxd_domain::ChatId::from_uuid(uuid::Uuid::new_v4()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for id in want.iter().chain([&unrelated.container_id]) {
+        runtime.force_remove(id).await.unwrap();
+    }
+}
+
 async fn an_allowed_volume_validates_and_creates_nothing(backend: &dyn Backend) {
     let runtime = backend.runtime();
     let spec = backend.spec("a");
@@ -168,6 +204,12 @@ macro_rules! contract {
             async fn removals_are_idempotent_and_leave_the_container_gone() {
                 let backend = $backend::new();
                 super::removals_are_idempotent_and_leave_the_container_gone(&backend).await;
+            }
+
+            #[tokio::test]
+            async fn a_chat_listing_holds_exactly_that_chats_containers() {
+                let backend = $backend::new();
+                super::a_chat_listing_holds_exactly_that_chats_containers(&backend).await;
             }
 
             #[tokio::test]

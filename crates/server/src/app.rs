@@ -81,6 +81,7 @@ impl Application {
                 },
                 reconcile: ReconcileOptions {
                     grace: config.lifecycle.reconcile_grace,
+                    adoption_grace: config.lifecycle.adoption_grace,
                     ..ReconcileOptions::default()
                 },
                 profiles: config.agents.by_agent_id(),

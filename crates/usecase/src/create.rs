@@ -10,7 +10,7 @@ use sandboxd_domain::{
 use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, UseCaseError};
-use crate::lease::{Ports, with_lease};
+use crate::lease::{Ports, remove_strays, with_lease};
 use crate::ports::{Lease, LockError, NewSandbox, RepositoryError, RuntimeError};
 use crate::profiles::Profiles;
 use crate::telemetry::{self, metric};
@@ -256,6 +256,9 @@ impl CreateSandbox {
             ),
             None => (CreateResult::Created, SessionId::new_random()),
         };
+        // Exactly one container per chat: whatever else carries the chat's label (a crashed
+        // create's orphan, another replica's leftover) goes before the new one starts.
+        remove_strays(&*self.ports.runtime, &command.chat_id, None).await?;
         let created_at = self.ports.clock.now();
         let expires_at = created_at + self.ttl;
         if result == CreateResult::Created {

@@ -1,10 +1,11 @@
-//! DeleteSandbox: remove the chat's container and session under its lease.
+//! DeleteSandbox: remove the chat's container, any stray container of the chat, and its session,
+//! under its lease: when it answers, nothing of the chat runs.
 
 use sandboxd_domain::{ChatId, ContainerId, SandboxSession, SessionId};
 use tracing::Instrument;
 
 use crate::error::{PortError, UseCaseError};
-use crate::lease::{Ports, with_lease};
+use crate::lease::{Ports, remove_strays, with_lease};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ impl DeleteSandbox {
                     .get_current_by_chat_id(&chat_id)
                     .await?
                 else {
+                    // Nothing of the chat may run once a delete answers, session or not.
+                    remove_strays(&*self.ports.runtime, &chat_id, None).await?;
                     telemetry::log_delete_not_found(&chat_id);
                     return Ok(DeleteSandboxOutput {
                         chat_id,
@@ -83,6 +86,8 @@ impl DeleteSandbox {
                     .runtime
                     .force_remove(&session.container_id)
                     .await?;
+                // Before the session goes: if this fails, a retry finds the session again.
+                remove_strays(&*self.ports.runtime, &chat_id, None).await?;
                 let active = self.ports.repository.delete(lease, session).await?;
                 telemetry::set_active_count(active);
                 telemetry::log_deleted(session);

@@ -1,14 +1,15 @@
 //! ReconcileSandboxes: one pass that makes the engine and the store agree again after crashes,
-//! lost writes or manual changes. Containers labelled for this deployment with no session are
-//! removed; sessions whose container is gone or not running are deleted (and their container
-//! removed); the active gauge is refreshed from the store.
+//! lost writes or manual changes (docs/design.md §6). Every container no listed session owns is
+//! judged under its chat's lease, so an in-flight create (which holds the lease) is never taken
+//! for an orphan: a live container whose chat has no session is adopted (its session rebuilt
+//! from its labels), one whose chat has another session is a stray and removed, a dead one is
+//! removed. Sessions whose container is gone or stopped are deleted. Only a container whose
+//! labels name no chat, which no lease can cover, waits out the age grace.
 //!
-//! Crash safety of CreateSandbox rests on its order: the container is created (labelled with its
-//! session id) before the session is saved, and the old container is stopped before the old
-//! session is deleted. A process killed at any point therefore leaves at worst a container
-//! without a session, or a session without a running container — both repaired here. The grace
-//! period keeps the pass from racing an in-flight create (container started, session not yet
-//! saved); every repair is re-checked under the chat's lease.
+//! Crash safety of CreateSandbox rests on its order: the container is created (labelled with
+//! its whole session) before the session is saved, and the old container is stopped before the
+//! old session is deleted. A process killed at any point therefore leaves at worst a container
+//! without a session (adopted here) or a session without a running container (deleted here).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +25,12 @@ use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcileOptions {
-    /// Containers and sessions younger than this are left alone: a create may be in flight.
+    /// Backstop for what no lease covers: a container whose labels name no chat is removed
+    /// only once older than this.
     pub grace: Duration,
+    /// An adopted session lives at least this long from the adoption, so a client that lost
+    /// track during the store's outage can still reach (and extend) it.
+    pub adoption_grace: Duration,
     /// Page size used to walk every session.
     pub page_size: usize,
 }
@@ -34,6 +39,7 @@ impl Default for ReconcileOptions {
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(60),
+            adoption_grace: Duration::from_secs(10 * 60),
             page_size: 500,
         }
     }
@@ -41,11 +47,22 @@ impl Default for ReconcileOptions {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
-    /// Containers removed because no session owns them.
+    /// Containers removed: dead or unlabelled ones no session owns, and strays of chats whose
+    /// session names another container.
     pub removed_containers: Vec<ContainerId>,
     /// Sessions deleted because their container is gone or stopped.
     pub removed_sessions: Vec<SandboxSession>,
+    /// Sessions rebuilt from a live container's labels because their chat had none.
+    pub adopted: Vec<SandboxSession>,
     pub error_count: usize,
+}
+
+/// What judging one unowned container under its chat's lease did.
+enum Judged {
+    /// Owned after all (a create finished meanwhile), or already gone.
+    Nothing,
+    Removed,
+    Adopted(SandboxSession),
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +104,7 @@ impl ReconcileSandboxes {
                     telemetry::span::REMOVED_SESSIONS,
                     report.removed_sessions.len(),
                 );
+                span.record(telemetry::span::ADOPTED_SESSIONS, report.adopted.len());
                 span.record(telemetry::span::ERROR_COUNT, report.error_count);
                 let result = if report.error_count == 0 {
                     "completed"
@@ -125,25 +143,32 @@ impl ReconcileSandboxes {
             sessions.iter().map(|s| (&s.container_id, s)).collect();
 
         let mut report = ReconcileReport::default();
-        for container in &containers {
-            if owned.contains_key(&container.container_id)
-                || !older_than(container.labels.created_at, cutoff)
-            {
-                continue;
-            }
-            match self.remove_orphan_container(container).await {
-                Ok(true) => report
+        for container in containers
+            .iter()
+            .filter(|c| !owned.contains_key(&c.container_id))
+        {
+            let judged = match container.labels.chat_id {
+                Some(_) => self.judge_under_lease(container).await,
+                // No chat, no lease: only age tells an in-flight create from an orphan.
+                None if older_than(container.labels.created_at, cutoff) => {
+                    self.remove_unlabelled(container).await
+                }
+                None => Ok(Judged::Nothing),
+            };
+            match judged {
+                Ok(Judged::Nothing) => {}
+                Ok(Judged::Removed) => report
                     .removed_containers
                     .push(container.container_id.clone()),
-                Ok(false) => {}
+                Ok(Judged::Adopted(session)) => report.adopted.push(session),
                 Err(error) => self.count_failure(&mut report, &error),
             }
         }
         for session in &sessions {
-            let healthy = by_container
+            let alive = by_container
                 .get(&session.container_id)
                 .is_some_and(|c| c.state.is_alive());
-            if healthy || session.created_at > cutoff {
+            if alive {
                 continue;
             }
             match self.remove_orphan_session(session).await {
@@ -182,55 +207,88 @@ impl ReconcileSandboxes {
         }
     }
 
-    /// Removes a container no session owns, after re-checking under its chat's lease (when its
-    /// labels name a chat) that its session still does not exist.
-    async fn remove_orphan_container(
-        &self,
-        container: &ManagedContainer,
-    ) -> Result<bool, PortError> {
-        let still_orphan = async || -> Result<bool, PortError> {
-            Ok(match container.labels.session_id {
-                Some(session_id) => self
-                    .ports
-                    .repository
-                    .get_by_session_id(&session_id)
-                    .await?
-                    .is_none_or(|s| s.container_id != container.container_id),
-                None => true,
-            })
+    /// Judges a container no listed session owned, under its chat's lease: while the lease is
+    /// held no create of the chat is in flight, so what the store says now is the truth.
+    async fn judge_under_lease(&self, container: &ManagedContainer) -> Result<Judged, PortError> {
+        let Some(chat_id) = container.labels.chat_id else {
+            return Ok(Judged::Nothing);
         };
-        let removed = match container.labels.chat_id {
-            Some(chat_id) => {
-                with_lease(&*self.ports.locker, &chat_id, async |_lease| {
-                    // Gone already (a delete or cleanup that finished after the listing):
-                    // nothing to remove, and nothing to report.
-                    if !still_orphan().await?
-                        || self.ports.runtime.inspect(&container.container_id).await?
-                            == ContainerState::Gone
-                    {
-                        return Ok(false);
-                    }
+        with_lease(&*self.ports.locker, &chat_id, async |lease| {
+            let state = self.ports.runtime.inspect(&container.container_id).await?;
+            if state == ContainerState::Gone {
+                return Ok(Judged::Nothing);
+            }
+            let current = self
+                .ports
+                .repository
+                .get_current_by_chat_id(&chat_id)
+                .await?;
+            match current {
+                Some(session) if session.container_id == container.container_id => {
+                    Ok(Judged::Nothing)
+                }
+                Some(_) => {
                     self.ports
                         .runtime
                         .force_remove(&container.container_id)
                         .await?;
-                    Ok::<_, PortError>(true)
-                })
-                .await?
+                    telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
+                    telemetry::log_stray_removed(&chat_id, container);
+                    Ok(Judged::Removed)
+                }
+                None => match container.session().filter(|_| state.is_alive()) {
+                    Some(labelled) => {
+                        let adopted = self.adopt(lease, labelled).await?;
+                        Ok(Judged::Adopted(adopted))
+                    }
+                    None => {
+                        self.ports
+                            .runtime
+                            .force_remove(&container.container_id)
+                            .await?;
+                        self.report_container_removed(container);
+                        Ok(Judged::Removed)
+                    }
+                },
             }
-            None => {
-                self.ports
-                    .runtime
-                    .force_remove(&container.container_id)
-                    .await?;
-                true
-            }
+        })
+        .await
+    }
+
+    /// Saves the session a live container's labels describe, as its chat's current session.
+    /// Its expiry is the later of the labelled one and now + the adoption grace: a sandbox
+    /// extended before the store lost it is not cut short, and none expires under a client
+    /// that could not reach the store.
+    async fn adopt(
+        &self,
+        lease: &crate::ports::Lease,
+        labelled: SandboxSession,
+    ) -> Result<SandboxSession, PortError> {
+        let floor = self.ports.clock.now() + self.options.adoption_grace;
+        let session = SandboxSession {
+            expires_at: labelled.expires_at.max(floor),
+            ..labelled
         };
-        if removed {
-            telemetry::count_result(metric::RECONCILE_TOTAL, "container_removed");
-            telemetry::log_orphan_container_removed(container);
-        }
-        Ok(removed)
+        let active = self.ports.repository.save(lease, &session).await?;
+        telemetry::set_active_count(active);
+        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_ADOPTED);
+        telemetry::log_adopted(&session);
+        Ok(session)
+    }
+
+    /// Removes a container whose labels name no chat (not one this service created as such).
+    async fn remove_unlabelled(&self, container: &ManagedContainer) -> Result<Judged, PortError> {
+        self.ports
+            .runtime
+            .force_remove(&container.container_id)
+            .await?;
+        self.report_container_removed(container);
+        Ok(Judged::Removed)
+    }
+
+    fn report_container_removed(&self, container: &ManagedContainer) {
+        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_CONTAINER_REMOVED);
+        telemetry::log_orphan_container_removed(container);
     }
 
     /// Deletes a session whose container is gone or stopped (removing what is left of the
@@ -255,7 +313,7 @@ impl ReconcileSandboxes {
         })
         .await?;
         if removed {
-            telemetry::count_result(metric::RECONCILE_TOTAL, "session_removed");
+            telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_SESSION_REMOVED);
             telemetry::log_orphan_session_removed(session);
         }
         Ok(removed)

@@ -39,6 +39,12 @@ impl LabelKeys {
         format!("{}={MANAGED_BY_VALUE}", self.managed_by())
     }
 
+    /// The engine-side filter selecting one chat's containers (with [`Self::managed_filter`]).
+    #[must_use]
+    pub(crate) fn chat_filter(&self, chat_id: &ChatId) -> String {
+        format!("{}={chat_id}", self.key("chat_id"))
+    }
+
     /// Every label of a new sandbox.
     #[must_use]
     pub fn for_sandbox(&self, spec: &NewSandbox) -> HashMap<String, String> {

@@ -28,7 +28,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentProfile, ContainerId, Endpoint, ReadyProbe, VolumePath};
+use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, ReadyProbe, VolumePath};
 use sandboxd_usecase::ports::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
@@ -299,6 +299,27 @@ impl DockerRuntime {
         Ok(Some(endpoint))
     }
 
+    /// Containers carrying every one of `label_filters` (`key=value`), in any state.
+    async fn list_labelled(
+        &self,
+        label_filters: Vec<String>,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([("label", label_filters)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_error)?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|summary| self.managed(summary))
+            .collect())
+    }
+
     /// A listed container in the port's terms; `None` for an id the engine should never send.
     fn managed(&self, summary: ContainerSummary) -> Option<ManagedContainer> {
         let container_id = ContainerId::parse(summary.id.as_deref()?).ok()?;
@@ -392,20 +413,15 @@ impl SandboxRuntime for DockerRuntime {
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
-        let docker = self.client().await?;
-        let filters = HashMap::from([("label", vec![self.labels.managed_filter()])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine_error)?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|summary| self.managed(summary))
-            .collect())
+        self.list_labelled(vec![self.labels.managed_filter()]).await
+    }
+
+    async fn list_chat(&self, chat_id: &ChatId) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        self.list_labelled(vec![
+            self.labels.managed_filter(),
+            self.labels.chat_filter(chat_id),
+        ])
+        .await
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {

@@ -27,10 +27,14 @@ pub struct LifecycleSettings {
     /// Period of the background reconcile pass (also run once at start); zero disables both.
     #[serde(deserialize_with = "de_duration")]
     pub reconcile_interval: Duration,
-    /// Age below which reconcile leaves a container or session alone (a create may be in flight);
-    /// must exceed `lock_ttl` plus every profile's `ready_timeout` (checked by `Config`).
+    /// Backstop where no lease decides: a container whose labels name no chat is removed only
+    /// once older than this; must exceed `lock_ttl` plus every profile's `ready_timeout`
+    /// (checked by `Config`).
     #[serde(deserialize_with = "de_duration")]
     pub reconcile_grace: Duration,
+    /// Least lifetime of a session that reconcile rebuilt from its container's labels.
+    #[serde(deserialize_with = "de_duration")]
+    pub adoption_grace: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -40,8 +44,10 @@ impl Default for LifecycleSettings {
             max_ttl: Duration::from_secs(24 * 60 * 60),
             cleanup_interval: Duration::from_secs(30),
             cleanup_concurrency: 8,
-            reconcile_interval: Duration::from_secs(60),
+            // Orphans of a crashed process go within lock_ttl plus one interval.
+            reconcile_interval: Duration::from_secs(15),
             reconcile_grace: Duration::from_secs(120),
+            adoption_grace: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -65,14 +71,20 @@ pub(crate) const SETTINGS: &[Setting] = &[
     Setting::new(
         "reconcile_interval",
         "DURATION",
-        "60s",
+        "15s",
         "Background reconcile period, also run once at start; 0s disables it",
     ),
     Setting::new(
         "reconcile_grace",
         "DURATION",
         "2m",
-        "Age below which reconcile leaves containers and sessions alone; must exceed lock_ttl + every ready_timeout",
+        "Age below which reconcile leaves a container whose labels name no chat alone; must exceed lock_ttl + every ready_timeout",
+    ),
+    Setting::new(
+        "adoption_grace",
+        "DURATION",
+        "10m",
+        "Least lifetime of a session reconcile rebuilds from a live container's labels",
     ),
 ];
 
@@ -80,7 +92,11 @@ impl LifecycleSettings {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first bad setting of the section.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        for (setting, value) in [("session_ttl", self.session_ttl), ("max_ttl", self.max_ttl)] {
+        for (setting, value) in [
+            ("session_ttl", self.session_ttl),
+            ("max_ttl", self.max_ttl),
+            ("adoption_grace", self.adoption_grace),
+        ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(setting, "must be positive"));
             }

@@ -263,8 +263,9 @@ mod tests {
         assert_eq!(config.lifecycle.max_ttl, Duration::from_secs(86400));
         assert_eq!(config.lifecycle.cleanup_interval, Duration::from_secs(30));
         assert_eq!(config.lifecycle.cleanup_concurrency, 8);
-        assert_eq!(config.lifecycle.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(config.lifecycle.reconcile_interval, Duration::from_secs(15));
         assert_eq!(config.lifecycle.reconcile_grace, Duration::from_secs(120));
+        assert_eq!(config.lifecycle.adoption_grace, Duration::from_secs(600));
         assert_eq!(config.redis.lock_ttl, Duration::from_secs(10));
         assert_eq!(config.redis.lock_wait, Duration::from_secs(5));
         assert!(config.docker.allowed_volume_roots.is_empty());
@@ -569,6 +570,7 @@ mod tests {
             "cleanup_concurrency",
             "reconcile_interval",
             "reconcile_grace",
+            "adoption_grace",
             "lock_ttl",
             "lock_wait",
             "allowed_volume_roots",
@@ -595,6 +597,6 @@ mod tests {
             };
             assert!(help.contains(&env), "{env}");
         }
-        assert_eq!(settings().count(), 24);
+        assert_eq!(settings().count(), 25);
     }
 }

@@ -42,5 +42,6 @@ fn response(report: &ReconcileReport) -> v1::ReconcileSandboxesResponse {
             .map(convert::sandbox)
             .collect(),
         error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
+        adopted_sandboxes: report.adopted.iter().map(convert::sandbox).collect(),
     }
 }

@@ -254,6 +254,13 @@ pub trait SandboxRuntime: Send + Sync {
     /// `Unavailable`/`Other`.
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError>;
 
+    /// The containers labelled for this deployment and `chat_id`, in any state: what a create or
+    /// delete sweeps under the chat's lease so that nothing but the session's container runs.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn list_chat(&self, chat_id: &ChatId) -> Result<Vec<ManagedContainer>, RuntimeError>;
+
     /// Cheap liveness check for health reporting.
     ///
     /// # Errors

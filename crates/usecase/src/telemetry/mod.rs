@@ -28,6 +28,12 @@ pub mod metric {
     pub const REASON: &str = "reason";
     pub const ERROR_TYPE: &str = "error_type";
 
+    /// `result` values of `sandbox_reconcile_total`: the repairs, by reason.
+    pub const REPAIR_CONTAINER_REMOVED: &str = "container_removed";
+    pub const REPAIR_SESSION_REMOVED: &str = "session_removed";
+    pub const REPAIR_ADOPTED: &str = "adopted";
+    pub const REPAIR_STRAY_REMOVED: &str = "stray_removed";
+
     /// `reason` of a cleanup error raised by the listing itself, not by one session.
     pub const REASON_LIST_EXPIRED: &str = "list_expired";
 
@@ -57,7 +63,7 @@ pub mod metric {
         (LIST_TOTAL, "ListSandboxes calls by result (ok, error)."),
         (
             RECONCILE_TOTAL,
-            "Reconciliation repairs by result (orphan container or session removed).",
+            "Repairs by result: container_removed (dead or unlabelled container), session_removed (session whose container is gone), adopted (session rebuilt from a live container's labels), stray_removed (a chat's container other than its session's).",
         ),
         (
             RECONCILE_ERROR_TOTAL,
@@ -112,6 +118,7 @@ pub mod span {
     pub const SESSION_COUNT: &str = "sandbox.session_count";
     pub const REMOVED_CONTAINERS: &str = "sandbox.removed_containers";
     pub const REMOVED_SESSIONS: &str = "sandbox.removed_sessions";
+    pub const ADOPTED_SESSIONS: &str = "sandbox.adopted_sessions";
     /// What `record_error` sets: the error's type label, message and an error status.
     pub const ERROR_TYPE: &str = "error.type";
     pub const EXCEPTION_MESSAGE: &str = "exception.message";
@@ -137,6 +144,8 @@ pub mod event {
     pub const SANDBOX_ORPHAN_CONTAINER_REMOVED: &str = "sandbox_orphan_container_removed";
     pub const SANDBOX_ORPHAN_SESSION_REMOVED: &str = "sandbox_orphan_session_removed";
     pub const SANDBOX_RECONCILE_FAILED: &str = "sandbox_reconcile_failed";
+    pub const SANDBOX_ADOPTED: &str = "sandbox_adopted";
+    pub const SANDBOX_STRAY_CONTAINER_REMOVED: &str = "sandbox_stray_container_removed";
 }
 
 // ---- spans -------------------------------------------------------------------------------
@@ -241,6 +250,7 @@ pub(crate) fn reconcile_span() -> Span {
         sandbox.session_count = Empty,
         sandbox.removed_containers = Empty,
         sandbox.removed_sessions = Empty,
+        sandbox.adopted_sessions = Empty,
         sandbox.error_count = Empty,
     )
 }
@@ -524,6 +534,28 @@ pub(crate) fn log_orphan_container_removed(container: &crate::ports::ManagedCont
         chat_id = container.labels.chat_id.map(tracing::field::display),
         session_id = container.labels.session_id.map(tracing::field::display),
         message = event::SANDBOX_ORPHAN_CONTAINER_REMOVED,
+    );
+}
+
+/// A session rebuilt from its live container's labels (its store lost it).
+pub(crate) fn log_adopted(session: &SandboxSession) {
+    session_event!(
+        warn,
+        event::SANDBOX_ADOPTED,
+        session,
+        expires_at = tracing::field::display(session.expires_at)
+    );
+}
+
+/// A container of `chat_id` other than its session's, removed under the chat's lease.
+pub(crate) fn log_stray_removed(chat_id: &ChatId, container: &crate::ports::ManagedContainer) {
+    tracing::warn!(
+        name: event::SANDBOX_STRAY_CONTAINER_REMOVED,
+        chat_id = %chat_id,
+        container_id = %container.container_id,
+        state = container.state.as_str(),
+        session_id = container.labels.session_id.map(tracing::field::display),
+        message = event::SANDBOX_STRAY_CONTAINER_REMOVED,
     );
 }
 

@@ -126,6 +126,7 @@ mod span_declarations {
                         span::SESSION_COUNT,
                         span::REMOVED_CONTAINERS,
                         span::REMOVED_SESSIONS,
+                        span::ADOPTED_SESSIONS,
                         span::ERROR_COUNT,
                     ],
                 ],

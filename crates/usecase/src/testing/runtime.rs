@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sandboxd_domain::{AgentProfile, ContainerId, Endpoint, VolumePath};
+use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
 
 use super::{CallLog, lock};
 use crate::ports::{
@@ -22,6 +22,7 @@ pub enum RuntimeOp {
     RemoveGracefully,
     ForceRemove,
     ListManaged,
+    ListChat,
     Inspect,
     Ping,
 }
@@ -29,7 +30,7 @@ pub enum RuntimeOp {
 /// One "container" of the fake engine.
 #[derive(Debug, Clone)]
 struct FakeContainer {
-    spec: NewSandbox,
+    labels: SandboxLabels,
     endpoint: Option<Endpoint>,
     state: ContainerState,
 }
@@ -123,14 +124,40 @@ impl FakeRuntime {
 
     /// Adds a running container directly (test setup of an existing session).
     pub fn insert_running(&self, container_id: ContainerId, spec: NewSandbox) {
+        self.insert(
+            container_id,
+            SandboxLabels::of(&spec),
+            ContainerState::Running,
+        );
+    }
+
+    /// Adds a container with any labels (missing or partial ones too) in any state.
+    pub fn insert(&self, container_id: ContainerId, labels: SandboxLabels, state: ContainerState) {
         lock(&self.containers).insert(
             container_id,
             FakeContainer {
-                spec,
+                labels,
                 endpoint: None,
-                state: ContainerState::Running,
+                state,
             },
         );
+    }
+
+    /// The containers whose labels match, as an engine lists them.
+    fn managed(&self, matches: impl Fn(&SandboxLabels) -> bool) -> Vec<ManagedContainer> {
+        lock(&self.containers)
+            .iter()
+            .filter(|(_, container)| matches(&container.labels))
+            .map(|(id, container)| ManagedContainer {
+                container_id: id.clone(),
+                state: container.state,
+                labels: container.labels.clone(),
+                // As an engine: a container that does not run has nothing bound.
+                endpoint: container
+                    .endpoint
+                    .filter(|_| container.state == ContainerState::Running),
+            })
+            .collect()
     }
 
     fn enter(&self, op: RuntimeOp, call: String) -> Result<(), RuntimeError> {
@@ -183,7 +210,7 @@ impl SandboxRuntime for FakeRuntime {
         lock(&self.containers).insert(
             container_id.clone(),
             FakeContainer {
-                spec: spec.clone(),
+                labels: SandboxLabels::of(spec),
                 endpoint: Some(endpoint),
                 state: ContainerState::Running,
             },
@@ -239,18 +266,12 @@ impl SandboxRuntime for FakeRuntime {
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
         self.enter(RuntimeOp::ListManaged, "runtime.list_managed".to_owned())?;
-        Ok(lock(&self.containers)
-            .iter()
-            .map(|(id, container)| ManagedContainer {
-                container_id: id.clone(),
-                state: container.state,
-                labels: SandboxLabels::of(&container.spec),
-                // As an engine: a container that does not run has nothing bound.
-                endpoint: container
-                    .endpoint
-                    .filter(|_| container.state == ContainerState::Running),
-            })
-            .collect())
+        Ok(self.managed(|_| true))
+    }
+
+    async fn list_chat(&self, chat_id: &ChatId) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        self.enter(RuntimeOp::ListChat, format!("runtime.list_chat({chat_id})"))?;
+        Ok(self.managed(|labels| labels.chat_id == Some(*chat_id)))
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {

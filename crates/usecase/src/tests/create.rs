@@ -8,9 +8,11 @@ use std::time::Duration;
 use sandboxd_domain::ConflictReason;
 
 use super::harness::*;
+use crate::ports::{Clock as _, ContainerState, SandboxLabels};
 use crate::ports::{LockError, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CreateResult, CreateSandboxCommand, CreateSandboxError, ErrorKind};
+use sandboxd_domain::ContainerId;
 
 fn command(chat: sandboxd_domain::ChatId, agent: &str, volume: &str) -> CreateSandboxCommand {
     CreateSandboxCommand {
@@ -51,6 +53,7 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
             "runtime.validate(default:local,/srv/a)".to_owned(),
+            format!("runtime.list_chat({chat})"),
             format!("runtime.create({})", session.session_id),
             format!("repository.save({})", session.session_id),
             format!("locker.release({chat})"),
@@ -216,6 +219,7 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
             "runtime.validate(other:local,/srv/b)".to_owned(),
             format!("runtime.remove_gracefully({})", old.container_id),
             format!("repository.delete({})", old.session_id),
+            format!("runtime.list_chat({chat})"),
             format!("runtime.create({})", new.session_id),
             format!("repository.save({})", new.session_id),
             format!("locker.release({chat})"),
@@ -671,4 +675,57 @@ impl World {
     fn clock_now(&self) -> sandboxd_domain::Timestamp {
         crate::ports::Clock::now(&*self.clock)
     }
+}
+
+#[test]
+fn a_create_removes_every_stray_container_of_the_chat_before_starting_its_own() {
+    // A crashed create's orphan and another replica's leftover both carry the chat's label.
+    let world = World::new();
+    let chat = new_chat();
+    let now = world.clock.now();
+    for name in ["stray-a", "stray-b"] {
+        world.runtime.insert(
+            ContainerId::parse(name).unwrap(),
+            SandboxLabels::of(&world.spec(chat, "default", "/srv/a", now, now + TTL)),
+            ContainerState::Running,
+        );
+    }
+    let unrelated = world.existing(new_chat(), "default", "/srv/b", TTL);
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
+    let created = out.unwrap();
+    assert_eq!(created.result, CreateResult::Created);
+    let mut running = world.runtime.running();
+    running.sort();
+    let mut want = vec![created.session.container_id.clone(), unrelated.container_id];
+    want.sort();
+    assert_eq!(running, want, "exactly one container for the chat");
+    let calls = world.calls.calls();
+    let removed: Vec<_> = calls
+        .iter()
+        .filter(|c| c.starts_with("runtime.force_remove("))
+        .collect();
+    assert_eq!(
+        removed,
+        vec![
+            "runtime.force_remove(stray-a)",
+            "runtime.force_remove(stray-b)"
+        ]
+    );
+    let create = calls
+        .iter()
+        .position(|c| c.starts_with("runtime.create("))
+        .unwrap();
+    assert!(
+        calls[..create]
+            .iter()
+            .any(|c| c == "runtime.force_remove(stray-b)"),
+        "the strays go before the new container starts: {calls:?}"
+    );
+    assert_eq!(
+        cap.counter_lines(),
+        vec![
+            "sandbox_create_total{result=created} 1",
+            "sandbox_reconcile_total{result=stray_removed} 2",
+        ]
+    );
 }

@@ -5,9 +5,11 @@ use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
+use crate::ports::{Clock as _, ContainerState, SandboxLabels};
 use crate::ports::{LockError, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, ErrorKind};
+use sandboxd_domain::ContainerId;
 
 #[test]
 fn deleting_a_chat_without_a_session_is_not_found() {
@@ -24,6 +26,7 @@ fn deleting_a_chat_without_a_session_is_not_found() {
         vec![
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
+            format!("runtime.list_chat({chat})"),
             format!("locker.release({chat})"),
         ]
     );
@@ -70,6 +73,7 @@ fn deleting_removes_the_container_before_the_session() {
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
             format!("runtime.force_remove({})", session.container_id),
+            format!("runtime.list_chat({chat})"),
             format!("repository.delete({})", session.session_id),
             format!("locker.release({chat})"),
         ]
@@ -192,4 +196,56 @@ fn a_repository_delete_failure_is_reported_with_the_session() {
         "lease_lost",
         Some(&session),
     );
+}
+
+#[test]
+fn when_a_delete_answers_nothing_of_the_chat_runs_session_or_not() {
+    let world = World::new();
+    let with_session = new_chat();
+    let session = world.existing(with_session, "default", "/srv/a", TTL);
+    let without_session = new_chat();
+    let now = world.clock.now();
+    for (name, chat) in [("stray-1", with_session), ("stray-2", without_session)] {
+        world.runtime.insert(
+            ContainerId::parse(name).unwrap(),
+            SandboxLabels::of(&world.spec(chat, "default", "/srv/a", now, now + TTL)),
+            ContainerState::Paused,
+        );
+    }
+    let delete = |chat| {
+        capture(
+            DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
+        )
+    };
+    let (out, _) = delete(with_session);
+    assert_eq!(out.unwrap().result, DeleteResult::Deleted);
+    let (out, cap) = delete(without_session);
+    assert_eq!(out.unwrap().result, DeleteResult::NotFound);
+    assert_eq!(world.runtime.running(), vec![]);
+    assert_eq!(world.repository.all(), vec![]);
+    assert!(!world.calls.calls().is_empty());
+    assert_eq!(
+        cap.counter_lines(),
+        vec![
+            "sandbox_delete_total{result=not_found} 1",
+            "sandbox_reconcile_total{result=stray_removed} 1",
+        ]
+    );
+    let _ = session;
+}
+
+#[test]
+fn a_failed_stray_sweep_keeps_the_session_for_the_retry() {
+    let world = World::new();
+    let chat = new_chat();
+    let session = world.existing(chat, "default", "/srv/a", TTL);
+    world.runtime.fail_next(
+        RuntimeOp::ListChat,
+        RuntimeError::Unavailable("down".into()),
+    );
+    let (out, _) = capture(
+        DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
+    );
+    assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
+    assert_eq!(world.repository.all(), vec![session]);
 }
