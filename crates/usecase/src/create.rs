@@ -11,7 +11,7 @@ use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, remove_strays, with_lease};
-use crate::ports::{Lease, LockError, NewSandbox, RepositoryError, RuntimeError};
+use crate::ports::{Lease, LockError, ManagedContainer, NewSandbox, RepositoryError, RuntimeError};
 use crate::profiles::Profiles;
 use crate::telemetry::{self, metric};
 
@@ -20,6 +20,17 @@ pub struct CreateSandboxCommand {
     pub chat_id: ChatId,
     pub agent_id: AgentId,
     pub volume_host_path: VolumePath,
+}
+
+/// A container of the chat that can serve this request as it is: alive, fully labelled, with
+/// the requested agent and volume.
+fn adoptable(container: &ManagedContainer, command: &CreateSandboxCommand) -> bool {
+    container.state.is_alive()
+        && container.session().is_some_and(|session| {
+            session
+                .conflict_with(&command.agent_id, &command.volume_host_path)
+                .is_none()
+        })
 }
 
 /// How the returned session came to be.
@@ -243,12 +254,27 @@ impl CreateSandbox {
         expired: Option<SandboxSession>,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
-        // Beyond the reference flow: refuse a forbidden volume before anything changes, so a bad request
-        // never stops the chat's expired sandbox.
+        // Beyond the reference flow: refuse a forbidden volume before anything changes, so a
+        // bad request never stops the chat's expired sandbox.
         self.ports
             .runtime
             .validate(profile, &command.volume_host_path)
             .await?;
+        let mut containers = self.ports.runtime.list_chat(&command.chat_id).await?;
+        if expired.is_none()
+            && let Some(found) = containers.iter().find(|c| adoptable(c, command))
+            && let Some(labelled) = found.session()
+        {
+            let keep = found.container_id.clone();
+            remove_strays(
+                &*self.ports.runtime,
+                &command.chat_id,
+                containers,
+                Some(&keep),
+            )
+            .await?;
+            return self.adopt(lease, labelled, span).await;
+        }
         let (result, new_session_id) = match &expired {
             Some(old) => (
                 CreateResult::Replaced,
@@ -256,9 +282,13 @@ impl CreateSandbox {
             ),
             None => (CreateResult::Created, SessionId::new_random()),
         };
+        if let Some(old) = &expired {
+            // Removed just now by the replace: not a stray.
+            containers.retain(|c| c.container_id != old.container_id);
+        }
         // Exactly one container per chat: whatever else carries the chat's label (a crashed
         // create's orphan, another replica's leftover) goes before the new one starts.
-        remove_strays(&*self.ports.runtime, &command.chat_id, None).await?;
+        remove_strays(&*self.ports.runtime, &command.chat_id, containers, None).await?;
         let created_at = self.ports.clock.now();
         let expires_at = created_at + self.ttl;
         if result == CreateResult::Created {
@@ -287,6 +317,32 @@ impl CreateSandbox {
         Ok(CreateSandboxOutput {
             session: new_session,
             result,
+        })
+    }
+
+    /// The chat has no session but its sandbox runs (the store lost the session): the
+    /// sandbox is kept, its session rebuilt from its labels and saved, and the create answers
+    /// as a reuse. It lives at least a session TTL from now.
+    async fn adopt(
+        &self,
+        lease: &Lease,
+        labelled: SandboxSession,
+        span: &Span,
+    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        let floor = self.ports.clock.now() + self.ttl;
+        let session = SandboxSession {
+            expires_at: labelled.expires_at.max(floor),
+            ..labelled
+        };
+        let active = self.ports.repository.save(lease, &session).await?;
+        telemetry::set_active_count(active);
+        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_ADOPTED);
+        telemetry::log_adopted(&session);
+        telemetry::record_session(span, &session);
+        telemetry::log_reused(&session);
+        Ok(CreateSandboxOutput {
+            session,
+            result: CreateResult::Reused,
         })
     }
 

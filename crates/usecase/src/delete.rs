@@ -71,7 +71,8 @@ impl DeleteSandbox {
                     .await?
                 else {
                     // Nothing of the chat may run once a delete answers, session or not.
-                    remove_strays(&*self.ports.runtime, &chat_id, None).await?;
+                    let strays = self.ports.runtime.list_chat(&chat_id).await?;
+                    remove_strays(&*self.ports.runtime, &chat_id, strays, None).await?;
                     telemetry::log_delete_not_found(&chat_id);
                     return Ok(DeleteSandboxOutput {
                         chat_id,
@@ -87,7 +88,8 @@ impl DeleteSandbox {
                     .force_remove(&session.container_id)
                     .await?;
                 // Before the session goes: if this fails, a retry finds the session again.
-                remove_strays(&*self.ports.runtime, &chat_id, None).await?;
+                let strays = self.ports.runtime.list_chat(&chat_id).await?;
+                remove_strays(&*self.ports.runtime, &chat_id, strays, None).await?;
                 let active = self.ports.repository.delete(lease, session).await?;
                 telemetry::set_active_count(active);
                 telemetry::log_deleted(session);

@@ -7,7 +7,8 @@ use sandboxd_domain::{ChatId, ContainerId};
 
 use crate::error::UseCaseError;
 use crate::ports::{
-    Clock, Lease, LifecycleLocker, LockError, RuntimeError, SandboxRuntime, SessionRepository,
+    Clock, Lease, LifecycleLocker, LockError, ManagedContainer, RuntimeError, SandboxRuntime,
+    SessionRepository,
 };
 use crate::telemetry::{self, metric};
 
@@ -45,20 +46,22 @@ where
     outcome
 }
 
-/// Removes every container labelled with `chat_id` except `keep`: the orphan of a crashed
-/// create, a container another replica lost track of. The caller holds the chat's lease, so no
-/// create of this chat is in flight and nothing it removes can be a sandbox about to be saved.
-/// Each removal is counted and logged as a repair. Returns how many were removed.
+/// Removes every one of `containers` (the chat's, as `list_chat` gave them) except `keep`: the
+/// orphan of a crashed create, a container another replica lost track of. The caller holds the
+/// chat's lease, so no create of this chat is in flight and nothing it removes can be a sandbox
+/// about to be saved. Each removal is counted and logged as a repair. Returns how many were
+/// removed.
 ///
 /// # Errors
-/// The runtime's, at the first listing or removal that fails; what was removed stays removed.
+/// The runtime's, at the first removal that fails; what was removed stays removed.
 pub(crate) async fn remove_strays(
     runtime: &dyn SandboxRuntime,
     chat_id: &ChatId,
+    containers: Vec<ManagedContainer>,
     keep: Option<&ContainerId>,
 ) -> Result<usize, RuntimeError> {
     let mut removed = 0;
-    for container in runtime.list_chat(chat_id).await? {
+    for container in containers {
         if keep == Some(&container.container_id) {
             continue;
         }

@@ -217,9 +217,9 @@ fn replaces_an_expired_session_stopping_the_old_container_first() {
             format!("locker.lock({chat})"),
             format!("repository.get_current_by_chat_id({chat})"),
             "runtime.validate(other:local,/srv/b)".to_owned(),
+            format!("runtime.list_chat({chat})"),
             format!("runtime.remove_gracefully({})", old.container_id),
             format!("repository.delete({})", old.session_id),
-            format!("runtime.list_chat({chat})"),
             format!("runtime.create({})", new.session_id),
             format!("repository.save({})", new.session_id),
             format!("locker.release({chat})"),
@@ -679,15 +679,19 @@ impl World {
 
 #[test]
 fn a_create_removes_every_stray_container_of_the_chat_before_starting_its_own() {
-    // A crashed create's orphan and another replica's leftover both carry the chat's label.
+    // Another volume's leftover and a stopped orphan both carry the chat's label; neither can
+    // serve the request as it is.
     let world = World::new();
     let chat = new_chat();
     let now = world.clock.now();
-    for name in ["stray-a", "stray-b"] {
+    for (name, volume, state) in [
+        ("stray-a", "/srv/z", ContainerState::Running),
+        ("stray-b", "/srv/a", ContainerState::Stopped),
+    ] {
         world.runtime.insert(
             ContainerId::parse(name).unwrap(),
-            SandboxLabels::of(&world.spec(chat, "default", "/srv/a", now, now + TTL)),
-            ContainerState::Running,
+            SandboxLabels::of(&world.spec(chat, "default", volume, now, now + TTL)),
+            state,
         );
     }
     let unrelated = world.existing(new_chat(), "default", "/srv/b", TTL);
@@ -726,6 +730,48 @@ fn a_create_removes_every_stray_container_of_the_chat_before_starting_its_own() 
         vec![
             "sandbox_create_total{result=created} 1",
             "sandbox_reconcile_total{result=stray_removed} 2",
+        ]
+    );
+}
+
+#[test]
+fn a_create_for_a_chat_whose_store_lost_its_session_adopts_the_running_sandbox() {
+    let world = World::new();
+    let chat = new_chat();
+    let created_at = world.clock.now() - Duration::from_secs(60);
+    let spec = world.spec(chat, "default", "/srv/a", created_at, created_at + TTL * 3);
+    let kept = ContainerId::parse("survivor").unwrap();
+    world.runtime.insert(
+        kept.clone(),
+        SandboxLabels::of(&spec),
+        ContainerState::Running,
+    );
+    let other_volume = ContainerId::parse("other-volume").unwrap();
+    world.runtime.insert(
+        other_volume,
+        SandboxLabels::of(&world.spec(chat, "default", "/srv/z", created_at, created_at + TTL)),
+        ContainerState::Running,
+    );
+    let (out, cap) = capture(world.create().execute(command(chat, "default", "/srv/a")));
+    let out = out.unwrap();
+    assert_eq!(out.result, CreateResult::Reused);
+    assert_eq!(out.session.session_id, spec.session_id, "the same session");
+    assert_eq!(out.session.container_id, kept);
+    assert_eq!(out.session.created_at, created_at);
+    assert_eq!(
+        out.session.expires_at,
+        created_at + TTL * 3,
+        "its later expiry kept"
+    );
+    assert_eq!(world.repository.all(), vec![out.session.clone()]);
+    assert_eq!(world.runtime.running(), vec![kept]);
+    assert_eq!(world.runtime.created_total(), 0);
+    assert_eq!(
+        cap.counter_lines(),
+        vec![
+            "sandbox_create_total{result=reused} 1",
+            "sandbox_reconcile_total{result=adopted} 1",
+            "sandbox_reconcile_total{result=stray_removed} 1",
         ]
     );
 }
