@@ -10,9 +10,10 @@ use sandboxd_domain::{
 use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, UseCaseError};
-use crate::lease::{Ports, remove_strays, with_lease};
+use crate::lease::{Ports, with_lease};
 use crate::ports::{Lease, LockError, ManagedContainer, NewSandbox, RepositoryError, RuntimeError};
 use crate::profiles::Profiles;
+use crate::repair::{adopt, remove_strays};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,15 +330,7 @@ impl CreateSandbox {
         labelled: SandboxSession,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
-        let floor = self.ports.clock.now() + self.ttl;
-        let session = SandboxSession {
-            expires_at: labelled.expires_at.max(floor),
-            ..labelled
-        };
-        let active = self.ports.repository.save(lease, &session).await?;
-        telemetry::set_active_count(active);
-        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_ADOPTED);
-        telemetry::log_adopted(&session);
+        let session = adopt(&self.ports, lease, labelled, self.ttl).await?;
         telemetry::record_session(span, &session);
         telemetry::log_reused(&session);
         Ok(CreateSandboxOutput {

@@ -5,7 +5,8 @@ use sandboxd_domain::{ChatId, ContainerId, SandboxSession, SessionId};
 use tracing::Instrument;
 
 use crate::error::{PortError, UseCaseError};
-use crate::lease::{Ports, remove_strays, with_lease};
+use crate::lease::{Ports, with_lease};
+use crate::repair::remove_strays;
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

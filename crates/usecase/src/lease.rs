@@ -1,16 +1,12 @@
-//! Running a step under a chat's lease, sweeping a chat's stray containers under it, and the
-//! ports bundle every use case is built from.
+//! Running a step under a chat's lease, and the ports bundle every use case is built from.
 
 use std::sync::Arc;
 
-use sandboxd_domain::{ChatId, ContainerId};
+use sandboxd_domain::ChatId;
 
 use crate::error::UseCaseError;
-use crate::ports::{
-    Clock, Lease, LifecycleLocker, LockError, ManagedContainer, RuntimeError, SandboxRuntime,
-    SessionRepository,
-};
-use crate::telemetry::{self, metric};
+use crate::ports::{Clock, Lease, LifecycleLocker, LockError, SandboxRuntime, SessionRepository};
+use crate::telemetry;
 
 /// The ports a use case drives, shared by all of them.
 #[derive(Clone)]
@@ -44,31 +40,4 @@ where
         telemetry::log_release_failed(chat_id, error.metric_label());
     }
     outcome
-}
-
-/// Removes every one of `containers` (the chat's, as `list_chat` gave them) except `keep`: the
-/// orphan of a crashed create, a container another replica lost track of. The caller holds the
-/// chat's lease, so no create of this chat is in flight and nothing it removes can be a sandbox
-/// about to be saved. Each removal is counted and logged as a repair. Returns how many were
-/// removed.
-///
-/// # Errors
-/// The runtime's, at the first removal that fails; what was removed stays removed.
-pub(crate) async fn remove_strays(
-    runtime: &dyn SandboxRuntime,
-    chat_id: &ChatId,
-    containers: Vec<ManagedContainer>,
-    keep: Option<&ContainerId>,
-) -> Result<usize, RuntimeError> {
-    let mut removed = 0;
-    for container in containers {
-        if keep == Some(&container.container_id) {
-            continue;
-        }
-        runtime.force_remove(&container.container_id).await?;
-        removed += 1;
-        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
-        telemetry::log_stray_removed(chat_id, &container);
-    }
-    Ok(removed)
 }

@@ -15,6 +15,7 @@ mod list;
 pub mod ports;
 mod profiles;
 mod reconcile;
+mod repair;
 pub mod telemetry;
 
 #[cfg(test)]

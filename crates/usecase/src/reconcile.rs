@@ -21,6 +21,7 @@ use tracing::{Instrument, Span};
 use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{ContainerState, ListQuery, ManagedContainer};
+use crate::repair::{adopt, remove_dead, remove_strays};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +152,10 @@ impl ReconcileSandboxes {
                 Some(_) => self.judge_under_lease(container).await,
                 // No chat, no lease: only age tells an in-flight create from an orphan.
                 None if older_than(container.labels.created_at, cutoff) => {
-                    self.remove_unlabelled(container).await
+                    remove_dead(&*self.ports.runtime, container)
+                        .await
+                        .map(|()| Judged::Removed)
+                        .map_err(PortError::from)
                 }
                 None => Ok(Judged::Nothing),
             };
@@ -228,67 +232,25 @@ impl ReconcileSandboxes {
                     Ok(Judged::Nothing)
                 }
                 Some(_) => {
-                    self.ports
-                        .runtime
-                        .force_remove(&container.container_id)
-                        .await?;
-                    telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
-                    telemetry::log_stray_removed(&chat_id, container);
+                    let stray = vec![container.clone()];
+                    remove_strays(&*self.ports.runtime, &chat_id, stray, None).await?;
                     Ok(Judged::Removed)
                 }
                 None => match container.session().filter(|_| state.is_alive()) {
                     Some(labelled) => {
-                        let adopted = self.adopt(lease, labelled).await?;
+                        let adopted =
+                            adopt(&self.ports, lease, labelled, self.options.adoption_grace)
+                                .await?;
                         Ok(Judged::Adopted(adopted))
                     }
                     None => {
-                        self.ports
-                            .runtime
-                            .force_remove(&container.container_id)
-                            .await?;
-                        self.report_container_removed(container);
+                        remove_dead(&*self.ports.runtime, container).await?;
                         Ok(Judged::Removed)
                     }
                 },
             }
         })
         .await
-    }
-
-    /// Saves the session a live container's labels describe, as its chat's current session.
-    /// Its expiry is the later of the labelled one and now + the adoption grace: a sandbox
-    /// extended before the store lost it is not cut short, and none expires under a client
-    /// that could not reach the store.
-    async fn adopt(
-        &self,
-        lease: &crate::ports::Lease,
-        labelled: SandboxSession,
-    ) -> Result<SandboxSession, PortError> {
-        let floor = self.ports.clock.now() + self.options.adoption_grace;
-        let session = SandboxSession {
-            expires_at: labelled.expires_at.max(floor),
-            ..labelled
-        };
-        let active = self.ports.repository.save(lease, &session).await?;
-        telemetry::set_active_count(active);
-        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_ADOPTED);
-        telemetry::log_adopted(&session);
-        Ok(session)
-    }
-
-    /// Removes a container whose labels name no chat (not one this service created as such).
-    async fn remove_unlabelled(&self, container: &ManagedContainer) -> Result<Judged, PortError> {
-        self.ports
-            .runtime
-            .force_remove(&container.container_id)
-            .await?;
-        self.report_container_removed(container);
-        Ok(Judged::Removed)
-    }
-
-    fn report_container_removed(&self, container: &ManagedContainer) {
-        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_CONTAINER_REMOVED);
-        telemetry::log_orphan_container_removed(container);
     }
 
     /// Deletes a session whose container is gone or stopped (removing what is left of the

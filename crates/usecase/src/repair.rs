@@ -1,0 +1,77 @@
+//! The repairs a use case makes under a chat's lease when the engine and the store disagree:
+//! removing a chat's stray containers, adopting a sandbox whose session the store lost, removing
+//! a dead container. Each is counted in `sandbox_reconcile_total` and logged with its reason,
+//! whoever makes it (create, delete or reconcile).
+
+use std::time::Duration;
+
+use sandboxd_domain::{ChatId, ContainerId, SandboxSession};
+
+use crate::lease::Ports;
+use crate::ports::{Lease, ManagedContainer, RepositoryError, RuntimeError, SandboxRuntime};
+use crate::telemetry::{self, metric};
+
+/// Removes every one of `containers` (the chat's, as `list_chat` gave them) except `keep`: the
+/// orphan of a crashed create, a container another replica lost track of. The caller holds the
+/// chat's lease, so no create of this chat is in flight and nothing it removes can be a sandbox
+/// about to be saved. Each removal is counted and logged as a repair. Returns how many were
+/// removed.
+///
+/// # Errors
+/// The runtime's, at the first removal that fails; what was removed stays removed.
+pub(crate) async fn remove_strays(
+    runtime: &dyn SandboxRuntime,
+    chat_id: &ChatId,
+    containers: Vec<ManagedContainer>,
+    keep: Option<&ContainerId>,
+) -> Result<usize, RuntimeError> {
+    let mut removed = 0;
+    for container in containers {
+        if keep == Some(&container.container_id) {
+            continue;
+        }
+        runtime.force_remove(&container.container_id).await?;
+        removed += 1;
+        telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
+        telemetry::log_stray_removed(chat_id, &container);
+    }
+    Ok(removed)
+}
+
+/// Saves the session a live container's labels describe (`labelled`) as its chat's current
+/// session, under `lease`. Its expiry is the later of the labelled one and now + `floor`: a
+/// sandbox extended before the store lost it is not cut short, and none expires under a client
+/// that could not reach the store.
+///
+/// # Errors
+/// The repository's; nothing was saved.
+pub(crate) async fn adopt(
+    ports: &Ports,
+    lease: &Lease,
+    labelled: SandboxSession,
+    floor: Duration,
+) -> Result<SandboxSession, RepositoryError> {
+    let session = SandboxSession {
+        expires_at: labelled.expires_at.max(ports.clock.now() + floor),
+        ..labelled
+    };
+    let active = ports.repository.save(lease, &session).await?;
+    telemetry::set_active_count(active);
+    telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_ADOPTED);
+    telemetry::log_adopted(&session);
+    Ok(session)
+}
+
+/// Removes a container no session can own (dead, unlabelled, or incompletely labelled).
+///
+/// # Errors
+/// The runtime's; the container may still be there.
+pub(crate) async fn remove_dead(
+    runtime: &dyn SandboxRuntime,
+    container: &ManagedContainer,
+) -> Result<(), RuntimeError> {
+    runtime.force_remove(&container.container_id).await?;
+    telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_CONTAINER_REMOVED);
+    telemetry::log_orphan_container_removed(container);
+    Ok(())
+}
