@@ -10,7 +10,7 @@ use sandboxd_domain::{ContainerId, SessionId};
 use super::harness::*;
 use crate::ports::{Clock, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
-use crate::{CreateSandboxCommand, ErrorKind, ReconcileOptions, ReconcileSandboxes};
+use crate::{ErrorKind, ReconcileOptions, ReconcileSandboxes};
 
 const GRACE: Duration = Duration::from_secs(60);
 
@@ -61,10 +61,7 @@ fn removes_containers_without_a_session_only_after_the_grace_period() {
     want.sort();
     assert_eq!(running, want, "the young one may be an in-flight create");
     assert_eq!(world.repository.all(), vec![healthy]);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_reconcile_total{result=container_removed} 1"]
-    );
+    cap.assert_counters(&["sandbox_reconcile_total{result=container_removed} 1"]);
     assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
     let span = cap.span(span::RECONCILE);
     assert_eq!(span.field(span::REMOVED_CONTAINERS), Some("1"));
@@ -101,16 +98,8 @@ fn deletes_sessions_whose_container_is_gone() {
         vec![young],
         "a session younger than the grace is kept"
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_reconcile_total{result=session_removed} 1"]
-    );
-    let mut want = session_log_fields(&session);
-    want.push(("message", event::SANDBOX_ORPHAN_SESSION_REMOVED.to_owned()));
-    assert_eq!(
-        cap.event(event::SANDBOX_ORPHAN_SESSION_REMOVED).fields,
-        fields(&want)
-    );
+    cap.assert_counters(&["sandbox_reconcile_total{result=session_removed} 1"]);
+    cap.assert_session_event(event::SANDBOX_ORPHAN_SESSION_REMOVED, &session, &[]);
     let calls = world.calls.calls();
     let lock = calls
         .iter()
@@ -147,7 +136,7 @@ fn a_consistent_world_is_left_alone() {
         3,
         "paged through 5 sessions by 2"
     );
-    assert_eq!(cap.counter_lines(), Vec::<String>::new());
+    cap.assert_counters(&[]);
 }
 
 #[test]
@@ -159,10 +148,7 @@ fn a_listing_failure_fails_the_pass() {
     );
     let (out, cap) = capture(reconcile(&world).execute());
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_reconcile_error_total{error_type=runtime_unavailable} 1"]
-    );
+    cap.assert_counters(&["sandbox_reconcile_error_total{error_type=runtime_unavailable} 1"]);
     assert_eq!(cap.span(span::RECONCILE).field(span::RESULT), Some("error"));
 }
 
@@ -180,13 +166,10 @@ fn one_failed_repair_is_counted_and_the_pass_goes_on() {
     assert_eq!(report.removed_containers.len(), 1);
     assert_eq!(world.runtime.running().len(), 1);
     assert!([first, second].contains(&world.runtime.running()[0]));
-    assert_eq!(
-        cap.counter_lines(),
-        vec![
-            "sandbox_reconcile_error_total{error_type=runtime_error} 1",
-            "sandbox_reconcile_total{result=container_removed} 1",
-        ]
-    );
+    cap.assert_counters(&[
+        "sandbox_reconcile_error_total{error_type=runtime_error} 1",
+        "sandbox_reconcile_total{result=container_removed} 1",
+    ]);
     assert_eq!(
         cap.span(span::RECONCILE).field(span::RESULT),
         Some("completed_with_errors")
@@ -206,12 +189,7 @@ fn a_create_interrupted_after_the_container_started_ends_as_nothing() {
         RuntimeOp::RemoveGracefully,
         RuntimeError::Unavailable("killed".into()),
     );
-    let command = CreateSandboxCommand {
-        chat_id: chat,
-        agent_id: agent_id("default"),
-        volume_host_path: volume_path("/srv/a"),
-    };
-    let (out, _) = capture(world.create().execute(command.clone()));
+    let (out, _) = world.create_default(chat);
     assert!(out.is_err());
     assert_eq!(world.runtime.running().len(), 1);
     world.clock.advance(GRACE + Duration::from_secs(1));
