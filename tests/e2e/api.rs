@@ -1,5 +1,6 @@
-//! The six RPCs through the generated tonic client against a real process, with the engine's and
-//! Redis's state checked where the contract says something about them.
+//! Six of the seven RPCs through the generated tonic client against a real process, with the
+//! engine's and Redis's state checked where the contract says something about them.
+//! ReconcileSandboxes, whose subject is repair after trouble, is driven by `reliability`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -61,6 +62,15 @@ async fn delete(app: &TestApp, chat_id: &str) -> v1::DeleteSandboxResponse {
         .delete_sandbox(v1::DeleteSandboxRequest {
             chat_id: chat_id.to_owned(),
         })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn cleanup(app: &TestApp) -> v1::CleanupExpiredSandboxesResponse {
+    app.api
+        .clone()
+        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
         .await
         .unwrap()
         .into_inner()
@@ -437,13 +447,7 @@ async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
         wait_until_expired(sandbox).await;
     }
 
-    let report = app
-        .api
-        .clone()
-        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = cleanup(&app).await;
     assert_eq!((report.error_count, report.skipped_count), (0, 0));
     let cleaned: BTreeSet<String> = report.cleaned.into_iter().map(|s| s.session_id).collect();
     let expired: BTreeSet<String> = sandboxes[..2]
@@ -474,12 +478,6 @@ async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
     assert!(keys.contains(&app.key(&format!("session:{}", kept.session_id))));
 
     // A second pass has nothing to do.
-    let report = app
-        .api
-        .clone()
-        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = cleanup(&app).await;
     assert!(report.cleaned.is_empty());
 }

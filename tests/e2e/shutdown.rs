@@ -33,15 +33,7 @@ async fn sigterm_during_a_create_finishes_it_reports_not_serving_and_exits_zero(
     let in_flight = tokio::spawn(async move { client.create_sandbox(request).await });
 
     // The container exists but the call has not returned: the create is in flight.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.container_ids().await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no container appeared\n{}",
-            app.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_for_a_container().await;
     assert!(
         !in_flight.is_finished(),
         "the create finished too early to test the drain"

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 /// The label every floor container carries (value: the run id); sandboxd's containers carry
 /// their instance's `{key_prefix}.managed-by` label instead.
-pub const RUN_LABEL: &str = "sandboxd-bench.run";
+pub(crate) const RUN_LABEL: &str = "sandboxd-bench.run";
 const CONTAINER_PORT: &str = "8080/tcp";
 /// Poll period of the floor's readiness probe: tighter than sandboxd's backoff (2 ms doubling),
 /// so the floor is what the engine can do, not what a probe schedule allows.
@@ -27,11 +27,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const MEMORY: i64 = 512 * 1024 * 1024;
 const NANO_CPUS: i64 = 1_000_000_000;
 const PIDS_LIMIT: i64 = 256;
-pub const STOP_GRACE_SECS: i32 = 2;
+pub(crate) const STOP_GRACE_SECS: i32 = 2;
 
 /// Where the time of one floor create went.
 #[derive(Debug, Clone, Copy)]
-pub struct CreateTimings {
+pub(crate) struct CreateTimings {
     pub create: Duration,
     pub start: Duration,
     pub inspect: Duration,
@@ -42,14 +42,14 @@ pub struct CreateTimings {
 
 /// The engine client and this run's label.
 #[derive(Debug, Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     docker: Docker,
     run_id: String,
     image: String,
 }
 
 impl Engine {
-    pub async fn connect(run_id: &str, image: &str) -> Result<Self> {
+    pub(crate) async fn connect(run_id: &str, image: &str) -> Result<Self> {
         let docker = client().await?;
         docker
             .inspect_image(image)
@@ -107,7 +107,7 @@ impl Engine {
 
     /// Create, start, read the published port, probe `GET /` until a status line: the floor of
     /// CreateSandbox cold. Returns the container id (removed by the caller or the sweep).
-    pub async fn create_ready(&self, volume: &Path) -> Result<(String, CreateTimings)> {
+    pub(crate) async fn create_ready(&self, volume: &Path) -> Result<(String, CreateTimings)> {
         let name = format!("sbxbench-floor-{}", uuid::Uuid::new_v4().simple());
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.body(volume)?;
@@ -148,12 +148,12 @@ impl Engine {
     }
 
     /// Forced removal, as DockerRuntime::delete does it (`force`, `v`).
-    pub async fn remove_forced(&self, id: &str) -> Result<()> {
+    pub(crate) async fn remove_forced(&self, id: &str) -> Result<()> {
         remove_forced(&self.docker, id).await
     }
 
     /// Graceful stop then forced removal, as DockerRuntime::stop does it.
-    pub async fn stop_and_remove(&self, id: &str) -> Result<()> {
+    pub(crate) async fn stop_and_remove(&self, id: &str) -> Result<()> {
         let options = StopContainerOptionsBuilder::default()
             .t(STOP_GRACE_SECS)
             .build();
@@ -163,7 +163,7 @@ impl Engine {
 }
 
 /// The local engine, through the test kit's engine helper.
-pub async fn client() -> Result<Docker> {
+pub(crate) async fn client() -> Result<Docker> {
     docker::engine()
         .await
         .context("the Docker engine must be running")
@@ -211,6 +211,6 @@ async fn http_status_line(addr: SocketAddr) -> bool {
 
 /// Removes every container carrying one of `filters` (`label=value`): the run's floor containers
 /// and every sandboxd instance's. Returns how many it removed.
-pub async fn sweep(docker: &Docker, filters: &[String]) -> Result<usize> {
+pub(crate) async fn sweep(docker: &Docker, filters: &[String]) -> Result<usize> {
     Ok(docker::sweep(docker, filters).await?)
 }

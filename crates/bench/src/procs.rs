@@ -12,12 +12,16 @@ use sandboxd_testkit::app::toml_string;
 use sandboxd_testkit::process::SandboxdProcess;
 
 /// How long a SIGTERMed sandboxd may drain before it is killed.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A sandboxd instance's configuration: listeners on port 0, no background cleanup, and a
 /// `default` profile identical to the example config's (and to the floor container).
 #[must_use]
-pub fn instance_config(image: &str, session_ttl: &str, cleanup_concurrency: usize) -> AppConfig {
+pub(crate) fn instance_config(
+    image: &str,
+    session_ttl: &str,
+    cleanup_concurrency: usize,
+) -> AppConfig {
     AppConfig {
         session_ttl: session_ttl.to_owned(),
         stop_grace: "2s".to_owned(),
@@ -33,7 +37,7 @@ pub fn instance_config(image: &str, session_ttl: &str, cleanup_concurrency: usiz
 
 /// Writes `{name}.toml` into `dir` and starts `binary` with it, its output in `{name}.log`
 /// there, and waits for its addresses.
-pub async fn start_sandboxd(
+pub(crate) async fn start_sandboxd(
     binary: &Path,
     dir: &Path,
     name: &str,
@@ -55,7 +59,7 @@ pub async fn start_sandboxd(
 
 /// User + system CPU time a process has used so far (`/proc/<pid>/stat`, or `self`). Ticks are
 /// assumed to be 1/100 s (`getconf CLK_TCK` on Linux); fine for runs of seconds.
-pub fn cpu_time(pid: &str) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: &str) -> Result<Duration> {
     const TICKS_PER_SEC: u64 = 100;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may contain spaces; the fields after its closing parenthesis do not.
@@ -77,7 +81,7 @@ pub fn cpu_time(pid: &str) -> Result<Duration> {
 
 /// The sandboxd binary: `--sandboxd PATH`, else the sibling of this executable (same profile),
 /// else the workspace's release build, else its debug build.
-pub fn find_sandboxd(explicit: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn find_sandboxd(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         if path.is_file() {
             return Ok(path.to_path_buf());

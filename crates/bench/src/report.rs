@@ -10,7 +10,7 @@ use crate::stats::{Summary, SummaryMillis, ms};
 
 /// One latency figure and, for sandboxd figures, the floor row it is compared with.
 #[derive(Debug, Clone)]
-pub struct LatencyRow {
+pub(crate) struct LatencyRow {
     pub name: String,
     pub floor: Option<String>,
     pub summary: Option<Summary>,
@@ -18,7 +18,7 @@ pub struct LatencyRow {
 
 /// One single-valued figure (a rate, a pass time, a size), optionally against a floor scalar.
 #[derive(Debug, Clone, Serialize)]
-pub struct ScalarRow {
+pub(crate) struct ScalarRow {
     pub name: String,
     pub value: f64,
     pub unit: &'static str,
@@ -27,7 +27,7 @@ pub struct ScalarRow {
 
 /// An issue target and whether this run met it (`None`: not measured in this run).
 #[derive(Debug, Clone, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     pub target: String,
     pub measured: String,
     pub met: Option<bool>,
@@ -35,7 +35,7 @@ pub struct Target {
 
 /// Everything one run measured.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub run: serde_json::Map<String, serde_json::Value>,
     pub latency: Vec<LatencyRow>,
     pub scalars: Vec<ScalarRow>,
@@ -43,7 +43,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn latency(&mut self, name: &str, floor: Option<&str>, samples: &[Duration]) {
+    pub(crate) fn latency(&mut self, name: &str, floor: Option<&str>, samples: &[Duration]) {
         self.latency.push(LatencyRow {
             name: name.to_owned(),
             floor: floor.map(str::to_owned),
@@ -51,7 +51,13 @@ impl Report {
         });
     }
 
-    pub fn scalar(&mut self, name: &str, value: f64, unit: &'static str, floor: Option<&str>) {
+    pub(crate) fn scalar(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        floor: Option<&str>,
+    ) {
         self.scalars.push(ScalarRow {
             name: name.to_owned(),
             value,
@@ -61,7 +67,7 @@ impl Report {
     }
 
     #[must_use]
-    pub fn summary(&self, name: &str) -> Option<Summary> {
+    pub(crate) fn summary(&self, name: &str) -> Option<Summary> {
         self.latency
             .iter()
             .find(|row| row.name == name)
@@ -69,7 +75,7 @@ impl Report {
     }
 
     #[must_use]
-    pub fn value(&self, name: &str) -> Option<f64> {
+    pub(crate) fn value(&self, name: &str) -> Option<f64> {
         self.scalars
             .iter()
             .find(|row| row.name == name)
@@ -95,7 +101,7 @@ impl Report {
 
     /// The console table.
     #[must_use]
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         let width = self
             .latency
@@ -175,7 +181,7 @@ impl Report {
 
     /// The JSON document written by `--json FILE`.
     #[must_use]
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         #[derive(Serialize)]
         struct LatencyJson<'a> {
             name: &'a str,
@@ -227,7 +233,7 @@ struct Ratios {
 
 /// `123.4ms`, `56.7µs`: three significant figures are plenty for these latencies.
 #[must_use]
-pub fn human(duration: Duration) -> String {
+pub(crate) fn human(duration: Duration) -> String {
     let micros = duration.as_secs_f64() * 1e6;
     if micros < 1000.0 {
         format!("{micros:.1}µs")

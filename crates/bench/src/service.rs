@@ -18,11 +18,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-pub type Client = SandboxServiceClient<Channel>;
-pub type Health = HealthClient<Channel>;
+pub(crate) type Client = SandboxServiceClient<Channel>;
+pub(crate) type Health = HealthClient<Channel>;
 
 /// A new HTTP/2 connection to `endpoint` (one per simulated client in the throughput runs).
-pub async fn connect(endpoint: &str) -> Result<Channel> {
+pub(crate) async fn connect(endpoint: &str) -> Result<Channel> {
     Channel::from_shared(endpoint.to_owned())?
         .connect()
         .await
@@ -30,7 +30,7 @@ pub async fn connect(endpoint: &str) -> Result<Channel> {
 }
 
 /// Waits until the health service says SERVING (Redis and Docker both answered sandboxd).
-pub async fn wait_serving(channel: &Channel, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_serving(channel: &Channel, timeout: Duration) -> Result<()> {
     let mut health = HealthClient::new(channel.clone());
     let deadline = Instant::now() + timeout;
     loop {
@@ -52,7 +52,7 @@ pub async fn wait_serving(channel: &Channel, timeout: Duration) -> Result<()> {
 
 /// One health Check: a gRPC round trip that touches neither Redis nor Docker (the status is
 /// published by a background loop), i.e. the transport's floor.
-pub async fn health_check(health: &mut Health) -> Result<()> {
+pub(crate) async fn health_check(health: &mut Health) -> Result<()> {
     health
         .check(HealthCheckRequest {
             service: String::new(),
@@ -62,7 +62,7 @@ pub async fn health_check(health: &mut Health) -> Result<()> {
 }
 
 /// A CreateSandbox request for `chat_id` on the `default` profile.
-pub fn create_request(chat_id: &str, volume: &Path) -> Result<CreateSandboxRequest> {
+pub(crate) fn create_request(chat_id: &str, volume: &Path) -> Result<CreateSandboxRequest> {
     Ok(CreateSandboxRequest {
         chat_id: chat_id.to_owned(),
         agent_id: "default".to_owned(),
@@ -74,7 +74,7 @@ pub fn create_request(chat_id: &str, volume: &Path) -> Result<CreateSandboxReque
 }
 
 /// CreateSandbox, checked to have the expected result.
-pub async fn create(
+pub(crate) async fn create(
     client: &mut Client,
     request: CreateSandboxRequest,
     expected: CreateSandboxResult,
@@ -91,7 +91,7 @@ pub async fn create(
         .ok_or_else(|| anyhow!("CreateSandbox returned no sandbox"))
 }
 
-pub async fn get(client: &mut Client, chat_id: &str) -> Result<Sandbox> {
+pub(crate) async fn get(client: &mut Client, chat_id: &str) -> Result<Sandbox> {
     client
         .get_sandbox(GetSandboxRequest {
             chat_id: chat_id.to_owned(),
@@ -102,7 +102,7 @@ pub async fn get(client: &mut Client, chat_id: &str) -> Result<Sandbox> {
         .ok_or_else(|| anyhow!("GetSandbox returned no sandbox"))
 }
 
-pub async fn delete(client: &mut Client, chat_id: &str) -> Result<()> {
+pub(crate) async fn delete(client: &mut Client, chat_id: &str) -> Result<()> {
     let response = client
         .delete_sandbox(DeleteSandboxRequest {
             chat_id: chat_id.to_owned(),
@@ -120,7 +120,7 @@ pub async fn delete(client: &mut Client, chat_id: &str) -> Result<()> {
 
 /// Closed-loop load: `clients` tasks, each on its own connection, each issuing `call` back to
 /// back for `duration`. Returns completed calls per second and every call's latency.
-pub async fn closed_loop<S: Send + 'static>(
+pub(crate) async fn closed_loop<S: Send + 'static>(
     channels: &[Channel],
     duration: Duration,
     make: impl Fn(usize, Channel) -> S,

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// Summary of one series of latencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub count: usize,
     pub min: Duration,
     pub p50: Duration,
@@ -19,7 +19,7 @@ pub struct Summary {
 impl Summary {
     /// `None` for an empty series: a figure that was not measured is reported as missing, never 0.
     #[must_use]
-    pub fn of(samples: &[Duration]) -> Option<Self> {
+    pub(crate) fn of(samples: &[Duration]) -> Option<Self> {
         let mut sorted = samples.to_vec();
         sorted.sort_unstable();
         let (&min, &max) = (sorted.first()?, sorted.last()?);
@@ -39,7 +39,7 @@ impl Summary {
 
     /// The figures in milliseconds, for the JSON output.
     #[must_use]
-    pub fn millis(&self) -> SummaryMillis {
+    pub(crate) fn millis(&self) -> SummaryMillis {
         SummaryMillis {
             count: self.count,
             min_ms: ms(self.min),
@@ -53,7 +53,7 @@ impl Summary {
 
 /// [`Summary`] as fractional milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct SummaryMillis {
+pub(crate) struct SummaryMillis {
     pub count: usize,
     pub min_ms: f64,
     pub p50_ms: f64,
@@ -64,14 +64,14 @@ pub struct SummaryMillis {
 
 /// Fractional milliseconds.
 #[must_use]
-pub fn ms(duration: Duration) -> f64 {
+pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
 /// Nearest-rank percentile of an ascending series: the smallest sample with at least `p`% of the
 /// samples at or below it. `None` for an empty series or `p` outside 0..=100.
 #[must_use]
-pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     if sorted.is_empty() || !(0.0..=100.0).contains(&p) {
         return None;
     }

@@ -22,7 +22,7 @@ pub struct SandboxSession {
 }
 
 impl SandboxSession {
-    /// Live means `expires_at > now`: reuse, extend and cleanup all decide by this.
+    /// Live means `expires_at > now`: a session expiring exactly now is replaced, not reused.
     #[must_use]
     pub fn is_live_at(&self, now: Timestamp) -> bool {
         self.expires_at > now
@@ -40,7 +40,7 @@ impl SandboxSession {
     }
 }
 
-/// Why a live session cannot be reused for a request: the `reason` label values.
+/// Why a live session cannot be reused for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConflictReason {
     AgentId,
@@ -49,7 +49,8 @@ pub enum ConflictReason {
 }
 
 impl ConflictReason {
-    /// The contract's spelling: `agent_id`, `volume_host_path` or `agent_id,volume_host_path`.
+    /// As metrics, spans and the status's `ErrorInfo` spell it: `agent_id`, `volume_host_path`
+    /// or `agent_id,volume_host_path`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -14,10 +14,7 @@ use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
 use sandboxd_testkit::hostile::{self, DecidedBy};
-use sandboxd_usecase::Ports;
-use sandboxd_usecase::testing::{
-    CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
-};
+use sandboxd_usecase::testing::{CallLog, FakeRuntime, Fakes};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -58,21 +55,9 @@ impl TestApp {
                 .agents
                 .insert(agent, AgentProfile::new("sandboxd/busybox:local"));
         }
-        let calls = CallLog::default();
-        let locker = Arc::new(InMemoryLocker::new(calls.clone()));
-        let repository = Arc::new(InMemorySessionRepository::new(
-            locker.clone(),
-            calls.clone(),
-        ));
-        let runtime = Arc::new(FakeRuntime::new(calls.clone()));
-        let ports = Ports {
-            repository,
-            locker,
-            runtime: runtime.clone(),
-            clock: Arc::new(ManualClock::at_epoch()),
-        };
+        let fakes = Fakes::default();
         let deps = Dependencies {
-            ports,
+            ports: fakes.ports(),
             metrics: PrometheusBuilder::new().build_recorder().handle(),
             auth: BearerAuth::default(),
         };
@@ -82,8 +67,8 @@ impl TestApp {
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let test_app = Self {
             addr,
-            calls,
-            runtime,
+            calls: fakes.calls,
+            runtime: fakes.runtime,
             shutdown,
             server,
         };

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -19,10 +18,7 @@ use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Cli, Config};
-use sandboxd_usecase::Ports;
-use sandboxd_usecase::testing::{
-    CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
-};
+use sandboxd_usecase::testing::Fakes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -126,19 +122,8 @@ impl TlsApp {
         config
             .agents
             .insert("default", AgentProfile::new("sandboxd/busybox:local"));
-        let calls = CallLog::default();
-        let locker = Arc::new(InMemoryLocker::new(calls.clone()));
-        let ports = Ports {
-            repository: Arc::new(InMemorySessionRepository::new(
-                locker.clone(),
-                calls.clone(),
-            )),
-            locker,
-            runtime: Arc::new(FakeRuntime::new(calls)),
-            clock: Arc::new(ManualClock::at_epoch()),
-        };
         let deps = Dependencies {
-            ports,
+            ports: Fakes::default().ports(),
             metrics: PrometheusBuilder::new().build_recorder().handle(),
             auth: BearerAuth::default(),
         };

@@ -70,6 +70,9 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Extra command-line flags.
     pub args: Vec<String>,
+    /// A bearer token every RPC then needs: [`spawn_app_with`] writes it to a file in the scratch
+    /// directory and names that file in `auth_token_file`.
+    pub auth_token: Option<String>,
 }
 
 impl Default for AppConfig {
@@ -88,6 +91,7 @@ impl Default for AppConfig {
             extra_toml: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            auth_token: None,
         }
     }
 }
@@ -208,7 +212,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Spawns a server with `config` and waits until it reports SERVING.
-pub async fn spawn_app_with(config: AppConfig) -> TestApp {
+pub async fn spawn_app_with(mut config: AppConfig) -> TestApp {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(sweep_dead_runs);
     let redis = RedisServer::start().await.expect("starting redis-server");
@@ -226,6 +230,15 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
         .prefix(&format!("sandboxd-e2e-{pid}-volumes-"))
         .tempdir()
         .expect("creating the volume root");
+    if let Some(token) = &config.auth_token {
+        let token_file = scratch.path().join("auth-token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("writing the token file");
+        let _ = writeln!(
+            config.extra_toml,
+            "auth_token_file = {}",
+            toml_string(&token_file.display().to_string())
+        );
+    }
     let config_path = scratch.path().join("sandboxd.toml");
     std::fs::write(
         &config_path,
@@ -327,6 +340,20 @@ impl TestApp {
     /// Polls until the overall health status is `wanted`; panics with the log after a while.
     pub async fn wait_for_health(&self, wanted: ServingStatus) {
         wait_for_health(&self.health, wanted, || self.log()).await;
+    }
+
+    /// Waits (up to 10 s) until the engine has a container of this test: a create started by
+    /// another task is then in flight, its container waiting for readiness.
+    pub async fn wait_for_a_container(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.container_ids().await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no container appeared\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A new connection to this test's Redis, for assertions on the raw data.

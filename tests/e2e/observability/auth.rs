@@ -1,4 +1,4 @@
-//! Bearer-token authentication of all six RPCs, while health and reflection stay open.
+//! Bearer-token authentication of all seven RPCs, while health and reflection stay open.
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
@@ -7,8 +7,9 @@ use tonic::{Code, Request};
 
 use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
 
-/// Calls all six RPCs with `authorization` set to `header` (or none) and returns their codes.
-async fn six_rpcs(
+/// Calls every RPC of the service, all seven, with `authorization` set to `header` (or none) and
+/// returns their codes.
+async fn every_rpc(
     api: &mut SandboxServiceClient<Channel>,
     header: Option<&str>,
     chat_id: &str,
@@ -82,6 +83,13 @@ async fn six_rpcs(
             ),
         ),
         (
+            "ReconcileSandboxes",
+            code(
+                api.reconcile_sandboxes(with(v1::ReconcileSandboxesRequest {}, header))
+                    .await,
+            ),
+        ),
+        (
             "DeleteSandbox",
             code(
                 api.delete_sandbox(with(v1::DeleteSandboxRequest { chat_id: chat }, header))
@@ -93,16 +101,10 @@ async fn six_rpcs(
 
 #[tokio::test]
 async fn every_rpc_needs_the_bearer_token_while_health_and_reflection_stay_open() {
-    let secret_dir = tempfile::tempdir().unwrap();
     let token = "s3cret-token-0123456789";
-    let token_file = secret_dir.path().join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     // The harness reaching SERVING already shows health answers without a token.
     let app = spawn_app_with(AppConfig {
-        extra_toml: format!(
-            "auth_token_file = {}\n",
-            serde_json::to_string(token_file.to_str().unwrap()).unwrap()
-        ),
+        auth_token: Some(token.to_owned()),
         ..AppConfig::default()
     })
     .await;
@@ -120,7 +122,7 @@ async fn every_rpc_needs_the_bearer_token_while_health_and_reflection_stay_open(
         Some(longer.as_str()),
         Some(token),
     ] {
-        for (rpc, code) in six_rpcs(&mut api, header, &chat_id, &volume).await {
+        for (rpc, code) in every_rpc(&mut api, header, &chat_id, &volume).await {
             assert_eq!(code, Code::Unauthenticated, "{rpc} with {header:?}");
         }
     }
@@ -129,7 +131,7 @@ async fn every_rpc_needs_the_bearer_token_while_health_and_reflection_stay_open(
     assert!(app.container_ids().await.is_empty());
 
     let right = format!("Bearer {token}");
-    let codes = six_rpcs(&mut api, Some(&right), &chat_id, &volume).await;
+    let codes = every_rpc(&mut api, Some(&right), &chat_id, &volume).await;
     assert!(codes.iter().all(|(_, code)| *code == Code::Ok), "{codes:?}");
 
     // Reflection stays open.

@@ -10,15 +10,10 @@ use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_outcome_events() {
-    let secret_dir = tempfile::tempdir().unwrap();
     let token = "tok-3f9a1c77e2b54d0c9aa1";
-    let token_file = secret_dir.path().join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let app = spawn_app_with(AppConfig {
-        extra_toml: format!(
-            "log_format = \"json\"\nlog_spans = true\nauth_token_file = {}\n",
-            serde_json::to_string(token_file.to_str().unwrap()).unwrap()
-        ),
+        extra_toml: "log_format = \"json\"\nlog_spans = true\n".to_owned(),
+        auth_token: Some(token.to_owned()),
         env: vec![("RUST_LOG".to_owned(), "debug".to_owned())],
         ..AppConfig::default()
     })

@@ -14,7 +14,7 @@ use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use super::{assert_invariant, create_retrying, reconcile};
+use super::{assert_invariant, create_retrying, reconcile, repairing_config};
 
 /// Samples `docker ps` by label in the background: records the first moment a chat had two
 /// running containers.
@@ -123,10 +123,7 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
         session_ttl: "10m".to_owned(),
         cleanup_interval: "2s".to_owned(),
         // Both processes also reconcile every second with a short grace, racing the creates.
-        lock_ttl: "2s".to_owned(),
-        profile_extra: "ready_timeout = \"2s\"".to_owned(),
-        extra_toml: "reconcile_interval = \"1s\"\nreconcile_grace = \"5s\"\n".to_owned(),
-        ..AppConfig::default()
+        ..repairing_config("1s")
     })
     .await;
     let peer = app.spawn_peer().await;

@@ -2,7 +2,7 @@
 //! lease whose late write is fenced.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use rand::SeedableRng;
@@ -11,18 +11,15 @@ use sandboxd_api::v1;
 use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
 use tonic::Code;
 
-use super::{assert_invariant, create_request, reconcile};
+use super::{assert_invariant, create_request, reconcile, repairing_config};
 
 /// ≥ 20 SIGKILLs at random moments of creates and deletes, restarting each time; then one
 /// reconcile pass (short grace) restores the invariant.
 #[tokio::test]
 async fn sigkill_during_creates_then_reconcile_restores_the_invariant() {
     let mut app = spawn_app_with(AppConfig {
-        lock_ttl: "2s".to_owned(),
         lock_wait: "3s".to_owned(),
-        profile_extra: "ready_timeout = \"2s\"".to_owned(),
-        extra_toml: "reconcile_grace = \"5s\"\nreconcile_interval = \"1h\"\n".to_owned(),
-        ..AppConfig::default()
+        ..repairing_config("1h")
     })
     .await;
     let mut rng = StdRng::seed_from_u64(8);
@@ -111,15 +108,7 @@ async fn a_stale_lease_holder_cannot_commit_and_removes_its_container() {
         tokio::spawn(async move { api.clone().create_sandbox(request).await })
     };
     // A's container exists (it is waiting for readiness): freeze A past its lease.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.containers().await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "A never created its container\n{}",
-            app.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_a_container().await;
     app.signal("STOP");
     let fresh = peer.api.clone().create_sandbox(request).await;
     app.signal("CONT");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
-use sandboxd_testkit::{TestApp, http_get};
+use sandboxd_testkit::{AppConfig, TestApp, http_get};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -25,6 +25,20 @@ mod outages;
 mod soak;
 
 pub(super) type Api = SandboxServiceClient<Channel>;
+
+/// A server for trouble tests: 2 s leases and readiness timeout, a reconcile grace (5 s) just
+/// above them so an interrupted create is repaired within the test, and the reconciler running
+/// every `reconcile_interval`.
+pub(super) fn repairing_config(reconcile_interval: &str) -> AppConfig {
+    AppConfig {
+        lock_ttl: "2s".to_owned(),
+        profile_extra: "ready_timeout = \"2s\"".to_owned(),
+        extra_toml: format!(
+            "reconcile_grace = \"5s\"\nreconcile_interval = \"{reconcile_interval}\"\n"
+        ),
+        ..AppConfig::default()
+    }
+}
 
 pub(super) fn create_request(
     chat_id: &str,

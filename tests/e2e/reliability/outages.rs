@@ -14,6 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::{
     assert_invariant, create_is_unavailable_within, create_retrying, loop_events, reconcile,
+    repairing_config,
 };
 
 /// Redis killed and restarted (empty) mid-run: calls fail fast with UNAVAILABLE, health goes
@@ -22,10 +23,7 @@ use super::{
 async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
     let mut app = spawn_app_with(AppConfig {
         cleanup_interval: "1s".to_owned(),
-        profile_extra: "ready_timeout = \"2s\"".to_owned(),
-        lock_ttl: "2s".to_owned(),
-        extra_toml: "reconcile_grace = \"5s\"\nreconcile_interval = \"1s\"\n".to_owned(),
-        ..AppConfig::default()
+        ..repairing_config("1s")
     })
     .await;
     let api = app.api.clone();

@@ -12,13 +12,13 @@ use bollard::Docker;
 use sandboxd_adapters::docker::{DockerConfig, DockerRuntime};
 use sandboxd_domain::{AgentId, AgentProfile, ChatId, SessionId, VolumePath};
 use sandboxd_testkit::docker::{self, LabelGuard};
-pub use sandboxd_testkit::sandbox_image;
+pub(crate) use sandboxd_testkit::sandbox_image;
 use sandboxd_usecase::ports::NewSandbox;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
 /// A client for the engine the tests run against (the same one the runtime uses by default).
-pub async fn engine() -> Docker {
+pub(crate) async fn engine() -> Docker {
     docker::engine()
         .await
         .expect("the Docker engine must be running: scripts/build-sandbox-image starts it")
@@ -26,7 +26,7 @@ pub async fn engine() -> Docker {
 
 /// One test's world: a unique label namespace, a volume root, and a guard that removes every
 /// container carrying this namespace's managed-by label when dropped.
-pub struct TestSandboxes {
+pub(crate) struct TestSandboxes {
     // First field, so it drops first: containers go before their volume directories.
     guard: LabelGuard,
     pub prefix: String,
@@ -34,7 +34,7 @@ pub struct TestSandboxes {
 }
 
 impl TestSandboxes {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let prefix = format!(
             "sbxtest-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -51,14 +51,14 @@ impl TestSandboxes {
     }
 
     /// A fresh directory under the root, for one sandbox's volume.
-    pub fn volume_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn volume_dir(&self, name: &str) -> PathBuf {
         let dir = self.root.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         dir
     }
 
     /// A config with this test's prefix and root.
-    pub fn config(&self) -> DockerConfig {
+    pub(crate) fn config(&self) -> DockerConfig {
         DockerConfig {
             key_prefix: self.prefix.clone(),
             allowed_volume_roots: vec![self.root.path().to_path_buf()],
@@ -66,12 +66,12 @@ impl TestSandboxes {
         }
     }
 
-    pub fn runtime(&self) -> DockerRuntime {
+    pub(crate) fn runtime(&self) -> DockerRuntime {
         DockerRuntime::new(self.config())
     }
 
     /// Containers of this test, counted on the engine by label.
-    pub async fn count(&self) -> usize {
+    pub(crate) async fn count(&self) -> usize {
         docker::list_by_label(&engine().await, self.guard.filter())
             .await
             .unwrap()
@@ -79,12 +79,12 @@ impl TestSandboxes {
     }
 }
 
-pub fn agent(name: &str) -> AgentId {
+pub(crate) fn agent(name: &str) -> AgentId {
     AgentId::parse(name).unwrap()
 }
 
 /// The profile `web`: the sandbox image serving HTTP on 8080, with small limits.
-pub fn web_profile() -> AgentProfile {
+pub(crate) fn web_profile() -> AgentProfile {
     let mut web = AgentProfile::new(sandbox_image());
     web.port = Some(8080);
     web.memory = sandboxd_domain::ByteSize(64 << 20);
@@ -95,12 +95,12 @@ pub fn web_profile() -> AgentProfile {
 }
 
 /// A spec of agent `web` with the [`web_profile`] for `volume`.
-pub fn new_sandbox(volume: &Path) -> NewSandbox {
+pub(crate) fn new_sandbox(volume: &Path) -> NewSandbox {
     sandbox_of("web", web_profile(), volume)
 }
 
 /// A spec of `agent_id` with `profile` for `volume`, created now and expiring in 30 minutes.
-pub fn sandbox_of(agent_id: &str, profile: AgentProfile, volume: &Path) -> NewSandbox {
+pub(crate) fn sandbox_of(agent_id: &str, profile: AgentProfile, volume: &Path) -> NewSandbox {
     let now = OffsetDateTime::now_utc();
     NewSandbox {
         session_id: SessionId::new_random(),
@@ -114,12 +114,12 @@ pub fn sandbox_of(agent_id: &str, profile: AgentProfile, volume: &Path) -> NewSa
 }
 
 /// Runs `cmd` in the container and returns its combined output.
-pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> String {
+pub(crate) async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> String {
     docker::exec(docker, container, cmd).await.unwrap()
 }
 
 /// `GET {path}` from a sandbox endpoint: the status code and the body.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     sandboxd_testkit::http_get(&addr.to_string(), path)
         .await
         .unwrap()

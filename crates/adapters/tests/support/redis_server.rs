@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use sandboxd_adapters::redis::RedisConfig;
-pub use sandboxd_testkit::{RedisServer, TestResult};
+pub(crate) use sandboxd_testkit::{RedisServer, TestResult};
 
 /// Adapter settings for a test server.
-pub trait AdapterConfig {
+pub(crate) trait AdapterConfig {
     /// This server with a random key prefix (tests never share keys) and short timeouts so
     /// failures show quickly.
     fn config(&self) -> RedisConfig;
@@ -27,6 +27,6 @@ impl AdapterConfig for RedisServer {
     }
 }
 
-pub fn random_prefix() -> String {
+pub(crate) fn random_prefix() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
 }

@@ -30,7 +30,7 @@ use crate::service;
 use crate::{Args, Phase, Plan, Scope};
 
 /// The sandboxd instances a run starts (their names suffix the run's key prefix).
-pub const INSTANCES: [&str; 3] = ["main", "c1", "c8"];
+pub(crate) const INSTANCES: [&str; 3] = ["main", "c1", "c8"];
 /// sandboxd's default `cleanup_concurrency`.
 const DEFAULT_CLEANUP_CONCURRENCY: usize = 8;
 /// Creates in flight while preparing the cleanup sessions (not timed).
@@ -146,7 +146,12 @@ fn progress(message: &str) {
 }
 
 /// The whole run; fills `report`.
-pub async fn run(args: &Args, plan: &Plan, scope: &Scope, report: &mut Report) -> Result<()> {
+pub(crate) async fn run(
+    args: &Args,
+    plan: &Plan,
+    scope: &Scope,
+    report: &mut Report,
+) -> Result<()> {
     let binary = procs::find_sandboxd(args.sandboxd.as_deref())?;
     progress(&format!("sandboxd binary {}", binary.display()));
     let engine = Engine::connect(&scope.run_id, &args.image).await?;

@@ -8,12 +8,64 @@ mod locker;
 mod repository;
 mod runtime;
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 pub use clock::ManualClock;
 pub use locker::InMemoryLocker;
 pub use repository::{InMemorySessionRepository, RepoOp};
 pub use runtime::{FakeRuntime, RuntimeOp};
+
+use crate::Ports;
+
+/// Every fake, sharing one [`CallLog`]: the world a use-case or server test runs in.
+#[derive(Debug, Clone)]
+pub struct Fakes {
+    pub calls: CallLog,
+    pub locker: Arc<InMemoryLocker>,
+    pub repository: Arc<InMemorySessionRepository>,
+    pub runtime: Arc<FakeRuntime>,
+    pub clock: Arc<ManualClock>,
+}
+
+impl Default for Fakes {
+    fn default() -> Self {
+        Self::with_lock_wait(Duration::from_secs(5))
+    }
+}
+
+impl Fakes {
+    /// The fakes, with a locker that waits `wait` for a busy chat before giving up.
+    #[must_use]
+    pub fn with_lock_wait(wait: Duration) -> Self {
+        let calls = CallLog::default();
+        let locker = Arc::new(InMemoryLocker::with_wait(calls.clone(), wait));
+        let repository = Arc::new(InMemorySessionRepository::new(
+            locker.clone(),
+            calls.clone(),
+        ));
+        Self {
+            runtime: Arc::new(FakeRuntime::new(calls.clone())),
+            clock: Arc::new(ManualClock::at_epoch()),
+            calls,
+            locker,
+            repository,
+        }
+    }
+
+    /// The ports over these fakes, as the use cases take them.
+    #[must_use]
+    pub fn ports(&self) -> Ports {
+        Ports {
+            repository: self.repository.clone(),
+            locker: self.locker.clone(),
+            runtime: self.runtime.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
 
 /// Calls made to the fakes, in order, as `"port.method(arg)"` strings.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +94,31 @@ impl CallLog {
 
     pub fn clear(&self) {
         lock(&self.0).clear();
+    }
+}
+
+/// Errors queued per operation: the next call of an operation takes the first one queued.
+#[derive(Debug)]
+struct InjectedFailures<Op, E>(Mutex<HashMap<Op, VecDeque<E>>>);
+
+impl<Op: Eq + Hash, E> Default for InjectedFailures<Op, E> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<Op: Eq + Hash, E> InjectedFailures<Op, E> {
+    fn push(&self, op: Op, error: E) {
+        lock(&self.0).entry(op).or_default().push_back(error);
+    }
+
+    /// Records `call` in `calls`, then fails with the error queued for `op`, if any.
+    fn enter(&self, calls: &CallLog, op: Op, call: String) -> Result<(), E> {
+        calls.record(call);
+        match lock(&self.0).get_mut(&op).and_then(VecDeque::pop_front) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 

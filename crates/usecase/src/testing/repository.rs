@@ -1,13 +1,13 @@
 //! An in-memory session store with the same contract as the Redis one (fenced writes, ordered
 //! expiry index, stable paging), plus failure injection.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sandboxd_domain::{ChatId, SandboxSession, SessionId, Timestamp};
 
-use super::{CallLog, InMemoryLocker, lock};
+use super::{CallLog, InMemoryLocker, InjectedFailures, lock};
 use crate::ports::{
     ActiveCount, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
 };
@@ -42,7 +42,7 @@ pub struct InMemorySessionRepository {
     /// Decides fencing: a write is applied only while its lease is this locker's current one.
     locker: Arc<InMemoryLocker>,
     calls: CallLog,
-    failures: Mutex<HashMap<RepoOp, VecDeque<RepositoryError>>>,
+    failures: InjectedFailures<RepoOp, RepositoryError>,
 }
 
 impl InMemorySessionRepository {
@@ -52,13 +52,13 @@ impl InMemorySessionRepository {
             state: Mutex::new(State::default()),
             locker,
             calls,
-            failures: Mutex::new(HashMap::new()),
+            failures: InjectedFailures::default(),
         }
     }
 
     /// The next call of `op` fails with `error` (queued: several calls fail in order).
     pub fn fail_next(&self, op: RepoOp, error: RepositoryError) {
-        lock(&self.failures).entry(op).or_default().push_back(error);
+        self.failures.push(op, error);
     }
 
     /// Stores a session directly, bypassing leases (test setup).
@@ -93,19 +93,19 @@ impl InMemorySessionRepository {
     }
 
     fn enter(&self, op: RepoOp, call: String) -> Result<(), RepositoryError> {
-        self.calls.record(call);
-        match lock(&self.failures)
-            .get_mut(&op)
-            .and_then(VecDeque::pop_front)
-        {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        self.failures.enter(&self.calls, op, call)
     }
 
-    fn fence(&self, lease: &Lease) -> Result<(), RepositoryError> {
+    /// A write: recorded, failed if injected, then refused unless `lease` is still current.
+    fn enter_fenced(
+        &self,
+        op: RepoOp,
+        call: String,
+        lease: &Lease,
+    ) -> Result<MutexGuard<'_, State>, RepositoryError> {
+        self.enter(op, call)?;
         if self.locker.is_current(lease) {
-            Ok(())
+            Ok(lock(&self.state))
         } else {
             Err(RepositoryError::LeaseLost)
         }
@@ -190,12 +190,11 @@ impl SessionRepository for InMemorySessionRepository {
         lease: &Lease,
         session: &SandboxSession,
     ) -> Result<ActiveCount, RepositoryError> {
-        self.enter(
+        let mut state = self.enter_fenced(
             RepoOp::Save,
             format!("repository.save({})", session.session_id),
+            lease,
         )?;
-        self.fence(lease)?;
-        let mut state = lock(&self.state);
         put(&mut state, session.clone());
         Ok(state.sessions.len() as ActiveCount)
     }
@@ -205,12 +204,11 @@ impl SessionRepository for InMemorySessionRepository {
         lease: &Lease,
         session: &SandboxSession,
     ) -> Result<ActiveCount, RepositoryError> {
-        self.enter(
+        let mut state = self.enter_fenced(
             RepoOp::Delete,
             format!("repository.delete({})", session.session_id),
+            lease,
         )?;
-        self.fence(lease)?;
-        let mut state = lock(&self.state);
         remove(&mut state, &session.session_id);
         Ok(state.sessions.len() as ActiveCount)
     }
@@ -221,9 +219,11 @@ impl SessionRepository for InMemorySessionRepository {
         session_id: &SessionId,
         expires_at: Timestamp,
     ) -> Result<Option<SandboxSession>, RepositoryError> {
-        self.enter(RepoOp::Extend, format!("repository.extend({session_id})"))?;
-        self.fence(lease)?;
-        let mut state = lock(&self.state);
+        let mut state = self.enter_fenced(
+            RepoOp::Extend,
+            format!("repository.extend({session_id})"),
+            lease,
+        )?;
         let Some(mut session) = state.sessions.get(session_id).cloned() else {
             return Ok(None);
         };

@@ -1,6 +1,6 @@
 //! A runtime that records calls, keeps a table of "containers" and fails on demand.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
 
-use super::{CallLog, lock};
+use super::{CallLog, InjectedFailures, lock};
 use crate::ports::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
     StartedSandbox,
@@ -41,7 +41,7 @@ pub struct FakeRuntime {
     calls: CallLog,
     /// The engine's containers: id -> what they were created from, and their state.
     containers: Mutex<BTreeMap<ContainerId, FakeContainer>>,
-    failures: Mutex<HashMap<RuntimeOp, VecDeque<RuntimeError>>>,
+    failures: InjectedFailures<RuntimeOp, RuntimeError>,
     /// Containers whose removals always fail (per-session failure isolation tests).
     failing_containers: Mutex<HashSet<ContainerId>>,
     /// Runs inside `create`, after the container "starts": lets tests act mid-operation.
@@ -67,7 +67,7 @@ impl FakeRuntime {
         Self {
             calls,
             containers: Mutex::new(BTreeMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: InjectedFailures::default(),
             failing_containers: Mutex::new(HashSet::new()),
             on_create: Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -80,7 +80,7 @@ impl FakeRuntime {
 
     /// The next call of `op` fails with `error` (queued).
     pub fn fail_next(&self, op: RuntimeOp, error: RuntimeError) {
-        lock(&self.failures).entry(op).or_default().push_back(error);
+        self.failures.push(op, error);
     }
 
     /// Every removal of this container fails with `Other`.
@@ -161,17 +161,18 @@ impl FakeRuntime {
     }
 
     fn enter(&self, op: RuntimeOp, call: String) -> Result<(), RuntimeError> {
-        self.calls.record(call);
-        match lock(&self.failures)
-            .get_mut(&op)
-            .and_then(VecDeque::pop_front)
-        {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        self.failures.enter(&self.calls, op, call)
     }
 
-    fn check_container(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+    /// A removal: recorded as `runtime.{method}(id)`, failed if injected for `op` or for this
+    /// container.
+    fn enter_removal(
+        &self,
+        op: RuntimeOp,
+        method: &str,
+        container_id: &ContainerId,
+    ) -> Result<(), RuntimeError> {
+        self.enter(op, format!("runtime.{method}({container_id})"))?;
         if lock(&self.failing_containers).contains(container_id) {
             return Err(RuntimeError::Other(
                 format!("injected failure for {container_id}").into(),
@@ -227,11 +228,11 @@ impl SandboxRuntime for FakeRuntime {
     }
 
     async fn remove_gracefully(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        self.enter(
+        self.enter_removal(
             RuntimeOp::RemoveGracefully,
-            format!("runtime.remove_gracefully({container_id})"),
+            "remove_gracefully",
+            container_id,
         )?;
-        self.check_container(container_id)?;
         let in_flight = self.stops_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_stops_in_flight
             .fetch_max(in_flight, Ordering::SeqCst);
@@ -245,11 +246,7 @@ impl SandboxRuntime for FakeRuntime {
     }
 
     async fn force_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        self.enter(
-            RuntimeOp::ForceRemove,
-            format!("runtime.force_remove({container_id})"),
-        )?;
-        self.check_container(container_id)?;
+        self.enter_removal(RuntimeOp::ForceRemove, "force_remove", container_id)?;
         lock(&self.containers).remove(container_id);
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! CleanupExpiredSandboxes, branch by branch (NOTES.md "CleanupExpiredSandboxes" and its gaps).
+//! CleanupExpiredSandboxes, branch by branch (docs/design.md §6 and §9).
 
 use crate::UseCaseError;
 use crate::telemetry::{event, metric, span};
@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::harness::*;
 use crate::ports::{Clock, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
-use crate::{CleanupExpiredSandboxes, CleanupOptions, ErrorKind};
+use crate::{CleanupExpiredSandboxes, CleanupOptions, CleanupReport, ErrorKind};
 
 fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
     CleanupExpiredSandboxes::new(
@@ -17,6 +17,19 @@ fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
             batch_size: 1000,
         },
     )
+}
+
+/// The pass cleaned nothing, failed nothing, and skipped its one listed session.
+fn assert_only_one_skipped(report: &CleanupReport) {
+    assert_eq!(
+        (
+            report.cleaned.len(),
+            report.skipped_count,
+            report.error_count
+        ),
+        (0, 1, 0),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -29,15 +42,10 @@ fn a_failing_listing_is_counted_with_its_reason_and_raised() {
     let (out, cap) = capture(pass(&world, 8).execute());
     let err = out.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
-    assert_eq!(
-        cap.counter_lines(),
-        vec![
-            "sandbox_cleanup_error_total{error_type=repository_unavailable,reason=list_expired} 1"
-        ]
-    );
-    let span = cap.span(span::CLEANUP_PASS);
-    assert_eq!(span.field(span::RESULT), Some("error"));
-    assert_eq!(span.field(span::ERROR_TYPE), Some("repository_unavailable"));
+    cap.assert_counters(&[
+        "sandbox_cleanup_error_total{error_type=repository_unavailable,reason=list_expired} 1",
+    ]);
+    let span = cap.assert_error_span(span::CLEANUP_PASS, "repository_unavailable");
     assert!(!span.fields.contains_key(span::EXPIRED_COUNT));
     assert_eq!(
         world.calls.calls(),
@@ -68,10 +76,7 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
         ],
         "re-read under the chat's lease, stop before delete"
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_cleanup_total{result=cleaned} 1"]
-    );
+    cap.assert_counters(&["sandbox_cleanup_total{result=cleaned} 1"]);
     assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
     assert_eq!(
         cap.span(span::CLEANUP_PASS).fields,
@@ -94,13 +99,8 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
             (span::RESULT, "cleaned".to_owned()),
         ])
     );
-    let mut want = session_log_fields(&a);
-    want.push(("message", event::SANDBOX_CLEANED.to_owned()));
-    assert_eq!(cap.event(event::SANDBOX_CLEANED).fields, fields(&want));
-    assert_eq!(
-        cap.event(event::SANDBOX_CLEANED).span.as_deref(),
-        Some(span::CLEANUP_ONE)
-    );
+    let event = cap.assert_session_event(event::SANDBOX_CLEANED, &a, &[]);
+    assert_eq!(event.span.as_deref(), Some(span::CLEANUP_ONE));
 }
 
 #[test]
@@ -114,15 +114,7 @@ fn skips_a_session_that_was_deleted_after_listing() {
         .locker
         .on_lock(move |_| repository.remove_direct(&gone));
     let (out, cap) = capture(pass(&world, 8).execute());
-    let report = out.unwrap();
-    assert_eq!(
-        (
-            report.cleaned.len(),
-            report.skipped_count,
-            report.error_count
-        ),
-        (0, 1, 0)
-    );
+    assert_only_one_skipped(&out.unwrap());
     assert_eq!(world.calls.calls_of("runtime."), Vec::<String>::new());
     assert_eq!(
         cap.counter_lines(),
@@ -148,15 +140,7 @@ fn skips_a_superseded_session_and_removes_it_from_the_expiry_index() {
     let current = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
     assert_eq!(world.repository.expiry_index_len(), 2);
     let (out, cap) = capture(pass(&world, 8).execute());
-    let report = out.unwrap();
-    assert_eq!(
-        (
-            report.cleaned.len(),
-            report.skipped_count,
-            report.error_count
-        ),
-        (0, 1, 0)
-    );
+    assert_only_one_skipped(&out.unwrap());
     assert_eq!(world.repository.all(), vec![current.clone()]);
     assert_eq!(
         world.repository.expiry_index_len(),
@@ -176,12 +160,7 @@ fn skips_a_superseded_session_and_removes_it_from_the_expiry_index() {
         cap.span(span::CLEANUP_ONE).field(span::RESULT),
         Some("skipped")
     );
-    let mut want = session_log_fields(&stale);
-    want.push(("message", event::SANDBOX_STALE_INDEX_REMOVED.to_owned()));
-    assert_eq!(
-        cap.event(event::SANDBOX_STALE_INDEX_REMOVED).fields,
-        fields(&want)
-    );
+    cap.assert_session_event(event::SANDBOX_STALE_INDEX_REMOVED, &stale, &[]);
     // The next pass no longer lists it.
     world.calls.clear();
     let (again, _) = capture(pass(&world, 8).execute());
@@ -201,22 +180,14 @@ fn skips_a_session_extended_after_listing() {
         repository.insert(extended);
     });
     let (out, cap) = capture(pass(&world, 8).execute());
-    let report = out.unwrap();
-    assert_eq!(
-        (
-            report.cleaned.len(),
-            report.skipped_count,
-            report.error_count
-        ),
-        (0, 1, 0)
-    );
+    assert_only_one_skipped(&out.unwrap());
     assert_eq!(world.runtime.running(), vec![a.container_id.clone()]);
     assert_eq!(world.repository.all().len(), 1);
     assert_eq!(
         cap.span(span::CLEANUP_ONE).field(span::RESULT),
         Some("skipped")
     );
-    assert_eq!(cap.counter_lines(), Vec::<String>::new());
+    cap.assert_counters(&[]);
 }
 
 #[test]
@@ -239,13 +210,10 @@ fn one_failing_session_does_not_stop_the_pass() {
         vec![b.clone()],
         "the failed one is kept for the next pass"
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec![
-            "sandbox_cleanup_error_total{error_type=runtime_error} 1",
-            "sandbox_cleanup_total{result=cleaned} 2",
-        ]
-    );
+    cap.assert_counters(&[
+        "sandbox_cleanup_error_total{error_type=runtime_error} 1",
+        "sandbox_cleanup_total{result=cleaned} 2",
+    ]);
     assert_eq!(
         cap.span(span::CLEANUP_PASS).field(span::RESULT),
         Some("completed_with_errors")
@@ -261,12 +229,12 @@ fn one_failing_session_does_not_stop_the_pass() {
         Some(&b.session_id.to_string())
     );
     assert_eq!(failed[0].field(span::ERROR_TYPE), Some("runtime_error"));
-    let event = cap.event(event::SANDBOX_CLEAN_FAILED);
+    let event = cap.assert_session_event(
+        event::SANDBOX_CLEAN_FAILED,
+        &b,
+        &[("error", "runtime_error".to_owned())],
+    );
     assert_eq!(event.level, tracing::Level::ERROR);
-    let mut want = session_log_fields(&b);
-    want.push(("error", "runtime_error".to_owned()));
-    want.push(("message", event::SANDBOX_CLEAN_FAILED.to_owned()));
-    assert_eq!(event.fields, fields(&want));
 }
 
 #[test]
@@ -291,10 +259,7 @@ fn returns_cleaned_sessions_in_expiry_order_with_bounded_concurrency() {
         max > 1 && max <= 4,
         "stops overlap up to the bound, got {max}"
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_cleanup_total{result=cleaned} 20"]
-    );
+    cap.assert_counters(&["sandbox_cleanup_total{result=cleaned} 20"]);
     assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(0.0));
 }
 

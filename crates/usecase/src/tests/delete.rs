@@ -1,4 +1,4 @@
-//! DeleteSandbox, branch by branch (NOTES.md "DeleteSandbox").
+//! DeleteSandbox, branch by branch (docs/design.md §6).
 
 use crate::UseCaseError;
 use crate::telemetry::{event, metric, span};
@@ -23,17 +23,9 @@ fn deleting_a_chat_without_a_session_is_not_found() {
     assert_eq!((out.session_id, out.container_id), (None, None));
     assert_eq!(
         world.calls.calls(),
-        vec![
-            format!("locker.lock({chat})"),
-            format!("repository.get_current_by_chat_id({chat})"),
-            format!("runtime.list_chat({chat})"),
-            format!("locker.release({chat})"),
-        ]
+        leased_calls(chat, &[format!("runtime.list_chat({chat})")])
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_delete_total{result=not_found} 1"]
-    );
+    cap.assert_counters(&["sandbox_delete_total{result=not_found} 1"]);
     assert_eq!(
         cap.span(span::DELETE).fields,
         fields(&[
@@ -69,30 +61,22 @@ fn deleting_removes_the_container_before_the_session() {
     assert_eq!(world.runtime.running(), vec![other.container_id]);
     assert_eq!(
         world.calls.calls(),
-        vec![
-            format!("locker.lock({chat})"),
-            format!("repository.get_current_by_chat_id({chat})"),
-            format!("runtime.force_remove({})", session.container_id),
-            format!("runtime.list_chat({chat})"),
-            format!("repository.delete({})", session.session_id),
-            format!("locker.release({chat})"),
-        ]
+        leased_calls(
+            chat,
+            &[
+                format!("runtime.force_remove({})", session.container_id),
+                format!("runtime.list_chat({chat})"),
+                format!("repository.delete({})", session.session_id),
+            ]
+        )
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_delete_total{result=deleted} 1"]
-    );
+    cap.assert_counters(&["sandbox_delete_total{result=deleted} 1"]);
     assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
     let mut want = vec![(span::CHAT_ID, chat.to_string())];
     want.extend(session_span_fields(&session));
     want.push((span::RESULT, "deleted".to_owned()));
     assert_eq!(cap.span(span::DELETE).fields, fields(&want));
-    let mut want_event = session_log_fields(&session);
-    want_event.push(("message", event::SANDBOX_DELETED.to_owned()));
-    assert_eq!(
-        cap.event(event::SANDBOX_DELETED).fields,
-        fields(&want_event)
-    );
+    cap.assert_session_event(event::SANDBOX_DELETED, &session, &[]);
 }
 
 fn assert_delete_error(
@@ -107,14 +91,8 @@ fn assert_delete_error(
     );
     let err = out.unwrap_err();
     assert_eq!(err.kind(), want_kind);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_delete_total{result=error} 1"]
-    );
-    let span = cap.span(span::DELETE);
-    assert_eq!(span.field(span::RESULT), Some("error"));
-    assert_eq!(span.field(span::ERROR_TYPE), Some(want_type));
-    assert_eq!(span.field(span::OTEL_STATUS_CODE), Some("ERROR"));
+    cap.assert_counters(&["sandbox_delete_total{result=error} 1"]);
+    cap.assert_error_span(span::DELETE, want_type);
     let event = cap.event(event::SANDBOX_DELETE_FAILED);
     assert_eq!(event.level, tracing::Level::ERROR);
     let mut want = match read {

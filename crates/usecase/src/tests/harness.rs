@@ -19,31 +19,33 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::ports::{Clock, NewSandbox};
 use crate::telemetry::span;
 use crate::testing::{
-    CallLog, FakeRuntime, InMemoryLocker, InMemorySessionRepository, ManualClock,
+    CallLog, FakeRuntime, Fakes, InMemoryLocker, InMemorySessionRepository, ManualClock,
 };
-use crate::{CreateSandbox, Ports, Profiles};
+use crate::{
+    CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput, Ports, Profiles,
+};
 
-pub const TTL: Duration = Duration::from_secs(30 * 60);
+pub(crate) const TTL: Duration = Duration::from_secs(30 * 60);
 
-pub type Fields = BTreeMap<String, String>;
+pub(crate) type Fields = BTreeMap<String, String>;
 
 /// One finished span: its name, every field recorded on it, and its parent's name.
 #[derive(Debug, Clone)]
-pub struct SpanRecord {
+pub(crate) struct SpanRecord {
     pub name: String,
     pub fields: Fields,
     pub parent: Option<String>,
 }
 
 impl SpanRecord {
-    pub fn field(&self, key: &str) -> Option<&str> {
+    pub(crate) fn field(&self, key: &str) -> Option<&str> {
         self.fields.get(key).map(String::as_str)
     }
 }
 
 /// One log event: its name (metadata name), level, fields and the span it was emitted in.
 #[derive(Debug, Clone)]
-pub struct EventRecord {
+pub(crate) struct EventRecord {
     pub name: String,
     pub level: tracing::Level,
     pub fields: Fields,
@@ -130,14 +132,14 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Ca
 }
 
 impl EventRecord {
-    pub fn field(&self, key: &str) -> Option<&str> {
+    pub(crate) fn field(&self, key: &str) -> Option<&str> {
         self.fields.get(key).map(String::as_str)
     }
 }
 
 /// Everything a run emitted.
 #[derive(Debug)]
-pub struct Captured {
+pub(crate) struct Captured {
     /// (name, sorted labels) -> value, for counters and gauges.
     pub counters: BTreeMap<(String, Vec<(String, String)>), u64>,
     pub gauges: BTreeMap<String, f64>,
@@ -147,7 +149,7 @@ pub struct Captured {
 
 impl Captured {
     /// Every counter as `name{k=v,...} value`, sorted: compare whole to catch extra labels too.
-    pub fn counter_lines(&self) -> Vec<String> {
+    pub(crate) fn counter_lines(&self) -> Vec<String> {
         self.counters
             .iter()
             .map(|((name, labels), value)| {
@@ -157,12 +159,12 @@ impl Captured {
             .collect()
     }
 
-    pub fn gauge(&self, name: &str) -> Option<f64> {
+    pub(crate) fn gauge(&self, name: &str) -> Option<f64> {
         self.gauges.get(name).copied()
     }
 
     /// The only finished span with this name.
-    pub fn span(&self, name: &str) -> &SpanRecord {
+    pub(crate) fn span(&self, name: &str) -> &SpanRecord {
         let matching: Vec<&SpanRecord> = self.spans.iter().filter(|s| s.name == name).collect();
         assert_eq!(
             matching.len(),
@@ -173,17 +175,51 @@ impl Captured {
         matching[0]
     }
 
-    pub fn spans_named(&self, name: &str) -> Vec<&SpanRecord> {
+    pub(crate) fn spans_named(&self, name: &str) -> Vec<&SpanRecord> {
         self.spans.iter().filter(|s| s.name == name).collect()
     }
 
     /// The names of all log events, in order.
-    pub fn event_names(&self) -> Vec<&str> {
+    pub(crate) fn event_names(&self) -> Vec<&str> {
         self.events.iter().map(|e| e.name.as_str()).collect()
     }
 
+    /// Asserts the whole set of counters, as [`Captured::counter_lines`] renders them.
+    pub(crate) fn assert_counters(&self, want: &[&str]) {
+        assert_eq!(self.counter_lines(), want);
+    }
+
+    /// Asserts that the only span `name` ended in error with this error type.
+    pub(crate) fn assert_error_span(&self, name: &str, error_type: &str) -> &SpanRecord {
+        let span = self.span(name);
+        assert_eq!(span.field(span::RESULT), Some("error"), "{span:?}");
+        assert_eq!(span.field(span::ERROR_TYPE), Some(error_type), "{span:?}");
+        assert_eq!(
+            span.field(span::OTEL_STATUS_CODE),
+            Some("ERROR"),
+            "{span:?}"
+        );
+        span
+    }
+
+    /// Asserts that the only event `name` carries the session's log fields, then `extra`, then
+    /// its message.
+    pub(crate) fn assert_session_event(
+        &self,
+        name: &str,
+        session: &SandboxSession,
+        extra: &[(&'static str, String)],
+    ) -> &EventRecord {
+        let mut want = session_log_fields(session);
+        want.extend_from_slice(extra);
+        want.push(("message", name.to_owned()));
+        let event = self.event(name);
+        assert_eq!(event.fields, fields(&want));
+        event
+    }
+
     /// The only event with this name.
-    pub fn event(&self, name: &str) -> &EventRecord {
+    pub(crate) fn event(&self, name: &str) -> &EventRecord {
         let matching: Vec<&EventRecord> = self.events.iter().filter(|e| e.name == name).collect();
         assert_eq!(
             matching.len(),
@@ -197,7 +233,7 @@ impl Captured {
 
 /// Runs `future` on a current-thread runtime with a local metrics recorder and a capturing
 /// subscriber, both scoped to this thread so parallel tests do not see each other's telemetry.
-pub fn capture<F: Future>(future: F) -> (F::Output, Captured) {
+pub(crate) fn capture<F: Future>(future: F) -> (F::Output, Captured) {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let layer = CaptureLayer::default();
@@ -251,7 +287,7 @@ pub fn capture<F: Future>(future: F) -> (F::Output, Captured) {
 }
 
 /// Fakes wired together, sharing one call log.
-pub struct World {
+pub(crate) struct World {
     pub calls: CallLog,
     pub locker: Arc<InMemoryLocker>,
     pub repository: Arc<InMemorySessionRepository>,
@@ -263,25 +299,20 @@ pub struct World {
 }
 
 impl World {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_lock_wait(Duration::from_secs(5))
     }
 
-    pub fn with_lock_wait(wait: Duration) -> Self {
-        let calls = CallLog::default();
-        let locker = Arc::new(InMemoryLocker::with_wait(calls.clone(), wait));
-        let repository = Arc::new(InMemorySessionRepository::new(
-            locker.clone(),
-            calls.clone(),
-        ));
-        let runtime = Arc::new(FakeRuntime::new(calls.clone()));
-        let clock = Arc::new(ManualClock::at_epoch());
-        let ports = Ports {
-            repository: repository.clone(),
-            locker: locker.clone(),
-            runtime: runtime.clone(),
-            clock: clock.clone(),
-        };
+    pub(crate) fn with_lock_wait(wait: Duration) -> Self {
+        let fakes = Fakes::with_lock_wait(wait);
+        let ports = fakes.ports();
+        let Fakes {
+            calls,
+            locker,
+            repository,
+            runtime,
+            clock,
+        } = fakes;
         let profiles = Profiles::new(
             ["default", "python", "other"]
                 .map(|agent| (agent_id(agent), AgentProfile::new(format!("{agent}:local")))),
@@ -298,12 +329,23 @@ impl World {
     }
 
     /// The use case under test, built like the server builds it.
-    pub fn create(&self) -> CreateSandbox {
+    pub(crate) fn create(&self) -> CreateSandbox {
         CreateSandbox::new(self.ports.clone(), self.profiles.clone(), TTL)
     }
 
+    /// Runs a create of agent `default` on `/srv/a` for `chat`, capturing its telemetry.
+    pub(crate) fn create_default(
+        &self,
+        chat: ChatId,
+    ) -> (Result<CreateSandboxOutput, CreateSandboxError>, Captured) {
+        capture(
+            self.create()
+                .execute(create_command(chat, "default", "/srv/a")),
+        )
+    }
+
     /// The spec a create of `agent` would hand the runtime.
-    pub fn spec(
+    pub(crate) fn spec(
         &self,
         chat: ChatId,
         agent: &str,
@@ -329,7 +371,7 @@ impl World {
 
     /// Stores a session for `chat` (and its running container) expiring `expires_in` from now;
     /// a zero or past offset makes it expired. The call log is cleared afterwards.
-    pub fn existing(
+    pub(crate) fn existing(
         &self,
         chat: ChatId,
         agent: &str,
@@ -339,7 +381,12 @@ impl World {
         self.existing_expiring_at(chat, agent, volume, self.clock.now() + expires_in)
     }
 
-    pub fn existing_expired(&self, chat: ChatId, agent: &str, volume: &str) -> SandboxSession {
+    pub(crate) fn existing_expired(
+        &self,
+        chat: ChatId,
+        agent: &str,
+        volume: &str,
+    ) -> SandboxSession {
         self.existing_expiring_at(
             chat,
             agent,
@@ -379,28 +426,47 @@ impl World {
     }
 }
 
-pub fn new_chat() -> ChatId {
+/// The calls of a use case that works under the chat's lease: lock, the re-read, `inner`, release.
+pub(crate) fn leased_calls(chat: ChatId, inner: &[String]) -> Vec<String> {
+    let mut calls = vec![
+        format!("locker.lock({chat})"),
+        format!("repository.get_current_by_chat_id({chat})"),
+    ];
+    calls.extend_from_slice(inner);
+    calls.push(format!("locker.release({chat})"));
+    calls
+}
+
+pub(crate) fn create_command(chat: ChatId, agent: &str, volume: &str) -> CreateSandboxCommand {
+    CreateSandboxCommand {
+        chat_id: chat,
+        agent_id: agent_id(agent),
+        volume_host_path: volume_path(volume),
+    }
+}
+
+pub(crate) fn new_chat() -> ChatId {
     ChatId::from_uuid(uuid::Uuid::new_v4())
 }
 
-pub fn agent_id(raw: &str) -> AgentId {
+pub(crate) fn agent_id(raw: &str) -> AgentId {
     AgentId::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
 }
 
-pub fn volume_path(raw: &str) -> VolumePath {
+pub(crate) fn volume_path(raw: &str) -> VolumePath {
     VolumePath::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
 }
 
 /// `BTreeMap` of string pairs, for comparing whole field sets.
-pub fn fields(pairs: &[(&str, String)]) -> Fields {
+pub(crate) fn fields(pairs: &[(&str, String)]) -> Fields {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect()
 }
 
-/// The seed's `_sandbox_attrs` as logged.
-pub fn session_log_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
+/// The fields every session log event carries.
+pub(crate) fn session_log_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
     vec![
         ("chat_id", session.chat_id.to_string()),
         ("session_id", session.session_id.to_string()),
@@ -408,8 +474,8 @@ pub fn session_log_fields(session: &SandboxSession) -> Vec<(&'static str, String
     ]
 }
 
-/// The seed's `_set_session_span_attrs` as recorded.
-pub fn session_span_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
+/// The session fields a use case records on its span.
+pub(crate) fn session_span_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
     let mut out = vec![
         (span::SESSION_ID, session.session_id.to_string()),
         (span::CONTAINER_ID, session.container_id.to_string()),

@@ -1,4 +1,4 @@
-//! Use-case tests on the in-memory fakes: one test per branch of the seed, asserting the result,
+//! Use-case tests on the in-memory fakes: one test per branch of each use case, asserting the result,
 //! the port calls in order, and the exact metrics, span fields and log events.
 #![allow(
     clippy::unwrap_used,
@@ -9,6 +9,7 @@
 
 mod cleanup;
 mod create;
+mod create_failures;
 mod delete;
 mod harness;
 mod reads;

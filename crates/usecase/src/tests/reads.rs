@@ -1,7 +1,6 @@
 //! GetSandbox, ListSandboxes and ExtendSandbox: result, calls, metric, span and log per outcome.
 
 use crate::UseCaseError;
-use crate::telemetry;
 use crate::telemetry::{event, span};
 use std::time::Duration;
 
@@ -27,10 +26,7 @@ fn get_returns_the_current_session_even_when_expired() {
         vec![format!("repository.get_current_by_chat_id({chat})")],
         "a read takes no lease"
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_get_total{result=found} 1"]
-    );
+    cap.assert_counters(&["sandbox_get_total{result=found} 1"]);
     let mut want = vec![(span::CHAT_ID, chat.to_string())];
     want.extend(session_span_fields(&session));
     want.push((span::RESULT, "found".to_owned()));
@@ -45,10 +41,7 @@ fn get_of_an_unknown_chat_is_not_found() {
     let err = out.unwrap_err();
     assert!(matches!(err, GetSandboxError::NotFound(c) if c == chat));
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_get_total{result=not_found} 1"]
-    );
+    cap.assert_counters(&["sandbox_get_total{result=not_found} 1"]);
     assert_eq!(cap.event_names(), Vec::<&str>::new());
 }
 
@@ -62,17 +55,8 @@ fn get_failure_is_counted_and_on_the_span_but_logged_only_where_handled() {
     let chat = new_chat();
     let (out, cap) = capture(GetSandbox::new(world.ports.clone()).execute(chat));
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_get_total{result=error} 1"]
-    );
-    let span = cap.span(telemetry::span::GET);
-    assert_eq!(
-        span.fields
-            .get(telemetry::span::ERROR_TYPE)
-            .map(String::as_str),
-        Some("repository_unavailable")
-    );
+    cap.assert_counters(&["sandbox_get_total{result=error} 1"]);
+    cap.assert_error_span(span::GET, "repository_unavailable");
     // The server maps the error to its status and logs it there, once.
     assert_eq!(cap.event_names(), Vec::<&str>::new());
 }
@@ -117,7 +101,7 @@ fn list_pages_through_every_session_once_with_an_agent_filter() {
     };
     assert_eq!(seen, python);
     assert_eq!(pages, 3);
-    assert_eq!(cap.counter_lines(), vec!["sandbox_list_total{result=ok} 1"]);
+    cap.assert_counters(&["sandbox_list_total{result=ok} 1"]);
     assert_eq!(
         cap.span(span::LIST).fields,
         fields(&[
@@ -144,17 +128,8 @@ fn list_refuses_a_forged_page_token_as_an_invalid_argument() {
             field: "page_token"
         }
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_list_total{result=error} 1"]
-    );
-    let span = cap.span(telemetry::span::LIST);
-    assert_eq!(
-        span.fields
-            .get(telemetry::span::ERROR_TYPE)
-            .map(String::as_str),
-        Some("invalid_page_token")
-    );
+    cap.assert_counters(&["sandbox_list_total{result=error} 1"]);
+    cap.assert_error_span(span::LIST, "invalid_page_token");
     assert_eq!(cap.event_names(), Vec::<&str>::new());
 }
 
@@ -188,17 +163,12 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
     assert_eq!(world.repository.all(), vec![extended.clone()]);
     assert_eq!(
         world.calls.calls(),
-        vec![
-            format!("locker.lock({chat})"),
-            format!("repository.get_current_by_chat_id({chat})"),
-            format!("repository.extend({})", session.session_id),
-            format!("locker.release({chat})"),
-        ]
+        leased_calls(
+            chat,
+            &[format!("repository.extend({})", session.session_id)]
+        )
     );
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_extend_total{result=extended} 1"]
-    );
+    cap.assert_counters(&["sandbox_extend_total{result=extended} 1"]);
     let mut want = vec![
         (span::CHAT_ID, chat.to_string()),
         (span::TTL_MS, "3600000".to_owned()),
@@ -207,12 +177,10 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
     want.push((span::EXPIRES_AT, extended.expires_at.to_string()));
     want.push((span::RESULT, "extended".to_owned()));
     assert_eq!(cap.span(span::EXTEND).fields, fields(&want));
-    let mut want_event = session_log_fields(&extended);
-    want_event.push(("expires_at", extended.expires_at.to_string()));
-    want_event.push(("message", event::SANDBOX_EXTENDED.to_owned()));
-    assert_eq!(
-        cap.event(event::SANDBOX_EXTENDED).fields,
-        fields(&want_event)
+    cap.assert_session_event(
+        event::SANDBOX_EXTENDED,
+        &extended,
+        &[("expires_at", extended.expires_at.to_string())],
     );
 }
 
@@ -240,10 +208,7 @@ fn extend_refuses_zero_and_over_max_ttl_without_touching_anything() {
             "refused before the lock"
         );
         assert_eq!(world.repository.all(), vec![session]);
-        assert_eq!(
-            cap.counter_lines(),
-            vec!["sandbox_extend_total{result=invalid} 1"]
-        );
+        cap.assert_counters(&["sandbox_extend_total{result=invalid} 1"]);
     }
     let world = World::new();
     let chat = new_chat();
@@ -262,10 +227,7 @@ fn extend_of_an_expired_session_is_a_failed_precondition() {
     let (out, cap) = extend(&world, chat, None);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::FailedPrecondition);
     assert_eq!(world.repository.all(), vec![session]);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_extend_total{result=expired} 1"]
-    );
+    cap.assert_counters(&["sandbox_extend_total{result=expired} 1"]);
     assert_eq!(
         cap.event(event::SANDBOX_EXTEND_FAILED).fields,
         fields(&[
@@ -281,10 +243,7 @@ fn extend_of_an_unknown_chat_is_not_found() {
     let world = World::new();
     let (out, cap) = extend(&world, new_chat(), None);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_extend_total{result=not_found} 1"]
-    );
+    cap.assert_counters(&["sandbox_extend_total{result=not_found} 1"]);
 }
 
 #[test]
@@ -298,12 +257,6 @@ fn extend_with_a_lost_lease_commits_nothing() {
     let (out, cap) = extend(&world, chat, None);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Aborted);
     assert_eq!(world.repository.all(), vec![session]);
-    assert_eq!(
-        cap.counter_lines(),
-        vec!["sandbox_extend_total{result=error} 1"]
-    );
-    assert_eq!(
-        cap.span(span::EXTEND).field(span::ERROR_TYPE),
-        Some("lease_lost")
-    );
+    cap.assert_counters(&["sandbox_extend_total{result=error} 1"]);
+    cap.assert_error_span(span::EXTEND, "lease_lost");
 }
