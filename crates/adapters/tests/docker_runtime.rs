@@ -298,6 +298,42 @@ async fn an_abandoned_create_leaves_no_container_behind() {
 }
 
 #[tokio::test]
+async fn a_sandbox_removed_by_someone_else_while_starting_is_reported_vanished() {
+    // Another lease holder's sweep removes the container this create is waiting on.
+    let world = TestSandboxes::new();
+    let mut mute = AgentProfile::new(sandbox_image());
+    mute.port = Some(8080);
+    mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
+    mute.ready_timeout = Duration::from_secs(30);
+    let runtime = world.runtime();
+    let spec = sandbox_of("mute", mute, &world.volume_dir("chat"));
+    let sweeper = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let container = loop {
+            // Running, so the create is waiting for readiness when the sweep hits.
+            if let Some(found) = runtime
+                .list_chat(&spec.chat_id)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|c| c.state == ContainerState::Running)
+            {
+                break found;
+            }
+            assert!(Instant::now() < deadline, "the create made no container");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        runtime.force_remove(&container.container_id).await.unwrap();
+    };
+    let (created, ()) = tokio::join!(runtime.create(&spec), sweeper);
+    assert!(
+        matches!(created, Err(RuntimeError::Vanished)),
+        "{created:?}"
+    );
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
 async fn a_sandbox_whose_process_exits_fails_fast_and_is_removed() {
     let world = TestSandboxes::new();
     let mut crashing = AgentProfile::new(sandbox_image());

@@ -18,7 +18,8 @@ use super::{
 };
 
 /// Redis killed and restarted (empty) mid-run: calls fail fast with UNAVAILABLE, health goes
-/// NOT_SERVING and back, and one reconcile pass removes the containers whose sessions were lost.
+/// NOT_SERVING and back, and the reconcile loop adopts the sandbox whose session was lost: the
+/// same container, the same session id.
 #[tokio::test]
 async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
     let mut app = spawn_app_with(AppConfig {
@@ -28,8 +29,10 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
     .await;
     let api = app.api.clone();
     let before = new_chat_id();
-    create_retrying(&api, &before, &app.new_volume("before"))
+    let before_sandbox = create_retrying(&api, &before, &app.new_volume("before"))
         .await
+        .unwrap()
+        .sandbox
         .unwrap();
 
     app.redis.stop();
@@ -53,10 +56,31 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
 
     app.redis.restart().await.unwrap();
     app.wait_for_health(ServingStatus::Serving).await;
-    // The session of `before` died with Redis: its container is an orphan the loop removes.
-    create_then_wait_for_one_container(&app, &chat, &volume, Duration::from_secs(20), "orphan")
-        .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let created = create_retrying(&app.api, &chat, &volume).await.unwrap();
+    assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
+    // The session of `before` died with Redis; its sandbox runs on and the loop adopts it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let adopted = loop {
+        match api
+            .clone()
+            .get_sandbox(v1::GetSandboxRequest {
+                chat_id: before.clone(),
+            })
+            .await
+        {
+            Ok(found) => break found.into_inner().sandbox.unwrap(),
+            Err(status) => assert!(
+                Instant::now() < deadline,
+                "never adopted: {status:?}\n{}",
+                app.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(adopted.session_id, before_sandbox.session_id);
+    assert_eq!(adopted.container_id, before_sandbox.container_id);
+    assert_eq!(adopted.endpoint, before_sandbox.endpoint);
+    assert_eq!(app.containers().await.len(), 2);
     assert_invariant(&app, &api, &app.http_addr.to_string()).await;
     let log = app.log();
     assert_each_loop_logged_the_outage_once(&log);

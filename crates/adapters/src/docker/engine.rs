@@ -37,6 +37,21 @@ pub(super) fn is_not_found(error: &BollardError) -> bool {
     )
 }
 
+/// An engine error about a sandbox this create just made: gone (404) or being removed (409)
+/// means someone removed it while it started (another lease holder's sweep), not a broken engine.
+pub(super) fn starting_error(error: BollardError) -> RuntimeError {
+    let being_removed = matches!(
+        &error,
+        BollardError::DockerResponseServerError { status_code: 409, message }
+            if message.contains("removal")
+    );
+    if is_not_found(&error) || being_removed {
+        RuntimeError::Vanished
+    } else {
+        engine_error(error)
+    }
+}
+
 /// A concurrent removal of the same container already won.
 pub(super) fn is_removal_in_progress(error: &BollardError) -> bool {
     matches!(error, BollardError::DockerResponseServerError { status_code: 409, message }

@@ -36,7 +36,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 pub use config::DockerConfig;
-use engine::{engine_error, is_not_found, is_removal_in_progress, other};
+use engine::{engine_error, is_not_found, is_removal_in_progress, other, starting_error};
 use labels::LabelKeys;
 use names::{
     LABEL_OPERATION, LABEL_RESULT, OPERATION_CREATE, OPERATION_DELETE, OPERATION_STOP,
@@ -51,6 +51,8 @@ const PROBE_BACKOFF_START: Duration = Duration::from_millis(2);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// Bound on one probe attempt, so a hung connection cannot eat the whole ready timeout.
 const PROBE_ATTEMPT_MAX: Duration = Duration::from_secs(1);
+/// Exit code of a process killed by SIGKILL (128 + 9).
+const SIGKILL_EXIT: i64 = 137;
 /// How often a waiting `create` asks whether the container died (then it fails fast).
 const STATE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
@@ -280,7 +282,7 @@ impl DockerRuntime {
         docker
             .start_container(container_id.as_str(), None)
             .await
-            .map_err(engine_error)?;
+            .map_err(starting_error)?;
         let Some(container_port) = profile.port else {
             return Ok(None);
         };
@@ -491,7 +493,7 @@ async fn published_port(
     let inspect = docker
         .inspect_container(container_id.as_str(), None)
         .await
-        .map_err(engine_error)?;
+        .map_err(starting_error)?;
     let key = format!("{container_port}/tcp");
     inspect
         .network_settings
@@ -532,11 +534,21 @@ async fn wait_ready(
             let state = docker
                 .inspect_container(container_id.as_str(), None)
                 .await
-                .map_err(engine_error)?
+                .map_err(starting_error)?
                 .state;
             if let Some(state) = state
                 && state.running == Some(false)
             {
+                // Killed from outside without running out of memory, or being removed: another
+                // lease holder's sweep (`docker rm -f` sends SIGKILL), not this sandbox failing.
+                let swept = matches!(
+                    state.status,
+                    Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::DEAD)
+                ) || (state.exit_code == Some(SIGKILL_EXIT)
+                    && state.oom_killed != Some(true));
+                if swept {
+                    return Err(RuntimeError::Vanished);
+                }
                 let code = state.exit_code.unwrap_or_default();
                 return Err(other(format!(
                     "container exited with code {code} before its endpoint was ready"

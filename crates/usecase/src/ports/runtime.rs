@@ -31,6 +31,10 @@ pub enum RuntimeError {
     /// The profile's image is not present on the engine (nothing can be pulled).
     #[error("image {0} not found on the engine")]
     ImageNotFound(String),
+    /// The container was removed by someone else while it started: another holder of the
+    /// chat's lease swept it (this holder's lease expired). Retryable contention.
+    #[error("the sandbox was removed while it started")]
+    Vanished,
     /// The container started but its endpoint never became ready; it was removed.
     #[error("sandbox endpoint not ready within {0:?}; the container was removed")]
     NotReady(Duration),
@@ -49,6 +53,7 @@ impl UseCaseError for RuntimeError {
             Self::VolumeDenied(_) => ErrorKind::PermissionDenied {
                 field: "volume_host_path",
             },
+            Self::Vanished => ErrorKind::Aborted,
             // The sandbox could not come up now; a retry may succeed once the engine recovers.
             Self::NotReady(_) | Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::ImageNotFound(_) | Self::Other(_) => ErrorKind::Internal,
@@ -60,6 +65,7 @@ impl UseCaseError for RuntimeError {
             Self::VolumeInvalid(_) => "volume_invalid",
             Self::VolumeDenied(_) => "volume_denied",
             Self::ImageNotFound(_) => "image_not_found",
+            Self::Vanished => "runtime_vanished",
             Self::NotReady(_) => "runtime_not_ready",
             Self::Unavailable(_) => "runtime_unavailable",
             Self::Other(_) => "runtime_error",
@@ -224,7 +230,8 @@ pub trait SandboxRuntime: Send + Sync {
     /// returns once its endpoint is ready. On any failure nothing is left running.
     ///
     /// # Errors
-    /// Those of [`Self::validate`], `ImageNotFound`, `NotReady`, `Unavailable`, `Other`.
+    /// Those of [`Self::validate`], `ImageNotFound`, `NotReady`, `Vanished` (removed by another
+    /// holder while starting), `Unavailable`, `Other`.
     async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError>;
 
     /// Stops the sandbox gracefully (its process gets the configured grace, then is killed) and
