@@ -70,6 +70,12 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Extra command-line flags.
     pub args: Vec<String>,
+    /// Replaces the URL of the app's own `redis-server` (a Sentinel, TLS or ACL setup the test
+    /// runs itself); the own server still runs, unused.
+    pub redis_url: Option<String>,
+    /// Whether [`spawn_app_with`] waits for SERVING; `false` for a server meant to stay
+    /// NOT_SERVING (a Redis it must refuse).
+    pub wait_for_serving: bool,
 }
 
 impl Default for AppConfig {
@@ -88,6 +94,8 @@ impl Default for AppConfig {
             extra_toml: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            redis_url: None,
+            wait_for_serving: true,
         }
     }
 }
@@ -229,7 +237,11 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
     let config_path = scratch.path().join("sandboxd.toml");
     std::fs::write(
         &config_path,
-        config.render(&redis.url(), &prefix, volume_root.path()),
+        config.render(
+            config.redis_url.as_deref().unwrap_or(&redis.url()),
+            &prefix,
+            volume_root.path(),
+        ),
     )
     .expect("writing the config file");
 
@@ -253,7 +265,9 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
         config,
         config_path,
     };
-    app.wait_for_health(ServingStatus::Serving).await;
+    if app.config.wait_for_serving {
+        app.wait_for_health(ServingStatus::Serving).await;
+    }
     app
 }
 

@@ -23,7 +23,7 @@ pub use app::{AppConfig, Peer, TestApp, new_chat_id, spawn_app, spawn_app_with};
 pub use binary::workspace_root;
 pub use docker::{LabelGuard, sandbox_image};
 pub use http::http_get;
-pub use redis::RedisServer;
+pub use redis::{RedisServer, Sentinel};
 
 /// The result of a test or helper that reports failures as errors rather than panics.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
