@@ -22,6 +22,8 @@ apt_install() {
 
 ensure_redis_installed() {
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  # The failover tests run Debian's sentinel next to their servers.
+  command -v redis-sentinel >/dev/null 2>&1 || apt_install redis-sentinel
   # Debian's package starts a service on 6379 under systemd; on machines without systemd nothing
   # runs, which is what the tests want (they start their own servers on free ports).
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use sandboxd_testkit::AppConfig;
-use sandboxd_testkit::app::toml_string;
+use sandboxd_testkit::app_config::toml_string;
 use sandboxd_testkit::process::SandboxdProcess;
 
 /// How long a SIGTERMed sandboxd may drain before it is killed.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sandboxd_usecase::Ports;
+use sandboxd_usecase::telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -85,8 +86,11 @@ impl HealthPublisher {
 /// Pings both backends every [`CHECK_INTERVAL`] until `stop` is cancelled.
 pub(crate) async fn run_checks(ports: Ports, publisher: HealthPublisher, stop: CancellationToken) {
     let mut active_count_known = false;
+    // The last Redis failure logged at warn: a new reason (refused, certificate, auth) is logged
+    // once, not every check.
+    let mut last_redis_failure = None;
     loop {
-        let up = check_backends(&ports).await;
+        let up = check_backends(&ports, &mut last_redis_failure).await;
         if up && !active_count_known {
             active_count_known = init_active_count(&ports).await;
         }
@@ -113,13 +117,25 @@ async fn init_active_count(ports: &Ports) -> bool {
     }
 }
 
-async fn check_backends(ports: &Ports) -> bool {
+async fn check_backends(ports: &Ports, last_redis_failure: &mut Option<String>) -> bool {
     let pings = async { tokio::join!(ports.repository.ping(), ports.runtime.ping()) };
     match tokio::time::timeout(PING_TIMEOUT, pings).await {
-        Ok((Ok(()), Ok(()))) => true,
+        Ok((Ok(()), Ok(()))) => {
+            *last_redis_failure = None;
+            true
+        }
         Ok((redis, docker)) => {
-            if let Err(error) = redis {
-                tracing::debug!(error = %error, "redis_ping_failed");
+            match redis {
+                // The whole chain says why (refused, TLS certificate, WRONGPASS); Redis errors
+                // carry no credentials, and the URL is never part of them.
+                Err(error) => {
+                    let reason = ErrorChain(&error).to_string();
+                    if last_redis_failure.as_ref() != Some(&reason) {
+                        tracing::warn!(error = %reason, "redis_unreachable");
+                        *last_redis_failure = Some(reason);
+                    }
+                }
+                Ok(()) => *last_redis_failure = None,
             }
             if let Err(error) = docker {
                 tracing::debug!(error = %error, "docker_ping_failed");

@@ -1,6 +1,7 @@
 //! The real binary with a Redis password in `redis_url` and an auth token, logging JSON at
 //! `trace` while its Redis is unreachable (so connection errors are logged too): neither secret
-//! appears anywhere in its output.
+//! appears anywhere in its output. Once with a plain `redis://` URL, once with a
+//! `redis+sentinel://` URL whose sentinels are unreachable.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read as _;
@@ -12,15 +13,37 @@ const TOKEN: &str = "tok-b93e0d51aa6f";
 
 #[test]
 fn secrets_never_reach_the_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    // A port nobody listens on: every Redis attempt fails and is logged.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+    let port = closed_port();
+    assert_secrets_stay_out(
+        &format!("redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0"),
+        "redis://default:***@",
+    );
+}
+
+#[test]
+fn secrets_in_a_sentinel_url_never_reach_the_logs() {
+    let (first, second) = (closed_port(), closed_port());
+    assert_secrets_stay_out(
+        &format!("redis+sentinel://app:{REDIS_PASSWORD}@127.0.0.1:{first},127.0.0.1:{second}/main"),
+        "redis+sentinel://app:***@",
+    );
+}
+
+/// A port nobody listens on: every Redis attempt fails and is logged.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Runs the binary with `redis_url` for a few seconds; the log shows the URL as `redacted` and
+/// neither secret.
+fn assert_secrets_stay_out(redis_url: &str, redacted: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
         .args([
             "--grpc-addr",
@@ -32,7 +55,7 @@ fn secrets_never_reach_the_logs() {
             "--cleanup-interval",
             "1s",
             "--redis-url",
-            &format!("redis://default:{REDIS_PASSWORD}@127.0.0.1:{closed_port}/0"),
+            redis_url,
             "--auth-token-file",
             token_file.to_str().unwrap(),
         ])
@@ -73,7 +96,8 @@ fn secrets_never_reach_the_logs() {
         .unwrap();
     assert!(status.success(), "{status:?}\n{output}");
     assert!(output.contains("sandboxd_starting"), "{output}");
-    assert!(output.contains("redis://default:***@"), "{output}");
+    assert!(output.contains(redacted), "{output}");
+    assert!(output.contains("redis_unreachable"), "{output}");
     assert!(
         !output.contains(REDIS_PASSWORD),
         "the Redis password was logged"

@@ -7,11 +7,13 @@
 //! - [`process`]: one spawned `sandboxd` process: its log, addresses, signals and memory.
 //! - [`app`]: `spawn_app()`, a whole test world around one `sandboxd` (Redis, prefix, volume
 //!   root, clients) that removes everything it started when dropped.
+//! - [`app_config`]: what a test may change in that `sandboxd`'s configuration.
 //! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
 //! - [`hostile`]: the one table of hostile requests with the code and field each must get.
 //! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz` and sandbox endpoints.
 
 pub mod app;
+pub mod app_config;
 pub mod binary;
 pub mod docker;
 pub mod hostile;
@@ -19,11 +21,12 @@ pub mod http;
 pub mod process;
 pub mod redis;
 
-pub use app::{AppConfig, Peer, TestApp, new_chat_id, spawn_app, spawn_app_with};
+pub use app::{Peer, TestApp, spawn_app, spawn_app_with};
+pub use app_config::{AppConfig, new_chat_id};
 pub use binary::workspace_root;
 pub use docker::{LabelGuard, sandbox_image};
 pub use http::http_get;
-pub use redis::RedisServer;
+pub use redis::{RedisServer, Sentinel};
 
 /// The result of a test or helper that reports failures as errors rather than panics.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -22,6 +22,7 @@ mod concurrency;
 mod crashes;
 mod hostile;
 mod outages;
+mod redis_ha;
 mod soak;
 
 pub(super) type Api = SandboxServiceClient<Channel>;

@@ -1,19 +1,72 @@
-//! The shared connection: one auto-reconnecting multiplexed connection, every call bounded by the
-//! command timeout and timed into the command-duration histogram.
+//! The shared connection: one auto-reconnecting multiplexed connection (to a fixed address, or to
+//! the primary the sentinels name), every call bounded by the command timeout and timed into the
+//! command-duration histogram.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::RedisResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::error::StoreFault;
 use super::names;
+use super::sentinel::SentinelConnector;
+
+/// A handle to the one connection, passed into a call's future (redis-rs wants `&mut`).
+#[derive(Clone)]
+pub(crate) enum Connection {
+    /// `redis://`, `rediss://`, `unix://`: one address, reconnected by redis-rs.
+    Direct(ConnectionManager),
+    /// `redis+sentinel://`: whichever node the sentinels name primary.
+    Sentinel(Arc<SentinelConnector>),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Direct(manager) => manager.req_packed_command(cmd),
+            Self::Sentinel(connector) => Box::pin(async move {
+                connector
+                    .send(async |connection| connection.req_packed_command(cmd).await)
+                    .await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Direct(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(connector) => Box::pin(async move {
+                connector
+                    .send(async |connection| {
+                        connection
+                            .req_packed_commands(pipeline, offset, count)
+                            .await
+                    })
+                    .await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Direct(manager) => manager.get_db(),
+            // Only used by redis-rs's cluster and cache code, neither of which runs here.
+            Self::Sentinel(_) => 0,
+        }
+    }
+}
 
 /// Cheap to clone: clones share the one connection.
 #[derive(Clone)]
 pub(crate) struct RedisClient {
-    manager: ConnectionManager,
+    connection: Connection,
     /// Bound of every call, including the wait for a reconnection in progress.
     timeout: Duration,
 }
@@ -38,13 +91,16 @@ pub(crate) fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 }
 
 impl RedisClient {
-    pub(crate) fn new(manager: ConnectionManager, timeout: Duration) -> Self {
-        Self { manager, timeout }
+    pub(crate) fn new(connection: Connection, timeout: Duration) -> Self {
+        Self {
+            connection,
+            timeout,
+        }
     }
 
     /// A handle to pass into one call's future.
-    pub(crate) fn connection(&self) -> ConnectionManager {
-        self.manager.clone()
+    pub(crate) fn connection(&self) -> Connection {
+        self.connection.clone()
     }
 
     pub(crate) fn timeout(&self) -> Duration {

@@ -1,12 +1,17 @@
 //! Settings of the Redis adapters, with sandboxd's defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How to reach Redis and how the adapters use it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; may carry a password, so never logged whole.
+    /// `redis://[user:password@]host:port[/db]`, `rediss://...` (TLS), `unix://...`, or
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/master_name[/db]`; may carry a
+    /// password, so never logged whole.
     pub url: String,
+    /// PEM CA certificates that `rediss://` servers must chain to, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key, so two deployments can share one Redis (validated by its owner).
     pub key_prefix: String,
     /// Upper bound of every Redis call (and of each connection attempt): a dead Redis turns into
@@ -25,6 +30,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            ca_file: None,
             key_prefix: "sandboxd".to_owned(),
             command_timeout: Duration::from_secs(2),
             lock_ttl: Duration::from_secs(10),
@@ -39,6 +45,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &"<redacted>")
+            .field("ca_file", &self.ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("lock_ttl", &self.lock_ttl)
@@ -67,6 +74,14 @@ impl RedisConfig {
     /// [`InvalidRedisConfig`] naming the first setting that cannot work.
     pub fn validate(&self) -> Result<(), InvalidRedisConfig> {
         let invalid = |setting, reason| Err(InvalidRedisConfig { setting, reason });
+        if self.url.starts_with(super::sentinel::SCHEME)
+            && let Err(error) = super::sentinel::SentinelTarget::parse(&self.url)
+        {
+            return invalid("url", error.reason());
+        }
+        if self.ca_file.is_some() && !self.url.starts_with("rediss://") {
+            return invalid("ca_file", "is only used with a rediss:// url");
+        }
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
         }

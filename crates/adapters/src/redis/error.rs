@@ -47,11 +47,19 @@ impl StoreFault {
     }
 }
 
-fn is_unavailable(error: &RedisError) -> bool {
+/// True for failures that say the server is unreachable or not (or no longer) the writable
+/// primary: the Sentinel connection then asks where the primary is now.
+pub(crate) fn is_unavailable(error: &RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_refusal()
         || error.is_connection_dropped()
         || error.is_timeout()
+        // During a failover the sentinels name no primary that answers as one (the old one is
+        // dead, the new one not yet promoted): retry later, like a refused connection.
+        || matches!(
+            error.kind(),
+            ErrorKind::MasterNameNotFoundBySentinel | ErrorKind::NoValidReplicasFoundBySentinel
+        )
         || matches!(
             error.kind(),
             ErrorKind::Server(
@@ -123,6 +131,15 @@ mod tests {
             };
             assert!(fault.is_unavailable(), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn no_primary_named_by_the_sentinels_is_unavailable() {
+        let fault = StoreFault::Redis {
+            command: "get",
+            source: redis_error(ErrorKind::MasterNameNotFoundBySentinel),
+        };
+        assert!(fault.is_unavailable());
     }
 
     #[test]

@@ -585,6 +585,8 @@ mod tests {
             "tls_client_ca_file",
             "log_format",
             "log_spans",
+            "redis_command_timeout",
+            "redis_ca_file",
         ] {
             assert!(
                 help.contains(&format!("--{}", key.replace('_', "-"))),
@@ -597,6 +599,6 @@ mod tests {
             };
             assert!(help.contains(&env), "{env}");
         }
-        assert_eq!(settings().count(), 25);
+        assert_eq!(settings().count(), 27);
     }
 }

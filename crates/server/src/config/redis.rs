@@ -1,6 +1,7 @@
 //! The `redis` section: the session store, the key namespace shared with container labels, and
 //! the chat locks' lease.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sandboxd_adapters::redis::RedisConfig;
@@ -9,6 +10,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::flags::Setting;
+use super::server::read_pem_certificates;
 
 /// Longest key prefix accepted: it also prefixes every container label key.
 const MAX_KEY_PREFIX_LEN: usize = 63;
@@ -17,8 +19,14 @@ const MAX_KEY_PREFIX_LEN: usize = 63;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct RedisSettings {
-    /// The session store; may carry a password, so it is never logged as is.
+    /// The session store; may carry a password, so it is never logged as is. A
+    /// `redis+sentinel://` URL names sentinels and a master name: sandboxd follows failovers.
     pub redis_url: String,
+    /// Bound of every Redis call and connection attempt: past it the call is UNAVAILABLE.
+    #[serde(deserialize_with = "de_duration")]
+    pub redis_command_timeout: Duration,
+    /// PEM CA bundle a `rediss://` server's certificate must chain to; unset: the system roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Redis key prefix and container label namespace: two deployments can share Redis and
     /// Docker. Checked here, once, against the stricter of the two uses (label keys).
     pub key_prefix: String,
@@ -34,6 +42,8 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_command_timeout: Duration::from_secs(2),
+            redis_ca_file: None,
             key_prefix: "sandboxd".to_owned(),
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
@@ -46,7 +56,19 @@ pub(crate) const SETTINGS: &[Setting] = &[
         "redis_url",
         "URL",
         "redis://127.0.0.1:6379",
-        "Redis URL of the session store",
+        "Redis URL of the session store (redis://, rediss://, unix://, redis+sentinel://)",
+    ),
+    Setting::new(
+        "redis_command_timeout",
+        "DURATION",
+        "2s",
+        "Bound of every Redis call and connection attempt",
+    ),
+    Setting::unset(
+        "redis_ca_file",
+        "FILE",
+        "none, system roots",
+        "PEM CA bundle a rediss:// server's certificate must chain to",
     ),
     Setting::new(
         "key_prefix",
@@ -75,22 +97,38 @@ impl RedisSettings {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first bad setting of the section.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if !["redis://", "rediss://", "unix://", "redis+unix://"]
-            .iter()
-            .any(|scheme| self.redis_url.starts_with(scheme))
+        if ![
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis+unix://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|scheme| self.redis_url.starts_with(scheme))
         {
             return Err(ConfigError::invalid(
                 "redis_url",
-                "must start with redis://, rediss://, unix:// or redis+unix://",
+                "must start with redis://, rediss://, unix://, redis+unix:// or redis+sentinel://",
             ));
         }
         validate_key_prefix(&self.key_prefix)?;
         if self.lock_wait.is_zero() {
             return Err(ConfigError::invalid("lock_wait", "must be positive"));
         }
-        self.redis_config()
-            .validate()
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))
+        if let Some(ca) = &self.redis_ca_file {
+            read_pem_certificates("redis_ca_file", ca)?;
+        }
+        self.redis_config().validate().map_err(|e| {
+            // The adapters name their own fields; say which setting of this file it is.
+            let setting = match e.setting {
+                "url" => "redis_url",
+                "command_timeout" => "redis_command_timeout",
+                "ca_file" => "redis_ca_file",
+                other => other,
+            };
+            ConfigError::invalid(setting, e.reason)
+        })
     }
 
     /// The Redis adapters' configuration.
@@ -98,6 +136,8 @@ impl RedisSettings {
     pub(crate) fn redis_config(&self) -> RedisConfig {
         RedisConfig {
             url: self.redis_url.clone(),
+            ca_file: self.redis_ca_file.clone(),
+            command_timeout: self.redis_command_timeout,
             key_prefix: self.key_prefix.clone(),
             lock_ttl: self.lock_ttl,
             lock_wait: self.lock_wait,
@@ -179,5 +219,49 @@ mod tests {
         let message = short.validate().unwrap_err().to_string();
         assert!(message.contains("lock_ttl"), "{message}");
         RedisSettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sentinel_urls_are_checked_without_repeating_them() {
+        let good = RedisSettings {
+            redis_url: "redis+sentinel://app:secret@127.0.0.1:26379,127.0.0.1:26380/main".into(),
+            ..RedisSettings::default()
+        };
+        good.validate().unwrap();
+        let no_master = RedisSettings {
+            redis_url: "redis+sentinel://app:secret@127.0.0.1:26379".into(),
+            ..RedisSettings::default()
+        };
+        let message = no_master.validate().unwrap_err().to_string();
+        assert!(message.contains("redis_url"), "{message}");
+        assert!(message.contains("master name"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn the_ca_file_needs_a_tls_url_and_a_zero_timeout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
+        let plain = RedisSettings {
+            redis_ca_file: Some(ca.clone()),
+            ..RedisSettings::default()
+        };
+        let message = plain.validate().unwrap_err().to_string();
+        assert!(message.contains("redis_ca_file"), "{message}");
+        RedisSettings {
+            redis_url: "rediss://127.0.0.1:6380".into(),
+            redis_ca_file: Some(ca),
+            ..RedisSettings::default()
+        }
+        .validate()
+        .unwrap();
+        let zero = RedisSettings {
+            redis_command_timeout: Duration::ZERO,
+            ..RedisSettings::default()
+        };
+        let message = zero.validate().unwrap_err().to_string();
+        assert!(message.contains("redis_command_timeout"), "{message}");
     }
 }

@@ -193,7 +193,7 @@ impl std::fmt::Debug for TlsFiles {
 }
 
 /// At least one PEM `CERTIFICATE` block, every one well-formed.
-fn read_pem_certificates(setting: &str, path: &Path) -> Result<(), ConfigError> {
+pub(super) fn read_pem_certificates(setting: &str, path: &Path) -> Result<(), ConfigError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let certificates = CertificateDer::pem_file_iter(path)
