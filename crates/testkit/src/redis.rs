@@ -37,6 +37,8 @@ pub struct RedisServer {
     /// Where the server's files and its log go (`redis-{port}.log`); `None`: the system temp dir
     /// and no log.
     dir: Option<PathBuf>,
+    /// Appended to the launch arguments, overriding the defaults ([`Self::restart_with_aof`]).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -63,6 +65,7 @@ impl RedisServer {
                 child: None,
                 port: free_port()?,
                 dir: dir.clone(),
+                extra_args: Vec::new(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -81,6 +84,7 @@ impl RedisServer {
             child: None,
             port,
             dir: None,
+            extra_args: Vec::new(),
         };
         server.launch().await?;
         Ok(server)
@@ -162,6 +166,7 @@ impl RedisServer {
             .args(["--protected-mode", "yes"])
             .arg("--dir")
             .arg(&dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null());
         if self.dir.is_some() {
             let log = File::create(dir.join(format!("redis-{}.log", self.port)))?;
@@ -211,5 +216,23 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Persistence, for crash tests: a server whose data survives its own SIGKILL.
+impl RedisServer {
+    /// Kills the server and starts it again on the same port with its files (and its log) in
+    /// `dir` and AOF on with `appendfsync always`: every write acknowledged before a later
+    /// SIGKILL ([`Self::restart`], which keeps these settings) is loaded again. An empty `dir`
+    /// gives an empty server.
+    ///
+    /// # Errors
+    /// As [`Self::restart`].
+    pub async fn restart_with_aof(&mut self, dir: &Path) -> Result<()> {
+        self.dir = Some(dir.to_path_buf());
+        self.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+            .map(str::to_owned)
+            .to_vec();
+        self.restart().await
     }
 }
