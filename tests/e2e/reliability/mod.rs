@@ -1,6 +1,7 @@
 //! Reliability end to end (issue 8): concurrency on one chat and across two sandboxd processes,
 //! SIGKILL during creates, Redis and Docker outages, lease expiry during a slow create, hostile
-//! input, Redis losing every session while the sandboxes run (adoption), and a bounded soak
+//! input, Redis losing every session while the sandboxes run (adoption), a minute of chaos
+//! (`--ignored --exact reliability::chaos::...`, run by scripts/test-extra) and a bounded soak
 //! (`cargo test --test e2e -- --ignored soak`, run nowhere).
 //!
 //! The invariant checked after each run: the containers carrying the test's label are exactly
@@ -23,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 mod adoption;
+mod chaos;
 mod concurrency;
 mod crashes;
 mod hostile;
