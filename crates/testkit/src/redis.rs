@@ -406,3 +406,21 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// Persistence, for crash tests: a server whose data survives its own SIGKILL.
+impl RedisServer {
+    /// Kills the server and starts it again on the same port with its files (and its log) in
+    /// `dir` and AOF on with `appendfsync always`: every write acknowledged before a later
+    /// SIGKILL ([`Self::restart`], which keeps these settings) is loaded again. An empty `dir`
+    /// gives an empty server.
+    ///
+    /// # Errors
+    /// As [`Self::restart`].
+    pub async fn restart_with_aof(&mut self, dir: &Path) -> Result<()> {
+        self.dir = Some(dir.to_path_buf());
+        self.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+            .map(str::to_owned)
+            .to_vec();
+        self.restart().await
+    }
+}

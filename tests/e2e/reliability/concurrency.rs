@@ -1,8 +1,7 @@
 //! Concurrency: many creates for one chat, and two processes sharing Redis under random load,
 //! watched by a sampler that fails the test if a chat ever had two live containers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,71 +9,10 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
-use tokio::task::JoinHandle;
+use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
 use tonic::Code;
 
-use super::{assert_invariant, create_retrying, reconcile, repairing_config};
-
-/// Samples `docker ps` by label in the background: records the first moment a chat had two
-/// running containers.
-struct DoubleSampler {
-    stop: Arc<AtomicBool>,
-    task: JoinHandle<(usize, Vec<String>)>,
-}
-
-impl DoubleSampler {
-    fn start(app: &TestApp) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let docker = app.docker.clone();
-        let filter = format!("{}.managed-by=sandboxd", app.prefix);
-        let chat_label = format!("{}.chat_id", app.prefix);
-        let flag = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            let mut samples = 0;
-            let mut doubles = Vec::new();
-            while !flag.load(Ordering::SeqCst) {
-                let filters = HashMap::from([
-                    ("label", vec![filter.clone()]),
-                    ("status", vec!["running".to_owned()]),
-                ]);
-                let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-                    .filters(&filters)
-                    .build();
-                if let Ok(listed) = docker.list_containers(Some(options)).await {
-                    samples += 1;
-                    let mut per_chat: HashMap<String, usize> = HashMap::new();
-                    for container in listed {
-                        let chat = container
-                            .labels
-                            .and_then(|labels| labels.get(&chat_label).cloned())
-                            .unwrap_or_default();
-                        *per_chat.entry(chat).or_default() += 1;
-                    }
-                    doubles.extend(
-                        per_chat
-                            .into_iter()
-                            .filter(|(_, n)| *n > 1)
-                            .map(|(chat, n)| format!("{chat}: {n}")),
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            (samples, doubles)
-        });
-        Self { stop, task }
-    }
-
-    async fn finish(self) -> usize {
-        self.stop.store(true, Ordering::SeqCst);
-        let (samples, doubles) = self.task.await.expect("sampler");
-        assert!(
-            doubles.is_empty(),
-            "chats seen with two live containers: {doubles:?}"
-        );
-        samples
-    }
-}
+use super::{DoubleSampler, assert_invariant, create_retrying, reconcile, repairing_config};
 
 #[tokio::test]
 async fn sixty_four_concurrent_creates_for_one_chat_make_one_container() {
@@ -132,7 +70,7 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
             .map(|i| (new_chat_id(), app.new_volume(&format!("chat-{i}"))))
             .collect(),
     );
-    let sampler = DoubleSampler::start(&app);
+    let sampler = DoubleSampler::start(&app, Duration::from_millis(150));
     let ops = Arc::new(Mutex::new(BTreeMap::<&'static str, usize>::new()));
     let mut tasks = Vec::new();
     for task in 0..16u64 {
@@ -215,7 +153,9 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
             )
         });
     }
-    let samples = sampler.finish().await;
+    let sampled = sampler.finish().await;
+    sampled.assert_no_doubles();
+    let samples = sampled.samples;
     // Without crashes nothing is ever an orphan: a repair here would mean the reconcile loops
     // raced an in-flight create or delete (which the workload, tolerating NOT_FOUND, would hide).
     for (who, log) in [("app", app.log()), ("peer", peer.log())] {

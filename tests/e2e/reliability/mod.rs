@@ -1,6 +1,8 @@
 //! Reliability end to end (issue 8): concurrency on one chat and across two sandboxd processes,
 //! SIGKILL during creates, Redis and Docker outages, lease expiry during a slow create, hostile
-//! input, and a bounded soak (`cargo test --test e2e -- --ignored soak`).
+//! input, Redis losing every session while the sandboxes run (adoption), a minute of chaos
+//! (`--ignored --exact reliability::chaos::...`, run by scripts/test-extra) and a bounded soak
+//! (`cargo test --test e2e -- --ignored soak`, run nowhere).
 //!
 //! The invariant checked after each run: the containers carrying the test's label are exactly
 //! the containers of the sessions in Redis (same count as `sandbox_active_count` after a final
@@ -9,15 +11,20 @@
 //! This module holds the helpers the reliability tests share; each submodule tests one kind of
 //! trouble.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
 use sandboxd_testkit::{AppConfig, TestApp, http_get};
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+mod adoption;
+mod chaos;
 mod concurrency;
 mod crashes;
 mod hostile;
@@ -126,13 +133,44 @@ async fn all_sandboxes(api: &Api) -> Vec<v1::Sandbox> {
     }
 }
 
+/// The samples of the metric `name` on `/metrics`: (its labels as printed, e.g.
+/// `{result="adopted"}` or empty, value).
+async fn metric_samples(http_addr: &str, name: &str) -> Option<Vec<(String, f64)>> {
+    let (_, body) = http_get(http_addr, "/metrics").await.ok()?;
+    let samples = body
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            if !rest.starts_with(['{', ' ']) {
+                return None;
+            }
+            let (labels, value) = rest.rsplit_once(' ')?;
+            Some((labels.trim().to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    Some(samples)
+}
+
 /// `sandbox_active_count` as `/metrics` shows it.
 async fn active_gauge(http_addr: &str) -> Option<f64> {
-    let (_, body) = http_get(http_addr, "/metrics").await.ok()?;
-    body.lines()
-        .find(|line| line.starts_with("sandbox_active_count"))
-        .and_then(|line| line.split_whitespace().last())
-        .and_then(|value| value.parse().ok())
+    metric_samples(http_addr, "sandbox_active_count")
+        .await?
+        .first()
+        .map(|(_, value)| *value)
+}
+
+/// `sandbox_reconcile_total` by `result` (adopted, stray_removed, container_removed,
+/// session_removed) as `/metrics` shows it; empty when the process cannot be scraped.
+pub(super) async fn repairs(http_addr: &str) -> BTreeMap<String, f64> {
+    metric_samples(http_addr, "sandbox_reconcile_total")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(labels, value)| {
+            let result = labels.split_once("result=\"")?.1.split_once('"')?.0;
+            Some((result.to_owned(), value))
+        })
+        .collect()
 }
 
 /// Live (running) containers of the test, by chat label.
@@ -202,6 +240,87 @@ pub(super) async fn assert_invariant(
         "sandbox_active_count {gauge} != {expected} sessions"
     );
     (container_ids.len(), sessions.len(), gauge)
+}
+
+/// Samples the engine's running containers of the test (by label) every `interval` in the
+/// background: counts per chat in each sample, so a chat that ever had two running containers at
+/// one sampled instant is caught.
+pub(super) struct DoubleSampler {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Sampled>,
+}
+
+/// What a [`DoubleSampler`] saw.
+#[derive(Debug, Default)]
+pub(super) struct Sampled {
+    pub samples: usize,
+    /// The most running containers one chat had in one sample.
+    pub max_per_chat: usize,
+    /// Every sample where a chat had more than one: when (since the start), the chat, the ids.
+    pub doubles: Vec<String>,
+}
+
+impl Sampled {
+    pub(crate) fn assert_no_doubles(&self) {
+        assert!(
+            self.doubles.is_empty(),
+            "chats seen with two running containers: {:?}",
+            self.doubles
+        );
+    }
+}
+
+impl DoubleSampler {
+    pub(crate) fn start(app: &TestApp, interval: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let docker = app.docker.clone();
+        let filter = format!("{}.managed-by=sandboxd", app.prefix);
+        let chat_label = format!("{}.chat_id", app.prefix);
+        let flag = Arc::clone(&stop);
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            let mut sampled = Sampled::default();
+            while !flag.load(Ordering::SeqCst) {
+                let filters = HashMap::from([
+                    ("label", vec![filter.clone()]),
+                    ("status", vec!["running".to_owned()]),
+                ]);
+                let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+                    .filters(&filters)
+                    .build();
+                if let Ok(listed) = docker.list_containers(Some(options)).await {
+                    sampled.samples += 1;
+                    let mut per_chat: HashMap<String, Vec<String>> = HashMap::new();
+                    for container in listed {
+                        let chat = container
+                            .labels
+                            .and_then(|labels| labels.get(&chat_label).cloned())
+                            .unwrap_or_default();
+                        per_chat
+                            .entry(chat)
+                            .or_default()
+                            .push(container.id.unwrap_or_default());
+                    }
+                    let at = started.elapsed();
+                    for (chat, ids) in per_chat {
+                        sampled.max_per_chat = sampled.max_per_chat.max(ids.len());
+                        if ids.len() > 1 {
+                            sampled.doubles.push(format!("{at:.1?} {chat}: {ids:?}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+            sampled
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sampling and returns what was seen (the caller asserts, after printing figures).
+    pub(crate) async fn finish(self) -> Sampled {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("sampler")
+    }
 }
 
 /// Counts `event` lines of `loop_name` in a text or JSON log.
