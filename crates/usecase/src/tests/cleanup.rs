@@ -5,7 +5,7 @@ use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
-use crate::ports::{Clock, RepositoryError, RuntimeError};
+use crate::ports::Clock;
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CleanupExpiredSandboxes, CleanupOptions, CleanupReport, ErrorKind};
 
@@ -35,10 +35,7 @@ fn assert_only_one_skipped(report: &CleanupReport) {
 #[test]
 fn a_failing_listing_is_counted_with_its_reason_and_raised() {
     let world = World::new();
-    world.repository.fail_next(
-        RepoOp::ListExpired,
-        RepositoryError::Unavailable("down".into()),
-    );
+    world.repository_down(RepoOp::ListExpired);
     let (out, cap) = capture(pass(&world, 8).execute());
     let err = out.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
@@ -296,10 +293,7 @@ fn an_unavailable_engine_is_counted_and_logged_at_debug_only() {
     // The server's loop logs the outage once; a line per session per tick would flood the log.
     let world = World::new();
     let a = world.existing_expired(new_chat(), "default", "/srv/a");
-    world.runtime.fail_next(
-        RuntimeOp::RemoveGracefully,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::RemoveGracefully);
     let (out, cap) = capture(pass(&world, 8).execute());
     let report = out.unwrap();
     assert_eq!((report.error_count, report.unavailable_count), (1, 1));

@@ -16,10 +16,7 @@ use crate::{CreateSandboxError, ErrorKind, UseCaseError};
 fn save_failure_stops_the_new_container_and_surfaces_the_save_error() {
     let world = World::new();
     let chat = new_chat();
-    world.repository.fail_next(
-        RepoOp::Save,
-        RepositoryError::Unavailable("redis down".into()),
-    );
+    world.repository_down(RepoOp::Save);
     let (out, cap) = world.create_default(chat);
 
     let err = out.unwrap_err();
@@ -79,10 +76,7 @@ fn save_failure_with_a_failing_compensation_still_surfaces_the_save_error() {
     world
         .repository
         .fail_next(RepoOp::Save, RepositoryError::Other("boom".into()));
-    world.runtime.fail_next(
-        RuntimeOp::RemoveGracefully,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::RemoveGracefully);
     let (out, cap) = world.create_default(chat);
 
     let err = out.unwrap_err();
@@ -220,10 +214,7 @@ fn a_lock_store_failure_is_unavailable() {
 #[test]
 fn a_read_failure_is_reported_and_nothing_is_started() {
     let world = World::new();
-    world.repository.fail_next(
-        RepoOp::GetActiveByChatId,
-        RepositoryError::Unavailable("down".into()),
-    );
+    world.repository_down(RepoOp::GetActiveByChatId);
     let chat = new_chat();
     assert_plain_error(
         &world,
@@ -237,10 +228,7 @@ fn a_read_failure_is_reported_and_nothing_is_started() {
 #[test]
 fn a_runtime_create_failure_saves_nothing() {
     let world = World::new();
-    world.runtime.fail_next(
-        RuntimeOp::Create,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::Create);
     let chat = new_chat();
     assert_plain_error(&world, chat, ErrorKind::Unavailable, "runtime_unavailable");
     assert_eq!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::harness::*;
 use crate::ports::{Clock as _, ContainerState, SandboxLabels};
-use crate::ports::{LockError, RepositoryError, RuntimeError};
+use crate::ports::{LockError, RepositoryError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, ErrorKind};
 use sandboxd_domain::ContainerId;
@@ -141,10 +141,7 @@ fn a_runtime_failure_keeps_the_session_for_a_retry() {
     let world = World::new();
     let chat = new_chat();
     let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
-    world.runtime.fail_next(
-        RuntimeOp::ForceRemove,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::ForceRemove);
     assert_delete_error(
         &world,
         chat,
@@ -217,10 +214,7 @@ fn a_failed_stray_sweep_keeps_the_session_for_the_retry() {
     let world = World::new();
     let chat = new_chat();
     let session = world.existing(chat, "default", "/srv/a", TTL);
-    world.runtime.fail_next(
-        RuntimeOp::ListChat,
-        RuntimeError::Unavailable("down".into()),
-    );
+    world.runtime_down(RuntimeOp::ListChat);
     let (out, _) = capture(
         DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
     );

@@ -16,10 +16,11 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::ports::{Clock, NewSandbox};
+use crate::ports::{Clock, NewSandbox, RepositoryError, RuntimeError};
 use crate::telemetry::span;
 use crate::testing::{
-    CallLog, FakeRuntime, Fakes, InMemoryLocker, InMemorySessionRepository, ManualClock,
+    CallLog, FakeRuntime, Fakes, InMemoryLocker, InMemorySessionRepository, ManualClock, RepoOp,
+    RuntimeOp,
 };
 use crate::{
     CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput, Ports, Profiles,
@@ -367,6 +368,18 @@ impl World {
             created_at,
             expires_at,
         }
+    }
+
+    /// The repository's next `op` fails with `Unavailable`, as when Redis is down.
+    pub(crate) fn repository_down(&self, op: RepoOp) {
+        self.repository
+            .fail_next(op, RepositoryError::Unavailable("redis down".into()));
+    }
+
+    /// The runtime's next `op` fails with `Unavailable`, as when the engine is down.
+    pub(crate) fn runtime_down(&self, op: RuntimeOp) {
+        self.runtime
+            .fail_next(op, RuntimeError::Unavailable("engine down".into()));
     }
 
     /// Stores a session for `chat` (and its running container) expiring `expires_in` from now;

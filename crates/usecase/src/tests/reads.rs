@@ -48,10 +48,7 @@ fn get_of_an_unknown_chat_is_not_found() {
 #[test]
 fn get_failure_is_counted_and_on_the_span_but_logged_only_where_handled() {
     let world = World::new();
-    world.repository.fail_next(
-        RepoOp::GetActiveByChatId,
-        RepositoryError::Unavailable("down".into()),
-    );
+    world.repository_down(RepoOp::GetActiveByChatId);
     let chat = new_chat();
     let (out, cap) = capture(GetSandbox::new(world.ports.clone()).execute(chat));
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
