@@ -49,7 +49,7 @@ fn deleting_removes_the_container_before_the_session() {
     let world = World::new();
     let chat = new_chat();
     let other = world.existing(new_chat(), "default", "/srv/z", Duration::from_secs(60));
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let session = world.existing_live(chat);
     let (out, cap) = capture(
         DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
     );
@@ -138,9 +138,7 @@ fn a_repository_read_failure_is_reported() {
 
 #[test]
 fn a_runtime_failure_keeps_the_session_for_a_retry() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, session) = World::with_live_session();
     world.runtime_down(RuntimeOp::ForceRemove);
     assert_delete_error(
         &world,
@@ -158,9 +156,7 @@ fn a_runtime_failure_keeps_the_session_for_a_retry() {
 
 #[test]
 fn a_repository_delete_failure_is_reported_with_the_session() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, session) = World::with_live_session();
     world
         .repository
         .fail_next(RepoOp::Delete, RepositoryError::LeaseLost);

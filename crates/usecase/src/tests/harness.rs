@@ -190,6 +190,15 @@ impl Captured {
         assert_eq!(self.counter_lines(), want);
     }
 
+    /// Asserts the whole field set of the only span `name`.
+    pub(crate) fn assert_span_fields(&self, name: &str, want: &[(&str, &str)]) {
+        let want: Fields = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(self.span(name).fields, want);
+    }
+
     /// Asserts that the only span `name` ended in error with this error type.
     pub(crate) fn assert_error_span(&self, name: &str, error_type: &str) -> &SpanRecord {
         let span = self.span(name);
@@ -380,6 +389,19 @@ impl World {
     pub(crate) fn runtime_down(&self, op: RuntimeOp) {
         self.runtime
             .fail_next(op, RuntimeError::Unavailable("engine down".into()));
+    }
+
+    /// A world holding one live session ([`World::existing_live`]) of a fresh chat.
+    pub(crate) fn with_live_session() -> (Self, ChatId, SandboxSession) {
+        let world = Self::new();
+        let chat = new_chat();
+        let session = world.existing_live(chat);
+        (world, chat, session)
+    }
+
+    /// A live session of `chat`: the `default` agent on `/srv/a`, a minute left.
+    pub(crate) fn existing_live(&self, chat: ChatId) -> SandboxSession {
+        self.existing(chat, "default", "/srv/a", Duration::from_secs(60))
     }
 
     /// Stores a session for `chat` (and its running container) expiring `expires_in` from now;

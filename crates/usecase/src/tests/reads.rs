@@ -99,14 +99,14 @@ fn list_pages_through_every_session_once_with_an_agent_filter() {
     assert_eq!(seen, python);
     assert_eq!(pages, 3);
     cap.assert_counters(&["sandbox_list_total{result=ok} 1"]);
-    assert_eq!(
-        cap.span(span::LIST).fields,
-        fields(&[
-            (span::AGENT_ID, "python".to_owned()),
-            (span::PAGE_SIZE, "2".to_owned()),
-            (span::RETURNED_COUNT, "1".to_owned()),
-            (span::RESULT, "ok".to_owned()),
-        ])
+    cap.assert_span_fields(
+        span::LIST,
+        &[
+            (span::AGENT_ID, "python"),
+            (span::PAGE_SIZE, "2"),
+            (span::RETURNED_COUNT, "1"),
+            (span::RESULT, "ok"),
+        ],
     );
 }
 
@@ -146,9 +146,7 @@ fn extend(
 
 #[test]
 fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, session) = World::with_live_session();
     world.clock.advance(Duration::from_secs(10));
     let (out, cap) = extend(&world, chat, Some(Duration::from_secs(3600)));
     let extended = out.unwrap();
@@ -183,9 +181,7 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
 
 #[test]
 fn extend_without_ttl_uses_the_configured_session_ttl() {
-    let world = World::new();
-    let chat = new_chat();
-    world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, _) = World::with_live_session();
     let (out, _) = extend(&world, chat, None);
     assert_eq!(out.unwrap().expires_at, world.clock.now() + TTL);
 }
@@ -193,9 +189,7 @@ fn extend_without_ttl_uses_the_configured_session_ttl() {
 #[test]
 fn extend_refuses_zero_and_over_max_ttl_without_touching_anything() {
     for ttl in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
-        let world = World::new();
-        let chat = new_chat();
-        let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+        let (world, chat, session) = World::with_live_session();
         let (out, cap) = extend(&world, chat, Some(ttl));
         let err = out.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument { field: "ttl" });
@@ -207,9 +201,7 @@ fn extend_refuses_zero_and_over_max_ttl_without_touching_anything() {
         assert_eq!(world.repository.all(), vec![session]);
         cap.assert_counters(&["sandbox_extend_total{result=invalid} 1"]);
     }
-    let world = World::new();
-    let chat = new_chat();
-    world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, _) = World::with_live_session();
     assert!(
         extend(&world, chat, Some(MAX_TTL)).0.is_ok(),
         "exactly max_ttl is allowed"
@@ -245,9 +237,7 @@ fn extend_of_an_unknown_chat_is_not_found() {
 
 #[test]
 fn extend_with_a_lost_lease_commits_nothing() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, session) = World::with_live_session();
     world
         .repository
         .fail_next(RepoOp::Extend, RepositoryError::LeaseLost);
