@@ -8,7 +8,7 @@ use std::time::Duration;
 use sandboxd_domain::ChatId;
 
 use super::harness::*;
-use crate::ports::{LockError, RepositoryError, RuntimeError};
+use crate::ports::{RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CreateSandboxError, ErrorKind, UseCaseError};
 
@@ -202,9 +202,7 @@ fn a_busy_lock_is_an_aborted_error_and_touches_nothing() {
 #[test]
 fn a_lock_store_failure_is_unavailable() {
     let world = World::new();
-    world
-        .locker
-        .fail_next(LockError::Unavailable("redis down".into()));
+    world.locker_down();
     let chat = new_chat();
     let (out, _) = world.create_default(chat);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);

@@ -5,8 +5,8 @@ use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
+use crate::ports::RepositoryError;
 use crate::ports::{Clock as _, ContainerState, SandboxLabels};
-use crate::ports::{LockError, RepositoryError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, ErrorKind};
 use sandboxd_domain::ContainerId;
@@ -108,9 +108,7 @@ fn assert_delete_error(
 #[test]
 fn a_lock_failure_is_reported_without_session_fields() {
     let world = World::new();
-    world
-        .locker
-        .fail_next(LockError::Unavailable("down".into()));
+    world.locker_down();
     assert_delete_error(
         &world,
         new_chat(),
@@ -157,9 +155,7 @@ fn a_runtime_failure_keeps_the_session_for_a_retry() {
 #[test]
 fn a_repository_delete_failure_is_reported_with_the_session() {
     let (world, chat, session) = World::with_live_session();
-    world
-        .repository
-        .fail_next(RepoOp::Delete, RepositoryError::LeaseLost);
+    world.lease_lost_on(RepoOp::Delete);
     assert_delete_error(
         &world,
         chat,

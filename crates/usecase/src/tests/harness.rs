@@ -16,7 +16,7 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::ports::{Clock, NewSandbox, RepositoryError, RuntimeError};
+use crate::ports::{Clock, LockError, NewSandbox, RepositoryError, RuntimeError};
 use crate::telemetry::span;
 use crate::testing::{
     CallLog, FakeRuntime, Fakes, InMemoryLocker, InMemorySessionRepository, ManualClock, RepoOp,
@@ -383,6 +383,17 @@ impl World {
     pub(crate) fn repository_down(&self, op: RepoOp) {
         self.repository
             .fail_next(op, RepositoryError::Unavailable("redis down".into()));
+    }
+
+    /// The repository's next `op` finds the lease lost, as when another holder took the chat.
+    pub(crate) fn lease_lost_on(&self, op: RepoOp) {
+        self.repository.fail_next(op, RepositoryError::LeaseLost);
+    }
+
+    /// The next lock fails with `Unavailable`, as when Redis is down.
+    pub(crate) fn locker_down(&self) {
+        self.locker
+            .fail_next(LockError::Unavailable("redis down".into()));
     }
 
     /// The runtime's next `op` fails with `Unavailable`, as when the engine is down.

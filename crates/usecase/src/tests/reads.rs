@@ -5,7 +5,7 @@ use crate::telemetry::{event, span};
 use std::time::Duration;
 
 use super::harness::*;
-use crate::ports::{Clock, ListQuery, RepositoryError};
+use crate::ports::{Clock, ListQuery};
 use crate::testing::RepoOp;
 use crate::{
     ErrorKind, ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError, GetSandbox,
@@ -238,9 +238,7 @@ fn extend_of_an_unknown_chat_is_not_found() {
 #[test]
 fn extend_with_a_lost_lease_commits_nothing() {
     let (world, chat, session) = World::with_live_session();
-    world
-        .repository
-        .fail_next(RepoOp::Extend, RepositoryError::LeaseLost);
+    world.lease_lost_on(RepoOp::Extend);
     let (out, cap) = extend(&world, chat, None);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Aborted);
     assert_eq!(world.repository.all(), vec![session]);
