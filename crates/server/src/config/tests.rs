@@ -28,6 +28,22 @@ fn write(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// A command line that names only the configuration file `path`.
+fn cli_reading(path: PathBuf) -> Cli {
+    Cli {
+        config: Some(path),
+        ..Cli::default()
+    }
+}
+
+/// A command line reading a configuration file that holds `body`, in a temporary directory
+/// that lives as long as the returned handle.
+fn cli_with_file(body: &str) -> (tempfile::TempDir, Cli) {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = cli_reading(write(dir.path(), body));
+    (dir, cli)
+}
+
 /// `cli`'s file with `flags` parsed as the command line would be.
 fn with_flags(cli: &Cli, flags: &[&str]) -> Cli {
     let mut flagged =
@@ -97,27 +113,12 @@ fn every_declared_setting_is_read_by_a_section() {
 
 #[test]
 fn log_spans_is_a_boolean_from_file_env_or_flag() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "log_spans = true\n[agents.default]\nimage = \"x\"\n",
-    );
-    let cli = Cli {
-        config: Some(path),
-        ..Cli::default()
-    };
+    let (_dir, cli) = cli_with_file("log_spans = true\n[agents.default]\nimage = \"x\"\n");
     figment::Jail::expect_with(|jail| {
         assert!(Config::load(&cli).unwrap().telemetry.log_spans);
         jail.set_env("SANDBOXD_LOG_SPANS", "false");
         assert!(!Config::load(&cli).unwrap().telemetry.log_spans);
-        let flagged = Cli::try_parse_from([
-            "sandboxd",
-            "--config",
-            cli.config.as_ref().unwrap().to_str().unwrap(),
-            "--log-spans",
-            "true",
-        ])
-        .unwrap();
+        let flagged = with_flags(&cli, &["--log-spans", "true"]);
         assert!(Config::load(&flagged).unwrap().telemetry.log_spans);
         jail.set_env("SANDBOXD_LOG_SPANS", "sometimes");
         let message = Config::load(&cli).unwrap_err().to_string();
@@ -128,15 +129,9 @@ fn log_spans_is_a_boolean_from_file_env_or_flag() {
 
 #[test]
 fn file_then_env_then_flags_override_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
+    let (dir, cli) = cli_with_file(
         "session_ttl = \"10m\"\nmax_ttl = \"1h\"\nkey_prefix = \"file\"\nallowed_volume_roots = [\"../vols\", \"/abs\"]\n[agents.default]\nimage = \"x\"\n",
     );
-    let cli = Cli {
-        config: Some(path),
-        ..Cli::default()
-    };
     let config = load(&cli).unwrap();
     assert_eq!(config.lifecycle.session_ttl, Duration::from_secs(600));
     assert_eq!(config.redis.key_prefix, "file");
@@ -225,17 +220,11 @@ fn bad_settings_are_named() {
         ("docker_host = \"/var/run/docker.sock\"", "docker_host"),
     ];
     for (body, setting) in cases {
-        let cli = Cli {
-            config: Some(write(dir.path(), body)),
-            ..Cli::default()
-        };
+        let cli = cli_reading(write(dir.path(), body));
         let message = load(&cli).unwrap_err().to_string();
         assert!(message.contains(setting), "{body:?}: {message}");
     }
-    let cli = Cli {
-        config: Some(dir.path().join("missing.toml")),
-        ..Cli::default()
-    };
+    let cli = cli_reading(dir.path().join("missing.toml"));
     assert!(load(&cli).unwrap_err().to_string().contains("missing.toml"));
     figment::Jail::expect_with(|jail| {
         jail.set_env("SANDBOXD_NONSENSE", "1");
@@ -250,9 +239,7 @@ fn bad_settings_are_named() {
 
 #[test]
 fn a_full_file_becomes_the_adapters_configurations() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
+    let (_dir, cli) = cli_with_file(
         r#"
         key_prefix = "sbx"
         stop_grace = "3s"
@@ -267,10 +254,6 @@ fn a_full_file_becomes_the_adapters_configurations() {
         image = "python:3.12"
         "#,
     );
-    let cli = Cli {
-        config: Some(path),
-        ..Cli::default()
-    };
     let config = load(&cli).unwrap();
     let docker = config.docker_config();
     assert_eq!(docker.key_prefix, "sbx");
@@ -296,10 +279,7 @@ fn a_full_file_becomes_the_adapters_configurations() {
 #[test]
 fn the_example_file_loads() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sandboxd.example.toml");
-    let cli = Cli {
-        config: Some(example),
-        ..Cli::default()
-    };
+    let cli = cli_reading(example);
     let config = load(&cli).unwrap();
     assert!(config.agents.names().next().is_some());
 }
