@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_server::{AdapterConfig, RedisServer, TestResult};
+use redis_server::{AdapterConfig, RedisServer, TestResult, session_in, start_store};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore};
-use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
+use sandboxd_domain::ChatId;
 use sandboxd_usecase::ports::{
     Lease, LifecycleLocker, LockError, RepositoryError, SessionRepository,
 };
@@ -19,19 +19,6 @@ use time::macros::datetime;
 
 fn new_chat() -> ChatId {
     ChatId::from_uuid(uuid::Uuid::new_v4())
-}
-
-fn session(chat: ChatId, container: &str) -> SandboxSession {
-    SandboxSession {
-        session_id: SessionId::new_random(),
-        chat_id: chat,
-        agent_id: AgentId::parse("default").expect("agent"),
-        volume_host_path: VolumePath::parse("/srv/a").expect("path"),
-        container_id: ContainerId::parse(container).expect("container"),
-        endpoint: None,
-        created_at: datetime!(2026-01-01 00:00 UTC),
-        expires_at: datetime!(2026-01-01 00:30 UTC),
-    }
 }
 
 async fn lock_token(
@@ -48,14 +35,11 @@ async fn lock_token(
 
 #[tokio::test]
 async fn renewal_keeps_a_lease_through_three_times_its_ttl() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = RedisConfig {
-        lock_ttl: Duration::from_millis(300),
-        lock_wait: Duration::from_millis(50),
-        ..server.config()
-    };
-    let prefix = config.key_prefix.clone();
-    let store = RedisStore::connect(config).await?;
+    let (server, prefix, store) = start_store(|config| {
+        config.lock_ttl = Duration::from_millis(300);
+        config.lock_wait = Duration::from_millis(50);
+    })
+    .await?;
     let (repo, locker) = (store.repository(), store.locker());
     let chat = new_chat();
     let lease = locker.lock(&chat).await?;
@@ -74,7 +58,7 @@ async fn renewal_keeps_a_lease_through_three_times_its_ttl() -> TestResult {
         lock_token(&server, &prefix, &chat).await?.as_deref(),
         Some(lease.token())
     );
-    repo.save(&lease, &session(chat, "c1")).await?;
+    repo.save(&lease, &session_in(chat, "c1")).await?;
     locker.release(lease).await?;
     assert_eq!(lock_token(&server, &prefix, &chat).await?, None);
     Ok(())
@@ -82,13 +66,9 @@ async fn renewal_keeps_a_lease_through_three_times_its_ttl() -> TestResult {
 
 #[tokio::test]
 async fn a_dropped_lease_stops_renewing_and_expires() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = RedisConfig {
-        lock_ttl: Duration::from_millis(150),
-        ..server.config()
-    };
-    let prefix = config.key_prefix.clone();
-    let locker = RedisStore::connect(config).await?.locker();
+    let (server, prefix, store) =
+        start_store(|config| config.lock_ttl = Duration::from_millis(150)).await?;
+    let locker = store.locker();
     let chat = new_chat();
     drop(locker.lock(&chat).await?);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -98,13 +78,8 @@ async fn a_dropped_lease_stops_renewing_and_expires() -> TestResult {
 
 #[tokio::test]
 async fn a_lease_whose_token_was_replaced_reports_loss() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = RedisConfig {
-        lock_ttl: Duration::from_millis(300),
-        ..server.config()
-    };
-    let prefix = config.key_prefix.clone();
-    let store = RedisStore::connect(config).await?;
+    let (server, prefix, store) =
+        start_store(|config| config.lock_ttl = Duration::from_millis(300)).await?;
     let chat = new_chat();
     let lease = store.locker().lock(&chat).await?;
     let mut con = server.connection().await?;
@@ -120,7 +95,10 @@ async fn a_lease_whose_token_was_replaced_reports_loss() -> TestResult {
     }
     assert!(lease.is_lost());
     assert!(matches!(
-        store.repository().save(&lease, &session(chat, "c1")).await,
+        store
+            .repository()
+            .save(&lease, &session_in(chat, "c1"))
+            .await,
         Err(RepositoryError::LeaseLost)
     ));
     Ok(())
@@ -128,13 +106,8 @@ async fn a_lease_whose_token_was_replaced_reports_loss() -> TestResult {
 
 #[tokio::test]
 async fn an_expired_lease_cannot_overwrite_the_next_holders_work() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = RedisConfig {
-        lock_ttl: Duration::from_millis(100),
-        ..server.config()
-    };
-    let prefix = config.key_prefix.clone();
-    let store = RedisStore::connect(config).await?;
+    let (server, prefix, store) =
+        start_store(|config| config.lock_ttl = Duration::from_millis(100)).await?;
     let (repo, locker) = (store.repository(), store.locker());
     let chat = new_chat();
     let mut con = server.connection().await?;
@@ -148,17 +121,17 @@ async fn an_expired_lease_cannot_overwrite_the_next_holders_work() -> TestResult
         .query_async(&mut con)
         .await?;
     let a = Lease::new(chat, "token-a".to_owned());
-    let original = session(chat, "a-container");
+    let original = session_in(chat, "a-container");
     repo.save(&a, &original).await?;
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     // B takes the chat and writes its own session.
     let b = locker.lock(&chat).await?;
     repo.delete(&b, &original).await?;
-    let by_b = session(chat, "b-container");
+    let by_b = session_in(chat, "b-container");
     repo.save(&b, &by_b).await?;
 
-    let stale_write = session(chat, "a-late");
+    let stale_write = session_in(chat, "a-late");
     assert!(matches!(
         repo.save(&a, &stale_write).await,
         Err(RepositoryError::LeaseLost)
@@ -187,10 +160,8 @@ async fn an_expired_lease_cannot_overwrite_the_next_holders_work() -> TestResult
 
 #[tokio::test]
 async fn release_by_a_non_owner_deletes_nothing() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = server.config();
-    let prefix = config.key_prefix.clone();
-    let locker = RedisStore::connect(config).await?.locker();
+    let (server, prefix, store) = start_store(|_| {}).await?;
+    let locker = store.locker();
     let chat = new_chat();
     let owner = locker.lock(&chat).await?;
     locker

@@ -8,9 +8,9 @@ mod redis_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis_server::{AdapterConfig, RedisServer, TestResult};
+use redis_server::{TestResult, session_in, start_store};
 use sandboxd_adapters::redis::{ConnectError, RedisConfig, RedisStore};
-use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
+use sandboxd_domain::{ChatId, SandboxSession, SessionId};
 use sandboxd_usecase::ports::{
     Lease, LifecycleLocker, ListQuery, LockError, RepositoryError, SessionRepository,
 };
@@ -21,16 +21,7 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn session(chat: ChatId) -> SandboxSession {
-    SandboxSession {
-        session_id: SessionId::new_random(),
-        chat_id: chat,
-        agent_id: AgentId::parse("default").expect("agent"),
-        volume_host_path: VolumePath::parse("/srv/a").expect("path"),
-        container_id: ContainerId::parse("c1").expect("container"),
-        endpoint: None,
-        created_at: datetime!(2026-01-01 00:00 UTC),
-        expires_at: datetime!(2026-01-01 00:30 UTC),
-    }
+    session_in(chat, "c1")
 }
 
 async fn assert_unavailable_fast<T: std::fmt::Debug>(
@@ -50,12 +41,7 @@ async fn assert_unavailable_fast<T: std::fmt::Debug>(
 #[tokio::test]
 async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_is_used_again()
 -> TestResult {
-    let mut server = RedisServer::start().await?;
-    let config = RedisConfig {
-        command_timeout: TIMEOUT,
-        ..server.config()
-    };
-    let store = RedisStore::connect(config).await?;
+    let (mut server, _, store) = start_store(|config| config.command_timeout = TIMEOUT).await?;
     let (repo, locker) = (store.repository(), store.locker());
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let lease = locker.lock(&chat).await?;

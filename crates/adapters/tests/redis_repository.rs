@@ -7,8 +7,9 @@ mod redis_server;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
-use redis_server::{AdapterConfig, RedisServer, TestResult, random_prefix};
+use redis_server::{AdapterConfig, RedisServer, TestResult, random_prefix, start_store};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore, names};
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, VolumePath,
@@ -43,10 +44,7 @@ async fn keys_of(
 
 #[tokio::test]
 async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = server.config();
-    let p = config.key_prefix.clone();
-    let store = RedisStore::connect(config).await?;
+    let (server, p, store) = start_store(|_| {}).await?;
     let (repo, locker) = (store.repository(), store.locker());
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let s = session(chat);
@@ -104,11 +102,9 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
 
 #[tokio::test]
 async fn every_key_has_a_ttl_past_expiry_and_extend_refreshes_it() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = server.config();
-    let p = config.key_prefix.clone();
-    let grace_ms = i64::try_from(config.key_grace.as_millis())?;
-    let store = RedisStore::connect(config).await?;
+    let mut key_grace = Duration::ZERO;
+    let (server, p, store) = start_store(|config| key_grace = config.key_grace).await?;
+    let grace_ms = i64::try_from(key_grace.as_millis())?;
     let (repo, locker) = (store.repository(), store.locker());
     let mut con = server.connection().await?;
 
@@ -204,10 +200,8 @@ async fn two_prefixes_on_one_redis_do_not_see_each_other() -> TestResult {
 
 #[tokio::test]
 async fn a_corrupt_hash_is_other_not_a_panic() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = server.config();
-    let p = config.key_prefix.clone();
-    let repo = RedisStore::connect(config).await?.repository();
+    let (server, p, store) = start_store(|_| {}).await?;
+    let repo = store.repository();
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let id = SessionId::new_random();
     let mut con = server.connection().await?;
@@ -243,10 +237,7 @@ async fn a_corrupt_hash_is_other_not_a_panic() -> TestResult {
 
 #[tokio::test]
 async fn stale_paging_index_entries_are_skipped_and_removed() -> TestResult {
-    let server = RedisServer::start().await?;
-    let config = server.config();
-    let p = config.key_prefix.clone();
-    let store = RedisStore::connect(config).await?;
+    let (server, p, store) = start_store(|_| {}).await?;
     let (repo, locker) = (store.repository(), store.locker());
     let mut con = server.connection().await?;
     let mut live = Vec::new();

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis_server::{AdapterConfig, RedisServer, TestResult};
-use sandboxd_adapters::redis::RedisStore;
+use redis_server::{RedisServer, TestResult, start_store};
 use sandboxd_domain::{
     AgentId, AgentProfile, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath,
 };
@@ -39,10 +38,7 @@ struct World {
 
 impl World {
     async fn new() -> TestResult<Self> {
-        let server = RedisServer::start().await?;
-        let config = server.config();
-        let prefix = config.key_prefix.clone();
-        let store = RedisStore::connect(config).await?;
+        let (server, prefix, store) = start_store(|_| {}).await?;
         let runtime = Arc::new(FakeRuntime::new(CallLog::default()));
         let clock = Arc::new(ManualClock::at_epoch());
         let ports = Ports {

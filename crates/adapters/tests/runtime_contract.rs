@@ -7,6 +7,9 @@
 //! `docker_runtime.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/contract.rs"]
+#[macro_use]
+mod contract;
 #[path = "support/docker_engine.rs"]
 mod docker_engine;
 
@@ -14,6 +17,7 @@ use std::sync::Arc;
 
 use docker_engine::{TestSandboxes, new_sandbox};
 use sandboxd_domain::ContainerId;
+use sandboxd_testkit::TestResult;
 use sandboxd_usecase::ports::{ContainerState, NewSandbox, SandboxLabels, SandboxRuntime};
 use sandboxd_usecase::testing::{CallLog, FakeRuntime};
 
@@ -30,10 +34,10 @@ struct Docker {
 }
 
 impl Docker {
-    fn new() -> Self {
+    async fn new() -> TestResult<Self> {
         let world = TestSandboxes::new();
         let runtime = Arc::new(world.runtime());
-        Self { world, runtime }
+        Ok(Self { world, runtime })
     }
 }
 
@@ -52,12 +56,12 @@ struct Fake {
 }
 
 impl Fake {
-    fn new() -> Self {
+    async fn new() -> TestResult<Self> {
         let runtime = Arc::new(FakeRuntime::new(CallLog::default()));
-        Self {
+        Ok(Self {
             runtime,
-            root: tempfile::tempdir().unwrap(),
-        }
+            root: tempfile::tempdir()?,
+        })
     }
 }
 
@@ -74,7 +78,7 @@ impl Backend for Fake {
 
 async fn a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session(
     backend: &dyn Backend,
-) {
+) -> TestResult {
     let runtime = backend.runtime();
     let spec = backend.spec("a");
     let started = runtime.create(&spec).await.unwrap();
@@ -100,9 +104,10 @@ async fn a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_sessio
         "a reconcile can rebuild the session from the engine alone"
     );
     runtime.force_remove(&started.container_id).await.unwrap();
+    Ok(())
 }
 
-async fn removals_are_idempotent_and_leave_the_container_gone(backend: &dyn Backend) {
+async fn removals_are_idempotent_and_leave_the_container_gone(backend: &dyn Backend) -> TestResult {
     let runtime = backend.runtime();
     let first = runtime.create(&backend.spec("a")).await.unwrap();
     let second = runtime.create(&backend.spec("b")).await.unwrap();
@@ -137,9 +142,10 @@ async fn removals_are_idempotent_and_leave_the_container_gone(backend: &dyn Back
     runtime.remove_gracefully(&never).await.unwrap();
     runtime.force_remove(&never).await.unwrap();
     assert_eq!(runtime.inspect(&never).await.unwrap(), ContainerState::Gone);
+    Ok(())
 }
 
-async fn a_chat_listing_holds_exactly_that_chats_containers(backend: &dyn Backend) {
+async fn a_chat_listing_holds_exactly_that_chats_containers(backend: &dyn Backend) -> TestResult {
     let runtime = backend.runtime();
     let first = backend.spec("a");
     let mut second = backend.spec("b");
@@ -173,9 +179,10 @@ async fn a_chat_listing_holds_exactly_that_chats_containers(backend: &dyn Backen
     for id in want.iter().chain([&unrelated.container_id]) {
         runtime.force_remove(id).await.unwrap();
     }
+    Ok(())
 }
 
-async fn an_allowed_volume_validates_and_creates_nothing(backend: &dyn Backend) {
+async fn an_allowed_volume_validates_and_creates_nothing(backend: &dyn Backend) -> TestResult {
     let runtime = backend.runtime();
     let spec = backend.spec("a");
     runtime
@@ -187,38 +194,12 @@ async fn an_allowed_volume_validates_and_creates_nothing(backend: &dyn Backend) 
         runtime.list_managed().await.unwrap().is_empty(),
         "validate creates nothing"
     );
+    Ok(())
 }
 
-macro_rules! contract {
-    ($($module:ident => $backend:ident),*) => {$(
-        mod $module {
-            use super::*;
-
-            #[tokio::test]
-            async fn a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session() {
-                let backend = $backend::new();
-                super::a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session(&backend).await;
-            }
-
-            #[tokio::test]
-            async fn removals_are_idempotent_and_leave_the_container_gone() {
-                let backend = $backend::new();
-                super::removals_are_idempotent_and_leave_the_container_gone(&backend).await;
-            }
-
-            #[tokio::test]
-            async fn a_chat_listing_holds_exactly_that_chats_containers() {
-                let backend = $backend::new();
-                super::a_chat_listing_holds_exactly_that_chats_containers(&backend).await;
-            }
-
-            #[tokio::test]
-            async fn an_allowed_volume_validates_and_creates_nothing() {
-                let backend = $backend::new();
-                super::an_allowed_volume_validates_and_creates_nothing(&backend).await;
-            }
-        }
-    )*};
-}
-
-contract!(in_memory => Fake, on_docker => Docker);
+contract!(in_memory => Fake, on_docker => Docker: (
+    a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session,
+    removals_are_idempotent_and_leave_the_container_gone,
+    a_chat_listing_holds_exactly_that_chats_containers,
+    an_allowed_volume_validates_and_creates_nothing,
+));

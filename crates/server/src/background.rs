@@ -148,27 +148,43 @@ mod tests {
         assert_eq!(log.record(Err("again".into())), Logged::OutageStarted);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_loop_keeps_running_through_failures_and_stops_on_cancel() {
+    /// `run_periodic` in a task, with a pass that counts its calls and answers `outcome(n)` on
+    /// the n-th (from 0); the count, the loop's stop token and its task.
+    fn spawn_counted_loop(
+        interval: Duration,
+        first: FirstPass,
+        outcome: fn(usize) -> Result<(), String>,
+    ) -> (
+        Arc<AtomicUsize>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let passes = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let counted = Arc::clone(&passes);
         let task = tokio::spawn(run_periodic(
             "test",
-            Duration::from_secs(1),
-            FirstPass::AtStart,
+            interval,
+            first,
             stop.clone(),
             move || {
                 let n = counted.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n.is_multiple_of(3) {
-                        Ok(())
-                    } else {
-                        Err("down".into())
-                    }
-                }
+                async move { outcome(n) }
             },
         ));
+        (passes, stop, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_keeps_running_through_failures_and_stops_on_cancel() {
+        let (passes, stop, task) =
+            spawn_counted_loop(Duration::from_secs(1), FirstPass::AtStart, |n| {
+                if n.is_multiple_of(3) {
+                    Ok(())
+                } else {
+                    Err("down".into())
+                }
+            });
         tokio::time::sleep(Duration::from_millis(9_500)).await;
         // At start, then every second: 10 passes in 9.5 s, failures included.
         assert_eq!(passes.load(Ordering::SeqCst), 10);
@@ -178,19 +194,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_one_period_waits_for_the_first_tick() {
-        let passes = Arc::new(AtomicUsize::new(0));
-        let stop = CancellationToken::new();
-        let counted = Arc::clone(&passes);
-        let task = tokio::spawn(run_periodic(
-            "test",
+        let (passes, stop, task) = spawn_counted_loop(
             Duration::from_secs(5),
             FirstPass::AfterOnePeriod,
-            stop.clone(),
-            move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                async { Ok(()) }
-            },
-        ));
+            |_| Ok(()),
+        );
         tokio::time::sleep(Duration::from_millis(4_900)).await;
         assert_eq!(passes.load(Ordering::SeqCst), 0);
         tokio::time::sleep(Duration::from_millis(200)).await;

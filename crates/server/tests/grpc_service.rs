@@ -2,16 +2,17 @@
 //! the handlers' translation, the error mapping, health and the drain on shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/in_process.rs"]
+mod in_process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use in_process::{Served, serve};
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
 use sandboxd_domain::AgentProfile;
-use sandboxd_server::app::{Application, Dependencies};
-use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
 use sandboxd_testkit::hostile::{self, DecidedBy};
 use sandboxd_usecase::testing::{CallLog, FakeRuntime, Fakes};
@@ -56,15 +57,11 @@ impl TestApp {
                 .insert(agent, AgentProfile::new("sandboxd/busybox:local"));
         }
         let fakes = Fakes::default();
-        let deps = Dependencies {
-            ports: fakes.ports(),
-            metrics: PrometheusBuilder::new().build_recorder().handle(),
-            auth: BearerAuth::default(),
-        };
-        let app = Application::build(&config, deps).await.unwrap();
-        let addr = app.grpc_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let Served {
+            addr,
+            shutdown,
+            server,
+        } = serve(&config, fakes.ports()).await;
         let test_app = Self {
             addr,
             calls: fakes.calls,

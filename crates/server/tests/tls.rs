@@ -4,10 +4,13 @@
 //! one from another CA) fails while one signed by the client CA succeeds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/in_process.rs"]
+mod in_process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use in_process::{Served, serve};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -15,8 +18,6 @@ use rcgen::{
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
 use sandboxd_domain::AgentProfile;
-use sandboxd_server::app::{Application, Dependencies};
-use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Cli, Config};
 use sandboxd_usecase::testing::Fakes;
 use tokio::task::JoinHandle;
@@ -122,15 +123,11 @@ impl TlsApp {
         config
             .agents
             .insert("default", AgentProfile::new("sandboxd/busybox:local"));
-        let deps = Dependencies {
-            ports: Fakes::default().ports(),
-            metrics: PrometheusBuilder::new().build_recorder().handle(),
-            auth: BearerAuth::default(),
-        };
-        let app = Application::build(&config, deps).await.unwrap();
-        let addr = app.grpc_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let Served {
+            addr,
+            shutdown,
+            server,
+        } = serve(&config, Fakes::default().ports()).await;
         Self {
             addr,
             shutdown,

@@ -160,8 +160,7 @@ impl CleanupExpiredSandboxes {
             let now = self.ports.clock.now();
             let Some(current) = current.filter(|c| c.session_id == listed.session_id) else {
                 // Beyond the reference flow: a superseded session would be listed on every pass forever.
-                let active = self.ports.repository.delete(lease, listed).await?;
-                telemetry::set_active_count(active);
+                self.ports.delete_session(lease, listed).await?;
                 telemetry::log_stale_index_removed(listed);
                 return Ok(None);
             };
@@ -172,8 +171,7 @@ impl CleanupExpiredSandboxes {
                 .runtime
                 .remove_gracefully(&current.container_id)
                 .await?;
-            let active = self.ports.repository.delete(lease, &current).await?;
-            telemetry::set_active_count(active);
+            self.ports.delete_session(lease, &current).await?;
             Ok(Some(current))
         })
         .await

@@ -356,8 +356,7 @@ impl CreateSandbox {
             .runtime
             .remove_gracefully(&old.container_id)
             .await?;
-        let active = self.ports.repository.delete(lease, old).await?;
-        telemetry::set_active_count(active);
+        self.ports.delete_session(lease, old).await?;
         Ok(new_session_id)
     }
 

@@ -91,8 +91,7 @@ impl DeleteSandbox {
                 // Before the session goes: if this fails, a retry finds the session again.
                 let strays = self.ports.runtime.list_chat(&chat_id).await?;
                 remove_strays(&*self.ports.runtime, &chat_id, strays, None).await?;
-                let active = self.ports.repository.delete(lease, session).await?;
-                telemetry::set_active_count(active);
+                self.ports.delete_session(lease, session).await?;
                 telemetry::log_deleted(session);
                 Ok(DeleteSandboxOutput {
                     chat_id,

@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
-use sandboxd_domain::ChatId;
+use sandboxd_domain::{ChatId, SandboxSession};
 
 use crate::error::UseCaseError;
-use crate::ports::{Clock, Lease, LifecycleLocker, LockError, SandboxRuntime, SessionRepository};
+use crate::ports::{
+    Clock, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime, SessionRepository,
+};
 use crate::telemetry;
 
 /// The ports a use case drives, shared by all of them.
@@ -15,6 +17,20 @@ pub struct Ports {
     pub locker: Arc<dyn LifecycleLocker>,
     pub runtime: Arc<dyn SandboxRuntime>,
     pub clock: Arc<dyn Clock>,
+}
+
+impl Ports {
+    /// Deletes `session` under `lease` and sets the active-sessions gauge to the count the store
+    /// answered, as every use case that deletes does.
+    pub(crate) async fn delete_session(
+        &self,
+        lease: &Lease,
+        session: &SandboxSession,
+    ) -> Result<(), RepositoryError> {
+        let active = self.repository.delete(lease, session).await?;
+        telemetry::set_active_count(active);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Ports {

@@ -269,8 +269,7 @@ impl ReconcileSandboxes {
                 .runtime
                 .force_remove(&session.container_id)
                 .await?;
-            let active = self.ports.repository.delete(lease, session).await?;
-            telemetry::set_active_count(active);
+            self.ports.delete_session(lease, session).await?;
             Ok::<_, PortError>(true)
         })
         .await?;

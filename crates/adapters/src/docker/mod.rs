@@ -9,14 +9,14 @@ mod engine;
 pub mod labels;
 pub mod names;
 mod probe;
+mod ready;
 pub mod volume;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -28,7 +28,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, ReadyProbe, VolumePath};
+use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
 use sandboxd_usecase::ports::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
@@ -36,7 +36,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 pub use config::DockerConfig;
-use engine::{engine_error, is_not_found, is_removal_in_progress, other, starting_error};
+use engine::{engine_error, is_not_found, is_removal_in_progress, other};
 use labels::LabelKeys;
 use names::{
     LABEL_OPERATION, LABEL_RESULT, OPERATION_CREATE, OPERATION_DELETE, OPERATION_STOP,
@@ -46,15 +46,6 @@ use volume::{VolumePolicy, VolumeRefusal};
 
 /// Scratch space when the root filesystem is read-only: programs expect a writable /tmp.
 const READ_ONLY_TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
-/// Probe retry backoff: the engine's floor here is ~2 ms from start to serving.
-const PROBE_BACKOFF_START: Duration = Duration::from_millis(2);
-const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(50);
-/// Bound on one probe attempt, so a hung connection cannot eat the whole ready timeout.
-const PROBE_ATTEMPT_MAX: Duration = Duration::from_secs(1);
-/// Exit code of a process killed by SIGKILL (128 + 9).
-const SIGKILL_EXIT: i64 = 137;
-/// How often a waiting `create` asks whether the container died (then it fails fast).
-const STATE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Sandboxes as Docker containers. Cheap to share (`Arc<dyn SandboxRuntime>`).
 ///
@@ -251,9 +242,13 @@ impl DockerRuntime {
         };
         let container_id = ContainerId::parse(&created.id)
             .map_err(|e| other(format!("engine returned an unusable container id: {e}")))?;
-        match self
-            .start_and_wait_ready(&docker, &container_id, profile)
-            .await
+        match ready::start_and_wait_ready(
+            &docker,
+            &container_id,
+            profile,
+            self.config.publish_host_ip,
+        )
+        .await
         {
             Ok(endpoint) => {
                 guard.disarm();
@@ -273,35 +268,6 @@ impl DockerRuntime {
         }
     }
 
-    async fn start_and_wait_ready(
-        &self,
-        docker: &Docker,
-        container_id: &ContainerId,
-        profile: &AgentProfile,
-    ) -> Result<Option<Endpoint>, RuntimeError> {
-        docker
-            .start_container(container_id.as_str(), None)
-            .await
-            .map_err(starting_error)?;
-        let Some(container_port) = profile.port else {
-            return Ok(None);
-        };
-        let host_port = published_port(docker, container_id, container_port).await?;
-        let endpoint = Endpoint::new(self.config.publish_host_ip, host_port)
-            .map_err(|e| other(format!("engine published an unusable port: {e}")))?;
-        let probe_addr = SocketAddr::new(probe_ip(self.config.publish_host_ip), host_port);
-        wait_ready(
-            docker,
-            container_id,
-            profile.effective_probe(),
-            probe_addr,
-            profile.ready_timeout,
-        )
-        .await?;
-        Ok(Some(endpoint))
-    }
-
-    /// Containers carrying every one of `label_filters` (`key=value`), in any state.
     async fn list_labelled(
         &self,
         label_filters: Vec<String>,
@@ -481,93 +447,6 @@ async fn remove_forced(docker: &Docker, container: &str) -> Result<(), RuntimeEr
         Ok(()) => Ok(()),
         Err(error) if is_not_found(&error) || is_removal_in_progress(&error) => Ok(()),
         Err(error) => Err(engine_error(error)),
-    }
-}
-
-/// The ephemeral host port the engine chose for `container_port`.
-async fn published_port(
-    docker: &Docker,
-    container_id: &ContainerId,
-    container_port: u16,
-) -> Result<u16, RuntimeError> {
-    let inspect = docker
-        .inspect_container(container_id.as_str(), None)
-        .await
-        .map_err(starting_error)?;
-    let key = format!("{container_port}/tcp");
-    inspect
-        .network_settings
-        .and_then(|settings| settings.ports)
-        .and_then(|mut ports| ports.remove(&key).flatten())
-        .and_then(|bindings| {
-            bindings.into_iter().find_map(|binding| {
-                binding
-                    .host_port
-                    .and_then(|port| port.parse::<u16>().ok())
-                    .filter(|port| *port != 0)
-            })
-        })
-        .ok_or_else(|| other(format!("engine reported no host port for {key}")))
-}
-
-/// Probes until ready, the container dies, or `ready_timeout` passes.
-async fn wait_ready(
-    docker: &Docker,
-    container_id: &ContainerId,
-    kind: ReadyProbe,
-    addr: SocketAddr,
-    ready_timeout: Duration,
-) -> Result<(), RuntimeError> {
-    let deadline = Instant::now() + ready_timeout;
-    let mut backoff = PROBE_BACKOFF_START;
-    let mut next_state_check = Instant::now() + STATE_CHECK_EVERY;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(RuntimeError::NotReady(ready_timeout));
-        }
-        if probe::probe_once(kind, addr, remaining.min(PROBE_ATTEMPT_MAX)).await {
-            return Ok(());
-        }
-        if Instant::now() >= next_state_check {
-            // A container that exited will never serve: fail now, not at the deadline.
-            let state = docker
-                .inspect_container(container_id.as_str(), None)
-                .await
-                .map_err(starting_error)?
-                .state;
-            if let Some(state) = state
-                && state.running == Some(false)
-            {
-                // Killed from outside without running out of memory, or being removed: another
-                // lease holder's sweep (`docker rm -f` sends SIGKILL), not this sandbox failing.
-                let swept = matches!(
-                    state.status,
-                    Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::DEAD)
-                ) || (state.exit_code == Some(SIGKILL_EXIT)
-                    && state.oom_killed != Some(true));
-                if swept {
-                    return Err(RuntimeError::Vanished);
-                }
-                let code = state.exit_code.unwrap_or_default();
-                return Err(other(format!(
-                    "container exited with code {code} before its endpoint was ready"
-                )));
-            }
-            next_state_check = Instant::now() + STATE_CHECK_EVERY;
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        tokio::time::sleep(backoff.min(remaining)).await;
-        backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
-    }
-}
-
-/// The address to probe: the published IP, or loopback when publishing on every interface.
-fn probe_ip(publish_host_ip: IpAddr) -> IpAddr {
-    match publish_host_ip {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
     }
 }
 

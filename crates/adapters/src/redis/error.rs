@@ -45,6 +45,16 @@ impl StoreFault {
             reason: reason.into(),
         }
     }
+
+    /// The fault as a port's error: its `Unavailable` variant while Redis is away or failing
+    /// over, its `Other` variant otherwise.
+    fn into_port_error<E>(self, unavailable: fn(BoxError) -> E, other: fn(BoxError) -> E) -> E {
+        if self.is_unavailable() {
+            unavailable(BoxError::from(self))
+        } else {
+            other(BoxError::from(self))
+        }
+    }
 }
 
 /// True for failures that say the server is unreachable or not (or no longer) the writable
@@ -78,21 +88,13 @@ pub(crate) fn is_unavailable(error: &RedisError) -> bool {
 
 impl From<StoreFault> for RepositoryError {
     fn from(fault: StoreFault) -> Self {
-        if fault.is_unavailable() {
-            Self::Unavailable(BoxError::from(fault))
-        } else {
-            Self::Other(BoxError::from(fault))
-        }
+        fault.into_port_error(Self::Unavailable, Self::Other)
     }
 }
 
 impl From<StoreFault> for LockError {
     fn from(fault: StoreFault) -> Self {
-        if fault.is_unavailable() {
-            Self::Unavailable(BoxError::from(fault))
-        } else {
-            Self::Other(BoxError::from(fault))
-        }
+        fault.into_port_error(Self::Unavailable, Self::Other)
     }
 }
 

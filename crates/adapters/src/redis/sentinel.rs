@@ -265,21 +265,13 @@ mod tests {
 
     #[test]
     fn missing_parts_are_named() {
-        assert_eq!(
-            SentinelTarget::parse("redis+sentinel:///main").unwrap_err(),
-            SentinelUrlError::NoSentinel
-        );
-        assert_eq!(
-            SentinelTarget::parse("redis+sentinel://h:1").unwrap_err(),
-            SentinelUrlError::NoMasterName
-        );
-        assert_eq!(
-            SentinelTarget::parse("redis+sentinel://h/main").unwrap_err(),
-            SentinelUrlError::BadAddress
-        );
-        assert_eq!(
-            SentinelTarget::parse("redis+sentinel://h:1/main/x").unwrap_err(),
-            SentinelUrlError::BadDatabase
-        );
+        for (url, want) in [
+            ("redis+sentinel:///main", SentinelUrlError::NoSentinel),
+            ("redis+sentinel://h:1", SentinelUrlError::NoMasterName),
+            ("redis+sentinel://h/main", SentinelUrlError::BadAddress),
+            ("redis+sentinel://h:1/main/x", SentinelUrlError::BadDatabase),
+        ] {
+            assert_eq!(SentinelTarget::parse(url).unwrap_err(), want, "{url}");
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! One contract suite for the session-store port, run against the Redis adapters and against the
 //! in-memory fakes, so the fakes the use-case tests rely on cannot drift from the real store.
 //!
-//! Each check is an async fn over a [`Backend`]; the `contract_suite!` macro instantiates every
+//! Each check is an async fn over a [`Backend`]; the `contract!` macro instantiates every
 //! check once per backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //!
 //! The checks live in `sessions`, `paging` and `leases`; this file holds the backends and the
 //! fixtures they share.
 
+#[path = "../support/contract.rs"]
+#[macro_use]
+mod contract;
 #[path = "../support/redis_server.rs"]
 mod redis_server;
 
@@ -226,36 +229,16 @@ pub(crate) fn ids(sessions: &[SandboxSession]) -> Vec<SessionId> {
 
 // ---- the contract ---------------------------------------------------------------------------
 
-macro_rules! contract_suite {
-    ($module:ident => $backend:ident: $($check:ident),* $(,)?) => {
-        mod $module {
-            $(
-                #[tokio::test]
-                async fn $check() -> super::TestResult {
-                    let backend = super::$backend::new().await?;
-                    super::$check(&backend).await
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! contract {
-    ($($module:ident => $backend:ident),*) => {$(
-        contract_suite!($module => $backend:
-            save_get_and_delete_round_trip,
-            saving_again_overwrites_and_the_chat_points_to_the_newest,
-            list_expired_is_earliest_first_bounded_and_inclusive,
-            list_expired_removes_stale_index_entries,
-            count_follows_saves_and_deletes,
-            extend_moves_expiry_and_is_fenced,
-            paging_returns_each_session_once_in_order,
-            paging_is_exactly_once_under_concurrent_inserts_and_deletes,
-            foreign_and_truncated_page_tokens_are_refused,
-            writes_under_a_lost_or_foreign_lease_change_nothing,
-            a_held_lock_makes_others_wait_then_busy,
-        );
-    )*};
-}
-
-contract!(in_memory => Fake, on_redis => Real);
+contract!(in_memory => Fake, on_redis => Real: (
+    save_get_and_delete_round_trip,
+    saving_again_overwrites_and_the_chat_points_to_the_newest,
+    list_expired_is_earliest_first_bounded_and_inclusive,
+    list_expired_removes_stale_index_entries,
+    count_follows_saves_and_deletes,
+    extend_moves_expiry_and_is_fenced,
+    paging_returns_each_session_once_in_order,
+    paging_is_exactly_once_under_concurrent_inserts_and_deletes,
+    foreign_and_truncated_page_tokens_are_refused,
+    writes_under_a_lost_or_foreign_lease_change_nothing,
+    a_held_lock_makes_others_wait_then_busy,
+));

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use sandboxd_adapters::redis::RedisConfig;
+use sandboxd_adapters::redis::{RedisConfig, RedisStore};
+use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
 pub(crate) use sandboxd_testkit::{RedisServer, TestResult};
+use time::macros::datetime;
 
 /// Adapter settings for a test server.
 pub(crate) trait AdapterConfig {
@@ -29,4 +31,33 @@ impl AdapterConfig for RedisServer {
 
 pub(crate) fn random_prefix() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Where nearly every Redis adapter test starts: a fresh `redis-server`, and one store connected
+/// to it with the test settings after `adjust`; with the store's key prefix, to read and plant
+/// its keys directly.
+pub(crate) async fn start_store(
+    adjust: impl FnOnce(&mut RedisConfig),
+) -> TestResult<(RedisServer, String, RedisStore)> {
+    let server = RedisServer::start().await?;
+    let mut config = server.config();
+    adjust(&mut config);
+    let prefix = config.key_prefix.clone();
+    let store = RedisStore::connect(config).await?;
+    Ok((server, prefix, store))
+}
+
+/// A session of `chat` in `container`, the `default` agent on `/srv/a`, for tests that need one
+/// stored and do not look at its fields.
+pub(crate) fn session_in(chat: ChatId, container: &str) -> SandboxSession {
+    SandboxSession {
+        session_id: SessionId::new_random(),
+        chat_id: chat,
+        agent_id: AgentId::parse("default").expect("agent"),
+        volume_host_path: VolumePath::parse("/srv/a").expect("path"),
+        container_id: ContainerId::parse(container).expect("container"),
+        endpoint: None,
+        created_at: datetime!(2026-01-01 00:00 UTC),
+        expires_at: datetime!(2026-01-01 00:30 UTC),
+    }
 }

@@ -15,7 +15,7 @@ use sandboxd_usecase::ports::ListQuery;
 use sandboxd_usecase::{
     CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
     DeleteResult, DeleteSandbox, DeleteSandboxCommand, ExtendSandbox, ExtendSandboxCommand,
-    GetSandbox, ListSandboxes, Ports, Profiles, ReconcileOptions, ReconcileSandboxes,
+    GetSandbox, ListSandboxes, Ports, Profiles, ReconcileOptions, ReconcileSandboxes, UseCaseError,
 };
 use tonic::{Request, Response, Status};
 
@@ -75,6 +75,27 @@ impl SandboxGrpcService {
     pub fn new(use_cases: Arc<UseCases>, drain: Drain) -> Self {
         Self { use_cases, drain }
     }
+
+    /// The part every handler shares: runs `use_case` as a tracked task ([`Drain::run`]) and
+    /// maps its error through [`status_for`] in `rpc`'s context, naming `chat` when it has one.
+    async fn run<T, E, Work>(
+        &self,
+        rpc: &'static str,
+        chat: Option<String>,
+        use_case: impl FnOnce(Arc<UseCases>) -> Work,
+    ) -> Result<T, Status>
+    where
+        Work: Future<Output = Result<T, E>> + Send + 'static,
+        E: UseCaseError,
+        T: Send + 'static,
+    {
+        let work = use_case(Arc::clone(&self.use_cases));
+        self.drain
+            .run(rpc, async move {
+                work.await.map_err(status_for(rpc, chat.as_deref()))
+            })
+            .await
+    }
 }
 
 const fn create_result(result: CreateResult) -> v1::CreateSandboxResult {
@@ -91,165 +112,137 @@ impl SandboxService for SandboxGrpcService {
         &self,
         request: Request<v1::CreateSandboxRequest>,
     ) -> Result<Response<v1::CreateSandboxResponse>, Status> {
-        const RPC: &str = "CreateSandbox";
         let request = request.into_inner();
         let command = CreateSandboxCommand {
             chat_id: convert::chat_id(&request.chat_id)?,
             agent_id: convert::agent_id(&request.agent_id)?,
             volume_host_path: convert::volume_host_path(&request.volume_host_path)?,
         };
-        let use_cases = Arc::clone(&self.use_cases);
-        self.drain
-            .run(RPC, async move {
-                let chat = command.chat_id.to_string();
-                let output = use_cases
-                    .create
-                    .execute(command)
-                    .await
-                    .map_err(status_for(RPC, Some(&chat)))?;
-                Ok(Response::new(v1::CreateSandboxResponse {
-                    sandbox: Some(convert::sandbox(&output.session)),
-                    result: create_result(output.result).into(),
-                }))
+        let chat = command.chat_id.to_string();
+        let output = self
+            .run("CreateSandbox", Some(chat), |use_cases| async move {
+                use_cases.create.execute(command).await
             })
-            .await
+            .await?;
+        Ok(Response::new(v1::CreateSandboxResponse {
+            sandbox: Some(convert::sandbox(&output.session)),
+            result: create_result(output.result).into(),
+        }))
     }
 
     async fn get_sandbox(
         &self,
         request: Request<v1::GetSandboxRequest>,
     ) -> Result<Response<v1::GetSandboxResponse>, Status> {
-        const RPC: &str = "GetSandbox";
         let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
-        let use_cases = Arc::clone(&self.use_cases);
-        self.drain
-            .run(RPC, async move {
-                let chat = chat_id.to_string();
-                let session = use_cases
-                    .get
-                    .execute(chat_id)
-                    .await
-                    .map_err(status_for(RPC, Some(&chat)))?;
-                Ok(Response::new(v1::GetSandboxResponse {
-                    sandbox: Some(convert::sandbox(&session)),
-                }))
+        let chat = chat_id.to_string();
+        let session = self
+            .run("GetSandbox", Some(chat), |use_cases| async move {
+                use_cases.get.execute(chat_id).await
             })
-            .await
+            .await?;
+        Ok(Response::new(v1::GetSandboxResponse {
+            sandbox: Some(convert::sandbox(&session)),
+        }))
     }
 
     async fn list_sandboxes(
         &self,
         request: Request<v1::ListSandboxesRequest>,
     ) -> Result<Response<v1::ListSandboxesResponse>, Status> {
-        const RPC: &str = "ListSandboxes";
         let request = request.into_inner();
         let query = ListQuery {
             agent_id: convert::agent_filter(&request.agent_id)?,
             page_size: convert::page_size(request.page_size)?,
             page_token: convert::page_token(request.page_token),
         };
-        let use_cases = Arc::clone(&self.use_cases);
-        self.drain
-            .run(RPC, async move {
-                let page = use_cases
-                    .list
-                    .execute(query)
-                    .await
-                    .map_err(status_for(RPC, None))?;
-                Ok(Response::new(v1::ListSandboxesResponse {
-                    sandboxes: page.sessions.iter().map(convert::sandbox).collect(),
-                    next_page_token: page.next_page_token.unwrap_or_default(),
-                }))
+        let page = self
+            .run("ListSandboxes", None, |use_cases| async move {
+                use_cases.list.execute(query).await
             })
-            .await
+            .await?;
+        Ok(Response::new(v1::ListSandboxesResponse {
+            sandboxes: page.sessions.iter().map(convert::sandbox).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     async fn extend_sandbox(
         &self,
         request: Request<v1::ExtendSandboxRequest>,
     ) -> Result<Response<v1::ExtendSandboxResponse>, Status> {
-        const RPC: &str = "ExtendSandbox";
         let request = request.into_inner();
         let command = ExtendSandboxCommand {
             chat_id: convert::chat_id(&request.chat_id)?,
             ttl: convert::ttl(request.ttl)?,
         };
-        let use_cases = Arc::clone(&self.use_cases);
-        self.drain
-            .run(RPC, async move {
-                let chat = command.chat_id.to_string();
-                let session = use_cases
-                    .extend
-                    .execute(command)
-                    .await
-                    .map_err(status_for(RPC, Some(&chat)))?;
-                Ok(Response::new(v1::ExtendSandboxResponse {
-                    sandbox: Some(convert::sandbox(&session)),
-                }))
+        let chat = command.chat_id.to_string();
+        let session = self
+            .run("ExtendSandbox", Some(chat), |use_cases| async move {
+                use_cases.extend.execute(command).await
             })
-            .await
+            .await?;
+        Ok(Response::new(v1::ExtendSandboxResponse {
+            sandbox: Some(convert::sandbox(&session)),
+        }))
     }
 
     async fn delete_sandbox(
         &self,
         request: Request<v1::DeleteSandboxRequest>,
     ) -> Result<Response<v1::DeleteSandboxResponse>, Status> {
-        const RPC: &str = "DeleteSandbox";
         let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
-        let use_cases = Arc::clone(&self.use_cases);
-        self.drain
-            .run(RPC, async move {
-                let chat = chat_id.to_string();
-                let output = use_cases
+        let chat = chat_id.to_string();
+        let output = self
+            .run("DeleteSandbox", Some(chat), |use_cases| async move {
+                use_cases
                     .delete
                     .execute(DeleteSandboxCommand { chat_id })
                     .await
-                    .map_err(status_for(RPC, Some(&chat)))?;
-                let result = match output.result {
-                    DeleteResult::Deleted => v1::DeleteSandboxResult::Deleted,
-                    DeleteResult::NotFound => v1::DeleteSandboxResult::NotFound,
-                };
-                Ok(Response::new(v1::DeleteSandboxResponse {
-                    result: result.into(),
-                    session_id: output
-                        .session_id
-                        .map(|id| id.to_string())
-                        .unwrap_or_default(),
-                    container_id: output
-                        .container_id
-                        .map(|id| id.to_string())
-                        .unwrap_or_default(),
-                }))
             })
-            .await
+            .await?;
+        let result = match output.result {
+            DeleteResult::Deleted => v1::DeleteSandboxResult::Deleted,
+            DeleteResult::NotFound => v1::DeleteSandboxResult::NotFound,
+        };
+        Ok(Response::new(v1::DeleteSandboxResponse {
+            result: result.into(),
+            session_id: output
+                .session_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            container_id: output
+                .container_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        }))
     }
 
     async fn cleanup_expired_sandboxes(
         &self,
         _request: Request<v1::CleanupExpiredSandboxesRequest>,
     ) -> Result<Response<v1::CleanupExpiredSandboxesResponse>, Status> {
-        const RPC: &str = "CleanupExpiredSandboxes";
-        let use_cases = Arc::clone(&self.use_cases);
-        self.drain
-            .run(RPC, async move {
-                let report = use_cases
-                    .cleanup
-                    .execute()
-                    .await
-                    .map_err(status_for(RPC, None))?;
-                Ok(Response::new(v1::CleanupExpiredSandboxesResponse {
-                    cleaned: report.cleaned.iter().map(convert::sandbox).collect(),
-                    error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
-                    skipped_count: i32::try_from(report.skipped_count).unwrap_or(i32::MAX),
-                }))
+        let report = self
+            .run("CleanupExpiredSandboxes", None, |use_cases| async move {
+                use_cases.cleanup.execute().await
             })
-            .await
+            .await?;
+        Ok(Response::new(v1::CleanupExpiredSandboxesResponse {
+            cleaned: report.cleaned.iter().map(convert::sandbox).collect(),
+            error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
+            skipped_count: i32::try_from(report.skipped_count).unwrap_or(i32::MAX),
+        }))
     }
 
     async fn reconcile_sandboxes(
         &self,
         _request: Request<v1::ReconcileSandboxesRequest>,
     ) -> Result<Response<v1::ReconcileSandboxesResponse>, Status> {
-        reconcile::handle(Arc::clone(&self.use_cases), &self.drain).await
+        let report = self
+            .run("ReconcileSandboxes", None, |use_cases| async move {
+                use_cases.reconcile.execute().await
+            })
+            .await?;
+        Ok(Response::new(reconcile::response(&report)))
     }
 }

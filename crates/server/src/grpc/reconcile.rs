@@ -1,35 +1,12 @@
-//! The ReconcileSandboxes handler (admin): one reconcile pass now, as a tracked task.
-
-use std::sync::Arc;
+//! The ReconcileSandboxes reply (admin): what one reconcile pass run now removed and adopted.
 
 use sandboxd_api::v1;
 use sandboxd_usecase::ReconcileReport;
-use tonic::{Response, Status};
 
-use super::UseCases;
 use super::convert;
-use super::status::status_for;
-use crate::drain::Drain;
 
-const RPC: &str = "ReconcileSandboxes";
-
-pub(super) async fn handle(
-    use_cases: Arc<UseCases>,
-    drain: &Drain,
-) -> Result<Response<v1::ReconcileSandboxesResponse>, Status> {
-    drain
-        .run(RPC, async move {
-            let report = use_cases
-                .reconcile
-                .execute()
-                .await
-                .map_err(status_for(RPC, None))?;
-            Ok(Response::new(response(&report)))
-        })
-        .await
-}
-
-fn response(report: &ReconcileReport) -> v1::ReconcileSandboxesResponse {
+/// The reply to a reconcile pass run now.
+pub(super) fn response(report: &ReconcileReport) -> v1::ReconcileSandboxesResponse {
     v1::ReconcileSandboxesResponse {
         removed_container_ids: report
             .removed_containers

@@ -5,7 +5,7 @@ use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
-use crate::ports::{Clock, RepositoryError, RuntimeError};
+use crate::ports::Clock;
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CleanupExpiredSandboxes, CleanupOptions, CleanupReport, ErrorKind};
 
@@ -17,6 +17,21 @@ fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
             batch_size: 1000,
         },
     )
+}
+
+/// Asserts the pass span's whole field set: its expired, cleaned, error and skipped counts, and
+/// its result.
+fn assert_pass_span(cap: &Captured, [expired, cleaned, errors, skipped]: [&str; 4], result: &str) {
+    cap.assert_span_fields(
+        span::CLEANUP_PASS,
+        &[
+            (span::EXPIRED_COUNT, expired),
+            (span::CLEANED_COUNT, cleaned),
+            (span::ERROR_COUNT, errors),
+            (span::SKIPPED_COUNT, skipped),
+            (span::RESULT, result),
+        ],
+    );
 }
 
 /// The pass cleaned nothing, failed nothing, and skipped its one listed session.
@@ -35,10 +50,7 @@ fn assert_only_one_skipped(report: &CleanupReport) {
 #[test]
 fn a_failing_listing_is_counted_with_its_reason_and_raised() {
     let world = World::new();
-    world.repository.fail_next(
-        RepoOp::ListExpired,
-        RepositoryError::Unavailable("down".into()),
-    );
+    world.repository_down(RepoOp::ListExpired);
     let (out, cap) = capture(pass(&world, 8).execute());
     let err = out.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
@@ -78,16 +90,7 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
     );
     cap.assert_counters(&["sandbox_cleanup_total{result=cleaned} 1"]);
     assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));
-    assert_eq!(
-        cap.span(span::CLEANUP_PASS).fields,
-        fields(&[
-            (span::EXPIRED_COUNT, "1".to_owned()),
-            (span::CLEANED_COUNT, "1".to_owned()),
-            (span::ERROR_COUNT, "0".to_owned()),
-            (span::SKIPPED_COUNT, "0".to_owned()),
-            (span::RESULT, "completed".to_owned()),
-        ])
-    );
+    assert_pass_span(&cap, ["1", "1", "0", "0"], "completed");
     let child = cap.span(span::CLEANUP_ONE);
     assert_eq!(child.parent.as_deref(), Some(span::CLEANUP_PASS));
     assert_eq!(
@@ -137,7 +140,7 @@ fn skips_a_superseded_session_and_removes_it_from_the_expiry_index() {
     let chat = new_chat();
     let stale = world.existing_expired(chat, "default", "/srv/a");
     // The chat moved on to a new live session; the old one lingers in the index.
-    let current = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let current = world.existing_live(chat);
     assert_eq!(world.repository.expiry_index_len(), 2);
     let (out, cap) = capture(pass(&world, 8).execute());
     assert_only_one_skipped(&out.unwrap());
@@ -279,16 +282,7 @@ fn an_empty_pass_completes() {
     let world = World::new();
     let (out, cap) = capture(pass(&world, 8).execute());
     assert_eq!(out.unwrap(), crate::CleanupReport::default());
-    assert_eq!(
-        cap.span(span::CLEANUP_PASS).fields,
-        fields(&[
-            (span::EXPIRED_COUNT, "0".to_owned()),
-            (span::CLEANED_COUNT, "0".to_owned()),
-            (span::ERROR_COUNT, "0".to_owned()),
-            (span::SKIPPED_COUNT, "0".to_owned()),
-            (span::RESULT, "completed".to_owned()),
-        ])
-    );
+    assert_pass_span(&cap, ["0", "0", "0", "0"], "completed");
 }
 
 #[test]
@@ -296,10 +290,7 @@ fn an_unavailable_engine_is_counted_and_logged_at_debug_only() {
     // The server's loop logs the outage once; a line per session per tick would flood the log.
     let world = World::new();
     let a = world.existing_expired(new_chat(), "default", "/srv/a");
-    world.runtime.fail_next(
-        RuntimeOp::RemoveGracefully,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::RemoveGracefully);
     let (out, cap) = capture(pass(&world, 8).execute());
     let report = out.unwrap();
     assert_eq!((report.error_count, report.unavailable_count), (1, 1));

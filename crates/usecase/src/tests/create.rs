@@ -70,9 +70,7 @@ fn creates_a_new_sandbox_when_the_chat_has_none() {
 
 #[test]
 fn reuses_a_live_session_whose_agent_and_volume_match() {
-    let world = World::new();
-    let chat = new_chat();
-    let existing = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, existing) = World::with_live_session();
     let cmd = create_command(chat, "default", "/srv/a");
     let (out, cap) = capture(world.create().execute(cmd.clone()));
     let out = out.unwrap();
@@ -116,9 +114,7 @@ fn a_live_session_refuses_another_agent_or_volume_as_a_conflict() {
             "agent_id,volume_host_path",
         ),
     ] {
-        let world = World::new();
-        let chat = new_chat();
-        let existing = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+        let (world, chat, existing) = World::with_live_session();
         let cmd = create_command(chat, agent, volume);
         let (out, cap) = capture(world.create().execute(cmd.clone()));
 
@@ -236,7 +232,7 @@ fn a_session_created_while_waiting_for_the_lease_is_reused_after_the_re_read() {
     let world = World::new();
     let chat = new_chat();
     // Another holder saves a live session between the lock-free read and this lease.
-    let theirs = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let theirs = world.existing_live(chat);
     world.repository.remove_direct(&theirs.session_id);
     let (repository, saved) = (world.repository.clone(), theirs.clone());
     world

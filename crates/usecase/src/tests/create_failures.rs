@@ -8,7 +8,7 @@ use std::time::Duration;
 use sandboxd_domain::ChatId;
 
 use super::harness::*;
-use crate::ports::{LockError, RepositoryError, RuntimeError};
+use crate::ports::{RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CreateSandboxError, ErrorKind, UseCaseError};
 
@@ -16,10 +16,7 @@ use crate::{CreateSandboxError, ErrorKind, UseCaseError};
 fn save_failure_stops_the_new_container_and_surfaces_the_save_error() {
     let world = World::new();
     let chat = new_chat();
-    world.repository.fail_next(
-        RepoOp::Save,
-        RepositoryError::Unavailable("redis down".into()),
-    );
+    world.repository_down(RepoOp::Save);
     let (out, cap) = world.create_default(chat);
 
     let err = out.unwrap_err();
@@ -79,10 +76,7 @@ fn save_failure_with_a_failing_compensation_still_surfaces_the_save_error() {
     world
         .repository
         .fail_next(RepoOp::Save, RepositoryError::Other("boom".into()));
-    world.runtime.fail_next(
-        RuntimeOp::RemoveGracefully,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::RemoveGracefully);
     let (out, cap) = world.create_default(chat);
 
     let err = out.unwrap_err();
@@ -208,9 +202,7 @@ fn a_busy_lock_is_an_aborted_error_and_touches_nothing() {
 #[test]
 fn a_lock_store_failure_is_unavailable() {
     let world = World::new();
-    world
-        .locker
-        .fail_next(LockError::Unavailable("redis down".into()));
+    world.locker_down();
     let chat = new_chat();
     let (out, _) = world.create_default(chat);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
@@ -220,10 +212,7 @@ fn a_lock_store_failure_is_unavailable() {
 #[test]
 fn a_read_failure_is_reported_and_nothing_is_started() {
     let world = World::new();
-    world.repository.fail_next(
-        RepoOp::GetActiveByChatId,
-        RepositoryError::Unavailable("down".into()),
-    );
+    world.repository_down(RepoOp::GetActiveByChatId);
     let chat = new_chat();
     assert_plain_error(
         &world,
@@ -237,10 +226,7 @@ fn a_read_failure_is_reported_and_nothing_is_started() {
 #[test]
 fn a_runtime_create_failure_saves_nothing() {
     let world = World::new();
-    world.runtime.fail_next(
-        RuntimeOp::Create,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    world.runtime_down(RuntimeOp::Create);
     let chat = new_chat();
     assert_plain_error(&world, chat, ErrorKind::Unavailable, "runtime_unavailable");
     assert_eq!(

@@ -5,8 +5,8 @@ use crate::telemetry::{event, metric, span};
 use std::time::Duration;
 
 use super::harness::*;
+use crate::ports::RepositoryError;
 use crate::ports::{Clock as _, ContainerState, SandboxLabels};
-use crate::ports::{LockError, RepositoryError, RuntimeError};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, ErrorKind};
 use sandboxd_domain::ContainerId;
@@ -49,7 +49,7 @@ fn deleting_removes_the_container_before_the_session() {
     let world = World::new();
     let chat = new_chat();
     let other = world.existing(new_chat(), "default", "/srv/z", Duration::from_secs(60));
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let session = world.existing_live(chat);
     let (out, cap) = capture(
         DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
     );
@@ -108,9 +108,7 @@ fn assert_delete_error(
 #[test]
 fn a_lock_failure_is_reported_without_session_fields() {
     let world = World::new();
-    world
-        .locker
-        .fail_next(LockError::Unavailable("down".into()));
+    world.locker_down();
     assert_delete_error(
         &world,
         new_chat(),
@@ -138,13 +136,8 @@ fn a_repository_read_failure_is_reported() {
 
 #[test]
 fn a_runtime_failure_keeps_the_session_for_a_retry() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
-    world.runtime.fail_next(
-        RuntimeOp::ForceRemove,
-        RuntimeError::Unavailable("engine down".into()),
-    );
+    let (world, chat, session) = World::with_live_session();
+    world.runtime_down(RuntimeOp::ForceRemove);
     assert_delete_error(
         &world,
         chat,
@@ -161,12 +154,8 @@ fn a_runtime_failure_keeps_the_session_for_a_retry() {
 
 #[test]
 fn a_repository_delete_failure_is_reported_with_the_session() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
-    world
-        .repository
-        .fail_next(RepoOp::Delete, RepositoryError::LeaseLost);
+    let (world, chat, session) = World::with_live_session();
+    world.lease_lost_on(RepoOp::Delete);
     assert_delete_error(
         &world,
         chat,
@@ -217,10 +206,7 @@ fn a_failed_stray_sweep_keeps_the_session_for_the_retry() {
     let world = World::new();
     let chat = new_chat();
     let session = world.existing(chat, "default", "/srv/a", TTL);
-    world.runtime.fail_next(
-        RuntimeOp::ListChat,
-        RuntimeError::Unavailable("down".into()),
-    );
+    world.runtime_down(RuntimeOp::ListChat);
     let (out, _) = capture(
         DeleteSandbox::new(world.ports.clone()).execute(DeleteSandboxCommand { chat_id: chat }),
     );

@@ -16,10 +16,11 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::ports::{Clock, NewSandbox};
+use crate::ports::{Clock, LockError, NewSandbox, RepositoryError, RuntimeError};
 use crate::telemetry::span;
 use crate::testing::{
-    CallLog, FakeRuntime, Fakes, InMemoryLocker, InMemorySessionRepository, ManualClock,
+    CallLog, FakeRuntime, Fakes, InMemoryLocker, InMemorySessionRepository, ManualClock, RepoOp,
+    RuntimeOp,
 };
 use crate::{
     CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput, Ports, Profiles,
@@ -187,6 +188,15 @@ impl Captured {
     /// Asserts the whole set of counters, as [`Captured::counter_lines`] renders them.
     pub(crate) fn assert_counters(&self, want: &[&str]) {
         assert_eq!(self.counter_lines(), want);
+    }
+
+    /// Asserts the whole field set of the only span `name`.
+    pub(crate) fn assert_span_fields(&self, name: &str, want: &[(&str, &str)]) {
+        let want: Fields = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(self.span(name).fields, want);
     }
 
     /// Asserts that the only span `name` ended in error with this error type.
@@ -367,6 +377,42 @@ impl World {
             created_at,
             expires_at,
         }
+    }
+
+    /// The repository's next `op` fails with `Unavailable`, as when Redis is down.
+    pub(crate) fn repository_down(&self, op: RepoOp) {
+        self.repository
+            .fail_next(op, RepositoryError::Unavailable("redis down".into()));
+    }
+
+    /// The repository's next `op` finds the lease lost, as when another holder took the chat.
+    pub(crate) fn lease_lost_on(&self, op: RepoOp) {
+        self.repository.fail_next(op, RepositoryError::LeaseLost);
+    }
+
+    /// The next lock fails with `Unavailable`, as when Redis is down.
+    pub(crate) fn locker_down(&self) {
+        self.locker
+            .fail_next(LockError::Unavailable("redis down".into()));
+    }
+
+    /// The runtime's next `op` fails with `Unavailable`, as when the engine is down.
+    pub(crate) fn runtime_down(&self, op: RuntimeOp) {
+        self.runtime
+            .fail_next(op, RuntimeError::Unavailable("engine down".into()));
+    }
+
+    /// A world holding one live session ([`World::existing_live`]) of a fresh chat.
+    pub(crate) fn with_live_session() -> (Self, ChatId, SandboxSession) {
+        let world = Self::new();
+        let chat = new_chat();
+        let session = world.existing_live(chat);
+        (world, chat, session)
+    }
+
+    /// A live session of `chat`: the `default` agent on `/srv/a`, a minute left.
+    pub(crate) fn existing_live(&self, chat: ChatId) -> SandboxSession {
+        self.existing(chat, "default", "/srv/a", Duration::from_secs(60))
     }
 
     /// Stores a session for `chat` (and its running container) expiring `expires_in` from now;

@@ -5,7 +5,7 @@ use crate::telemetry::{event, span};
 use std::time::Duration;
 
 use super::harness::*;
-use crate::ports::{Clock, ListQuery, RepositoryError};
+use crate::ports::{Clock, ListQuery};
 use crate::testing::RepoOp;
 use crate::{
     ErrorKind, ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError, GetSandbox,
@@ -48,10 +48,7 @@ fn get_of_an_unknown_chat_is_not_found() {
 #[test]
 fn get_failure_is_counted_and_on_the_span_but_logged_only_where_handled() {
     let world = World::new();
-    world.repository.fail_next(
-        RepoOp::GetActiveByChatId,
-        RepositoryError::Unavailable("down".into()),
-    );
+    world.repository_down(RepoOp::GetActiveByChatId);
     let chat = new_chat();
     let (out, cap) = capture(GetSandbox::new(world.ports.clone()).execute(chat));
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
@@ -102,14 +99,14 @@ fn list_pages_through_every_session_once_with_an_agent_filter() {
     assert_eq!(seen, python);
     assert_eq!(pages, 3);
     cap.assert_counters(&["sandbox_list_total{result=ok} 1"]);
-    assert_eq!(
-        cap.span(span::LIST).fields,
-        fields(&[
-            (span::AGENT_ID, "python".to_owned()),
-            (span::PAGE_SIZE, "2".to_owned()),
-            (span::RETURNED_COUNT, "1".to_owned()),
-            (span::RESULT, "ok".to_owned()),
-        ])
+    cap.assert_span_fields(
+        span::LIST,
+        &[
+            (span::AGENT_ID, "python"),
+            (span::PAGE_SIZE, "2"),
+            (span::RETURNED_COUNT, "1"),
+            (span::RESULT, "ok"),
+        ],
     );
 }
 
@@ -149,9 +146,7 @@ fn extend(
 
 #[test]
 fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, session) = World::with_live_session();
     world.clock.advance(Duration::from_secs(10));
     let (out, cap) = extend(&world, chat, Some(Duration::from_secs(3600)));
     let extended = out.unwrap();
@@ -186,9 +181,7 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
 
 #[test]
 fn extend_without_ttl_uses_the_configured_session_ttl() {
-    let world = World::new();
-    let chat = new_chat();
-    world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, _) = World::with_live_session();
     let (out, _) = extend(&world, chat, None);
     assert_eq!(out.unwrap().expires_at, world.clock.now() + TTL);
 }
@@ -196,9 +189,7 @@ fn extend_without_ttl_uses_the_configured_session_ttl() {
 #[test]
 fn extend_refuses_zero_and_over_max_ttl_without_touching_anything() {
     for ttl in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
-        let world = World::new();
-        let chat = new_chat();
-        let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+        let (world, chat, session) = World::with_live_session();
         let (out, cap) = extend(&world, chat, Some(ttl));
         let err = out.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument { field: "ttl" });
@@ -210,9 +201,7 @@ fn extend_refuses_zero_and_over_max_ttl_without_touching_anything() {
         assert_eq!(world.repository.all(), vec![session]);
         cap.assert_counters(&["sandbox_extend_total{result=invalid} 1"]);
     }
-    let world = World::new();
-    let chat = new_chat();
-    world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
+    let (world, chat, _) = World::with_live_session();
     assert!(
         extend(&world, chat, Some(MAX_TTL)).0.is_ok(),
         "exactly max_ttl is allowed"
@@ -248,12 +237,8 @@ fn extend_of_an_unknown_chat_is_not_found() {
 
 #[test]
 fn extend_with_a_lost_lease_commits_nothing() {
-    let world = World::new();
-    let chat = new_chat();
-    let session = world.existing(chat, "default", "/srv/a", Duration::from_secs(60));
-    world
-        .repository
-        .fail_next(RepoOp::Extend, RepositoryError::LeaseLost);
+    let (world, chat, session) = World::with_live_session();
+    world.lease_lost_on(RepoOp::Extend);
     let (out, cap) = extend(&world, chat, None);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Aborted);
     assert_eq!(world.repository.all(), vec![session]);

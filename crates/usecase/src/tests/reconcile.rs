@@ -10,8 +10,7 @@ use sandboxd_domain::{ContainerId, SessionId};
 
 use super::harness::*;
 use crate::ports::{
-    Clock, ContainerState, LifecycleLocker, NewSandbox, RepositoryError, RuntimeError,
-    SandboxLabels,
+    Clock, ContainerState, LifecycleLocker, NewSandbox, RuntimeError, SandboxLabels,
 };
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CreateSandboxCommand, ErrorKind, ReconcileOptions, ReconcileSandboxes};
@@ -314,10 +313,7 @@ fn a_consistent_world_is_left_alone() {
 #[test]
 fn a_listing_failure_fails_the_pass() {
     let world = World::new();
-    world.runtime.fail_next(
-        RuntimeOp::ListManaged,
-        RuntimeError::Unavailable("down".into()),
-    );
+    world.runtime_down(RuntimeOp::ListManaged);
     let (out, cap) = capture(reconcile(&world).execute());
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Unavailable);
     assert_eq!(
@@ -370,13 +366,8 @@ fn a_create_interrupted_after_the_container_started_ends_as_the_complete_session
     // compensation, leaving a labelled container with no session, which is adopted.
     let world = World::new();
     let chat = new_chat();
-    world
-        .repository
-        .fail_next(RepoOp::Save, RepositoryError::Unavailable("killed".into()));
-    world.runtime.fail_next(
-        RuntimeOp::RemoveGracefully,
-        RuntimeError::Unavailable("killed".into()),
-    );
+    world.repository_down(RepoOp::Save);
+    world.runtime_down(RuntimeOp::RemoveGracefully);
     let command = CreateSandboxCommand {
         chat_id: chat,
         agent_id: agent_id("default"),
