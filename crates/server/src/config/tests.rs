@@ -115,6 +115,8 @@ fn every_declared_setting_is_read_by_a_section() {
 fn log_spans_is_a_boolean_from_file_env_or_flag() {
     let (_dir, cli) = cli_with_file("log_spans = true\n[agents.default]\nimage = \"x\"\n");
     figment::Jail::expect_with(|jail| {
+        // Only what the test sets: a developer's own SANDBOXD_* variables must not leak in.
+        jail.clear_env();
         assert!(Config::load(&cli).unwrap().telemetry.log_spans);
         jail.set_env("SANDBOXD_LOG_SPANS", "false");
         assert!(!Config::load(&cli).unwrap().telemetry.log_spans);
@@ -151,6 +153,8 @@ fn file_then_env_then_flags_override_in_order() {
     );
 
     figment::Jail::expect_with(|jail| {
+        // Only what the test sets: a developer's own SANDBOXD_* variables must not leak in.
+        jail.clear_env();
         jail.set_env("SANDBOXD_KEY_PREFIX", "env");
         jail.set_env("SANDBOXD_AGENTS__PY__IMAGE", "python");
         jail.set_env("DOCKER_HOST", "unix:///run/other.sock");
@@ -227,6 +231,8 @@ fn bad_settings_are_named() {
     let cli = cli_reading(dir.path().join("missing.toml"));
     assert!(load(&cli).unwrap_err().to_string().contains("missing.toml"));
     figment::Jail::expect_with(|jail| {
+        // Only what the test sets: a developer's own SANDBOXD_* variables must not leak in.
+        jail.clear_env();
         jail.set_env("SANDBOXD_NONSENSE", "1");
         let message = Config::load(&Cli::default()).unwrap_err().to_string();
         assert!(
