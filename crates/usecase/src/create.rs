@@ -11,9 +11,9 @@ use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::ports::{Lease, LockError, ManagedContainer, NewSandbox, RepositoryError, RuntimeError};
+use crate::ports::{Lease, LockError, NewSandbox, RepositoryError, RuntimeError};
 use crate::profiles::Profiles;
-use crate::repair::{adopt, remove_strays};
+use crate::repair::remove_strays;
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,17 +21,6 @@ pub struct CreateSandboxCommand {
     pub chat_id: ChatId,
     pub agent_id: AgentId,
     pub volume_host_path: VolumePath,
-}
-
-/// A container of the chat that can serve this request as it is: alive, fully labelled, with
-/// the requested agent and volume.
-fn adoptable(container: &ManagedContainer, command: &CreateSandboxCommand) -> bool {
-    container.state.is_alive()
-        && container.session().is_some_and(|session| {
-            session
-                .conflict_with(&command.agent_id, &command.volume_host_path)
-                .is_none()
-        })
 }
 
 /// How the returned session came to be.
@@ -261,21 +250,8 @@ impl CreateSandbox {
             .runtime
             .validate(profile, &command.volume_host_path)
             .await?;
+        // Listed before the replace stops the old container, so one listing serves both.
         let mut containers = self.ports.runtime.list_chat(&command.chat_id).await?;
-        if expired.is_none()
-            && let Some(found) = containers.iter().find(|c| adoptable(c, command))
-            && let Some(labelled) = found.session()
-        {
-            let keep = found.container_id.clone();
-            remove_strays(
-                &*self.ports.runtime,
-                &command.chat_id,
-                containers,
-                Some(&keep),
-            )
-            .await?;
-            return self.adopt(lease, labelled, span).await;
-        }
         let (result, new_session_id) = match &expired {
             Some(old) => (
                 CreateResult::Replaced,
@@ -318,24 +294,6 @@ impl CreateSandbox {
         Ok(CreateSandboxOutput {
             session: new_session,
             result,
-        })
-    }
-
-    /// The chat has no session but its sandbox runs (the store lost the session): the
-    /// sandbox is kept, its session rebuilt from its labels and saved, and the create answers
-    /// as a reuse. It lives at least a session TTL from now.
-    async fn adopt(
-        &self,
-        lease: &Lease,
-        labelled: SandboxSession,
-        span: &Span,
-    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
-        let session = adopt(&self.ports, lease, labelled, self.ttl).await?;
-        telemetry::record_session(span, &session);
-        telemetry::log_reused(&session);
-        Ok(CreateSandboxOutput {
-            session,
-            result: CreateResult::Reused,
         })
     }
 
