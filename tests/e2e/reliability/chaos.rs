@@ -249,11 +249,24 @@ async fn replica_and_redis_killed_under_random_load_keep_one_container_per_chat(
         "{killed_at:?}: Redis SIGKILLed, serving again {:?} later",
         down.elapsed()
     );
-    let marker: Option<String> = redis::cmd("GET")
-        .arg(MARKER)
-        .query_async(&mut app.redis_connection().await)
-        .await
-        .expect("GET marker");
+    // Serving means answering PING; the AOF may still be loading (LOADING) for a moment.
+    let loaded_by = Instant::now() + Duration::from_secs(10);
+    let marker: Option<String> = loop {
+        match redis::cmd("GET")
+            .arg(MARKER)
+            .query_async(&mut app.redis_connection().await)
+            .await
+        {
+            Err(error)
+                if error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    && Instant::now() < loaded_by =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => break result.expect("GET marker"),
+        }
+    };
     assert_eq!(
         marker.as_deref(),
         Some("1"),
