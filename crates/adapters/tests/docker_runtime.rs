@@ -250,10 +250,7 @@ async fn paused_and_stopped_containers_are_listed_and_inspected_in_their_state()
 #[tokio::test]
 async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     let world = TestSandboxes::new();
-    let mut mute = AgentProfile::new(sandbox_image());
-    mute.port = Some(8080);
-    mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
-    mute.ready_timeout = Duration::from_secs(1);
+    let mute = mute_profile(Duration::from_secs(1));
     let runtime = world.runtime();
 
     let created = runtime
@@ -271,13 +268,20 @@ async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     );
 }
 
-#[tokio::test]
-async fn an_abandoned_create_leaves_no_container_behind() {
-    let world = TestSandboxes::new();
+/// A sandbox that publishes 8080 but never serves on it: its create waits for readiness until
+/// `ready_timeout`.
+fn mute_profile(ready_timeout: Duration) -> AgentProfile {
     let mut mute = AgentProfile::new(sandbox_image());
     mute.port = Some(8080);
     mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
-    mute.ready_timeout = Duration::from_secs(30);
+    mute.ready_timeout = ready_timeout;
+    mute
+}
+
+#[tokio::test]
+async fn an_abandoned_create_leaves_no_container_behind() {
+    let world = TestSandboxes::new();
+    let mute = mute_profile(Duration::from_secs(30));
     let runtime = world.runtime();
 
     // The caller gives up (a cancelled RPC drops the future) while create waits for readiness.
@@ -301,10 +305,7 @@ async fn an_abandoned_create_leaves_no_container_behind() {
 async fn a_sandbox_removed_by_someone_else_while_starting_is_reported_vanished() {
     // Another lease holder's sweep removes the container this create is waiting on.
     let world = TestSandboxes::new();
-    let mut mute = AgentProfile::new(sandbox_image());
-    mute.port = Some(8080);
-    mute.command = Some(vec!["sleep".to_owned(), "3600".to_owned()]);
-    mute.ready_timeout = Duration::from_secs(30);
+    let mute = mute_profile(Duration::from_secs(30));
     let runtime = world.runtime();
     let spec = sandbox_of("mute", mute, &world.volume_dir("chat"));
     let sweeper = async {
