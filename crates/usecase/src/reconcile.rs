@@ -126,12 +126,13 @@ impl ReconcileSandboxes {
     }
 
     async fn run_pass(&self, span: &Span) -> Result<ReconcileReport, PortError> {
-        // The cutoff is taken before listing, so anything created during the pass is younger.
+        // The cutoff (for containers naming no chat) is taken before listing, so anything
+        // created during the pass is younger.
         let cutoff = self.ports.clock.now() - self.options.grace;
         // Sessions first, then containers: delete and cleanup remove the container before the
         // session, so a container listed after the sessions is either owned by a listed session,
-        // created after the session listing (young, or its session is found under the lease), or
-        // a true orphan. Listed the other way round, every delete finishing between the two
+        // created after the session listing (its session is found under the lease), or a true
+        // orphan. Listed the other way round, every delete finishing between the two
         // listings made its (already removed) container look like an orphan, and the pass
         // reported and counted removing it.
         let sessions = self.all_sessions().await?;
