@@ -265,7 +265,7 @@ impl CreateSandbox {
         }
         // Exactly one container per chat: whatever else carries the chat's label (a crashed
         // create's orphan, another replica's leftover) goes before the new one starts.
-        remove_strays(&*self.ports.runtime, &command.chat_id, containers, None).await?;
+        remove_strays(&*self.ports.runtime, &command.chat_id, containers).await?;
         let created_at = self.ports.clock.now();
         let expires_at = created_at + self.ttl;
         if result == CreateResult::Created {

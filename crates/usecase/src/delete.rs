@@ -73,7 +73,7 @@ impl DeleteSandbox {
                 else {
                     // Nothing of the chat may run once a delete answers, session or not.
                     let strays = self.ports.runtime.list_chat(&chat_id).await?;
-                    remove_strays(&*self.ports.runtime, &chat_id, strays, None).await?;
+                    remove_strays(&*self.ports.runtime, &chat_id, strays).await?;
                     telemetry::log_delete_not_found(&chat_id);
                     return Ok(DeleteSandboxOutput {
                         chat_id,
@@ -90,7 +90,7 @@ impl DeleteSandbox {
                     .await?;
                 // Before the session goes: if this fails, a retry finds the session again.
                 let strays = self.ports.runtime.list_chat(&chat_id).await?;
-                remove_strays(&*self.ports.runtime, &chat_id, strays, None).await?;
+                remove_strays(&*self.ports.runtime, &chat_id, strays).await?;
                 self.ports.delete_session(lease, session).await?;
                 telemetry::log_deleted(session);
                 Ok(DeleteSandboxOutput {

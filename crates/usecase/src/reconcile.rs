@@ -234,7 +234,7 @@ impl ReconcileSandboxes {
                 }
                 Some(_) => {
                     let stray = vec![container.clone()];
-                    remove_strays(&*self.ports.runtime, &chat_id, stray, None).await?;
+                    remove_strays(&*self.ports.runtime, &chat_id, stray).await?;
                     Ok(Judged::Removed)
                 }
                 None => match container.session().filter(|_| state.is_alive()) {

@@ -5,17 +5,16 @@
 
 use std::time::Duration;
 
-use sandboxd_domain::{ChatId, ContainerId, SandboxSession};
+use sandboxd_domain::{ChatId, SandboxSession};
 
 use crate::lease::Ports;
 use crate::ports::{Lease, ManagedContainer, RepositoryError, RuntimeError, SandboxRuntime};
 use crate::telemetry::{self, metric};
 
-/// Removes every one of `containers` (the chat's, as `list_chat` gave them) except `keep`: the
-/// orphan of a crashed create, a container another replica lost track of. The caller holds the
-/// chat's lease, so no create of this chat is in flight and nothing it removes can be a sandbox
-/// about to be saved. Each removal is counted and logged as a repair. Returns how many were
-/// removed.
+/// Removes every one of `containers` (the chat's, as `list_chat` gave them): the orphan of a
+/// crashed create, a container another replica lost track of, a stale lease holder's unsaved
+/// one. The caller holds the chat's lease, so no live create of this chat is in flight. Each
+/// removal is counted and logged as a repair.
 ///
 /// # Errors
 /// The runtime's, at the first removal that fails; what was removed stays removed.
@@ -23,19 +22,13 @@ pub(crate) async fn remove_strays(
     runtime: &dyn SandboxRuntime,
     chat_id: &ChatId,
     containers: Vec<ManagedContainer>,
-    keep: Option<&ContainerId>,
-) -> Result<usize, RuntimeError> {
-    let mut removed = 0;
+) -> Result<(), RuntimeError> {
     for container in containers {
-        if keep == Some(&container.container_id) {
-            continue;
-        }
         runtime.force_remove(&container.container_id).await?;
-        removed += 1;
         telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
         telemetry::log_stray_removed(chat_id, &container);
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Saves the session a live container's labels describe (`labelled`) as its chat's current
