@@ -26,4 +26,6 @@ pub enum ValidationError {
     ZeroPort,
     #[error("must be an IP address")]
     BadIp,
+    #[error("must be the cursor of an event (<ms>-<seq>)")]
+    NotACursor,
 }

@@ -5,15 +5,19 @@
 //! agent profiles (`[agents.<id>]`) are validated here too, so every engine gets the same checks.
 
 mod error;
+mod event;
 mod ids;
 mod profile;
 mod session;
 mod values;
 
 pub use error::ValidationError;
+pub use event::{EventCursor, EventNote, EventReason, EventType, SandboxEvent};
 pub use ids::{ChatId, ContainerId, SessionId};
-pub use profile::{AgentProfile, ByteSize, InvalidProfile, ReadyProbe, de_duration};
-pub use session::{ConflictReason, SandboxSession};
+pub use profile::{
+    AgentProfile, ByteSize, InvalidProfile, OnIdle, ReadyProbe, de_duration, de_optional_duration,
+};
+pub use session::{ConflictReason, SandboxSession, SandboxState};
 pub use values::{AgentId, Endpoint, VolumePath};
 
 /// Timestamps are UTC instants; `time` keeps them exact to the nanosecond.

@@ -79,6 +79,43 @@ pub struct AgentProfile {
     /// How long `create` waits for the endpoint before removing the container.
     #[serde(default = "default_ready_timeout", deserialize_with = "de_duration")]
     pub ready_timeout: Duration,
+    /// The sandbox expires this long after its last activity instead of `session_ttl` after its
+    /// creation; `None` keeps the fixed lifetime.
+    #[serde(default, deserialize_with = "de_optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// A hard cap from creation that no activity or extension goes past; `None` = no cap.
+    #[serde(default, deserialize_with = "de_optional_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// What the cleanup does with a running sandbox that expired (idle or past its TTL).
+    #[serde(default)]
+    pub on_idle: OnIdle,
+    /// A paused or hibernated sandbox is deleted this long after it went idle.
+    #[serde(default = "default_paused_retention", deserialize_with = "de_duration")]
+    pub paused_retention: Duration,
+}
+
+/// What happens to a running sandbox once it expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnIdle {
+    /// Stopped and removed (the reference behaviour).
+    #[default]
+    Delete,
+    /// Frozen by the engine: memory kept, no CPU; resumes in milliseconds.
+    Pause,
+    /// Stopped, the container kept: memory freed, its own filesystem kept; resume starts it.
+    Hibernate,
+}
+
+impl OnIdle {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Pause => "pause",
+            Self::Hibernate => "hibernate",
+        }
+    }
 }
 
 fn default_mount_target() -> String {
@@ -95,6 +132,9 @@ fn default_pids_limit() -> i64 {
 }
 fn default_ready_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_paused_retention() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
 }
 
 impl AgentProfile {
@@ -116,7 +156,31 @@ impl AgentProfile {
             cap_add: Vec::new(),
             ready_probe: None,
             ready_timeout: default_ready_timeout(),
+            idle_timeout: None,
+            max_lifetime: None,
+            on_idle: OnIdle::Delete,
+            paused_retention: default_paused_retention(),
         }
+    }
+
+    /// When a session of this profile created at `created_at`, or active at `active_at`, expires:
+    /// `idle_timeout` after the activity (or `ttl`, the deployment's session TTL, after it when
+    /// the profile has none), never past the hard cap `max_expires_at`.
+    #[must_use]
+    pub fn expiry_after_activity(
+        &self,
+        active_at: crate::Timestamp,
+        ttl: Duration,
+        max_expires_at: Option<crate::Timestamp>,
+    ) -> crate::Timestamp {
+        let due = active_at + self.idle_timeout.unwrap_or(ttl);
+        max_expires_at.map_or(due, |cap| due.min(cap))
+    }
+
+    /// The hard cap of a session created at `created_at`; `None` without `max_lifetime`.
+    #[must_use]
+    pub fn max_expires_at(&self, created_at: crate::Timestamp) -> Option<crate::Timestamp> {
+        self.max_lifetime.map(|cap| created_at + cap)
     }
 
     /// The probe actually used, with the default resolved.
@@ -233,6 +297,15 @@ impl AgentProfile {
         if self.ready_timeout.is_zero() {
             return Err(err("ready_timeout", "must be positive"));
         }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(err("idle_timeout", "must be positive (omit it for no idle timeout)"));
+        }
+        if self.max_lifetime.is_some_and(|d| d.is_zero()) {
+            return Err(err("max_lifetime", "must be positive (omit it for no hard cap)"));
+        }
+        if self.paused_retention.is_zero() {
+            return Err(err("paused_retention", "must be positive"));
+        }
         Ok(())
     }
 }
@@ -297,6 +370,16 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// [`de_duration`] for a setting that may be left out.
+///
+/// # Errors
+/// As [`de_duration`].
+pub fn de_optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    de_duration(deserializer).map(Some)
 }
 
 #[cfg(test)]

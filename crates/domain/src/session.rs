@@ -1,8 +1,47 @@
 //! A chat's sandbox session: the container that serves it and how long it lives.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::{AgentId, ChatId, ContainerId, Endpoint, SessionId, Timestamp, VolumePath};
+
+/// Where a session is in its lifecycle. Only a running sandbox serves; the other two keep the
+/// chat's container for a resume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SandboxState {
+    #[default]
+    Running,
+    /// Frozen by the engine: memory kept, no CPU.
+    Paused,
+    /// Stopped by the engine: memory freed, the container's own filesystem kept.
+    Hibernated,
+}
+
+impl SandboxState {
+    pub const ALL: [Self; 3] = [Self::Running, Self::Paused, Self::Hibernated];
+
+    /// As stored, logged and used as a metric label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Hibernated => "hibernated",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One chat's sandbox: the container the runtime started and the lifetime the store tracks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +56,17 @@ pub struct SandboxSession {
     /// Unset when the profile publishes no port.
     pub endpoint: Option<Endpoint>,
     pub created_at: Timestamp,
-    /// The session is live strictly before this instant and expired from it on.
+    /// The session is live strictly before this instant and expired from it on. For a paused or
+    /// hibernated session: when it is deleted unless resumed.
     pub expires_at: Timestamp,
+    pub state: SandboxState,
+    /// The last activity: creation, a reuse, a touch, a resume or an extension.
+    pub last_active_at: Timestamp,
+    /// The hard cap no activity moves `expires_at` past; `None` without one.
+    pub max_expires_at: Option<Timestamp>,
+    /// Activity moves `expires_at` to this long after it; `None` keeps the fixed lifetime.
+    /// Kept with the session so a touch needs nothing but the session itself.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl SandboxSession {
@@ -26,6 +74,25 @@ impl SandboxSession {
     #[must_use]
     pub fn is_live_at(&self, now: Timestamp) -> bool {
         self.expires_at > now
+    }
+
+    /// Whether the hard cap, not idleness or the TTL, ends this session at `expires_at`.
+    #[must_use]
+    pub fn hits_max_lifetime(&self) -> bool {
+        self.max_expires_at.is_some_and(|cap| self.expires_at >= cap)
+    }
+
+    /// The session after activity at `now`: `last_active_at = now`, and with an idle timeout the
+    /// expiry moved to `now + idle_timeout` (never earlier than it was, never past the cap).
+    #[must_use]
+    pub fn touched_at(&self, now: Timestamp) -> Self {
+        let mut touched = self.clone();
+        touched.last_active_at = now;
+        if let Some(idle) = self.idle_timeout {
+            let due = self.max_expires_at.map_or(now + idle, |cap| (now + idle).min(cap));
+            touched.expires_at = self.expires_at.max(due);
+        }
+        touched
     }
 
     /// Which of the requested fields differ from this session's; `None` when both match.
@@ -82,7 +149,47 @@ mod tests {
             endpoint: None,
             created_at: datetime!(2026-01-01 00:00 UTC),
             expires_at: datetime!(2026-01-01 00:30 UTC),
+            state: SandboxState::Running,
+            last_active_at: datetime!(2026-01-01 00:00 UTC),
+            max_expires_at: None,
+            idle_timeout: None,
         })
+    }
+
+    #[test]
+    fn a_touch_moves_the_idle_expiry_forward_but_never_past_the_cap()
+    -> Result<(), crate::ValidationError> {
+        let fixed = session()?;
+        let at = datetime!(2026-01-01 00:10 UTC);
+        let touched = fixed.touched_at(at);
+        assert_eq!(touched.last_active_at, at);
+        assert_eq!(touched.expires_at, fixed.expires_at, "no idle timeout: fixed");
+
+        let idle = SandboxSession {
+            idle_timeout: Some(Duration::from_secs(15 * 60)),
+            max_expires_at: Some(datetime!(2026-01-01 00:40 UTC)),
+            ..fixed
+        };
+        assert_eq!(idle.touched_at(at).expires_at, datetime!(2026-01-01 00:30 UTC));
+        let later = datetime!(2026-01-01 00:20 UTC);
+        assert_eq!(
+            idle.touched_at(later).expires_at,
+            datetime!(2026-01-01 00:35 UTC)
+        );
+        let capped = idle.touched_at(datetime!(2026-01-01 00:35 UTC));
+        assert_eq!(capped.expires_at, datetime!(2026-01-01 00:40 UTC));
+        assert!(capped.hits_max_lifetime());
+        let early = idle.touched_at(datetime!(2026-01-01 00:01 UTC));
+        assert_eq!(early.expires_at, idle.expires_at, "never earlier than it was");
+        Ok(())
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in SandboxState::ALL {
+            assert_eq!(SandboxState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(SandboxState::parse("frozen"), None);
     }
 
     #[test]

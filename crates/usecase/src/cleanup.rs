@@ -1,12 +1,19 @@
 //! CleanupExpiredSandboxes: one pass over the expiry index, re-checking every session under its
-//! chat's lease; independent chats are stopped concurrently, and one failure never stops the pass.
+//! chat's lease; independent chats are handled concurrently, and one failure never stops the pass.
+//! A running sandbox that expired gets its profile's `on_idle` (removed, paused or hibernated);
+//! a suspended one past its retention, and any past its hard cap, is removed.
+
+use std::time::Duration;
 
 use futures::StreamExt;
-use sandboxd_domain::SandboxSession;
+use sandboxd_domain::{EventNote, EventReason, EventType, OnIdle, SandboxSession, SandboxState};
 use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
+use crate::lifecycle::{LifecycleError, Transitions};
+use crate::ports::{Change, RepositoryError};
+use crate::profiles::Profiles;
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +38,8 @@ impl Default for CleanupOptions {
 pub struct CleanupReport {
     /// Sessions whose container was stopped and record deleted, in expiry order.
     pub cleaned: Vec<SandboxSession>,
+    /// Sessions paused or hibernated because they went idle, as stored after it.
+    pub suspended: Vec<SandboxSession>,
     pub error_count: usize,
     /// Of `error_count`, the failures because Redis or the engine did not answer.
     pub unavailable_count: usize,
@@ -40,20 +49,56 @@ pub struct CleanupReport {
 
 enum SessionOutcome {
     Cleaned(SandboxSession),
+    Suspended(SandboxSession),
     Skipped,
     Failed { unavailable: bool },
+}
+
+/// What a pass does with one expired session.
+enum Action {
+    Remove(EventReason),
+    Suspend(SandboxState),
+}
+
+impl Action {
+    /// The hard cap removes in any state; a suspended session past its retention is removed; a
+    /// running one gets its profile's `on_idle`.
+    fn for_session(session: &SandboxSession, on_idle: OnIdle) -> Self {
+        if session.hits_max_lifetime() {
+            return Self::Remove(EventReason::MaxLifetime);
+        }
+        match (session.state, on_idle) {
+            (SandboxState::Paused | SandboxState::Hibernated, _) => {
+                Self::Remove(EventReason::Retention)
+            }
+            (SandboxState::Running, OnIdle::Delete) => Self::Remove(EventReason::Idle),
+            (SandboxState::Running, OnIdle::Pause) => Self::Suspend(SandboxState::Paused),
+            (SandboxState::Running, OnIdle::Hibernate) => Self::Suspend(SandboxState::Hibernated),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct CleanupExpiredSandboxes {
     ports: Ports,
     options: CleanupOptions,
+    transitions: Transitions,
 }
 
 impl CleanupExpiredSandboxes {
+    /// `profiles` give each session's `on_idle` and retention (a session whose profile is gone
+    /// is removed); `ttl` is the session TTL.
     #[must_use]
-    pub fn new(ports: Ports, options: CleanupOptions) -> Self {
-        Self { ports, options }
+    pub fn new(ports: Ports, profiles: Profiles, ttl: Duration, options: CleanupOptions) -> Self {
+        Self {
+            transitions: Transitions {
+                ports: ports.clone(),
+                profiles,
+                ttl,
+            },
+            ports,
+            options,
+        }
     }
 
     /// # Errors
@@ -96,6 +141,7 @@ impl CleanupExpiredSandboxes {
         for (_, outcome) in outcomes {
             match outcome {
                 SessionOutcome::Cleaned(session) => report.cleaned.push(session),
+                SessionOutcome::Suspended(session) => report.suspended.push(session),
                 SessionOutcome::Skipped => report.skipped_count += 1,
                 SessionOutcome::Failed { unavailable } => {
                     report.error_count += 1;
@@ -104,6 +150,8 @@ impl CleanupExpiredSandboxes {
             }
         }
         span.record(telemetry::span::CLEANED_COUNT, report.cleaned.len());
+        span.record(telemetry::span::SUSPENDED_COUNT, report.suspended.len());
+        self.transitions.refresh_state_counts().await;
         span.record(telemetry::span::ERROR_COUNT, report.error_count);
         span.record(telemetry::span::SKIPPED_COUNT, report.skipped_count);
         let result = if report.error_count == 0 {
@@ -124,11 +172,24 @@ impl CleanupExpiredSandboxes {
             .await;
         let _entered = span.enter();
         match outcome {
-            Ok(Some(cleaned)) => {
+            Ok(Some(done @ SessionOutcome::Cleaned(_))) => {
                 telemetry::record_result(&span, "cleaned");
                 telemetry::count_result(metric::CLEANUP_TOTAL, "cleaned");
-                telemetry::log_cleaned(&cleaned);
-                SessionOutcome::Cleaned(cleaned)
+                if let SessionOutcome::Cleaned(cleaned) = &done {
+                    telemetry::log_cleaned(cleaned);
+                }
+                done
+            }
+            Ok(Some(done)) => {
+                let result = match &done {
+                    SessionOutcome::Suspended(s) if s.state == SandboxState::Hibernated => {
+                        "hibernated"
+                    }
+                    _ => "paused",
+                };
+                telemetry::record_result(&span, result);
+                telemetry::count_result(metric::PAUSE_TOTAL, result);
+                done
             }
             Ok(None) => {
                 telemetry::record_result(&span, "skipped");
@@ -146,11 +207,12 @@ impl CleanupExpiredSandboxes {
     }
 
     /// Re-reads the chat under its lease: only a session that is still the chat's current one and
-    /// still expired is stopped and deleted. `Ok(None)` means skipped.
+    /// still expired is acted on. `Ok(None)` means skipped (also when a touch landed after the
+    /// decision: the fenced write refuses, and the touch wins).
     async fn clean_under_lease(
         &self,
         listed: &SandboxSession,
-    ) -> Result<Option<SandboxSession>, PortError> {
+    ) -> Result<Option<SessionOutcome>, PortError> {
         with_lease(&*self.ports.locker, &listed.chat_id, async |lease| {
             let current = self
                 .ports
@@ -160,19 +222,64 @@ impl CleanupExpiredSandboxes {
             let now = self.ports.clock.now();
             let Some(current) = current.filter(|c| c.session_id == listed.session_id) else {
                 // Beyond the reference flow: a superseded session would be listed on every pass forever.
-                self.ports.delete_session(lease, listed).await?;
+                let note = EventNote::new(EventType::Expired, EventReason::Replaced, now);
+                self.ports
+                    .delete_session(lease, listed, &Change::new(note))
+                    .await?;
                 telemetry::log_stale_index_removed(listed);
                 return Ok(None);
             };
             if current.is_live_at(now) {
                 return Ok(None);
             }
-            self.ports
-                .runtime
-                .remove_gracefully(&current.container_id)
-                .await?;
-            self.ports.delete_session(lease, &current).await?;
-            Ok(Some(current))
+            let on_idle = self
+                .transitions
+                .profiles
+                .get(&current.agent_id)
+                .map_or(OnIdle::Delete, |profile| profile.on_idle);
+            match Action::for_session(&current, on_idle) {
+                Action::Suspend(target) => {
+                    match self
+                        .transitions
+                        .suspend(lease, &current, target, EventReason::Idle)
+                        .await
+                    {
+                        Ok(suspended) => Ok(Some(SessionOutcome::Suspended(suspended))),
+                        Err(
+                            LifecycleError::Repository(RepositoryError::Changed)
+                            | LifecycleError::NotFound(_),
+                        ) => Ok(None),
+                        Err(LifecycleError::Repository(error)) => Err(error.into()),
+                        Err(LifecycleError::Runtime(error)) => Err(error.into()),
+                        Err(LifecycleError::Lock(error)) => Err(error.into()),
+                        // Not raised by a suspension; counted as the store's failure if ever.
+                        Err(_) => Err(RepositoryError::Changed.into()),
+                    }
+                }
+                Action::Remove(reason) => {
+                    // The store first, fenced on the expiry this was decided by: a touch since
+                    // wins and nothing is removed. A removal that fails afterwards leaves a
+                    // container without a session, which reconcile handles.
+                    let note = EventNote::new(EventType::Expired, reason, now);
+                    match self
+                        .ports
+                        .delete_session(lease, &current, &Change::fenced(note, &current))
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(RepositoryError::Changed) => return Ok(None),
+                        Err(error) => return Err(error.into()),
+                    }
+                    let runtime = &self.ports.runtime;
+                    if current.state == SandboxState::Running {
+                        runtime.remove_gracefully(&current.container_id).await?;
+                    } else {
+                        // Frozen or stopped: nothing would handle a graceful stop.
+                        runtime.force_remove(&current.container_id).await?;
+                    }
+                    Ok(Some(SessionOutcome::Cleaned(current)))
+                }
+            }
         })
         .await
     }

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_domain::{
-    AgentId, AgentProfile, ChatId, ConflictReason, SandboxSession, SessionId, VolumePath,
+    AgentId, AgentProfile, ChatId, ConflictReason, EventNote, EventReason, EventType,
+    SandboxSession, SandboxState, SessionId, VolumePath,
 };
 use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::ports::{Lease, LockError, NewSandbox, RepositoryError, RuntimeError};
+use crate::lifecycle::{LifecycleError, Transitions};
+use crate::ports::{Change, Lease, LockError, NewSandbox, RepositoryError, RuntimeError, TouchMatch};
 use crate::profiles::Profiles;
 use crate::repair::remove_strays;
 use crate::telemetry::{self, metric};
@@ -29,6 +31,8 @@ pub enum CreateResult {
     Created,
     Reused,
     Replaced,
+    /// The chat's paused or hibernated sandbox runs again (the same session).
+    Resumed,
 }
 
 impl CreateResult {
@@ -38,6 +42,7 @@ impl CreateResult {
             Self::Created => "created",
             Self::Reused => "reused",
             Self::Replaced => "replaced",
+            Self::Resumed => "resumed",
         }
     }
 }
@@ -68,6 +73,9 @@ pub enum CreateSandboxError {
         save: RepositoryError,
         compensation: Option<RuntimeError>,
     },
+    /// Resuming the chat's paused or hibernated sandbox failed.
+    #[error("resuming the sandbox failed")]
+    Resume(#[source] LifecycleError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -84,6 +92,7 @@ impl UseCaseError for CreateSandboxError {
             Self::SaveFailed { save, .. } | Self::Repository(save) => save.kind(),
             Self::Lock(error) => error.kind(),
             Self::Runtime(error) => error.kind(),
+            Self::Resume(error) => error.kind(),
         }
     }
 
@@ -94,6 +103,7 @@ impl UseCaseError for CreateSandboxError {
             Self::SaveFailed { save, .. } | Self::Repository(save) => save.metric_label(),
             Self::Lock(error) => error.metric_label(),
             Self::Runtime(error) => error.metric_label(),
+            Self::Resume(error) => error.metric_label(),
         }
     }
 
@@ -106,6 +116,7 @@ impl UseCaseError for CreateSandboxError {
             Self::SaveFailed { save, .. } | Self::Repository(save) => save.client_message(),
             Self::Lock(error) => error.client_message(),
             Self::Runtime(error) => error.client_message(),
+            Self::Resume(error) => error.client_message(),
         }
     }
 
@@ -122,14 +133,21 @@ pub struct CreateSandbox {
     ports: Ports,
     /// The agents a chat may ask for; any other id is refused before anything is read.
     profiles: Profiles,
-    /// Lifetime of a new session.
+    /// Lifetime of a new session whose profile has no idle timeout.
     ttl: Duration,
+    /// Resuming a paused or hibernated sandbox.
+    transitions: Transitions,
 }
 
 impl CreateSandbox {
     #[must_use]
     pub fn new(ports: Ports, profiles: Profiles, ttl: Duration) -> Self {
         Self {
+            transitions: Transitions {
+                ports: ports.clone(),
+                profiles: profiles.clone(),
+                ttl,
+            },
             ports,
             profiles,
             ttl,
@@ -163,12 +181,13 @@ impl CreateSandbox {
         outcome
     }
 
-    /// The reference flow (docs/design.md §6), preceded by a lock-free read: when the chat's current
-    /// session is live, reuse or conflict is decided from that one atomic read, without a lease.
-    /// This is safe because neither outcome writes anything and every write is one atomic script,
-    /// so the read sees a state that existed at one instant; the answer is the one the locked path
-    /// would have given at that instant (a concurrent delete or expiry is ordered after it).
-    /// Only a missing or expired session needs the lease, which re-reads before deciding.
+    /// The reference flow (docs/design.md §6), preceded by a lock-free read-and-touch: when the
+    /// chat's current session is live and running, reuse (counted as activity in the same
+    /// script) or conflict is decided from that one atomic round trip, without a lease. This is
+    /// safe because neither outcome changes anything but the activity, and every write is one
+    /// atomic script, so the read sees a state that existed at one instant; the answer is the
+    /// one the locked path would have given at that instant. A missing, expired or suspended
+    /// session needs the lease, under which the same round trip is made again before deciding.
     async fn decide(
         &self,
         command: &CreateSandboxCommand,
@@ -178,22 +197,38 @@ impl CreateSandbox {
             .profiles
             .get(&command.agent_id)
             .ok_or_else(|| CreateSandboxError::UnknownAgent(command.agent_id.clone()))?;
-        let current = self
-            .ports
-            .repository
-            .get_current_by_chat_id(&command.chat_id)
-            .await?;
-        if let Some(session) = current.filter(|s| s.is_live_at(self.ports.clock.now())) {
+        let touched = self.read_and_touch(command).await?;
+        if let Some(session) = touched.filter(|s| {
+            s.is_live_at(self.ports.clock.now())
+                && (s.state == SandboxState::Running
+                    || s.conflict_with(&command.agent_id, &command.volume_host_path)
+                        .is_some())
+        }) {
             return Self::reuse_or_conflict(command, session, span);
         }
         with_lease(&*self.ports.locker, &command.chat_id, async |lease| {
-            let current = self
-                .ports
-                .repository
-                .get_current_by_chat_id(&command.chat_id)
-                .await?;
+            let current = self.read_and_touch(command).await?;
             let now = self.ports.clock.now();
             match current {
+                Some(session)
+                    if session.is_live_at(now)
+                        && session.state != SandboxState::Running
+                        && session
+                            .conflict_with(&command.agent_id, &command.volume_host_path)
+                            .is_none() =>
+                {
+                    telemetry::record_session(span, &session);
+                    let resumed = self
+                        .transitions
+                        .resume(lease, &session)
+                        .await
+                        .map_err(CreateSandboxError::Resume)?;
+                    telemetry::record_session(span, &resumed);
+                    Ok(CreateSandboxOutput {
+                        session: resumed,
+                        result: CreateResult::Resumed,
+                    })
+                }
                 Some(session) if session.is_live_at(now) => {
                     Self::reuse_or_conflict(command, session, span)
                 }
@@ -204,6 +239,22 @@ impl CreateSandbox {
             }
         })
         .await
+    }
+
+    /// The chat's current session, touched when it is running, live and of this agent and
+    /// volume (a reuse is activity): one round trip.
+    async fn read_and_touch(
+        &self,
+        command: &CreateSandboxCommand,
+    ) -> Result<Option<SandboxSession>, RepositoryError> {
+        let only_if = TouchMatch {
+            agent_id: &command.agent_id,
+            volume_host_path: &command.volume_host_path,
+        };
+        self.ports
+            .repository
+            .touch(&command.chat_id, self.ports.clock.now(), Some(only_if))
+            .await
     }
 
     fn reuse_or_conflict(
@@ -265,9 +316,10 @@ impl CreateSandbox {
         }
         // Exactly one container per chat: whatever else carries the chat's label (a crashed
         // create's orphan, another replica's leftover) goes before the new one starts.
-        remove_strays(&*self.ports.runtime, &command.chat_id, containers).await?;
+        remove_strays(&self.ports, &command.chat_id, containers).await?;
         let created_at = self.ports.clock.now();
-        let expires_at = created_at + self.ttl;
+        let expires_at =
+            profile.expiry_after_activity(created_at, self.ttl, profile.max_expires_at(created_at));
         if result == CreateResult::Created {
             span.record(
                 telemetry::span::SESSION_ID,
@@ -288,7 +340,12 @@ impl CreateSandbox {
         if result == CreateResult::Replaced {
             telemetry::record_new_session(span, &new_session);
         }
-        self.save_created(lease, &new_session).await?;
+        let kind = match result {
+            CreateResult::Replaced => EventType::Replaced,
+            _ => EventType::Created,
+        };
+        let note = EventNote::new(kind, EventReason::Requested, created_at);
+        self.save_created(lease, &new_session, &note).await?;
         telemetry::record_session(span, &new_session);
         telemetry::log_created(&new_session);
         Ok(CreateSandboxOutput {
@@ -314,7 +371,14 @@ impl CreateSandbox {
             .runtime
             .remove_gracefully(&old.container_id)
             .await?;
-        self.ports.delete_session(lease, old).await?;
+        let note = EventNote::new(
+            EventType::Expired,
+            EventReason::Replaced,
+            self.ports.clock.now(),
+        );
+        self.ports
+            .delete_session(lease, old, &Change::new(note))
+            .await?;
         Ok(new_session_id)
     }
 
@@ -324,8 +388,9 @@ impl CreateSandbox {
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        note: &EventNote,
     ) -> Result<(), CreateSandboxError> {
-        let save = match self.ports.repository.save(lease, session).await {
+        let save = match self.ports.repository.save(lease, session, note).await {
             Ok(active) => {
                 telemetry::set_active_count(active);
                 return Ok(());

@@ -1,11 +1,14 @@
 //! DeleteSandbox: remove the chat's container, any stray container of the chat, and its session,
 //! under its lease: when it answers, nothing of the chat runs.
 
-use sandboxd_domain::{ChatId, ContainerId, SandboxSession, SessionId};
+use sandboxd_domain::{
+    ChatId, ContainerId, EventNote, EventReason, EventType, SandboxSession, SessionId,
+};
 use tracing::Instrument;
 
 use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
+use crate::ports::Change;
 use crate::repair::remove_strays;
 use crate::telemetry::{self, metric};
 
@@ -73,7 +76,7 @@ impl DeleteSandbox {
                 else {
                     // Nothing of the chat may run once a delete answers, session or not.
                     let strays = self.ports.runtime.list_chat(&chat_id).await?;
-                    remove_strays(&*self.ports.runtime, &chat_id, strays).await?;
+                    remove_strays(&self.ports, &chat_id, strays).await?;
                     telemetry::log_delete_not_found(&chat_id);
                     return Ok(DeleteSandboxOutput {
                         chat_id,
@@ -90,8 +93,15 @@ impl DeleteSandbox {
                     .await?;
                 // Before the session goes: if this fails, a retry finds the session again.
                 let strays = self.ports.runtime.list_chat(&chat_id).await?;
-                remove_strays(&*self.ports.runtime, &chat_id, strays).await?;
-                self.ports.delete_session(lease, session).await?;
+                remove_strays(&self.ports, &chat_id, strays).await?;
+                let note = EventNote::new(
+                    EventType::Deleted,
+                    EventReason::Requested,
+                    self.ports.clock.now(),
+                );
+                self.ports
+                    .delete_session(lease, session, &Change::new(note))
+                    .await?;
                 telemetry::log_deleted(session);
                 Ok(DeleteSandboxOutput {
                     chat_id,

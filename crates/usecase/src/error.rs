@@ -23,6 +23,8 @@ pub enum ErrorKind {
     NotFound,
     /// The request cannot apply to the current state (extending an expired sandbox).
     FailedPrecondition,
+    /// A position (an event cursor) that no longer exists: older than the retention.
+    OutOfRange,
     /// Retryable contention: the chat's lock was busy, or the lease was lost mid-operation.
     Aborted,
     /// Redis or Docker did not answer.

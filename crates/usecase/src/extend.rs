@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use sandboxd_domain::{ChatId, SandboxSession};
+use sandboxd_domain::{ChatId, EventNote, EventReason, EventType, SandboxSession};
 use tracing::Instrument;
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::ports::{LockError, RepositoryError};
+use crate::ports::{Change, LockError, RepositoryError};
 use crate::telemetry::{self, metric};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub struct ExtendSandboxCommand {
 pub enum ExtendSandboxError {
     #[error("ttl must be positive and at most {max:?}")]
     InvalidTtl { max: Duration },
+    /// The new expiry would pass the sandbox's hard cap (`max_lifetime`).
+    #[error("ttl would pass the sandbox's max lifetime, at most {left:?} from now")]
+    BeyondMaxLifetime { left: Duration },
     #[error("chat {0} has no sandbox")]
     NotFound(ChatId),
     /// Expired sessions are replaced by CreateSandbox, not revived.
@@ -35,7 +38,9 @@ pub enum ExtendSandboxError {
 impl UseCaseError for ExtendSandboxError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidTtl { .. } => ErrorKind::InvalidArgument { field: "ttl" },
+            Self::InvalidTtl { .. } | Self::BeyondMaxLifetime { .. } => {
+                ErrorKind::InvalidArgument { field: "ttl" }
+            }
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Expired(_) => ErrorKind::FailedPrecondition,
             Self::Lock(error) => error.kind(),
@@ -45,7 +50,10 @@ impl UseCaseError for ExtendSandboxError {
 
     fn metric_label(&self) -> &'static str {
         match self {
-            Self::InvalidTtl { .. } | Self::NotFound(_) | Self::Expired(_) => self.result_label(),
+            Self::InvalidTtl { .. }
+            | Self::BeyondMaxLifetime { .. }
+            | Self::NotFound(_)
+            | Self::Expired(_) => self.result_label(),
             Self::Lock(error) => error.metric_label(),
             Self::Repository(error) => error.metric_label(),
         }
@@ -54,6 +62,10 @@ impl UseCaseError for ExtendSandboxError {
     fn client_message(&self) -> String {
         match self {
             Self::InvalidTtl { max } => format!("ttl must be positive and at most {max:?}"),
+            Self::BeyondMaxLifetime { left } => format!(
+                "ttl would pass the sandbox's max lifetime: at most {}s from now",
+                left.as_secs()
+            ),
             Self::NotFound(chat_id) => format!("chat {chat_id} has no sandbox"),
             Self::Expired(chat_id) => format!("the sandbox of chat {chat_id} has expired"),
             Self::Lock(error) => error.client_message(),
@@ -64,7 +76,7 @@ impl UseCaseError for ExtendSandboxError {
     /// The expected refusals by name, every port failure as `error`.
     fn result_label(&self) -> &'static str {
         match self {
-            Self::InvalidTtl { .. } => "invalid",
+            Self::InvalidTtl { .. } | Self::BeyondMaxLifetime { .. } => "invalid",
             Self::NotFound(_) => "not_found",
             Self::Expired(_) => "expired",
             Self::Lock(_) | Self::Repository(_) => "error",
@@ -113,9 +125,23 @@ impl ExtendSandbox {
                 if !session.is_live_at(now) {
                     return Err(ExtendSandboxError::Expired(chat_id));
                 }
+                let expires_at = now + ttl;
+                if let Some(cap) = session.max_expires_at
+                    && expires_at > cap
+                {
+                    let left = (cap - now).try_into().unwrap_or_default();
+                    return Err(ExtendSandboxError::BeyondMaxLifetime { left });
+                }
+                // An extension is activity, in whatever state the sandbox is.
+                let extended = SandboxSession {
+                    expires_at,
+                    last_active_at: now,
+                    ..session
+                };
+                let note = EventNote::new(EventType::Extended, EventReason::Requested, now);
                 self.ports
                     .repository
-                    .extend(lease, &session.session_id, now + ttl)
+                    .update(lease, &extended, &Change::new(note))
                     .await?
                     .ok_or(ExtendSandboxError::NotFound(chat_id))
             })

@@ -6,7 +6,8 @@ use sandboxd_domain::{ChatId, SandboxSession};
 
 use crate::error::UseCaseError;
 use crate::ports::{
-    Clock, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime, SessionRepository,
+    Change, Clock, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime,
+    SessionRepository,
 };
 use crate::telemetry;
 
@@ -20,14 +21,15 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Deletes `session` under `lease` and sets the active-sessions gauge to the count the store
-    /// answered, as every use case that deletes does.
+    /// Deletes `session` under `lease` with `change`'s event and sets the active-sessions gauge
+    /// to the count the store answered, as every use case that deletes does.
     pub(crate) async fn delete_session(
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        change: &Change,
     ) -> Result<(), RepositoryError> {
-        let active = self.repository.delete(lease, session).await?;
+        let active = self.repository.delete(lease, session, change).await?;
         telemetry::set_active_count(active);
         Ok(())
     }

@@ -15,12 +15,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sandboxd_domain::{ContainerId, SandboxSession, Timestamp};
+use sandboxd_domain::{
+    ContainerId, EventNote, EventReason, EventType, SandboxSession, SandboxState, Timestamp,
+};
 use tracing::{Instrument, Span};
 
 use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::ports::{ContainerState, ListQuery, ManagedContainer};
+use crate::ports::{Change, ContainerState, ListQuery, ManagedContainer};
 use crate::repair::{adopt, remove_dead, remove_strays};
 use crate::telemetry::{self, metric};
 
@@ -55,7 +57,52 @@ pub struct ReconcileReport {
     pub removed_sessions: Vec<SandboxSession>,
     /// Sessions rebuilt from a live container's labels because their chat had none.
     pub adopted: Vec<SandboxSession>,
+    /// Sessions whose container's state had drifted from theirs, after the repair.
+    pub repaired: Vec<SandboxSession>,
     pub error_count: usize,
+}
+
+/// What a session's container state calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    /// The container is gone, or a running session's container exited: the session goes.
+    RemoveSession,
+    /// The engine is brought back to the session's state (the session wins).
+    Pause,
+    Unpause,
+    Stop,
+    /// A paused session's container stopped: the session records what the engine did, since
+    /// starting it again would need a resume.
+    RecordHibernated,
+}
+
+impl Repair {
+    fn needed(session: SandboxState, engine: ContainerState) -> Option<Self> {
+        match (session, engine) {
+            (SandboxState::Running, ContainerState::Running)
+            | (SandboxState::Paused, ContainerState::Paused)
+            | (SandboxState::Hibernated, ContainerState::Stopped) => None,
+            (_, ContainerState::Gone) | (SandboxState::Running, ContainerState::Stopped) => {
+                Some(Self::RemoveSession)
+            }
+            (SandboxState::Running, ContainerState::Paused) => Some(Self::Unpause),
+            (SandboxState::Paused, ContainerState::Running) => Some(Self::Pause),
+            (SandboxState::Paused, ContainerState::Stopped) => Some(Self::RecordHibernated),
+            (SandboxState::Hibernated, ContainerState::Running | ContainerState::Paused) => {
+                Some(Self::Stop)
+            }
+        }
+    }
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::RemoveSession => "remove_session",
+            Self::Pause => "pause",
+            Self::Unpause => "unpause",
+            Self::Stop => "stop",
+            Self::RecordHibernated => "record_hibernated",
+        }
+    }
 }
 
 /// What judging one unowned container under its chat's lease did.
@@ -106,6 +153,7 @@ impl ReconcileSandboxes {
                     report.removed_sessions.len(),
                 );
                 span.record(telemetry::span::ADOPTED_SESSIONS, report.adopted.len());
+                span.record(telemetry::span::REPAIRED_SESSIONS, report.repaired.len());
                 span.record(telemetry::span::ERROR_COUNT, report.error_count);
                 let result = if report.error_count == 0 {
                     "completed"
@@ -170,16 +218,21 @@ impl ReconcileSandboxes {
             }
         }
         for session in &sessions {
-            let alive = by_container
+            let engine = by_container
                 .get(&session.container_id)
-                .is_some_and(|c| c.state.is_alive());
-            if alive {
-                continue;
-            }
-            match self.remove_orphan_session(session).await {
-                Ok(true) => report.removed_sessions.push(session.clone()),
-                Ok(false) => {}
-                Err(error) => self.count_failure(&mut report, &error),
+                .map_or(ContainerState::Gone, |c| c.state);
+            match Repair::needed(session.state, engine) {
+                None => {}
+                Some(Repair::RemoveSession) => match self.remove_orphan_session(session).await {
+                    Ok(true) => report.removed_sessions.push(session.clone()),
+                    Ok(false) => {}
+                    Err(error) => self.count_failure(&mut report, &error),
+                },
+                Some(_) => match self.repair_drift(session).await {
+                    Ok(Some(repaired)) => report.repaired.push(repaired),
+                    Ok(None) => {}
+                    Err(error) => self.count_failure(&mut report, &error),
+                },
             }
         }
         if let Ok(active) = self.ports.repository.count_active().await {
@@ -200,6 +253,7 @@ impl ReconcileSandboxes {
         loop {
             let query = ListQuery {
                 agent_id: None,
+                state: None,
                 page_size: self.options.page_size,
                 page_token,
             };
@@ -234,7 +288,7 @@ impl ReconcileSandboxes {
                 }
                 Some(_) => {
                     let stray = vec![container.clone()];
-                    remove_strays(&*self.ports.runtime, &chat_id, stray).await?;
+                    remove_strays(&self.ports, &chat_id, stray).await?;
                     Ok(Judged::Removed)
                 }
                 None => match container.session().filter(|_| state.is_alive()) {
@@ -254,6 +308,61 @@ impl ReconcileSandboxes {
         .await
     }
 
+    /// Brings a session's container back in line with the session (or, for a paused session
+    /// whose container stopped, the session in line with the engine), under the chat's lease and
+    /// only if the stored session and the container's state still call for it.
+    async fn repair_drift(
+        &self,
+        session: &SandboxSession,
+    ) -> Result<Option<SandboxSession>, PortError> {
+        let repaired = with_lease(&*self.ports.locker, &session.chat_id, async |lease| {
+            let Some(stored) = self
+                .ports
+                .repository
+                .get_by_session_id(&session.session_id)
+                .await?
+                .filter(|stored| same_sandbox(stored, session))
+            else {
+                return Ok(None);
+            };
+            let engine = self.ports.runtime.inspect(&stored.container_id).await?;
+            let runtime = &self.ports.runtime;
+            let note = EventNote::new(EventType::Reconciled, EventReason::Drift, self.ports.clock.now());
+            let repair = match Repair::needed(stored.state, engine) {
+                None | Some(Repair::RemoveSession) => return Ok(None),
+                Some(repair) => repair,
+            };
+            let after = match repair {
+                Repair::Pause => runtime.pause(&stored.container_id).await.map(|()| stored),
+                Repair::Unpause => runtime.unpause(&stored.container_id).await.map(|()| stored),
+                Repair::Stop => runtime.stop(&stored.container_id).await.map(|()| stored),
+                Repair::RecordHibernated | Repair::RemoveSession => {
+                    let hibernated = SandboxSession {
+                        state: SandboxState::Hibernated,
+                        endpoint: None,
+                        ..stored
+                    };
+                    let updated = self
+                        .ports
+                        .repository
+                        .update(lease, &hibernated, &Change::new(note))
+                        .await?;
+                    telemetry::log_drift_repaired(&hibernated, engine.as_str(), repair.as_str());
+                    return Ok::<_, PortError>(updated);
+                }
+            }?;
+            // The session is unchanged; the event tells watchers the engine was corrected.
+            self.ports.repository.append_event(&after, &note).await?;
+            telemetry::log_drift_repaired(&after, engine.as_str(), repair.as_str());
+            Ok(Some(after))
+        })
+        .await?;
+        if repaired.is_some() {
+            telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_DRIFT);
+        }
+        Ok(repaired)
+    }
+
     /// Deletes a session whose container is gone or stopped (removing what is left of the
     /// container), if under the lease it is still the same stored session.
     async fn remove_orphan_session(&self, session: &SandboxSession) -> Result<bool, PortError> {
@@ -263,14 +372,21 @@ impl ReconcileSandboxes {
                 .repository
                 .get_by_session_id(&session.session_id)
                 .await?;
-            if stored.as_ref() != Some(session) {
+            if !stored.as_ref().is_some_and(|stored| same_sandbox(stored, session)) {
                 return Ok(false);
             }
             self.ports
                 .runtime
                 .force_remove(&session.container_id)
                 .await?;
-            self.ports.delete_session(lease, session).await?;
+            let note = EventNote::new(
+                EventType::Reconciled,
+                EventReason::ContainerGone,
+                self.ports.clock.now(),
+            );
+            self.ports
+                .delete_session(lease, session, &Change::new(note))
+                .await?;
             Ok::<_, PortError>(true)
         })
         .await?;
@@ -280,6 +396,12 @@ impl ReconcileSandboxes {
         }
         Ok(removed)
     }
+}
+
+/// The stored session is still the listed one in what a repair judges by: the same container
+/// in the same state (a touch since, which moves only its activity and expiry, changes nothing).
+fn same_sandbox(stored: &SandboxSession, listed: &SandboxSession) -> bool {
+    stored.container_id == listed.container_id && stored.state == listed.state
 }
 
 /// A container without a readable creation time is treated as old: it cannot be ours in flight,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sandboxd_domain::{ChatId, SandboxSession};
+use sandboxd_domain::{ChatId, EventNote, EventReason, EventType, SandboxSession};
 
 use crate::lease::Ports;
 use crate::ports::{Lease, ManagedContainer, RepositoryError, RuntimeError, SandboxRuntime};
@@ -19,14 +19,22 @@ use crate::telemetry::{self, metric};
 /// # Errors
 /// The runtime's, at the first removal that fails; what was removed stays removed.
 pub(crate) async fn remove_strays(
-    runtime: &dyn SandboxRuntime,
+    ports: &Ports,
     chat_id: &ChatId,
     containers: Vec<ManagedContainer>,
 ) -> Result<(), RuntimeError> {
     for container in containers {
-        runtime.force_remove(&container.container_id).await?;
+        ports.runtime.force_remove(&container.container_id).await?;
         telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
         telemetry::log_stray_removed(chat_id, &container);
+        // Watchers hear of it when the labels describe a whole session. Best effort: the
+        // removal is done and no stored session changed, so a lost event loses no state.
+        if let Some(labelled) = container.session() {
+            let note = EventNote::new(EventType::Reconciled, EventReason::Stray, ports.clock.now());
+            if let Err(error) = ports.repository.append_event(&labelled, &note).await {
+                telemetry::log_reconcile_failed(crate::error::UseCaseError::metric_label(&error));
+            }
+        }
     }
     Ok(())
 }
@@ -44,11 +52,13 @@ pub(crate) async fn adopt(
     labelled: SandboxSession,
     floor: Duration,
 ) -> Result<SandboxSession, RepositoryError> {
+    let now = ports.clock.now();
     let session = SandboxSession {
-        expires_at: labelled.expires_at.max(ports.clock.now() + floor),
+        expires_at: labelled.expires_at.max(now + floor),
         ..labelled
     };
-    let active = ports.repository.save(lease, &session).await?;
+    let note = EventNote::new(EventType::Reconciled, EventReason::Adopted, now);
+    let active = ports.repository.save(lease, &session, &note).await?;
     telemetry::set_active_count(active);
     telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_ADOPTED);
     telemetry::log_adopted(&session);

@@ -2,8 +2,11 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use sandboxd_domain::{
-    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp, VolumePath,
+    AgentId, ChatId, ContainerId, Endpoint, EventCursor, EventReason, EventType, SandboxEvent,
+    SandboxSession, SandboxState, SessionId, Timestamp, VolumePath,
 };
 use sandboxd_usecase::ports::RepositoryError;
 
@@ -18,6 +21,21 @@ pub(crate) mod field {
     pub(crate) const ENDPOINT_PORT: &str = "endpoint_port";
     pub(crate) const CREATED_AT: &str = "created_at";
     pub(crate) const EXPIRES_AT: &str = "expires_at";
+    /// Absent in sessions written before the lifecycle: read as `running`.
+    pub(crate) const STATE: &str = "state";
+    /// Absent in sessions written before the lifecycle: read as `created_at`.
+    pub(crate) const LAST_ACTIVE_AT: &str = "last_active_at";
+    /// Absent without a hard cap.
+    pub(crate) const MAX_EXPIRES_AT: &str = "max_expires_at";
+    /// Absent without an idle timeout.
+    pub(crate) const IDLE_TIMEOUT_MS: &str = "idle_timeout_ms";
+}
+
+/// Field names of an event log entry besides the session's own fields.
+pub(crate) mod event_field {
+    pub(crate) const TYPE: &str = "event_type";
+    pub(crate) const REASON: &str = "event_reason";
+    pub(crate) const AT: &str = "event_at";
 }
 
 /// Unix milliseconds, the one timestamp format in Redis (hash fields and expiry scores);
@@ -45,12 +63,46 @@ pub(crate) fn session_fields(session: &SandboxSession) -> Vec<(&'static str, Str
         (field::CONTAINER_ID, session.container_id.to_string()),
         (field::CREATED_AT, to_millis(session.created_at).to_string()),
         (field::EXPIRES_AT, to_millis(session.expires_at).to_string()),
+        (field::STATE, session.state.as_str().to_owned()),
+        (
+            field::LAST_ACTIVE_AT,
+            to_millis(session.last_active_at).to_string(),
+        ),
     ];
     if let Some(endpoint) = session.endpoint {
         fields.push((field::ENDPOINT_IP, endpoint.ip.to_string()));
         fields.push((field::ENDPOINT_PORT, endpoint.port.to_string()));
     }
+    if let Some(cap) = session.max_expires_at {
+        fields.push((field::MAX_EXPIRES_AT, to_millis(cap).to_string()));
+    }
+    if let Some(idle) = session.idle_timeout {
+        fields.push((field::IDLE_TIMEOUT_MS, duration_millis(idle).to_string()));
+    }
     fields
+}
+
+/// Whole milliseconds, saturating (durations are validated far below the limit).
+pub(crate) fn duration_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The lifecycle fields an update writes, in `HSET` order; an empty value means "remove the
+/// field" (the endpoint of a sandbox that publishes nothing).
+pub(crate) fn lifecycle_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
+    let (ip, port) = session.endpoint.map_or((String::new(), String::new()), |e| {
+        (e.ip.to_string(), e.port.to_string())
+    });
+    vec![
+        (field::STATE, session.state.as_str().to_owned()),
+        (field::EXPIRES_AT, to_millis(session.expires_at).to_string()),
+        (
+            field::LAST_ACTIVE_AT,
+            to_millis(session.last_active_at).to_string(),
+        ),
+        (field::ENDPOINT_IP, ip),
+        (field::ENDPOINT_PORT, port),
+    ]
 }
 
 /// Rebuilds a session from its hash; `reason` says which field is missing or malformed.
@@ -86,6 +138,22 @@ pub(crate) fn session_from_fields(
         }
         _ => return Err("endpoint fields must be both present or both absent".to_owned()),
     };
+    let created_at = millis(fields, field::CREATED_AT)?;
+    let optional_millis = |name: &str| match fields.get(name) {
+        None => Ok(None),
+        Some(_) => millis(fields, name).map(Some),
+    };
+    let state = match fields.get(field::STATE) {
+        None => SandboxState::Running,
+        Some(text) => SandboxState::parse(text)
+            .ok_or_else(|| format!("field {} is not a state", field::STATE))?,
+    };
+    let idle_timeout = match fields.get(field::IDLE_TIMEOUT_MS) {
+        None => None,
+        Some(text) => Some(Duration::from_millis(text.parse().map_err(|_| {
+            format!("field {} is not milliseconds", field::IDLE_TIMEOUT_MS)
+        })?)),
+    };
     Ok(SandboxSession {
         session_id: SessionId::parse(get(fields, field::SESSION_ID)?)
             .map_err(bad(field::SESSION_ID))?,
@@ -96,9 +164,58 @@ pub(crate) fn session_from_fields(
         container_id: ContainerId::parse(get(fields, field::CONTAINER_ID)?)
             .map_err(bad(field::CONTAINER_ID))?,
         endpoint,
-        created_at: millis(fields, field::CREATED_AT)?,
+        created_at,
         expires_at: millis(fields, field::EXPIRES_AT)?,
+        state,
+        last_active_at: optional_millis(field::LAST_ACTIVE_AT)?.unwrap_or(created_at),
+        max_expires_at: optional_millis(field::MAX_EXPIRES_AT)?,
+        idle_timeout,
     })
+}
+
+/// Rebuilds an event from its log entry id and fields.
+pub(crate) fn event_from_entry(
+    id: &str,
+    fields: &HashMap<String, String>,
+) -> Result<SandboxEvent, String> {
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("event field {name} missing"))
+    };
+    Ok(SandboxEvent {
+        cursor: EventCursor::parse(id).map_err(|e| format!("entry id: {e}"))?,
+        kind: EventType::parse(text(event_field::TYPE)?)
+            .ok_or_else(|| format!("event field {} is not a type", event_field::TYPE))?,
+        reason: EventReason::parse(text(event_field::REASON)?)
+            .ok_or_else(|| format!("event field {} is not a reason", event_field::REASON))?,
+        occurred_at: text(event_field::AT)?
+            .parse::<i64>()
+            .ok()
+            .and_then(from_millis)
+            .ok_or_else(|| format!("event field {} is not unix milliseconds", event_field::AT))?,
+        session: session_from_fields(fields)?,
+    })
+}
+
+/// What a listing is filtered by, bound into its page tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListFilter<'a> {
+    pub(crate) agent: Option<&'a AgentId>,
+    pub(crate) state: Option<SandboxState>,
+}
+
+impl ListFilter<'_> {
+    /// The agent id, then `@state` when filtered by state (`@` is never in an agent id); without
+    /// a state the spelling of tokens issued before state filters existed.
+    fn spelled(&self) -> String {
+        let agent = self.agent.map_or("", AgentId::as_str);
+        match self.state {
+            None => agent.to_owned(),
+            Some(state) => format!("{agent}@{state}"),
+        }
+    }
 }
 
 /// Version tag inside every page token; a new layout gets a new tag and old tokens are refused.
@@ -106,17 +223,14 @@ const TOKEN_VERSION: &str = "sbx-list-v1";
 
 /// Opaque page token: hex of `version \n agent filter \n last session id returned`. The filter is
 /// bound in so a token is refused by a query with another filter.
-pub(crate) fn encode_page_token(agent: Option<&AgentId>, last: &SessionId) -> String {
-    let plain = format!(
-        "{TOKEN_VERSION}\n{}\n{last}",
-        agent.map_or("", AgentId::as_str)
-    );
+pub(crate) fn encode_page_token(filter: &ListFilter<'_>, last: &SessionId) -> String {
+    let plain = format!("{TOKEN_VERSION}\n{}\n{last}", filter.spelled());
     plain.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The last session id of the previous page, if `token` was issued for this agent filter.
 pub(crate) fn decode_page_token(
-    agent: Option<&AgentId>,
+    filter: &ListFilter<'_>,
     token: &str,
 ) -> Result<SessionId, RepositoryError> {
     let invalid = || RepositoryError::InvalidPageToken;
@@ -138,12 +252,12 @@ pub(crate) fn decode_page_token(
         .ok_or_else(invalid)?;
     let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
     let mut parts = plain.split('\n');
-    let (Some(version), Some(filter), Some(last), None) =
+    let (Some(version), Some(filter_text), Some(last), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(invalid());
     };
-    if version != TOKEN_VERSION || filter != agent.map_or("", AgentId::as_str) {
+    if version != TOKEN_VERSION || filter_text != filter.spelled() {
         return Err(invalid());
     }
     SessionId::parse(last).map_err(|_| invalid())

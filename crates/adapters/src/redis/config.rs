@@ -24,6 +24,8 @@ pub struct RedisConfig {
     /// How long session keys outlive their `expires_at` (and at least how long they live after a
     /// write), so data abandoned by a dead cleanup loop cannot accumulate forever.
     pub key_grace: Duration,
+    /// How long lifecycle events stay in the log (trimmed by time on every append).
+    pub event_retention: Duration,
 }
 
 impl Default for RedisConfig {
@@ -36,6 +38,7 @@ impl Default for RedisConfig {
             lock_ttl: Duration::from_secs(10),
             lock_wait: Duration::from_secs(5),
             key_grace: Duration::from_secs(24 * 60 * 60),
+            event_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -51,6 +54,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("lock_ttl", &self.lock_ttl)
             .field("lock_wait", &self.lock_wait)
             .field("key_grace", &self.key_grace)
+            .field("event_retention", &self.event_retention)
             .finish()
     }
 }
@@ -90,6 +94,9 @@ impl RedisConfig {
         }
         if self.key_grace < Duration::from_secs(1) {
             return invalid("key_grace", "must be at least 1s");
+        }
+        if self.event_retention < Duration::from_secs(1) {
+            return invalid("event_retention", "must be at least 1s");
         }
         Ok(())
     }

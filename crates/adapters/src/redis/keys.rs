@@ -8,8 +8,10 @@
 //! | `{p}:sessions` | zset | every session id, score 0: lex order for paging (addition) |
 //! | `{p}:agent:{agent_id}` | zset | one agent's session ids, score 0 (addition: filtered paging) |
 //! | `{p}:lock:{chat_id}` | string | the lease token |
+//! | `{p}:state:{paused,hibernated}` | zset | session ids in that state, score 0 (counts, filter) |
+//! | `{p}:events` | stream | lifecycle events, appended by the write that made the change |
 
-use sandboxd_domain::{AgentId, ChatId, SessionId};
+use sandboxd_domain::{AgentId, ChatId, SandboxState, SessionId};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -32,10 +34,6 @@ impl Keys {
         format!("{}:session:", self.prefix)
     }
 
-    pub(crate) fn agent_prefix(&self) -> String {
-        format!("{}:agent:", self.prefix)
-    }
-
     pub(crate) fn session(&self, id: &SessionId) -> String {
         format!("{}:session:{id}", self.prefix)
     }
@@ -54,6 +52,14 @@ impl Keys {
 
     pub(crate) fn expiry(&self) -> String {
         format!("{}:expiry", self.prefix)
+    }
+
+    pub(crate) fn state(&self, state: SandboxState) -> String {
+        format!("{}:state:{state}", self.prefix)
+    }
+
+    pub(crate) fn events(&self) -> String {
+        format!("{}:events", self.prefix)
     }
 
     pub(crate) fn sessions(&self) -> String {

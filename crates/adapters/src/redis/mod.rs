@@ -9,6 +9,7 @@ mod client;
 mod codec;
 mod config;
 mod error;
+mod events;
 mod keys;
 mod locker;
 pub mod names;
@@ -22,6 +23,7 @@ use redis::aio::ConnectionManager;
 use sandboxd_usecase::ports::BoxError;
 
 pub use config::{InvalidRedisConfig, RedisConfig};
+pub use events::RedisEventLog;
 pub use locker::RedisLeaseLocker;
 pub use repository::RedisSessionRepository;
 pub use sentinel::SentinelUrlError;
@@ -124,6 +126,15 @@ impl RedisStore {
     #[must_use]
     pub fn repository(&self) -> RedisSessionRepository {
         RedisSessionRepository::new(self.clone())
+    }
+
+    /// The event log, with a connection of its own for waiting reads (made by its first call).
+    ///
+    /// # Errors
+    /// As [`Self::connect_lazy`].
+    pub fn event_log(&self) -> Result<RedisEventLog, ConnectError> {
+        let waiting = Self::connect_lazy((*self.config).clone())?;
+        Ok(RedisEventLog::new(self.clone(), waiting.client))
     }
 
     /// The lease locker on this connection.

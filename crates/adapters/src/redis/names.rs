@@ -14,7 +14,13 @@ pub mod command {
     pub const GET_BY_SESSION_ID: &str = "get_by_session_id";
     pub const SAVE: &str = "save";
     pub const DELETE: &str = "delete";
-    pub const EXTEND: &str = "extend";
+    pub const UPDATE: &str = "update";
+    pub const TOUCH: &str = "touch";
+    pub const APPEND_EVENT: &str = "append_event";
+    pub const COUNT_BY_STATE: &str = "count_by_state";
+    pub const READ_EVENTS: &str = "read_events";
+    pub const WAIT_EVENTS: &str = "wait_events";
+    pub const LAST_EVENT: &str = "last_event";
     pub const LIST_EXPIRED: &str = "list_expired";
     pub const COUNT_ACTIVE: &str = "count_active";
     pub const LIST: &str = "list";

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use redis::Value;
-use sandboxd_domain::{ChatId, SandboxSession, SessionId, Timestamp};
+use sandboxd_domain::{ChatId, EventNote, SandboxSession, SandboxState, SessionId, Timestamp};
 use sandboxd_usecase::ports::{
-    ActiveCount, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
+    ActiveCount, Change, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
+    StateCounts, TouchMatch,
 };
 
-use super::codec::{self, decode_page_token, encode_page_token};
+use super::codec::{self, ListFilter, decode_page_token, encode_page_token};
 use super::config::millis;
 use super::error::StoreFault;
 use super::names::command;
@@ -36,6 +37,27 @@ impl RedisSessionRepository {
 
     fn grace_ms(&self) -> u64 {
         millis(self.store.config.key_grace)
+    }
+
+    /// The event arguments every write script takes after its own: type, reason, at, retention.
+    fn event_args<'i>(
+        &self,
+        invocation: &'i mut redis::ScriptInvocation<'static>,
+        note: &EventNote,
+    ) -> &'i mut redis::ScriptInvocation<'static> {
+        invocation
+            .arg(note.kind.as_str())
+            .arg(note.reason.as_str())
+            .arg(codec::to_millis(note.at))
+            .arg(millis(self.store.config.event_retention))
+    }
+
+    /// A fenced change's expected expiry as the scripts compare it: '' when unfenced.
+    fn expected(change: &Change) -> String {
+        change
+            .expect_expires_at
+            .map(|at| codec::to_millis(at).to_string())
+            .unwrap_or_default()
     }
 
     fn parse(command: &'static str, hash: &Hash) -> Result<SandboxSession, StoreFault> {
@@ -85,7 +107,10 @@ impl RedisSessionRepository {
             .client
             .run(command, invocation.invoke_async(&mut con))
             .await?;
-        Self::count_or_lost(count)
+        match count {
+            -2 => Err(RepositoryError::Changed),
+            count => Self::count_or_lost(count),
+        }
     }
 
     fn refuse_lost(lease: &Lease) -> Result<(), RepositoryError> {
@@ -150,16 +175,18 @@ impl SessionRepository for RedisSessionRepository {
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        note: &EventNote,
     ) -> Result<ActiveCount, RepositoryError> {
         Self::refuse_lost(lease)?;
         let keys = &self.store.keys;
         let mut invocation = scripts::SAVE_SCRIPT.prepare_invoke();
         Self::session_write_keys(&mut invocation, keys, session)
             .arg(lease.token())
-            .arg(keys.agent_prefix())
+            .arg(keys.root())
             .arg(self.grace_ms())
             .arg(session.session_id.to_string())
             .arg(codec::to_millis(session.expires_at));
+        self.event_args(&mut invocation, note);
         for (name, value) in codec::session_fields(session) {
             invocation.arg(name).arg(value);
         }
@@ -170,57 +197,132 @@ impl SessionRepository for RedisSessionRepository {
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        change: &Change,
     ) -> Result<ActiveCount, RepositoryError> {
         Self::refuse_lost(lease)?;
         let keys = &self.store.keys;
         let mut invocation = scripts::DELETE_SCRIPT.prepare_invoke();
         Self::session_write_keys(&mut invocation, keys, session)
             .arg(lease.token())
-            .arg(keys.agent_prefix())
-            .arg(session.session_id.to_string());
+            .arg(keys.root())
+            .arg(session.session_id.to_string())
+            .arg(Self::expected(change));
+        self.event_args(&mut invocation, &change.note);
         self.fenced_write(command::DELETE, &invocation).await
     }
 
-    async fn extend(
+    async fn update(
         &self,
         lease: &Lease,
-        session_id: &SessionId,
-        expires_at: Timestamp,
+        session: &SandboxSession,
+        change: &Change,
     ) -> Result<Option<SandboxSession>, RepositoryError> {
         Self::refuse_lost(lease)?;
         let keys = &self.store.keys;
-        let mut invocation = scripts::EXTEND_SCRIPT.prepare_invoke();
+        let mut invocation = scripts::UPDATE_SCRIPT.prepare_invoke();
         invocation
             .key(keys.lock(lease.chat_id()))
-            .key(keys.session(session_id))
+            .key(keys.session(&session.session_id))
             .key(keys.expiry())
             .key(keys.sessions())
             .arg(lease.token())
             .arg(keys.root())
             .arg(self.grace_ms())
-            .arg(session_id.to_string())
-            .arg(codec::to_millis(expires_at))
-            .arg(lease.chat_id().to_string());
+            .arg(session.session_id.to_string())
+            .arg(lease.chat_id().to_string())
+            .arg(Self::expected(change));
+        self.event_args(&mut invocation, &change.note);
+        for (name, value) in codec::lifecycle_fields(session) {
+            invocation.arg(name).arg(value);
+        }
         let mut con = self.store.client.connection();
         let reply: Vec<Value> = self
             .store
             .client
-            .run(command::EXTEND, invocation.invoke_async(&mut con))
+            .run(command::UPDATE, invocation.invoke_async(&mut con))
             .await?;
         let mut reply = reply.into_iter();
         let status: i64 = reply
             .next()
             .and_then(|value| redis::from_redis_value(value).ok())
-            .ok_or_else(|| StoreFault::corrupt(command::EXTEND, "no status in the reply"))?;
+            .ok_or_else(|| StoreFault::corrupt(command::UPDATE, "no status in the reply"))?;
         match (status, reply.next()) {
             (-1, _) => Err(RepositoryError::LeaseLost),
+            (-2, _) => Err(RepositoryError::Changed),
             (0, _) => Ok(None),
             (1, Some(hash)) => {
-                let hash = hash_from(command::EXTEND, hash)?;
-                Ok(Some(Self::parse(command::EXTEND, &hash)?))
+                let hash = hash_from(command::UPDATE, hash)?;
+                Ok(Some(Self::parse(command::UPDATE, &hash)?))
             }
-            _ => Err(StoreFault::corrupt(command::EXTEND, "unexpected reply shape").into()),
+            _ => Err(StoreFault::corrupt(command::UPDATE, "unexpected reply shape").into()),
         }
+    }
+
+    async fn touch(
+        &self,
+        chat_id: &ChatId,
+        now: Timestamp,
+        only_if: Option<TouchMatch<'_>>,
+    ) -> Result<Option<SandboxSession>, RepositoryError> {
+        let keys = &self.store.keys;
+        let (agent, volume) = only_if.map_or((String::new(), String::new()), |m| {
+            (m.agent_id.to_string(), m.volume_host_path.to_string())
+        });
+        let mut invocation = scripts::TOUCH_SCRIPT.prepare_invoke();
+        invocation
+            .key(keys.chat(chat_id))
+            .key(keys.expiry())
+            .arg(keys.root())
+            .arg(codec::to_millis(now))
+            .arg(agent)
+            .arg(volume)
+            .arg(self.grace_ms());
+        let mut con = self.store.client.connection();
+        let hash: Hash = self
+            .store
+            .client
+            .run(command::TOUCH, invocation.invoke_async(&mut con))
+            .await?;
+        Ok(Self::parse_optional(command::TOUCH, &hash)?)
+    }
+
+    async fn append_event(
+        &self,
+        session: &SandboxSession,
+        note: &EventNote,
+    ) -> Result<(), RepositoryError> {
+        let mut invocation = scripts::APPEND_EVENT_SCRIPT.prepare_invoke();
+        invocation.arg(self.store.keys.root());
+        self.event_args(&mut invocation, note);
+        for (name, value) in codec::session_fields(session) {
+            invocation.arg(name).arg(value);
+        }
+        let mut con = self.store.client.connection();
+        let _: i64 = self
+            .store
+            .client
+            .run(command::APPEND_EVENT, invocation.invoke_async(&mut con))
+            .await?;
+        Ok(())
+    }
+
+    async fn count_by_state(&self) -> Result<StateCounts, RepositoryError> {
+        let keys = &self.store.keys;
+        let mut pipe = redis::pipe();
+        pipe.zcard(keys.expiry())
+            .zcard(keys.state(SandboxState::Paused))
+            .zcard(keys.state(SandboxState::Hibernated));
+        let mut con = self.store.client.connection();
+        let (total, paused, hibernated): (u64, u64, u64) = self
+            .store
+            .client
+            .run(command::COUNT_BY_STATE, pipe.query_async(&mut con))
+            .await?;
+        Ok(StateCounts {
+            running: total.saturating_sub(paused + hibernated),
+            paused,
+            hibernated,
+        })
     }
 
     async fn list_expired(
@@ -236,6 +338,8 @@ impl SessionRepository for RedisSessionRepository {
         invocation
             .key(keys.expiry())
             .key(keys.sessions())
+            .key(keys.state(SandboxState::Paused))
+            .key(keys.state(SandboxState::Hibernated))
             .arg(keys.session_prefix())
             .arg(codec::to_millis(now))
             .arg(limit)
@@ -268,14 +372,25 @@ impl SessionRepository for RedisSessionRepository {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<SessionPage, RepositoryError> {
-        let agent = query.agent_id.as_ref();
+        let filter = ListFilter {
+            agent: query.agent_id.as_ref(),
+            state: query.state,
+        };
         let start = match query.page_token.as_deref() {
-            Some(token) => format!("({}", decode_page_token(agent, token)?),
+            Some(token) => format!("({}", decode_page_token(&filter, token)?),
             None => "-".to_owned(),
         };
         let page_size = query.page_size.max(1);
         let keys = &self.store.keys;
-        let index = agent.map_or_else(|| keys.sessions(), |agent| keys.agent(agent));
+        // The narrowest index: one agent's, else a suspended state's, else all; the script
+        // skips sessions of another state.
+        let index = match (filter.agent, filter.state) {
+            (Some(agent), _) => keys.agent(agent),
+            (None, Some(state @ (SandboxState::Paused | SandboxState::Hibernated))) => {
+                keys.state(state)
+            }
+            (None, _) => keys.sessions(),
+        };
         let mut invocation = scripts::LIST_PAGE_SCRIPT.prepare_invoke();
         // One more than the page: whether it comes back says if there is a next page.
         invocation
@@ -283,7 +398,8 @@ impl SessionRepository for RedisSessionRepository {
             .arg(keys.session_prefix())
             .arg(start)
             .arg(page_size + 1)
-            .arg(STALE_BUDGET);
+            .arg(STALE_BUDGET)
+            .arg(filter.state.map_or("", SandboxState::as_str));
         let mut con = self.store.client.connection();
         let reply: Vec<Value> = self
             .store
@@ -305,14 +421,14 @@ impl SessionRepository for RedisSessionRepository {
             sessions.truncate(page_size);
             sessions
                 .last()
-                .map(|last| encode_page_token(agent, &last.session_id))
+                .map(|last| encode_page_token(&filter, &last.session_id))
         } else if resume.is_empty() {
             None
         } else {
             // The stale budget ran out before the page filled: continue after what was looked at.
             let resume = SessionId::parse(&resume)
                 .map_err(|_| StoreFault::corrupt(command::LIST, "resume marker is not an id"))?;
-            Some(encode_page_token(agent, &resume))
+            Some(encode_page_token(&filter, &resume))
         };
         Ok(SessionPage {
             sessions,

@@ -14,11 +14,15 @@ use redis::Script;
 /// TTLs are relative to Redis' clock, `expires_at - now + grace`, and never below `grace`, so a
 /// session written with a past `expires_at` (tests, a slow clock) still lives `grace` long.
 /// Shared index keys only ever get longer TTLs, so they outlive every session they list.
+/// Numbers go back to Redis through `string.format('%d')`: Lua would print large ones in
+/// exponent notation.
 const PRELUDE: &str = r"
-local function session_ttl(expires_ms, grace_ms)
+local function redis_now_ms()
   local now = redis.call('TIME')
-  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  local ttl = expires_ms - now_ms + grace_ms
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+local function session_ttl(expires_ms, grace_ms)
+  local ttl = expires_ms - redis_now_ms() + grace_ms
   if ttl < grace_ms then ttl = grace_ms end
   return string.format('%d', ttl)
 end
@@ -28,21 +32,36 @@ local function keep_at_least(key, ttl)
     redis.call('PEXPIRE', key, ttl)
   end
 end
+local function index_state(root, id, state, ttl)
+  redis.call('ZREM', root .. 'state:paused', id)
+  redis.call('ZREM', root .. 'state:hibernated', id)
+  if state == 'paused' or state == 'hibernated' then
+    redis.call('ZADD', root .. 'state:' .. state, 0, id)
+    keep_at_least(root .. 'state:' .. state, ttl)
+  end
+end
+local function append_event(root, kind, reason, at, retention_ms, hash)
+  local min_id = string.format('%d', redis_now_ms() - tonumber(retention_ms))
+  redis.call('XADD', root .. 'events', 'MINID', '~', min_id, '*',
+    'event_type', kind, 'event_reason', reason, 'event_at', at, unpack(hash))
+end
 ";
 
 /// KEYS: lock, session hash, chat pointer, expiry zset, sessions zset, agent zset.
-/// ARGV: token, agent key prefix, grace ms, session id, expires_at ms, field, value, ...
+/// ARGV: token, key root, grace ms, session id, expires_at ms, event type, reason, at ms,
+/// retention ms, field, value, ...
 /// Returns the active count, or -1 when the lease is not the lock holder.
 const SAVE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local root = ARGV[2]
 local id = ARGV[4]
 local old_agent = redis.call('HGET', KEYS[2], 'agent_id')
-if old_agent and (ARGV[2] .. old_agent) ~= KEYS[6] then
-  redis.call('ZREM', ARGV[2] .. old_agent, id)
+if old_agent and (root .. 'agent:' .. old_agent) ~= KEYS[6] then
+  redis.call('ZREM', root .. 'agent:' .. old_agent, id)
 end
 local ttl = session_ttl(tonumber(ARGV[5]), tonumber(ARGV[3]))
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[2], unpack(ARGV, 10))
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[3], id, 'PX', ttl)
 redis.call('ZADD', KEYS[4], ARGV[5], id)
@@ -51,47 +70,118 @@ redis.call('ZADD', KEYS[6], 0, id)
 keep_at_least(KEYS[4], ttl)
 keep_at_least(KEYS[5], ttl)
 keep_at_least(KEYS[6], ttl)
+index_state(root, id, redis.call('HGET', KEYS[2], 'state'), ttl)
+append_event(root, ARGV[6], ARGV[7], ARGV[8], ARGV[9], redis.call('HGETALL', KEYS[2]))
 return redis.call('ZCARD', KEYS[4])
 ";
 
 /// KEYS: lock, session hash, chat pointer, expiry zset, sessions zset, agent zset (of the
-/// caller's copy). ARGV: token, agent key prefix, session id.
-/// Returns the active count, or -1 when the lease is not the lock holder. The chat pointer is
-/// removed only while it still names this session.
+/// caller's copy). ARGV: token, key root, session id, expected expires_at ms ('' = any), event
+/// type, reason, at ms, retention ms.
+/// Returns the active count, -1 when the lease is not the lock holder, -2 when the expected
+/// expiry no longer matches (or the session is gone). The chat pointer is removed only while it
+/// still names this session; the event is appended only when there was a session to remove.
 const DELETE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local root = ARGV[2]
 local id = ARGV[3]
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'expires_at') ~= ARGV[4] then return -2 end
+local hash = redis.call('HGETALL', KEYS[2])
 local stored_agent = redis.call('HGET', KEYS[2], 'agent_id')
-if stored_agent then redis.call('ZREM', ARGV[2] .. stored_agent, id) end
+if stored_agent then redis.call('ZREM', root .. 'agent:' .. stored_agent, id) end
 redis.call('ZREM', KEYS[6], id)
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZREM', KEYS[5], id)
+redis.call('ZREM', root .. 'state:paused', id)
+redis.call('ZREM', root .. 'state:hibernated', id)
 if redis.call('GET', KEYS[3]) == id then redis.call('DEL', KEYS[3]) end
+if #hash > 0 then append_event(root, ARGV[5], ARGV[6], ARGV[7], ARGV[8], hash) end
 return redis.call('ZCARD', KEYS[4])
 ";
 
 /// KEYS: lock (of the lease's chat), session hash, expiry zset, sessions zset.
-/// ARGV: token, key prefix with its colon, grace ms, session id, expires_at ms, lease chat id.
-/// Returns {-1} when the lease is not the lock holder (or covers another chat), {0} when the
-/// session is gone, {1, hash} after the update.
-const EXTEND: &str = r"
+/// ARGV: token, key root, grace ms, session id, lease chat id, expected expires_at ms ('' =
+/// any), event type, reason, at ms, retention ms, field, value, ... (an empty value removes the
+/// field).
+/// Returns {-1} when the lease is not the lock holder (or covers another chat), {-2} when the
+/// expected expiry no longer matches, {0} when the session is gone, {1, hash} after the update.
+const UPDATE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local root = ARGV[2]
 local id = ARGV[4]
 local chat = redis.call('HGET', KEYS[2], 'chat_id')
-if not chat then return {0} end
-if chat ~= ARGV[6] then return {-1} end
-local agent = redis.call('HGET', KEYS[2], 'agent_id')
-local ttl = session_ttl(tonumber(ARGV[5]), tonumber(ARGV[3]))
-redis.call('HSET', KEYS[2], 'expires_at', ARGV[5])
+if not chat then
+  if ARGV[6] ~= '' then return {-2} end
+  return {0}
+end
+if chat ~= ARGV[5] then return {-1} end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'expires_at') ~= ARGV[6] then return {-2} end
+for i = 11, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  else
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+local expires = redis.call('HGET', KEYS[2], 'expires_at')
+local ttl = session_ttl(tonumber(expires), tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('ZADD', KEYS[3], ARGV[5], id)
-local chat_key = ARGV[2] .. 'chat:' .. chat
+redis.call('ZADD', KEYS[3], expires, id)
+local chat_key = root .. 'chat:' .. chat
 if redis.call('GET', chat_key) == id then redis.call('PEXPIRE', chat_key, ttl) end
 keep_at_least(KEYS[3], ttl)
 keep_at_least(KEYS[4], ttl)
-if agent then keep_at_least(ARGV[2] .. 'agent:' .. agent, ttl) end
-return {1, redis.call('HGETALL', KEYS[2])}
+local agent = redis.call('HGET', KEYS[2], 'agent_id')
+if agent then keep_at_least(root .. 'agent:' .. agent, ttl) end
+index_state(root, id, redis.call('HGET', KEYS[2], 'state'), ttl)
+local after = redis.call('HGETALL', KEYS[2])
+append_event(root, ARGV[7], ARGV[8], ARGV[9], ARGV[10], after)
+return {1, after}
+";
+
+/// KEYS: chat pointer, expiry zset. ARGV: key root, now ms, agent id ('' = any), volume ('' =
+/// any), grace ms.
+/// Records activity on the chat's current session when it is running, live at `now` and
+/// matches (see `SandboxSession::touched_at`); returns its hash after (empty when none). No
+/// lease: a transition decided on the old expiry is fenced on it and loses to this write.
+const TOUCH: &str = r"
+local id = redis.call('GET', KEYS[1])
+if not id then return {} end
+local key = ARGV[1] .. 'session:' .. id
+local f = redis.call('HMGET', key, 'state', 'expires_at', 'agent_id', 'volume_host_path',
+  'idle_timeout_ms', 'max_expires_at')
+if not f[2] then return {} end
+local now = tonumber(ARGV[2])
+local expires = tonumber(f[2])
+local running = (not f[1]) or f[1] == 'running'
+local matches = (ARGV[3] == '' or ARGV[3] == f[3]) and (ARGV[4] == '' or ARGV[4] == f[4])
+if running and expires > now and matches then
+  redis.call('HSET', key, 'last_active_at', ARGV[2])
+  if f[5] then
+    local due = now + tonumber(f[5])
+    if f[6] and tonumber(f[6]) < due then due = tonumber(f[6]) end
+    if due > expires then
+      local due_text = string.format('%d', due)
+      local ttl = session_ttl(due, tonumber(ARGV[5]))
+      redis.call('HSET', key, 'expires_at', due_text)
+      redis.call('ZADD', KEYS[2], due_text, id)
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', KEYS[1], ttl)
+      keep_at_least(KEYS[2], ttl)
+      keep_at_least(ARGV[1] .. 'sessions', ttl)
+      if f[3] then keep_at_least(ARGV[1] .. 'agent:' .. f[3], ttl) end
+    end
+  end
+end
+return redis.call('HGETALL', key)
+";
+
+/// ARGV: key root, event type, reason, at ms, retention ms, field, value, ... Appends an event
+/// that records no stored change.
+const APPEND_EVENT: &str = r"
+append_event(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {unpack(ARGV, 6)})
+return 1
 ";
 
 /// KEYS: chat pointer. ARGV: session key prefix. Returns the current session's hash (empty when
@@ -102,7 +192,8 @@ if not id then return {} end
 return redis.call('HGETALL', ARGV[1] .. id)
 ";
 
-/// KEYS: expiry zset, sessions zset. ARGV: session key prefix, now ms, limit, stale budget.
+/// KEYS: expiry zset, sessions zset, paused zset, hibernated zset. ARGV: session key prefix,
+/// now ms, limit, stale budget.
 /// Returns up to `limit` hashes of sessions due at `now`, earliest first. Index entries whose
 /// hash is gone are removed on the way (at most `budget` of them per call) and skipped.
 const LIST_EXPIRED: &str = r"
@@ -118,6 +209,8 @@ while #out < limit do
     if #hash == 0 then
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[4], id)
       stale = stale + 1
     else
       out[#out + 1] = hash
@@ -129,10 +222,11 @@ end
 return out
 ";
 
-/// KEYS: a lex-ordered index (all sessions or one agent's). ARGV: session key prefix, start
-/// bound ('-' or '(' .. last id), how many to return, stale budget.
-/// Returns {resume, hash, hash, ...}: `resume` is the last id looked at when the stale budget
-/// ran out before the page filled (the caller continues after it), else ''.
+/// KEYS: a lex-ordered index (all sessions, one agent's or one state's). ARGV: session key
+/// prefix, start bound ('-' or '(' .. last id), how many to return, budget, state ('' = any).
+/// Returns {resume, hash, hash, ...}: `resume` is the last id looked at when the budget (for
+/// stale entries and sessions of another state) ran out before the page filled (the caller
+/// continues after it), else ''.
 const LIST_PAGE: &str = r"
 local want = tonumber(ARGV[3])
 local budget = tonumber(ARGV[4])
@@ -145,6 +239,8 @@ while #out - 1 < want do
     local hash = redis.call('HGETALL', ARGV[1] .. id)
     if #hash == 0 then
       redis.call('ZREM', KEYS[1], id)
+      budget = budget - 1
+    elseif ARGV[5] ~= '' and (redis.call('HGET', ARGV[1] .. id, 'state') or 'running') ~= ARGV[5] then
       budget = budget - 1
     else
       out[#out + 1] = hash
@@ -181,8 +277,11 @@ fn with_prelude(body: &str) -> Script {
 }
 
 pub(crate) static SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(SAVE));
-pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
-pub(crate) static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(EXTEND));
+pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(DELETE));
+pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(UPDATE));
+pub(crate) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(TOUCH));
+pub(crate) static APPEND_EVENT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| with_prelude(APPEND_EVENT));
 pub(crate) static GET_BY_CHAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GET_BY_CHAT));
 pub(crate) static LIST_EXPIRED_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(LIST_EXPIRED));

@@ -11,12 +11,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Writes return it so the gauge costs no extra round trip.
 pub type ActiveCount = u64;
 
+mod events;
 mod locker;
 mod repository;
 mod runtime;
 
+pub use events::EventLog;
 pub use locker::{Lease, LeaseLossFlag, LifecycleLocker, LockError};
-pub use repository::{ListQuery, RepositoryError, SessionPage, SessionRepository};
+pub use repository::{
+    Change, ListQuery, RepositoryError, SessionPage, SessionRepository, StateCounts, TouchMatch,
+};
 pub use runtime::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
     StartedSandbox,

@@ -1,7 +1,9 @@
 //! The session store port: a chat's current session, fenced writes, the expiry index, listing.
 
 use async_trait::async_trait;
-use sandboxd_domain::{AgentId, ChatId, SandboxSession, SessionId, Timestamp};
+use sandboxd_domain::{
+    AgentId, ChatId, EventNote, SandboxSession, SandboxState, SessionId, Timestamp, VolumePath,
+};
 
 use super::{ActiveCount, BoxError, Lease};
 use crate::error::{ErrorKind, UseCaseError, generic_message};
@@ -12,6 +14,10 @@ pub enum RepositoryError {
     /// A fenced write found that its lease is no longer held: nothing was written.
     #[error("the lease is no longer held; the write was not applied")]
     LeaseLost,
+    /// A fenced transition found the session changed since it was decided on (a touch moved its
+    /// expiry, or it is gone): nothing was written.
+    #[error("the session changed meanwhile; the write was not applied")]
+    Changed,
     /// A `list` page token that this store did not issue (forged, truncated, or of another filter).
     #[error("invalid page token")]
     InvalidPageToken,
@@ -26,7 +32,7 @@ pub enum RepositoryError {
 impl UseCaseError for RepositoryError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::LeaseLost => ErrorKind::Aborted,
+            Self::LeaseLost | Self::Changed => ErrorKind::Aborted,
             Self::InvalidPageToken => ErrorKind::InvalidArgument {
                 field: "page_token",
             },
@@ -38,6 +44,7 @@ impl UseCaseError for RepositoryError {
     fn metric_label(&self) -> &'static str {
         match self {
             Self::LeaseLost => "lease_lost",
+            Self::Changed => "session_changed",
             Self::InvalidPageToken => "invalid_page_token",
             Self::Unavailable(_) => "repository_unavailable",
             Self::Other(_) => "repository_error",
@@ -56,6 +63,8 @@ impl UseCaseError for RepositoryError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
     pub agent_id: Option<AgentId>,
+    /// Only sessions in this state; `None` for all.
+    pub state: Option<SandboxState>,
     /// 1..=1000; the service layer applies the default.
     pub page_size: usize,
     /// Opaque token from the previous page; `None` starts from the beginning.
@@ -68,6 +77,61 @@ pub struct SessionPage {
     pub sessions: Vec<SandboxSession>,
     /// `None` on the last page.
     pub next_page_token: Option<String>,
+}
+
+/// What a fenced write appends to the event log and, for a transition decided on the session's
+/// expiry, the expiry it was decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub note: EventNote,
+    /// Applied only while the stored session still expires at this instant: a touch that landed
+    /// after the decision wins (`Changed`). `None` applies unconditionally.
+    pub expect_expires_at: Option<Timestamp>,
+}
+
+impl Change {
+    #[must_use]
+    pub const fn new(note: EventNote) -> Self {
+        Self {
+            note,
+            expect_expires_at: None,
+        }
+    }
+
+    /// Fenced on the expiry `decided_on` was judged by.
+    #[must_use]
+    pub const fn fenced(note: EventNote, decided_on: &SandboxSession) -> Self {
+        Self {
+            note,
+            expect_expires_at: Some(decided_on.expires_at),
+        }
+    }
+}
+
+/// What a reuse must match for [`SessionRepository::touch`] to count it as activity.
+#[derive(Debug, Clone, Copy)]
+pub struct TouchMatch<'a> {
+    pub agent_id: &'a AgentId,
+    pub volume_host_path: &'a VolumePath,
+}
+
+/// How many stored sessions are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub running: u64,
+    pub paused: u64,
+    pub hibernated: u64,
+}
+
+impl StateCounts {
+    #[must_use]
+    pub const fn of(&self, state: SandboxState) -> u64 {
+        match state {
+            SandboxState::Running => self.running,
+            SandboxState::Paused => self.paused,
+            SandboxState::Hibernated => self.hibernated,
+        }
+    }
 }
 
 /// The session store.
@@ -91,8 +155,9 @@ pub trait SessionRepository: Send + Sync {
         session_id: &SessionId,
     ) -> Result<Option<SandboxSession>, RepositoryError>;
 
-    /// Stores `session` as its chat's current session (hash, chat index and expiry index in one
-    /// atomic, fenced write) and returns the active count after it.
+    /// Stores `session` as its chat's current session (hash, chat index, expiry and state
+    /// indexes) and appends `note`'s event, in one atomic, fenced write; returns the active count
+    /// after it.
     ///
     /// # Errors
     /// `LeaseLost` when `lease` is lost or no longer the chat's lock holder (nothing written);
@@ -101,30 +166,65 @@ pub trait SessionRepository: Send + Sync {
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        note: &EventNote,
     ) -> Result<ActiveCount, RepositoryError>;
 
-    /// Removes `session` (hash and expiry entry; the chat index only while it still names this
-    /// session) in one atomic, fenced write; removing what is already gone is success.
+    /// Removes `session` (hash, expiry and state entries; the chat index only while it still
+    /// names this session) and appends the change's event with the session as it was, in one
+    /// atomic, fenced write. Removing what is already gone is success, without an event, unless
+    /// the change is fenced.
     ///
     /// # Errors
-    /// As [`Self::save`].
+    /// As [`Self::save`]; `Changed` when a fenced change finds another expiry or no session.
     async fn delete(
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        change: &Change,
     ) -> Result<ActiveCount, RepositoryError>;
 
-    /// Sets a live session's `expires_at` (hash, expiry index, key TTLs), fenced. Returns the
-    /// updated session, or `None` when the session no longer exists.
+    /// Writes the lifecycle fields of `session` (state, expiry, last activity, endpoint) over the
+    /// stored session of that id and appends the change's event with the result, in one atomic,
+    /// fenced write. Returns the stored session after the write; `None` when it no longer exists.
     ///
     /// # Errors
-    /// As [`Self::save`].
-    async fn extend(
+    /// As [`Self::delete`].
+    async fn update(
         &self,
         lease: &Lease,
-        session_id: &SessionId,
-        expires_at: Timestamp,
+        session: &SandboxSession,
+        change: &Change,
     ) -> Result<Option<SandboxSession>, RepositoryError>;
+
+    /// Records activity at `now` on the chat's current session in one round trip and without a
+    /// lease, when it is running, live at `now` and (with `only_if`) has that agent and volume:
+    /// [`SandboxSession::touched_at`]. Returns the chat's current session after it, touched or
+    /// not (the caller tells which from its state and expiry); `None` when the chat has none.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn touch(
+        &self,
+        chat_id: &ChatId,
+        now: Timestamp,
+        only_if: Option<TouchMatch<'_>>,
+    ) -> Result<Option<SandboxSession>, RepositoryError>;
+
+    /// Appends an event that records no change of a stored session (a stray container removed).
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn append_event(
+        &self,
+        session: &SandboxSession,
+        note: &EventNote,
+    ) -> Result<(), RepositoryError>;
+
+    /// How many stored sessions are in each state.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`.
+    async fn count_by_state(&self) -> Result<StateCounts, RepositoryError>;
 
     /// Up to `limit` sessions with `expires_at <= now`, earliest first, read from the expiry index.
     /// Index entries whose session no longer exists are removed on the way and not returned.
@@ -143,7 +243,7 @@ pub trait SessionRepository: Send + Sync {
     /// `Unavailable`/`Other`.
     async fn count_active(&self) -> Result<ActiveCount, RepositoryError>;
 
-    /// One page of sessions in a stable order, optionally of one agent. Across pages every
+    /// One page of sessions in a stable order, optionally of one agent and one state. Across pages every
     /// session that exists for the whole listing is returned exactly once, even while others are
     /// added or removed.
     ///

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sandboxd_domain::{
-    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp,
-    VolumePath,
+    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, SandboxSession, SandboxState, SessionId,
+    Timestamp, VolumePath,
 };
 
 use super::BoxError;
@@ -31,9 +31,10 @@ pub enum RuntimeError {
     /// The profile's image is not present on the engine (nothing can be pulled).
     #[error("image {0} not found on the engine")]
     ImageNotFound(String),
-    /// The container was removed by someone else while it started: another holder of the
-    /// chat's lease swept it (this holder's lease expired). Retryable contention.
-    #[error("the sandbox was removed while it started")]
+    /// The container was removed by someone else while it was worked on (another holder of the
+    /// chat's lease swept it while it started, or it was removed behind the service's back
+    /// before a pause, stop or start). Retryable: the next create or reconcile sees it gone.
+    #[error("the sandbox's container was removed meanwhile")]
     Vanished,
     /// The container started but its endpoint never became ready; it was removed.
     #[error("sandbox endpoint not ready within {0:?}; the container was removed")]
@@ -102,6 +103,10 @@ impl NewSandbox {
     #[must_use]
     pub fn into_session(self, started: StartedSandbox) -> SandboxSession {
         SandboxSession {
+            state: SandboxState::Running,
+            last_active_at: self.created_at,
+            max_expires_at: self.profile.max_expires_at(self.created_at),
+            idle_timeout: self.profile.idle_timeout,
             session_id: self.session_id,
             chat_id: self.chat_id,
             agent_id: self.agent_id,
@@ -199,7 +204,17 @@ impl ManagedContainer {
     #[must_use]
     pub fn session(&self) -> Option<SandboxSession> {
         let labels = &self.labels;
+        let state = match self.state {
+            ContainerState::Paused => SandboxState::Paused,
+            ContainerState::Stopped => SandboxState::Hibernated,
+            ContainerState::Running | ContainerState::Gone => SandboxState::Running,
+        };
         Some(SandboxSession {
+            state,
+            last_active_at: labels.created_at?,
+            // The labels carry no lifecycle policy: an adopted session has a fixed expiry.
+            max_expires_at: None,
+            idle_timeout: None,
             session_id: labels.session_id?,
             chat_id: labels.chat_id?,
             agent_id: labels.agent_id.clone()?,
@@ -267,6 +282,39 @@ pub trait SandboxRuntime: Send + Sync {
     /// # Errors
     /// `Unavailable`/`Other`.
     async fn list_chat(&self, chat_id: &ChatId) -> Result<Vec<ManagedContainer>, RuntimeError>;
+
+    /// Freezes the sandbox (the engine's pause: memory kept, no CPU). Pausing a paused
+    /// container is success.
+    ///
+    /// # Errors
+    /// `Vanished` when the container is gone or not running (a stopped one cannot be frozen);
+    /// `Unavailable`/`Other`.
+    async fn pause(&self, container_id: &ContainerId) -> Result<(), RuntimeError>;
+
+    /// Thaws a paused sandbox. Unpausing a running container is success.
+    ///
+    /// # Errors
+    /// `Vanished` when the container is gone or stopped; `Unavailable`/`Other`.
+    async fn unpause(&self, container_id: &ContainerId) -> Result<(), RuntimeError>;
+
+    /// Stops the sandbox gracefully and keeps the container (its own filesystem survives; memory
+    /// is freed). A paused container is thawed first; stopping a stopped one is success.
+    ///
+    /// # Errors
+    /// `Vanished` when the container is gone; `Unavailable`/`Other`.
+    async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError>;
+
+    /// Starts a stopped sandbox again and returns once its endpoint is ready, with the endpoint
+    /// the engine published this time (it may differ from the last one). Starting a running
+    /// container returns its endpoint. A sandbox that does not become ready is stopped again.
+    ///
+    /// # Errors
+    /// `Vanished` when the container is gone; `NotReady`; `Unavailable`/`Other`.
+    async fn start(
+        &self,
+        container_id: &ContainerId,
+        profile: &AgentProfile,
+    ) -> Result<Option<Endpoint>, RuntimeError>;
 
     /// Cheap liveness check for health reporting.
     ///

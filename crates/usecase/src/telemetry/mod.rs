@@ -5,7 +5,7 @@
 //! Span fields must be declared when a span is created, so each use case's span is built here
 //! with every attribute it may later record.
 
-use sandboxd_domain::{ChatId, SandboxSession};
+use sandboxd_domain::{ChatId, SandboxSession, SandboxState};
 
 use crate::error::UseCaseError;
 use tracing::Span;
@@ -23,16 +23,24 @@ pub mod metric {
     pub const EXTEND_TOTAL: &str = "sandbox_extend_total";
     pub const RECONCILE_TOTAL: &str = "sandbox_reconcile_total";
     pub const RECONCILE_ERROR_TOTAL: &str = "sandbox_reconcile_error_total";
+    pub const PAUSE_TOTAL: &str = "sandbox_pause_total";
+    pub const RESUME_TOTAL: &str = "sandbox_resume_total";
+    pub const TOUCH_TOTAL: &str = "sandbox_touch_total";
+    pub const SESSIONS: &str = "sandbox_sessions";
+    pub const WATCHERS: &str = "sandbox_watchers";
+    pub const EVENTS_DELIVERED_TOTAL: &str = "sandbox_events_delivered_total";
 
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
     pub const ERROR_TYPE: &str = "error_type";
+    pub const STATE: &str = "state";
 
     /// `result` values of `sandbox_reconcile_total`: the repairs, by reason.
     pub const REPAIR_CONTAINER_REMOVED: &str = "container_removed";
     pub const REPAIR_SESSION_REMOVED: &str = "session_removed";
     pub const REPAIR_ADOPTED: &str = "adopted";
     pub const REPAIR_STRAY_REMOVED: &str = "stray_removed";
+    pub const REPAIR_DRIFT: &str = "drift_repaired";
 
     /// `reason` of a cleanup error raised by the listing itself, not by one session.
     pub const REASON_LIST_EXPIRED: &str = "list_expired";
@@ -63,7 +71,7 @@ pub mod metric {
         (LIST_TOTAL, "ListSandboxes calls by result (ok, error)."),
         (
             RECONCILE_TOTAL,
-            "Repairs by result: container_removed (dead or unlabelled container), session_removed (session whose container is gone), adopted (session rebuilt from a live container's labels), stray_removed (a chat's container other than its session's).",
+            "Repairs by result: container_removed (dead or unlabelled container), session_removed (session whose container is gone), adopted (session rebuilt from a live container's labels), stray_removed (a chat's container other than its session's), drift_repaired (engine state brought back in line with the session's).",
         ),
         (
             RECONCILE_ERROR_TOTAL,
@@ -72,6 +80,27 @@ pub mod metric {
         (
             EXTEND_TOTAL,
             "ExtendSandbox outcomes by result (extended, not_found, expired, invalid, error).",
+        ),
+        (
+            PAUSE_TOTAL,
+            "PauseSandbox and idle pauses/hibernations by result (paused, hibernated, already_paused, not_found, expired, hibernated_refused, changed, error).",
+        ),
+        (
+            RESUME_TOTAL,
+            "ResumeSandbox and resuming creates by result (resumed, already_running, not_found, expired, error).",
+        ),
+        (
+            TOUCH_TOTAL,
+            "TouchSandbox outcomes by result (touched, not_found, not_running, expired, error).",
+        ),
+        (
+            SESSIONS,
+            "Stored sessions by state (running, paused, hibernated), refreshed by every cleanup pass and transition.",
+        ),
+        (WATCHERS, "WatchSandboxes streams open in this process."),
+        (
+            EVENTS_DELIVERED_TOTAL,
+            "Lifecycle events sent to watchers.",
         ),
     ];
 }
@@ -86,6 +115,10 @@ pub mod span {
     pub const LIST: &str = "usecase.list_sandboxes";
     pub const EXTEND: &str = "usecase.extend_sandbox";
     pub const RECONCILE: &str = "usecase.reconcile_sandboxes";
+    pub const PAUSE: &str = "usecase.pause_sandbox";
+    pub const RESUME: &str = "usecase.resume_sandbox";
+    pub const TOUCH: &str = "usecase.touch_sandbox";
+    pub const WATCH: &str = "usecase.watch_sandboxes";
 
     pub const CHAT_ID: &str = "chat.id";
     pub const AGENT_ID: &str = "agent.id";
@@ -119,6 +152,10 @@ pub mod span {
     pub const REMOVED_CONTAINERS: &str = "sandbox.removed_containers";
     pub const REMOVED_SESSIONS: &str = "sandbox.removed_sessions";
     pub const ADOPTED_SESSIONS: &str = "sandbox.adopted_sessions";
+    pub const REPAIRED_SESSIONS: &str = "sandbox.repaired_sessions";
+    pub const SUSPENDED_COUNT: &str = "sandbox.suspended_count";
+    pub const STATE: &str = "sandbox.state";
+    pub const AFTER: &str = "sandbox.watch.after";
     /// What `record_error` sets: the error's type label, message and an error status.
     pub const ERROR_TYPE: &str = "error.type";
     pub const EXCEPTION_MESSAGE: &str = "exception.message";
@@ -146,6 +183,14 @@ pub mod event {
     pub const SANDBOX_RECONCILE_FAILED: &str = "sandbox_reconcile_failed";
     pub const SANDBOX_ADOPTED: &str = "sandbox_adopted";
     pub const SANDBOX_STRAY_CONTAINER_REMOVED: &str = "sandbox_stray_container_removed";
+    pub const SANDBOX_PAUSED: &str = "sandbox_paused";
+    pub const SANDBOX_HIBERNATED: &str = "sandbox_hibernated";
+    pub const SANDBOX_RESUMED: &str = "sandbox_resumed";
+    pub const SANDBOX_TOUCHED: &str = "sandbox_touched";
+    pub const SANDBOX_LIFECYCLE_REFUSED: &str = "sandbox_lifecycle_refused";
+    pub const SANDBOX_DRIFT_REPAIRED: &str = "sandbox_drift_repaired";
+    pub const SANDBOX_WATCH_LAGGED: &str = "sandbox_watch_lagged";
+    pub const EVENT_READER_FAILED: &str = "event_reader_failed";
 }
 
 // ---- spans -------------------------------------------------------------------------------
@@ -214,11 +259,26 @@ pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
     )
 }
 
+/// PauseSandbox, ResumeSandbox, TouchSandbox: `name` is one of their span names.
+pub(crate) fn lifecycle_span(name: &'static str, chat_id: &ChatId) -> Span {
+    // `info_span!` wants a literal name: one arm per operation.
+    match name {
+        span::PAUSE => session_span!(span::PAUSE, chat.id = %chat_id, sandbox.state = Empty,),
+        span::RESUME => session_span!(span::RESUME, chat.id = %chat_id, sandbox.state = Empty,),
+        _ => session_span!(span::TOUCH, chat.id = %chat_id, sandbox.state = Empty,),
+    }
+}
+
+pub(crate) fn watch_span(after: Option<&str>) -> Span {
+    usecase_span!(span::WATCH, sandbox.watch.after = after,)
+}
+
 pub(crate) fn cleanup_pass_span() -> Span {
     usecase_span!(
         span::CLEANUP_PASS,
         sandbox.expired_count = Empty,
         sandbox.cleaned_count = Empty,
+        sandbox.suspended_count = Empty,
         sandbox.error_count = Empty,
         sandbox.skipped_count = Empty,
     )
@@ -251,6 +311,7 @@ pub(crate) fn reconcile_span() -> Span {
         sandbox.removed_containers = Empty,
         sandbox.removed_sessions = Empty,
         sandbox.adopted_sessions = Empty,
+        sandbox.repaired_sessions = Empty,
         sandbox.error_count = Empty,
     )
 }
@@ -379,6 +440,23 @@ pub(crate) fn count_reconcile_error(error_type: &'static str) {
 #[allow(clippy::cast_precision_loss)] // a gauge is f64; session counts stay far below 2^52
 pub fn set_active_count(count: u64) {
     metrics::gauge!(metric::ACTIVE_COUNT).set(count as f64);
+}
+
+#[allow(clippy::cast_precision_loss)] // as above
+pub(crate) fn set_state_counts(counts: &crate::ports::StateCounts) {
+    for state in SandboxState::ALL {
+        metrics::gauge!(metric::SESSIONS, metric::STATE => state.as_str())
+            .set(counts.of(state) as f64);
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // as above
+pub(crate) fn set_watchers(count: usize) {
+    metrics::gauge!(metric::WATCHERS).set(count as f64);
+}
+
+pub(crate) fn count_events_delivered(count: usize) {
+    metrics::counter!(metric::EVENTS_DELIVERED_TOTAL).increment(count as u64);
 }
 
 // ---- log events --------------------------------------------------------------------------
@@ -557,6 +635,62 @@ pub(crate) fn log_stray_removed(chat_id: &ChatId, container: &crate::ports::Mana
         session_id = container.labels.session_id.map(tracing::field::display),
         message = event::SANDBOX_STRAY_CONTAINER_REMOVED,
     );
+}
+
+/// A pause (requested or idle) or hibernation that took effect.
+pub(crate) fn log_suspended(session: &SandboxSession, reason: &str) {
+    if session.state == SandboxState::Hibernated {
+        session_event!(info, event::SANDBOX_HIBERNATED, session, reason = reason);
+    } else {
+        session_event!(info, event::SANDBOX_PAUSED, session, reason = reason);
+    }
+}
+
+pub(crate) fn log_resumed(session: &SandboxSession) {
+    session_event!(
+        info,
+        event::SANDBOX_RESUMED,
+        session,
+        endpoint = session.endpoint.map(tracing::field::display)
+    );
+}
+
+/// Touches are the hot path of an agent's heartbeat: debug only.
+pub(crate) fn log_touched(session: &SandboxSession) {
+    session_event!(debug, event::SANDBOX_TOUCHED, session);
+}
+
+/// A pause, resume or touch refused for the chat's state (not found, expired, wrong state).
+pub(crate) fn log_lifecycle_refused(operation: &'static str, chat_id: &ChatId, result: &str) {
+    tracing::warn!(
+        name: event::SANDBOX_LIFECYCLE_REFUSED,
+        chat_id = %chat_id,
+        operation = operation,
+        result = result,
+        message = event::SANDBOX_LIFECYCLE_REFUSED,
+    );
+}
+
+/// The engine's state differed from the session's; `repair` says what was done.
+pub(crate) fn log_drift_repaired(session: &SandboxSession, engine: &str, repair: &str) {
+    session_event!(
+        warn,
+        event::SANDBOX_DRIFT_REPAIRED,
+        session,
+        state = session.state.as_str(),
+        engine_state = engine,
+        repair = repair
+    );
+}
+
+/// A watcher fell behind the shared reader and catches up from the store on its own.
+pub(crate) fn log_watch_lagged(missed: u64) {
+    tracing::debug!(name: event::SANDBOX_WATCH_LAGGED, missed = missed, message = event::SANDBOX_WATCH_LAGGED);
+}
+
+/// The process's event reader could not read the log; it retries (logged once per outage).
+pub(crate) fn log_event_reader_failed(error_type: &str) {
+    tracing::warn!(name: event::EVENT_READER_FAILED, error = error_type, message = event::EVENT_READER_FAILED);
 }
 
 pub(crate) fn log_reconcile_failed(error_type: &str) {

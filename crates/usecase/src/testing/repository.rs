@@ -3,13 +3,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use sandboxd_domain::{ChatId, SandboxSession, SessionId, Timestamp};
+use sandboxd_domain::{
+    ChatId, EventCursor, EventNote, SandboxEvent, SandboxSession, SandboxState, SessionId,
+    Timestamp,
+};
 
 use super::{CallLog, InMemoryLocker, InjectedFailures, lock};
 use crate::ports::{
-    ActiveCount, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
+    ActiveCount, Change, EventLog, Lease, ListQuery, RepositoryError, SessionPage,
+    SessionRepository, StateCounts, TouchMatch,
 };
 
 /// Repository methods, for failure injection.
@@ -19,7 +24,10 @@ pub enum RepoOp {
     GetBySessionId,
     Save,
     Delete,
-    Extend,
+    Update,
+    Touch,
+    AppendEvent,
+    CountByState,
     ListExpired,
     CountActive,
     List,
@@ -34,6 +42,41 @@ struct State {
     expiry: BTreeSet<(Timestamp, SessionId)>,
     /// session_id text -> id: the ordered index behind paging (lexicographic, like ZRANGEBYLEX).
     ordered: BTreeMap<String, SessionId>,
+    /// The event log, oldest first.
+    events: Vec<SandboxEvent>,
+}
+
+impl State {
+    /// Appends like the store's scripts: in the same critical section as the change.
+    fn append(&mut self, note: &EventNote, session: &SandboxSession) {
+        let millis = u64::try_from(note.at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let cursor = match self.events.last() {
+            Some(last) if last.cursor.millis >= millis => EventCursor {
+                millis: last.cursor.millis,
+                sequence: last.cursor.sequence + 1,
+            },
+            _ => EventCursor {
+                millis,
+                sequence: 0,
+            },
+        };
+        self.events.push(SandboxEvent {
+            cursor,
+            kind: note.kind,
+            reason: note.reason,
+            occurred_at: note.at,
+            session: session.clone(),
+        });
+    }
+
+    /// A fenced change applies only while the stored session still expires as decided on.
+    fn fence_holds(&self, session_id: &SessionId, change: &Change) -> bool {
+        change.expect_expires_at.is_none_or(|expected| {
+            self.sessions
+                .get(session_id)
+                .is_some_and(|stored| stored.expires_at == expected)
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -43,6 +86,8 @@ pub struct InMemorySessionRepository {
     locker: Arc<InMemoryLocker>,
     calls: CallLog,
     failures: InjectedFailures<RepoOp, RepositoryError>,
+    /// Wakes `wait_after` callers on every append.
+    appended: tokio::sync::Notify,
 }
 
 impl InMemorySessionRepository {
@@ -53,7 +98,14 @@ impl InMemorySessionRepository {
             locker,
             calls,
             failures: InjectedFailures::default(),
+            appended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The event log so far (test assertions).
+    #[must_use]
+    pub fn events(&self) -> Vec<SandboxEvent> {
+        lock(&self.state).events.clone()
     }
 
     /// The next call of `op` fails with `error` (queued: several calls fail in order).
@@ -141,15 +193,20 @@ fn remove(state: &mut State, session_id: &SessionId) {
 
 /// Page tokens name the filter and the last id returned, so a token of another query is refused.
 fn encode_token(query: &ListQuery, last: &SessionId) -> String {
+    format!("mem1.{}.{last}", filter_of(query))
+}
+
+fn filter_of(query: &ListQuery) -> String {
     let agent = query.agent_id.as_ref().map_or("", |a| a.as_str());
-    format!("mem1.{agent}.{last}")
+    let state = query.state.map_or("", SandboxState::as_str);
+    format!("{agent}@{state}")
 }
 
 fn decode_token(query: &ListQuery, token: &str) -> Result<String, RepositoryError> {
-    let agent = query.agent_id.as_ref().map_or("", |a| a.as_str());
+    let filter = filter_of(query);
     let rest = token
         .strip_prefix("mem1.")
-        .and_then(|rest| rest.strip_prefix(agent))
+        .and_then(|rest| rest.strip_prefix(filter.as_str()))
         .and_then(|rest| rest.strip_prefix('.'))
         .ok_or(RepositoryError::InvalidPageToken)?;
     let last = SessionId::parse(rest).map_err(|_| RepositoryError::InvalidPageToken)?;
@@ -189,6 +246,7 @@ impl SessionRepository for InMemorySessionRepository {
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        note: &EventNote,
     ) -> Result<ActiveCount, RepositoryError> {
         let mut state = self.enter_fenced(
             RepoOp::Save,
@@ -196,6 +254,8 @@ impl SessionRepository for InMemorySessionRepository {
             lease,
         )?;
         put(&mut state, session.clone());
+        state.append(note, session);
+        self.appended.notify_waiters();
         Ok(state.sessions.len() as ActiveCount)
     }
 
@@ -203,33 +263,111 @@ impl SessionRepository for InMemorySessionRepository {
         &self,
         lease: &Lease,
         session: &SandboxSession,
+        change: &Change,
     ) -> Result<ActiveCount, RepositoryError> {
         let mut state = self.enter_fenced(
             RepoOp::Delete,
             format!("repository.delete({})", session.session_id),
             lease,
         )?;
+        if !state.fence_holds(&session.session_id, change) {
+            return Err(RepositoryError::Changed);
+        }
+        if let Some(stored) = state.sessions.get(&session.session_id).cloned() {
+            remove(&mut state, &session.session_id);
+            state.append(&change.note, &stored);
+            self.appended.notify_waiters();
+        }
         remove(&mut state, &session.session_id);
         Ok(state.sessions.len() as ActiveCount)
     }
 
-    async fn extend(
+    async fn update(
         &self,
         lease: &Lease,
-        session_id: &SessionId,
-        expires_at: Timestamp,
+        session: &SandboxSession,
+        change: &Change,
     ) -> Result<Option<SandboxSession>, RepositoryError> {
         let mut state = self.enter_fenced(
-            RepoOp::Extend,
-            format!("repository.extend({session_id})"),
+            RepoOp::Update,
+            format!("repository.update({})", session.session_id),
             lease,
         )?;
-        let Some(mut session) = state.sessions.get(session_id).cloned() else {
+        if !state.fence_holds(&session.session_id, change) {
+            return Err(RepositoryError::Changed);
+        }
+        let Some(stored) = state.sessions.get(&session.session_id).cloned() else {
             return Ok(None);
         };
-        session.expires_at = expires_at;
-        put(&mut state, session.clone());
-        Ok(Some(session))
+        if &stored.chat_id != lease.chat_id() {
+            return Err(RepositoryError::LeaseLost);
+        }
+        let updated = SandboxSession {
+            state: session.state,
+            expires_at: session.expires_at,
+            last_active_at: session.last_active_at,
+            endpoint: session.endpoint,
+            ..stored
+        };
+        put(&mut state, updated.clone());
+        state.append(&change.note, &updated);
+        self.appended.notify_waiters();
+        Ok(Some(updated))
+    }
+
+    async fn touch(
+        &self,
+        chat_id: &ChatId,
+        now: Timestamp,
+        only_if: Option<TouchMatch<'_>>,
+    ) -> Result<Option<SandboxSession>, RepositoryError> {
+        self.enter(RepoOp::Touch, format!("repository.touch({chat_id})"))?;
+        let mut state = lock(&self.state);
+        let Some(current) = state
+            .chats
+            .get(chat_id)
+            .and_then(|id| state.sessions.get(id))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let matches = only_if.is_none_or(|m| {
+            &current.agent_id == m.agent_id && &current.volume_host_path == m.volume_host_path
+        });
+        if current.state == SandboxState::Running && current.is_live_at(now) && matches {
+            let touched = current.touched_at(now);
+            put(&mut state, touched.clone());
+            return Ok(Some(touched));
+        }
+        Ok(Some(current))
+    }
+
+    async fn append_event(
+        &self,
+        session: &SandboxSession,
+        note: &EventNote,
+    ) -> Result<(), RepositoryError> {
+        self.enter(
+            RepoOp::AppendEvent,
+            format!("repository.append_event({})", session.session_id),
+        )?;
+        lock(&self.state).append(note, session);
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn count_by_state(&self) -> Result<StateCounts, RepositoryError> {
+        self.enter(RepoOp::CountByState, "repository.count_by_state".to_owned())?;
+        let state = lock(&self.state);
+        let mut counts = StateCounts::default();
+        for session in state.sessions.values() {
+            match session.state {
+                SandboxState::Running => counts.running += 1,
+                SandboxState::Paused => counts.paused += 1,
+                SandboxState::Hibernated => counts.hibernated += 1,
+            }
+        }
+        Ok(counts)
     }
 
     async fn list_expired(
@@ -289,6 +427,7 @@ impl SessionRepository for InMemorySessionRepository {
                 .agent_id
                 .as_ref()
                 .is_some_and(|a| a != &session.agent_id)
+                || query.state.is_some_and(|s| s != session.state)
             {
                 continue;
             }
@@ -310,5 +449,42 @@ impl SessionRepository for InMemorySessionRepository {
 
     async fn ping(&self) -> Result<(), RepositoryError> {
         self.enter(RepoOp::Ping, "repository.ping".to_owned())
+    }
+}
+
+#[async_trait]
+impl EventLog for InMemorySessionRepository {
+    async fn read_after(
+        &self,
+        after: Option<EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<SandboxEvent>, RepositoryError> {
+        let state = lock(&self.state);
+        Ok(state
+            .events
+            .iter()
+            .filter(|event| after.is_none_or(|after| event.cursor > after))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn wait_after(
+        &self,
+        after: Option<EventCursor>,
+        limit: usize,
+        block: Duration,
+    ) -> Result<Vec<SandboxEvent>, RepositoryError> {
+        let appended = self.appended.notified();
+        let ready = self.read_after(after, limit).await?;
+        if !ready.is_empty() {
+            return Ok(ready);
+        }
+        let _ = tokio::time::timeout(block, appended).await;
+        self.read_after(after, limit).await
+    }
+
+    async fn last_cursor(&self) -> Result<Option<EventCursor>, RepositoryError> {
+        Ok(lock(&self.state).events.last().map(|event| event.cursor))
     }
 }

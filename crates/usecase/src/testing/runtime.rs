@@ -24,6 +24,10 @@ pub enum RuntimeOp {
     ListManaged,
     ListChat,
     Inspect,
+    Pause,
+    Unpause,
+    Stop,
+    Start,
     Ping,
 }
 
@@ -164,6 +168,24 @@ impl FakeRuntime {
         self.failures.enter(&self.calls, op, call)
     }
 
+    /// A state change of an existing container, recorded as `runtime.{method}(id)`: `change`
+    /// gets the current state and returns the new one, or `None` to refuse (`Vanished`).
+    fn transition(
+        &self,
+        op: RuntimeOp,
+        method: &str,
+        container_id: &ContainerId,
+        change: impl FnOnce(ContainerState) -> Option<ContainerState>,
+    ) -> Result<Option<Endpoint>, RuntimeError> {
+        self.enter(op, format!("runtime.{method}({container_id})"))?;
+        let mut containers = lock(&self.containers);
+        let container = containers
+            .get_mut(container_id)
+            .ok_or(RuntimeError::Vanished)?;
+        container.state = change(container.state).ok_or(RuntimeError::Vanished)?;
+        Ok(container.endpoint)
+    }
+
     /// A removal: recorded as `runtime.{method}(id)`, failed if injected for `op` or for this
     /// container.
     fn enter_removal(
@@ -269,6 +291,58 @@ impl SandboxRuntime for FakeRuntime {
     async fn list_chat(&self, chat_id: &ChatId) -> Result<Vec<ManagedContainer>, RuntimeError> {
         self.enter(RuntimeOp::ListChat, format!("runtime.list_chat({chat_id})"))?;
         Ok(self.managed(|labels| labels.chat_id == Some(*chat_id)))
+    }
+
+    async fn pause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        self.transition(RuntimeOp::Pause, "pause", container_id, |state| match state {
+            ContainerState::Running | ContainerState::Paused => Some(ContainerState::Paused),
+            ContainerState::Stopped | ContainerState::Gone => None,
+        })
+        .map(drop)
+    }
+
+    async fn unpause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        self.transition(RuntimeOp::Unpause, "unpause", container_id, |state| match state {
+            ContainerState::Running | ContainerState::Paused => Some(ContainerState::Running),
+            ContainerState::Stopped | ContainerState::Gone => None,
+        })
+        .map(drop)
+    }
+
+    async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+        self.transition(RuntimeOp::Stop, "stop", container_id, |state| match state {
+            ContainerState::Gone => None,
+            _ => Some(ContainerState::Stopped),
+        })
+        .map(drop)
+    }
+
+    async fn start(
+        &self,
+        container_id: &ContainerId,
+        _profile: &AgentProfile,
+    ) -> Result<Option<Endpoint>, RuntimeError> {
+        self.enter(RuntimeOp::Start, format!("runtime.start({container_id})"))?;
+        let mut containers = lock(&self.containers);
+        let container = containers
+            .get_mut(container_id)
+            .ok_or(RuntimeError::Vanished)?;
+        match container.state {
+            ContainerState::Running => {}
+            ContainerState::Stopped => {
+                container.state = ContainerState::Running;
+                // Like an engine re-publishing the port on start: the endpoint changes.
+                if container.endpoint.is_some() {
+                    let port = self.next_port.fetch_add(1, Ordering::SeqCst);
+                    container.endpoint = Some(
+                        Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+                            .map_err(|e| RuntimeError::Other(Box::new(e)))?,
+                    );
+                }
+            }
+            ContainerState::Paused | ContainerState::Gone => return Err(RuntimeError::Vanished),
+        }
+        Ok(container.endpoint)
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {
