@@ -342,6 +342,7 @@ fn list_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
             agent_id: agent_id.to_owned(),
             page_size,
             page_token: page_token.to_owned(),
+            state: 0,
         })
     };
     for (agent, page_size) in [("Bad!", 0), ("Bad Agent", 10), ("a\0", 0)] {
@@ -401,6 +402,7 @@ pub async fn setup(app: &crate::TestApp, max_ttl: Duration) -> Targets {
             agent_id: String::new(),
             page_size: 1,
             page_token: String::new(),
+            state: 0,
         })
         .await
         .expect("listing")

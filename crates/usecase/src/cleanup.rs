@@ -257,19 +257,11 @@ impl CleanupExpiredSandboxes {
                     }
                 }
                 Action::Remove(reason) => {
-                    // The store first, fenced on the expiry this was decided by: a touch since
-                    // wins and nothing is removed. A removal that fails afterwards leaves a
-                    // container without a session, which reconcile handles.
-                    let note = EventNote::new(EventType::Expired, reason, now);
-                    match self
-                        .ports
-                        .delete_session(lease, &current, &Change::fenced(note, &current))
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(RepositoryError::Changed) => return Ok(None),
-                        Err(error) => return Err(error.into()),
-                    }
+                    // The container first, as in the reference flow: a removal that fails keeps
+                    // the session for the next pass. The delete is fenced on the expiry this was
+                    // decided by; a touch cannot land on an expired session, so only replicas'
+                    // clocks apart can make it refuse, and then the session stays for
+                    // reconcile, which finds its container gone.
                     let runtime = &self.ports.runtime;
                     if current.state == SandboxState::Running {
                         runtime.remove_gracefully(&current.container_id).await?;
@@ -277,7 +269,16 @@ impl CleanupExpiredSandboxes {
                         // Frozen or stopped: nothing would handle a graceful stop.
                         runtime.force_remove(&current.container_id).await?;
                     }
-                    Ok(Some(SessionOutcome::Cleaned(current)))
+                    let note = EventNote::new(EventType::Expired, reason, now);
+                    match self
+                        .ports
+                        .delete_session(lease, &current, &Change::fenced(note, &current))
+                        .await
+                    {
+                        Ok(()) => Ok(Some(SessionOutcome::Cleaned(current))),
+                        Err(RepositoryError::Changed) => Ok(None),
+                        Err(error) => Err(error.into()),
+                    }
                 }
             }
         })

@@ -18,6 +18,7 @@ mod profiles;
 mod reconcile;
 mod repair;
 pub mod telemetry;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -37,4 +38,5 @@ pub use lease::Ports;
 pub use lifecycle::{LifecycleError, PauseSandbox, ResumeSandbox, TouchSandbox};
 pub use list::ListSandboxes;
 pub use profiles::Profiles;
+pub use watch::{EventHub, WatchError, WatchRequest};
 pub use reconcile::{ReconcileOptions, ReconcileReport, ReconcileSandboxes};

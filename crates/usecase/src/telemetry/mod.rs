@@ -28,6 +28,7 @@ pub mod metric {
     pub const TOUCH_TOTAL: &str = "sandbox_touch_total";
     pub const SESSIONS: &str = "sandbox_sessions";
     pub const WATCHERS: &str = "sandbox_watchers";
+    pub const WATCH_TOTAL: &str = "sandbox_watch_total";
     pub const EVENTS_DELIVERED_TOTAL: &str = "sandbox_events_delivered_total";
 
     pub const RESULT: &str = "result";
@@ -98,6 +99,10 @@ pub mod metric {
             "Stored sessions by state (running, paused, hibernated), refreshed by every cleanup pass and transition.",
         ),
         (WATCHERS, "WatchSandboxes streams open in this process."),
+        (
+            WATCH_TOTAL,
+            "WatchSandboxes streams opened, by result (opened, cursor_expired, error).",
+        ),
         (
             EVENTS_DELIVERED_TOTAL,
             "Lifecycle events sent to watchers.",

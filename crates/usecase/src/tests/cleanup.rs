@@ -12,6 +12,8 @@ use crate::{CleanupExpiredSandboxes, CleanupOptions, CleanupReport, ErrorKind};
 fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
     CleanupExpiredSandboxes::new(
         world.ports.clone(),
+        world.profiles.clone(),
+        TTL,
         CleanupOptions {
             concurrency,
             batch_size: 1000,
@@ -19,14 +21,15 @@ fn pass(world: &World, concurrency: usize) -> CleanupExpiredSandboxes {
     )
 }
 
-/// Asserts the pass span's whole field set: its expired, cleaned, error and skipped counts, and
-/// its result.
+/// Asserts the pass span's whole field set: its expired, cleaned, error and skipped counts (none
+/// suspended), and its result.
 fn assert_pass_span(cap: &Captured, [expired, cleaned, errors, skipped]: [&str; 4], result: &str) {
     cap.assert_span_fields(
         span::CLEANUP_PASS,
         &[
             (span::EXPIRED_COUNT, expired),
             (span::CLEANED_COUNT, cleaned),
+            (span::SUSPENDED_COUNT, "0"),
             (span::ERROR_COUNT, errors),
             (span::SKIPPED_COUNT, skipped),
             (span::RESULT, result),
@@ -85,8 +88,9 @@ fn cleans_expired_sessions_and_leaves_live_ones() {
             format!("runtime.remove_gracefully({})", a.container_id),
             format!("repository.delete({})", a.session_id),
             format!("locker.release({})", a.chat_id),
+            "repository.count_by_state".to_owned(),
         ],
-        "re-read under the chat's lease, stop before delete"
+        "re-read under the chat's lease, stop before delete, then the per-state gauge"
     );
     cap.assert_counters(&["sandbox_cleanup_total{result=cleaned} 1"]);
     assert_eq!(cap.gauge(metric::ACTIVE_COUNT), Some(1.0));

@@ -5,7 +5,7 @@ use crate::telemetry::{event, metric, span};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sandboxd_domain::{ChatId, ConflictReason};
+use sandboxd_domain::{ChatId, ConflictReason, SandboxSession};
 
 use super::harness::*;
 use crate::ports::{Clock, ContainerState, SandboxLabels};
@@ -20,10 +20,16 @@ fn request_span_fields(cmd: &CreateSandboxCommand) -> Vec<(&'static str, String)
     ]
 }
 
-/// A create that gets past the lock-free read: that read, then `inner` under the lease.
-fn create_calls(chat: ChatId, inner: &[String]) -> Vec<String> {
-    let mut calls = vec![format!("repository.get_current_by_chat_id({chat})")];
-    calls.extend(leased_calls(chat, inner));
+/// A create that gets past the lock-free read-and-touch: that round trip, then under the lease
+/// the same round trip again and `inner`.
+pub(super) fn create_calls(chat: ChatId, inner: &[String]) -> Vec<String> {
+    let mut calls = vec![
+        format!("repository.touch({chat})"),
+        format!("locker.lock({chat})"),
+        format!("repository.touch({chat})"),
+    ];
+    calls.extend_from_slice(inner);
+    calls.push(format!("locker.release({chat})"));
     calls
 }
 
@@ -76,11 +82,16 @@ fn reuses_a_live_session_whose_agent_and_volume_match() {
     let out = out.unwrap();
 
     assert_eq!(out.result, CreateResult::Reused);
-    assert_eq!(out.session, existing, "returned unchanged");
+    let touched = SandboxSession {
+        last_active_at: world.clock.now(),
+        ..existing.clone()
+    };
+    assert_eq!(out.session, touched, "returned with the reuse as its last activity");
+    assert_eq!(world.repository.all(), vec![touched]);
     assert_eq!(
         world.calls.calls(),
-        vec![format!("repository.get_current_by_chat_id({chat})")],
-        "a reuse of a live session is one read: no lease, no runtime, no write"
+        vec![format!("repository.touch({chat})")],
+        "a reuse of a live session is one round trip: no lease, no runtime"
     );
     cap.assert_counters(&["sandbox_create_total{result=reused} 1"]);
     assert_eq!(
@@ -242,7 +253,7 @@ fn a_session_created_while_waiting_for_the_lease_is_reused_after_the_re_read() {
     let (out, cap) = world.create_default(chat);
     let out = out.unwrap();
     assert_eq!(out.result, CreateResult::Reused);
-    assert_eq!(out.session, theirs);
+    assert_eq!(out.session, theirs.touched_at(world.clock.now()));
     assert_eq!(world.runtime.created_total(), 0);
     assert_eq!(world.calls.calls(), create_calls(chat, &[]));
     cap.assert_counters(&["sandbox_create_total{result=reused} 1"]);

@@ -146,7 +146,7 @@ fn a_lease_lost_before_the_save_commits_nothing_and_stops_the_new_container() {
 /// The calls of a create that reads without a lease, then fails to take the lease.
 fn lock_free_read_then_lock(chat: ChatId) -> Vec<String> {
     vec![
-        format!("repository.get_current_by_chat_id({chat})"),
+        format!("repository.touch({chat})"),
         format!("locker.lock({chat})"),
     ]
 }
@@ -212,7 +212,7 @@ fn a_lock_store_failure_is_unavailable() {
 #[test]
 fn a_read_failure_is_reported_and_nothing_is_started() {
     let world = World::new();
-    world.repository_down(RepoOp::GetActiveByChatId);
+    world.repository_down(RepoOp::Touch);
     let chat = new_chat();
     assert_plain_error(
         &world,

@@ -460,6 +460,10 @@ impl World {
             endpoint: None,
             created_at: self.clock.now() - TTL,
             expires_at,
+            state: sandboxd_domain::SandboxState::Running,
+            last_active_at: self.clock.now() - TTL,
+            max_expires_at: None,
+            idle_timeout: None,
         };
         self.repository.insert(session.clone());
         let spec = NewSandbox {

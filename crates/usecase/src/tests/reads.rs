@@ -84,6 +84,7 @@ fn list_pages_through_every_session_once_with_an_agent_filter() {
     let cap = loop {
         let query = ListQuery {
             agent_id: Some(agent_id("python")),
+            state: None,
             page_size: 2,
             page_token: token,
         };
@@ -115,6 +116,7 @@ fn list_refuses_a_forged_page_token_as_an_invalid_argument() {
     let world = World::new();
     let query = ListQuery {
         agent_id: None,
+        state: None,
         page_size: 10,
         page_token: Some("forged".to_owned()),
     };
@@ -160,7 +162,7 @@ fn extend_sets_expiry_to_now_plus_ttl_under_the_lease() {
         world.calls.calls(),
         leased_calls(
             chat,
-            &[format!("repository.extend({})", session.session_id)]
+            &[format!("repository.update({})", session.session_id)]
         )
     );
     cap.assert_counters(&["sandbox_extend_total{result=extended} 1"]);
@@ -238,7 +240,7 @@ fn extend_of_an_unknown_chat_is_not_found() {
 #[test]
 fn extend_with_a_lost_lease_commits_nothing() {
     let (world, chat, session) = World::with_live_session();
-    world.lease_lost_on(RepoOp::Extend);
+    world.lease_lost_on(RepoOp::Update);
     let (out, cap) = extend(&world, chat, None);
     assert_eq!(out.unwrap_err().kind(), ErrorKind::Aborted);
     assert_eq!(world.repository.all(), vec![session]);
