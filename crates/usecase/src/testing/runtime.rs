@@ -294,18 +294,28 @@ impl SandboxRuntime for FakeRuntime {
     }
 
     async fn pause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        self.transition(RuntimeOp::Pause, "pause", container_id, |state| match state {
-            ContainerState::Running | ContainerState::Paused => Some(ContainerState::Paused),
-            ContainerState::Stopped | ContainerState::Gone => None,
-        })
+        self.transition(
+            RuntimeOp::Pause,
+            "pause",
+            container_id,
+            |state| match state {
+                ContainerState::Running | ContainerState::Paused => Some(ContainerState::Paused),
+                ContainerState::Stopped | ContainerState::Gone => None,
+            },
+        )
         .map(drop)
     }
 
     async fn unpause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        self.transition(RuntimeOp::Unpause, "unpause", container_id, |state| match state {
-            ContainerState::Running | ContainerState::Paused => Some(ContainerState::Running),
-            ContainerState::Stopped | ContainerState::Gone => None,
-        })
+        self.transition(
+            RuntimeOp::Unpause,
+            "unpause",
+            container_id,
+            |state| match state {
+                ContainerState::Running | ContainerState::Paused => Some(ContainerState::Running),
+                ContainerState::Stopped | ContainerState::Gone => None,
+            },
+        )
         .map(drop)
     }
 
