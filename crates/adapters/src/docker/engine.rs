@@ -37,9 +37,10 @@ pub(super) fn is_not_found(error: &BollardError) -> bool {
     )
 }
 
-/// An engine error about a sandbox this create just made: gone (404) or being removed (409)
-/// means someone removed it while it started (another lease holder's sweep), not a broken engine.
-pub(super) fn starting_error(error: BollardError) -> RuntimeError {
+/// An engine error about an existing sandbox: gone (404) or being removed (409) means someone
+/// removed it meanwhile (another lease holder's sweep while it started, or a removal behind the
+/// service's back), not a broken engine.
+pub(super) fn container_error(error: BollardError) -> RuntimeError {
     let being_removed = matches!(
         &error,
         BollardError::DockerResponseServerError { status_code: 409, message }

@@ -1,5 +1,6 @@
-//! Starting a created sandbox and waiting until its published endpoint serves: the host port
-//! the engine chose, probes with backoff, and failing fast when the container dies meanwhile.
+//! Starting a sandbox (just created, or stopped and started again) and waiting until its
+//! published endpoint serves: the host port the engine chose, probes with backoff, and failing
+//! fast when the container dies meanwhile.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use sandboxd_domain::{AgentProfile, ContainerId, Endpoint, ReadyProbe};
 use sandboxd_usecase::ports::RuntimeError;
 use tokio::time::Instant;
 
-use super::engine::{other, starting_error};
+use super::engine::{container_error, other};
 use super::probe;
 
 /// Probe retry backoff: the engine's floor here is ~2 ms from start to serving.
@@ -20,7 +21,7 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(50);
 const PROBE_ATTEMPT_MAX: Duration = Duration::from_secs(1);
 /// Exit code of a process killed by SIGKILL (128 + 9).
 const SIGKILL_EXIT: i64 = 137;
-/// How often a waiting `create` asks whether the container died (then it fails fast).
+/// How often a wait for readiness asks whether the container died (then it fails fast).
 const STATE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Starts the container and, when the profile publishes a port, waits until it serves there.
@@ -33,7 +34,18 @@ pub(super) async fn start_and_wait_ready(
     docker
         .start_container(container_id.as_str(), None)
         .await
-        .map_err(starting_error)?;
+        .map_err(container_error)?;
+    wait_ready_endpoint(docker, container_id, profile, publish_host_ip).await
+}
+
+/// The endpoint of a started container, once it serves there; `None` when the profile publishes
+/// no port. The host port is read afresh: the engine picks a new one at every start.
+pub(super) async fn wait_ready_endpoint(
+    docker: &Docker,
+    container_id: &ContainerId,
+    profile: &AgentProfile,
+    publish_host_ip: IpAddr,
+) -> Result<Option<Endpoint>, RuntimeError> {
     let Some(container_port) = profile.port else {
         return Ok(None);
     };
@@ -61,7 +73,7 @@ async fn published_port(
     let inspect = docker
         .inspect_container(container_id.as_str(), None)
         .await
-        .map_err(starting_error)?;
+        .map_err(container_error)?;
     let key = format!("{container_port}/tcp");
     inspect
         .network_settings
@@ -102,7 +114,7 @@ async fn wait_ready(
             let state = docker
                 .inspect_container(container_id.as_str(), None)
                 .await
-                .map_err(starting_error)?
+                .map_err(container_error)?
                 .state;
             if let Some(state) = state
                 && state.running == Some(false)
