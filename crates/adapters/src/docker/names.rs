@@ -1,19 +1,35 @@
-//! Every metric name and label value the Docker runtime emits, in one place.
+//! Every metric name, label value and log event name the Docker runtime emits, in one place.
 
 /// Histogram of engine-side work per runtime call, in seconds.
 pub const RUNTIME_DURATION_SECONDS: &str = "sandbox_runtime_duration_seconds";
 
-/// Label: which runtime call (`create`, `stop`, `delete`).
+/// Label: which runtime call (one of the `OPERATION_*` values below).
 pub const LABEL_OPERATION: &str = "operation";
 /// Label: `ok` or `error`.
 pub const LABEL_RESULT: &str = "result";
 
+/// `create`: create, start, and wait until the endpoint serves.
 pub const OPERATION_CREATE: &str = "create";
+/// `remove_gracefully`: a graceful stop, then removal. Named before containers could be kept;
+/// a stop that keeps the container is [`OPERATION_STOP_KEEP`].
 pub const OPERATION_STOP: &str = "stop";
+/// `force_remove`.
 pub const OPERATION_DELETE: &str = "delete";
+/// `pause`: freeze.
+pub const OPERATION_PAUSE: &str = "pause";
+/// `unpause`: thaw.
+pub const OPERATION_UNPAUSE: &str = "unpause";
+/// `stop`: a graceful stop that keeps the container.
+pub const OPERATION_STOP_KEEP: &str = "stop_keep";
+/// `start`: start a stopped container and wait until the endpoint serves.
+pub const OPERATION_START: &str = "start";
 
 pub const RESULT_OK: &str = "ok";
 pub const RESULT_ERROR: &str = "error";
+
+/// Event: a `start` whose sandbox never became ready could not stop it again (it may be left
+/// running unserved until the next stop or removal).
+pub const EVENT_STOP_AFTER_FAILED_START_FAILED: &str = "sandbox_stop_after_failed_start_failed";
 
 /// Value of the `{prefix}.managed-by` label on every container this service starts.
 pub const MANAGED_BY_VALUE: &str = "sandboxd";
@@ -21,5 +37,5 @@ pub const MANAGED_BY_VALUE: &str = "sandboxd";
 /// HELP text of the histograms above, for the exporter's `describe_histogram` calls.
 pub const DESCRIPTIONS: &[(&str, &str)] = &[(
     RUNTIME_DURATION_SECONDS,
-    "Docker engine work per runtime call in seconds, by operation (create, stop, delete) and result.",
+    "Docker engine work per runtime call in seconds, by operation (create, stop, delete, pause, unpause, stop_keep, start) and result.",
 )];
