@@ -18,7 +18,9 @@ use std::sync::Arc;
 use docker_engine::{TestSandboxes, new_sandbox};
 use sandboxd_domain::ContainerId;
 use sandboxd_testkit::TestResult;
-use sandboxd_usecase::ports::{ContainerState, NewSandbox, SandboxLabels, SandboxRuntime};
+use sandboxd_usecase::ports::{
+    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+};
 use sandboxd_usecase::testing::{CallLog, FakeRuntime};
 
 /// What the suite needs besides the port: specs it may create.
@@ -197,9 +199,145 @@ async fn an_allowed_volume_validates_and_creates_nothing(backend: &dyn Backend) 
     Ok(())
 }
 
+async fn pause_freezes_and_unpause_thaws_each_idempotently(backend: &dyn Backend) -> TestResult {
+    let runtime = backend.runtime();
+    let id = runtime
+        .create(&backend.spec("a"))
+        .await
+        .unwrap()
+        .container_id;
+
+    runtime.pause(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Paused);
+    runtime.pause(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Paused);
+    assert_eq!(
+        runtime.list_managed().await.unwrap()[0].state,
+        ContainerState::Paused
+    );
+
+    runtime.unpause(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Running);
+    runtime.unpause(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Running);
+    runtime.force_remove(&id).await.unwrap();
+    Ok(())
+}
+
+async fn stop_keeps_the_container_stopped_and_is_idempotent(backend: &dyn Backend) -> TestResult {
+    let runtime = backend.runtime();
+    let id = runtime
+        .create(&backend.spec("a"))
+        .await
+        .unwrap()
+        .container_id;
+
+    runtime.stop(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Stopped);
+    runtime.stop(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Stopped);
+    let listed = runtime.list_managed().await.unwrap();
+    assert_eq!(listed.len(), 1, "a stopped sandbox is kept: {listed:?}");
+    assert_eq!(listed[0].state, ContainerState::Stopped);
+    runtime.force_remove(&id).await.unwrap();
+    Ok(())
+}
+
+async fn a_paused_sandbox_stops(backend: &dyn Backend) -> TestResult {
+    let runtime = backend.runtime();
+    let id = runtime
+        .create(&backend.spec("a"))
+        .await
+        .unwrap()
+        .container_id;
+    runtime.pause(&id).await.unwrap();
+
+    runtime.stop(&id).await.unwrap();
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Stopped);
+    runtime.force_remove(&id).await.unwrap();
+    Ok(())
+}
+
+async fn start_runs_a_stopped_sandbox_again_and_returns_its_endpoint(
+    backend: &dyn Backend,
+) -> TestResult {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    let id = runtime.create(&spec).await.unwrap().container_id;
+    runtime.stop(&id).await.unwrap();
+
+    let endpoint = runtime.start(&id, &spec.profile).await.unwrap();
+    assert!(endpoint.is_some(), "the web profile publishes a port");
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Running);
+    let listed = runtime.list_managed().await.unwrap();
+    assert_eq!(
+        listed[0].endpoint, endpoint,
+        "the endpoint published by this start, not the one of the create"
+    );
+    // Starting a running sandbox changes nothing and answers where it serves.
+    assert_eq!(runtime.start(&id, &spec.profile).await.unwrap(), endpoint);
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Running);
+    runtime.force_remove(&id).await.unwrap();
+    Ok(())
+}
+
+async fn a_state_change_the_sandbox_is_not_in_a_state_for_is_vanished(
+    backend: &dyn Backend,
+) -> TestResult {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    let id = runtime.create(&spec).await.unwrap().container_id;
+
+    runtime.stop(&id).await.unwrap();
+    assert_vanished(runtime.pause(&id).await, "pause of a stopped sandbox");
+    assert_vanished(runtime.unpause(&id).await, "unpause of a stopped sandbox");
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Stopped);
+
+    runtime.start(&id, &spec.profile).await.unwrap();
+    runtime.pause(&id).await.unwrap();
+    assert_vanished(
+        runtime.start(&id, &spec.profile).await,
+        "start of a paused sandbox (thawing is unpause's)",
+    );
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Paused);
+    runtime.force_remove(&id).await.unwrap();
+    Ok(())
+}
+
+async fn every_state_change_of_a_removed_sandbox_is_vanished(backend: &dyn Backend) -> TestResult {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    let removed = runtime.create(&spec).await.unwrap().container_id;
+    runtime.force_remove(&removed).await.unwrap();
+    let never = ContainerId::parse("sandbox-never-existed-0000").unwrap();
+
+    for id in [&removed, &never] {
+        assert_vanished(runtime.pause(id).await, "pause");
+        assert_vanished(runtime.unpause(id).await, "unpause");
+        assert_vanished(runtime.stop(id).await, "stop");
+        assert_vanished(runtime.start(id, &spec.profile).await, "start");
+    }
+    assert!(runtime.list_managed().await.unwrap().is_empty());
+    Ok(())
+}
+
+#[track_caller]
+fn assert_vanished<T: std::fmt::Debug>(result: Result<T, RuntimeError>, what: &str) {
+    assert!(
+        matches!(result, Err(RuntimeError::Vanished)),
+        "{what}: {result:?}"
+    );
+}
+
 contract!(in_memory => Fake, on_docker => Docker: (
     a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session,
     removals_are_idempotent_and_leave_the_container_gone,
     a_chat_listing_holds_exactly_that_chats_containers,
     an_allowed_volume_validates_and_creates_nothing,
+    pause_freezes_and_unpause_thaws_each_idempotently,
+    stop_keeps_the_container_stopped_and_is_idempotent,
+    a_paused_sandbox_stops,
+    start_runs_a_stopped_sandbox_again_and_returns_its_endpoint,
+    a_state_change_the_sandbox_is_not_in_a_state_for_is_vanished,
+    every_state_change_of_a_removed_sandbox_is_vanished,
 ));
