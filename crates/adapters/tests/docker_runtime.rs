@@ -1,5 +1,6 @@
 //! The Docker runtime against a real engine: hardening, labels, mounts and endpoint of a created
-//! sandbox, the volume policy, idempotent stop/delete, readiness failures and an absent engine.
+//! sandbox, the volume policy, idempotent stop/delete, pause and stop/start as the engine sees
+//! them, readiness failures and an absent engine.
 //! Every test labels what it creates with its own prefix and removes it, also when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -248,6 +249,121 @@ async fn paused_and_stopped_containers_are_listed_and_inspected_in_their_state()
 }
 
 #[tokio::test]
+async fn a_stopped_sandbox_keeps_its_own_filesystem_and_serves_again_on_its_new_endpoint() {
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let volume = world.volume_dir("chat");
+    std::fs::write(volume.join("index.html"), "hello again\n").unwrap();
+    let spec = new_sandbox(&volume);
+    let id = runtime.create(&spec).await.unwrap().container_id;
+    let docker = engine().await;
+    // The container's own filesystem, not the volume: what a stop must keep and a removal loses.
+    exec(&docker, id.as_str(), &["sh", "-c", "echo kept > /kept.txt"]).await;
+
+    runtime.stop(&id).await.unwrap();
+    let state = docker
+        .inspect_container(id.as_str(), None)
+        .await
+        .unwrap()
+        .state
+        .unwrap();
+    assert_eq!(state.running, Some(false));
+    let endpoint = runtime
+        .start(&id, &spec.profile)
+        .await
+        .unwrap()
+        .expect("the web profile publishes a port");
+
+    let (status, body) = http_get(SocketAddr::new(endpoint.ip, endpoint.port.get()), "/").await;
+    assert_eq!((status, body.as_str()), (200, "hello again\n"));
+    assert_eq!(
+        exec(&docker, id.as_str(), &["cat", "/kept.txt"]).await,
+        "kept\n"
+    );
+    runtime.force_remove(&id).await.unwrap();
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
+async fn pause_is_the_engines_freeze_and_a_paused_sandbox_stops_gracefully() {
+    let world = TestSandboxes::new();
+    let config = DockerConfig {
+        // A long grace, so a stop that had to kill the frozen process would show in the time.
+        stop_grace: Duration::from_secs(30),
+        engine_timeout: Duration::from_secs(60),
+        ..world.config()
+    };
+    let runtime = DockerRuntime::new(config);
+    let id = runtime
+        .create(&new_sandbox(&world.volume_dir("chat")))
+        .await
+        .unwrap()
+        .container_id;
+    let docker = engine().await;
+
+    runtime.pause(&id).await.unwrap();
+    let state = docker
+        .inspect_container(id.as_str(), None)
+        .await
+        .unwrap()
+        .state
+        .unwrap();
+    assert_eq!((state.paused, state.running), (Some(true), Some(true)));
+
+    let started = Instant::now();
+    runtime.stop(&id).await.unwrap();
+    let took = started.elapsed();
+    let state = docker
+        .inspect_container(id.as_str(), None)
+        .await
+        .unwrap()
+        .state
+        .unwrap();
+    // 143 = 128 + SIGTERM: the engine thawed the process and it exited on the signal, unkilled.
+    assert_eq!(
+        (state.paused, state.running, state.exit_code),
+        (Some(false), Some(false), Some(143))
+    );
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    runtime.force_remove(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_start_that_never_serves_stops_the_sandbox_again_and_reports_not_ready() {
+    let world = TestSandboxes::new();
+    // Serves on its first boot only: the marker in its own filesystem survives the stop.
+    let mut once = web_profile();
+    once.command = Some(
+        [
+            "sh",
+            "-c",
+            "if [ -e /booted ]; then exec sleep 3600; fi; touch /booted; \
+             exec httpd -f -p 8080 -h /workspace",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let runtime = world.runtime();
+    let spec = sandbox_of("once", once.clone(), &world.volume_dir("chat"));
+    let id = runtime.create(&spec).await.unwrap().container_id;
+    runtime.stop(&id).await.unwrap();
+
+    once.ready_timeout = Duration::from_secs(1);
+    let started = runtime.start(&id, &once).await;
+    assert!(
+        matches!(started, Err(RuntimeError::NotReady(t)) if t == Duration::from_secs(1)),
+        "{started:?}"
+    );
+    assert_eq!(
+        runtime.inspect(&id).await.unwrap(),
+        ContainerState::Stopped,
+        "stopped again, and kept"
+    );
+    runtime.force_remove(&id).await.unwrap();
+    assert_eq!(world.count().await, 0);
+}
+
+#[tokio::test]
 async fn a_sandbox_that_never_serves_is_removed_and_reported_not_ready() {
     let world = TestSandboxes::new();
     let mute = mute_profile(Duration::from_secs(1));
@@ -458,6 +574,17 @@ async fn an_unreachable_engine_is_unavailable_quickly() {
             runtime.list_managed().await,
             Err(RuntimeError::Unavailable(_))
         ));
+        for changed in [
+            runtime.pause(&id).await,
+            runtime.unpause(&id).await,
+            runtime.stop(&id).await,
+            runtime.start(&id, &web_profile()).await.map(drop),
+        ] {
+            assert!(
+                matches!(changed, Err(RuntimeError::Unavailable(_))),
+                "{changed:?}"
+            );
+        }
         // Well under engine_timeout (30 s): a refused connection is not retried until it expires.
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -483,10 +610,14 @@ fn runtime_calls_are_timed_by_operation_and_result() {
             .unwrap();
         rt.block_on(async {
             let session = runtime.create(&new_sandbox(&volume)).await.unwrap();
-            runtime
-                .remove_gracefully(&session.container_id)
-                .await
-                .unwrap();
+            let id = &session.container_id;
+            runtime.pause(id).await.unwrap();
+            runtime.unpause(id).await.unwrap();
+            runtime.stop(id).await.unwrap();
+            runtime.start(id, &web_profile()).await.unwrap();
+            runtime.remove_gracefully(id).await.unwrap();
+            // Gone now: timed as a failed pause.
+            assert!(runtime.pause(id).await.is_err());
             runtime.force_remove(&session.container_id).await.unwrap();
             // Outside the allowed roots: refused, and timed as a failed create.
             assert!(
@@ -518,7 +649,12 @@ fn runtime_calls_are_timed_by_operation_and_result() {
         ("create", "error"),
         ("create", "ok"),
         ("delete", "ok"),
+        ("pause", "error"),
+        ("pause", "ok"),
+        ("start", "ok"),
         ("stop", "ok"),
+        ("stop_keep", "ok"),
+        ("unpause", "ok"),
     ];
     assert_eq!(seen, expected.map(|(o, r)| (o.to_owned(), r.to_owned())));
 }
