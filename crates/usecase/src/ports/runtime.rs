@@ -36,8 +36,9 @@ pub enum RuntimeError {
     /// before a pause, stop or start). Retryable: the next create or reconcile sees it gone.
     #[error("the sandbox's container was removed meanwhile")]
     Vanished,
-    /// The container started but its endpoint never became ready; it was removed.
-    #[error("sandbox endpoint not ready within {0:?}; the container was removed")]
+    /// The container started but its endpoint never became ready; it was removed (`create`) or
+    /// stopped again (`start`).
+    #[error("sandbox endpoint not ready within {0:?}; the container was removed or stopped")]
     NotReady(Duration),
     #[error("container engine unavailable")]
     Unavailable(#[source] BoxError),
@@ -309,7 +310,8 @@ pub trait SandboxRuntime: Send + Sync {
     /// container returns its endpoint. A sandbox that does not become ready is stopped again.
     ///
     /// # Errors
-    /// `Vanished` when the container is gone; `NotReady`; `Unavailable`/`Other`.
+    /// `Vanished` when the container is gone or paused (thawing is [`Self::unpause`]'s);
+    /// `NotReady`; `Unavailable`/`Other`.
     async fn start(
         &self,
         container_id: &ContainerId,
