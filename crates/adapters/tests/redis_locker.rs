@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_server::{AdapterConfig, RedisServer, TestResult, session_in, start_store};
+use redis_server::{
+    AdapterConfig, RedisServer, TestResult, change, note, session_in, start_store,
+};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore};
 use sandboxd_domain::ChatId;
 use sandboxd_usecase::ports::{
@@ -58,7 +60,7 @@ async fn renewal_keeps_a_lease_through_three_times_its_ttl() -> TestResult {
         lock_token(&server, &prefix, &chat).await?.as_deref(),
         Some(lease.token())
     );
-    repo.save(&lease, &session_in(chat, "c1")).await?;
+    repo.save(&lease, &session_in(chat, "c1"), &note()).await?;
     locker.release(lease).await?;
     assert_eq!(lock_token(&server, &prefix, &chat).await?, None);
     Ok(())
@@ -97,7 +99,7 @@ async fn a_lease_whose_token_was_replaced_reports_loss() -> TestResult {
     assert!(matches!(
         store
             .repository()
-            .save(&lease, &session_in(chat, "c1"))
+            .save(&lease, &session_in(chat, "c1"), &note())
             .await,
         Err(RepositoryError::LeaseLost)
     ));
@@ -122,27 +124,34 @@ async fn an_expired_lease_cannot_overwrite_the_next_holders_work() -> TestResult
         .await?;
     let a = Lease::new(chat, "token-a".to_owned());
     let original = session_in(chat, "a-container");
-    repo.save(&a, &original).await?;
+    repo.save(&a, &original, &note()).await?;
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     // B takes the chat and writes its own session.
     let b = locker.lock(&chat).await?;
-    repo.delete(&b, &original).await?;
+    repo.delete(&b, &original, &change()).await?;
     let by_b = session_in(chat, "b-container");
-    repo.save(&b, &by_b).await?;
+    repo.save(&b, &by_b, &note()).await?;
 
     let stale_write = session_in(chat, "a-late");
     assert!(matches!(
-        repo.save(&a, &stale_write).await,
+        repo.save(&a, &stale_write, &note()).await,
         Err(RepositoryError::LeaseLost)
     ));
     assert!(matches!(
-        repo.delete(&a, &by_b).await,
+        repo.delete(&a, &by_b, &change()).await,
         Err(RepositoryError::LeaseLost)
     ));
     assert!(matches!(
-        repo.extend(&a, &by_b.session_id, datetime!(2027-01-01 00:00 UTC))
-            .await,
+        repo.update(
+            &a,
+            &sandboxd_domain::SandboxSession {
+                expires_at: datetime!(2027-01-01 00:00 UTC),
+                ..by_b.clone()
+            },
+            &change()
+        )
+        .await,
         Err(RepositoryError::LeaseLost)
     ));
     locker.release(a).await?;

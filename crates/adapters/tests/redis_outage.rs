@@ -8,7 +8,7 @@ mod redis_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis_server::{TestResult, session_in, start_store};
+use redis_server::{TestResult, change, note, session_in, start_store};
 use sandboxd_adapters::redis::{ConnectError, RedisConfig, RedisStore};
 use sandboxd_domain::{ChatId, SandboxSession, SessionId};
 use sandboxd_usecase::ports::{
@@ -45,7 +45,7 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_i
     let (repo, locker) = (store.repository(), store.locker());
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let lease = locker.lock(&chat).await?;
-    repo.save(&lease, &session(chat)).await?;
+    repo.save(&lease, &session(chat), &note()).await?;
 
     server.stop();
     for _ in 0..3 {
@@ -56,15 +56,12 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_i
             repo.get_by_session_id(&SessionId::new_random()),
         )
         .await;
-        assert_unavailable_fast("save", repo.save(&lease, &session(chat))).await;
-        assert_unavailable_fast("delete", repo.delete(&lease, &session(chat))).await;
+        assert_unavailable_fast("save", repo.save(&lease, &session(chat), &note())).await;
+        assert_unavailable_fast("delete", repo.delete(&lease, &session(chat), &change())).await;
+        assert_unavailable_fast("update", repo.update(&lease, &session(chat), &change())).await;
         assert_unavailable_fast(
-            "extend",
-            repo.extend(
-                &lease,
-                &SessionId::new_random(),
-                datetime!(2026-01-02 00:00 UTC),
-            ),
+            "touch",
+            repo.touch(&chat, datetime!(2026-01-02 00:00 UTC), None),
         )
         .await;
         assert_unavailable_fast(
@@ -76,6 +73,7 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_i
         assert_unavailable_fast(
             "list",
             repo.list(&ListQuery {
+                state: None,
                 agent_id: None,
                 page_size: 10,
                 page_token: None,
@@ -106,7 +104,7 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_a_restarted_one_i
     }
     let lease = locker.lock(&chat).await?;
     let again = session(chat);
-    assert_eq!(repo.save(&lease, &again).await?, 1);
+    assert_eq!(repo.save(&lease, &again, &note()).await?, 1);
     assert_eq!(repo.get_current_by_chat_id(&chat).await?, Some(again));
     locker.release(lease).await?;
     Ok(())

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use redis_server::{AdapterConfig, RedisServer, TestResult, random_prefix, start_store};
+use redis_server::{
+    AdapterConfig, RedisServer, TestResult, change as note_change, note, random_prefix, session_in,
+    start_store,
+};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore, names};
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, VolumePath,
@@ -27,6 +30,10 @@ fn session(chat: ChatId) -> SandboxSession {
         endpoint: Some(Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_001).expect("endpoint")),
         created_at: datetime!(2026-01-01 00:00:00.250 UTC),
         expires_at: datetime!(2026-01-01 00:30:00.500 UTC),
+        last_active_at: datetime!(2026-01-01 00:10:00 UTC),
+        max_expires_at: Some(datetime!(2026-01-02 00:00 UTC)),
+        idle_timeout: Some(Duration::from_secs(900)),
+        ..session_in(chat, "abc123")
     }
 }
 
@@ -49,7 +56,7 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let s = session(chat);
     let lease = locker.lock(&chat).await?;
-    repo.save(&lease, &s).await?;
+    repo.save(&lease, &s, &note()).await?;
 
     let mut con = server.connection().await?;
     let id = s.session_id.to_string();
@@ -67,6 +74,10 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
         ("endpoint_port", "40001"),
         ("created_at", "1767225600250"),
         ("expires_at", "1767227400500"),
+        ("state", "running"),
+        ("last_active_at", "1767226200000"),
+        ("max_expires_at", "1767312000000"),
+        ("idle_timeout_ms", "900000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -101,7 +112,7 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
 }
 
 #[tokio::test]
-async fn every_key_has_a_ttl_past_expiry_and_extend_refreshes_it() -> TestResult {
+async fn every_key_has_a_ttl_past_expiry_and_an_update_refreshes_it() -> TestResult {
     let mut key_grace = Duration::ZERO;
     let (server, p, store) = start_store(|config| key_grace = config.key_grace).await?;
     let grace_ms = i64::try_from(key_grace.as_millis())?;
@@ -118,16 +129,21 @@ async fn every_key_has_a_ttl_past_expiry_and_extend_refreshes_it() -> TestResult
     };
     for s in [&past, &future] {
         let lease = locker.lock(&s.chat_id).await?;
-        repo.save(&lease, s).await?;
+        repo.save(&lease, s, &note()).await?;
         locker.release(lease).await?;
     }
     let keys = keys_of(&mut con, &p).await?;
     assert_eq!(
         keys.len(),
-        2 * 2 + 3,
-        "two hashes, two chat pointers, three indexes: {keys:?}"
+        2 * 2 + 3 + 1,
+        "two hashes, two chat pointers, three indexes, the event log: {keys:?}"
     );
-    for key in &keys {
+    let events_ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}:events"))
+        .query_async(&mut con)
+        .await?;
+    assert!(events_ttl > 0, "the event log outlives its last event by the retention only");
+    for key in keys.iter().filter(|key| !key.ends_with(":events")) {
         let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut con).await?;
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
         assert!(
@@ -146,7 +162,11 @@ async fn every_key_has_a_ttl_past_expiry_and_extend_refreshes_it() -> TestResult
 
     let lease = locker.lock(&chat_past).await?;
     let later = time::OffsetDateTime::now_utc() + time::Duration::hours(5);
-    repo.extend(&lease, &past.session_id, later).await?;
+    let extended = SandboxSession {
+        expires_at: later,
+        ..past.clone()
+    };
+    repo.update(&lease, &extended, &note_change()).await?;
     locker.release(lease).await?;
     for key in [
         format!("{p}:session:{}", past.session_id),
@@ -181,7 +201,7 @@ async fn two_prefixes_on_one_redis_do_not_see_each_other() -> TestResult {
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let s = session(chat);
     let lease = a.locker().lock(&chat).await?;
-    a.repository().save(&lease, &s).await?;
+    a.repository().save(&lease, &s, &note()).await?;
     // The other deployment's lock for the same chat is independent.
     let other_lease = b.locker().lock(&chat).await?;
     assert_eq!(b.repository().get_current_by_chat_id(&chat).await?, None);
@@ -244,7 +264,7 @@ async fn stale_paging_index_entries_are_skipped_and_removed() -> TestResult {
     for _ in 0..3 {
         let s = session(ChatId::from_uuid(uuid::Uuid::new_v4()));
         let lease = locker.lock(&s.chat_id).await?;
-        repo.save(&lease, &s).await?;
+        repo.save(&lease, &s, &note()).await?;
         locker.release(lease).await?;
         live.push(s.session_id);
     }
@@ -258,6 +278,7 @@ async fn stale_paging_index_entries_are_skipped_and_removed() -> TestResult {
     }
     let page = repo
         .list(&sandboxd_usecase::ports::ListQuery {
+            state: None,
             agent_id: None,
             page_size: 10,
             page_token: None,
@@ -284,7 +305,7 @@ async fn each_call_is_timed_by_operation() -> TestResult {
     let store = RedisStore::connect(server.config()).await?;
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let lease = store.locker().lock(&chat).await?;
-    store.repository().save(&lease, &session(chat)).await?;
+    store.repository().save(&lease, &session(chat), &note()).await?;
     store.repository().get_current_by_chat_id(&chat).await?;
     store.locker().release(lease).await?;
 

@@ -272,6 +272,10 @@ mod tests {
 
     use super::*;
 
+    fn by_agent(agent: Option<&AgentId>) -> ListFilter<'_> {
+        ListFilter { agent, state: None }
+    }
+
     fn session(endpoint: Option<Endpoint>) -> SandboxSession {
         SandboxSession {
             session_id: SessionId::new_random(),
@@ -282,7 +286,49 @@ mod tests {
             endpoint,
             created_at: datetime!(2026-01-01 00:00:00.123 UTC),
             expires_at: datetime!(2026-01-01 00:30:00.456 UTC),
+            state: SandboxState::Paused,
+            last_active_at: datetime!(2026-01-01 00:10:00.789 UTC),
+            max_expires_at: Some(datetime!(2026-01-02 00:00:00 UTC)),
+            idle_timeout: Some(Duration::from_secs(900)),
         }
+    }
+
+    #[test]
+    fn a_session_written_before_the_lifecycle_reads_as_running_and_active_at_creation() {
+        let full = session(None);
+        let mut fields: HashMap<String, String> = session_fields(&full)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        for name in [
+            field::STATE,
+            field::LAST_ACTIVE_AT,
+            field::MAX_EXPIRES_AT,
+            field::IDLE_TIMEOUT_MS,
+        ] {
+            fields.remove(name);
+        }
+        let old = session_from_fields(&fields).unwrap();
+        assert_eq!(old.state, SandboxState::Running);
+        assert_eq!(old.last_active_at, full.created_at);
+        assert_eq!((old.max_expires_at, old.idle_timeout), (None, None));
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_the_state_filter_too() {
+        let last = SessionId::new_random();
+        let paused = ListFilter {
+            agent: None,
+            state: Some(SandboxState::Paused),
+        };
+        let token = encode_page_token(&paused, &last);
+        assert_eq!(decode_page_token(&paused, &token).ok(), Some(last));
+        assert!(decode_page_token(&by_agent(None), &token).is_err());
+        let running = ListFilter {
+            agent: None,
+            state: Some(SandboxState::Running),
+        };
+        assert!(decode_page_token(&running, &token).is_err());
     }
 
     fn round_trip(session: &SandboxSession) -> Result<SandboxSession, String> {
@@ -334,13 +380,13 @@ mod tests {
         let agent = AgentId::parse("py").unwrap();
         let other = AgentId::parse("js").unwrap();
         let last = SessionId::new_random();
-        let token = encode_page_token(Some(&agent), &last);
-        assert_eq!(decode_page_token(Some(&agent), &token).ok(), Some(last));
-        assert!(decode_page_token(Some(&other), &token).is_err());
-        assert!(decode_page_token(None, &token).is_err());
-        assert!(decode_page_token(Some(&agent), &token[..token.len() - 2]).is_err());
-        assert!(decode_page_token(Some(&agent), "zz").is_err());
-        assert!(decode_page_token(None, "").is_err());
+        let token = encode_page_token(&by_agent(Some(&agent)), &last);
+        assert_eq!(decode_page_token(&by_agent(Some(&agent)), &token).ok(), Some(last));
+        assert!(decode_page_token(&by_agent(Some(&other)), &token).is_err());
+        assert!(decode_page_token(&by_agent(None), &token).is_err());
+        assert!(decode_page_token(&by_agent(Some(&agent)), &token[..token.len() - 2]).is_err());
+        assert!(decode_page_token(&by_agent(Some(&agent)), "zz").is_err());
+        assert!(decode_page_token(&by_agent(None), "").is_err());
     }
 }
 
@@ -352,6 +398,10 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn by_agent(agent: Option<&AgentId>) -> ListFilter<'_> {
+        ListFilter { agent, state: None }
+    }
 
     fn agent() -> impl Strategy<Value = Option<AgentId>> {
         proptest::option::of("[a-z0-9][a-z0-9._-]{0,20}".prop_map(|s| AgentId::parse(&s).unwrap()))
@@ -368,8 +418,7 @@ mod fuzz {
             0..4u8,
         )
             .prop_map(|(agent, id, at, ch, how)| {
-                let token = encode_page_token(
-                    agent.as_ref(),
+                let token = encode_page_token(&by_agent(agent.as_ref()),
                     &SessionId::from_uuid(uuid::Uuid::from_u128(id)),
                 );
                 let i = at.index(token.len());
@@ -387,9 +436,9 @@ mod fuzz {
     }
 
     fn check(agent: Option<&AgentId>, token: &str) {
-        if let Ok(last) = decode_page_token(agent, token) {
+        if let Ok(last) = decode_page_token(&by_agent(agent), token) {
             assert_eq!(
-                encode_page_token(agent, &last),
+                encode_page_token(&by_agent(agent), &last),
                 token,
                 "accepted a non-canonical token"
             );
@@ -417,8 +466,8 @@ mod fuzz {
         #[test]
         fn every_issued_token_decodes_to_its_session(agent in agent(), id in any::<u128>()) {
             let last = SessionId::from_uuid(uuid::Uuid::from_u128(id));
-            let token = encode_page_token(agent.as_ref(), &last);
-            prop_assert_eq!(decode_page_token(agent.as_ref(), &token).ok(), Some(last));
+            let token = encode_page_token(&by_agent(agent.as_ref()), &last);
+            prop_assert_eq!(decode_page_token(&by_agent(agent.as_ref()), &token).ok(), Some(last));
         }
     }
 }

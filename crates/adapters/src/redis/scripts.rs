@@ -44,6 +44,8 @@ local function append_event(root, kind, reason, at, retention_ms, hash)
   local min_id = string.format('%d', redis_now_ms() - tonumber(retention_ms))
   redis.call('XADD', root .. 'events', 'MINID', '~', min_id, '*',
     'event_type', kind, 'event_reason', reason, 'event_at', at, unpack(hash))
+  -- Once appends stop, every event ages out of the retention together with the stream.
+  redis.call('PEXPIRE', root .. 'events', retention_ms)
 end
 ";
 

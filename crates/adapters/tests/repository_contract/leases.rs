@@ -19,11 +19,11 @@ pub(crate) async fn writes_under_a_lost_or_foreign_lease_change_nothing(
     // A lease whose token the store never issued.
     let forged = Lease::new(chat, "forged".to_owned());
     assert!(matches!(
-        b.repo().save(&forged, &intruder).await,
+        b.repo().save(&forged, &intruder, &note()).await,
         Err(RepositoryError::LeaseLost)
     ));
     assert!(matches!(
-        b.repo().delete(&forged, &original).await,
+        b.repo().delete(&forged, &original, &change()).await,
         Err(RepositoryError::LeaseLost)
     ));
 
@@ -31,7 +31,7 @@ pub(crate) async fn writes_under_a_lost_or_foreign_lease_change_nothing(
     let known_lost = b.locker().lock(&chat).await?;
     known_lost.loss_flag().mark_lost();
     assert!(matches!(
-        b.repo().save(&known_lost, &intruder).await,
+        b.repo().save(&known_lost, &intruder, &note()).await,
         Err(RepositoryError::LeaseLost)
     ));
     b.locker().release(known_lost).await?;
@@ -41,22 +41,31 @@ pub(crate) async fn writes_under_a_lost_or_foreign_lease_change_nothing(
     b.drop_lock(&chat).await?;
     let lease_b = b.locker().lock(&chat).await?;
     assert!(matches!(
-        b.repo().save(&a, &intruder).await,
+        b.repo().save(&a, &intruder, &note()).await,
         Err(RepositoryError::LeaseLost)
     ));
     assert!(matches!(
-        b.repo().delete(&a, &original).await,
+        b.repo().delete(&a, &original, &change()).await,
         Err(RepositoryError::LeaseLost)
     ));
     assert!(matches!(
-        b.repo().extend(&a, &original.session_id, at(500)).await,
+        b.repo()
+            .update(
+                &a,
+                &SandboxSession {
+                    expires_at: at(500),
+                    ..original.clone()
+                },
+                &change()
+            )
+            .await,
         Err(RepositoryError::LeaseLost)
     ));
     let by_b = SandboxSession {
         expires_at: at(20),
         ..original.clone()
     };
-    assert_eq!(b.repo().save(&lease_b, &by_b).await?, 1);
+    assert_eq!(b.repo().save(&lease_b, &by_b, &note()).await?, 1);
     // A's release must not free B's lock.
     b.locker().release(a).await?;
     assert!(matches!(

@@ -15,6 +15,7 @@ mod contract;
 mod redis_server;
 
 mod leases;
+mod lifecycle;
 mod paging;
 mod sessions;
 
@@ -23,16 +24,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis_server::{AdapterConfig, RedisServer, TestResult};
+use redis_server::{AdapterConfig, RedisServer, TestResult, change, note};
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_domain::{
-    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, Timestamp, VolumePath,
+    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SandboxState, SessionId, Timestamp,
+    VolumePath,
 };
-use sandboxd_usecase::ports::{LifecycleLocker, ListQuery, SessionRepository};
+use sandboxd_usecase::ports::{EventLog, LifecycleLocker, ListQuery, SessionRepository};
 use sandboxd_usecase::testing::{CallLog, InMemoryLocker, InMemorySessionRepository};
 use time::macros::datetime;
 
 use leases::*;
+use lifecycle::*;
 use paging::*;
 use sessions::*;
 
@@ -41,6 +44,7 @@ use sessions::*;
 pub(crate) trait Backend: Send + Sync {
     fn repo(&self) -> Arc<dyn SessionRepository>;
     fn locker(&self) -> Arc<dyn LifecycleLocker>;
+    fn events(&self) -> Arc<dyn EventLog>;
     /// The chat's lock disappears from the store, as when its TTL passes unrenewed.
     async fn drop_lock(&self, chat: &ChatId) -> TestResult;
     /// An expiry-index entry without a session, as TTL expiry of the hash leaves behind.
@@ -73,6 +77,9 @@ impl Backend for Fake {
     fn locker(&self) -> Arc<dyn LifecycleLocker> {
         self.locker.clone()
     }
+    fn events(&self) -> Arc<dyn EventLog> {
+        self.repo.clone()
+    }
     async fn drop_lock(&self, chat: &ChatId) -> TestResult {
         self.locker.expire(chat);
         Ok(())
@@ -92,6 +99,7 @@ struct Real {
     prefix: String,
     repo: Arc<dyn SessionRepository>,
     locker: Arc<dyn LifecycleLocker>,
+    events: Arc<dyn EventLog>,
 }
 
 impl Real {
@@ -108,6 +116,7 @@ impl Real {
             prefix,
             repo: Arc::new(store.repository()),
             locker: Arc::new(store.locker()),
+            events: Arc::new(store.event_log()?),
         })
     }
 }
@@ -119,6 +128,9 @@ impl Backend for Real {
     }
     fn locker(&self) -> Arc<dyn LifecycleLocker> {
         self.locker.clone()
+    }
+    fn events(&self) -> Arc<dyn EventLog> {
+        self.events.clone()
     }
     async fn drop_lock(&self, chat: &ChatId) -> TestResult {
         let mut con = self.server.connection().await?;
@@ -179,20 +191,24 @@ pub(crate) fn session(chat: ChatId, agent_name: &str, expires_at: Timestamp) -> 
         ),
         created_at: T0,
         expires_at,
+        state: SandboxState::Running,
+        last_active_at: T0,
+        max_expires_at: None,
+        idle_timeout: None,
     }
 }
 
 /// Saves under a fresh lease of the session's chat, as the use cases do.
 pub(crate) async fn put(b: &dyn Backend, s: &SandboxSession) -> TestResult<u64> {
     let lease = b.locker().lock(&s.chat_id).await?;
-    let saved = b.repo().save(&lease, s).await;
+    let saved = b.repo().save(&lease, s, &note()).await;
     b.locker().release(lease).await?;
     Ok(saved?)
 }
 
 pub(crate) async fn remove(b: &dyn Backend, s: &SandboxSession) -> TestResult<u64> {
     let lease = b.locker().lock(&s.chat_id).await?;
-    let deleted = b.repo().delete(&lease, s).await;
+    let deleted = b.repo().delete(&lease, s, &change()).await;
     b.locker().release(lease).await?;
     Ok(deleted?)
 }
@@ -209,6 +225,7 @@ pub(crate) async fn list_all(
         let page = b
             .repo()
             .list(&ListQuery {
+                state: None,
                 agent_id: agent_id.clone(),
                 page_size,
                 page_token,
@@ -235,7 +252,12 @@ contract!(in_memory => Fake, on_redis => Real: (
     list_expired_is_earliest_first_bounded_and_inclusive,
     list_expired_removes_stale_index_entries,
     count_follows_saves_and_deletes,
-    extend_moves_expiry_and_is_fenced,
+    update_writes_the_lifecycle_and_is_fenced,
+    a_fenced_change_loses_to_a_touch_that_moved_the_expiry,
+    touch_records_activity_only_on_a_running_live_matching_session,
+    every_write_appends_its_event_with_the_session,
+    events_are_read_after_a_cursor_and_waited_for,
+    state_counts_and_state_filters_follow_transitions,
     paging_returns_each_session_once_in_order,
     paging_is_exactly_once_under_concurrent_inserts_and_deletes,
     foreign_and_truncated_page_tokens_are_refused,

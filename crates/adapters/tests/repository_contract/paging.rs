@@ -33,6 +33,7 @@ pub(crate) async fn paging_returns_each_session_once_in_order(b: &dyn Backend) -
     let exact = b
         .repo()
         .list(&ListQuery {
+            state: None,
             agent_id: None,
             page_size: 23,
             page_token: None,
@@ -77,6 +78,7 @@ pub(crate) async fn paging_is_exactly_once_under_concurrent_inserts_and_deletes(
             let page = b
                 .repo()
                 .list(&ListQuery {
+                    state: None,
                     agent_id: None,
                     page_size: 5,
                     page_token,
@@ -107,6 +109,7 @@ pub(crate) async fn foreign_and_truncated_page_tokens_are_refused(b: &dyn Backen
         put(b, &session(new_chat(), "py", at(i))).await?;
     }
     let query = |agent_id: Option<AgentId>, page_token: Option<String>| ListQuery {
+        state: None,
         agent_id,
         page_size: 2,
         page_token,

@@ -1,8 +1,7 @@
-//! Contract checks of saving, reading, deleting, counting, expiring and extending sessions.
+//! Contract checks of saving, reading, deleting, counting and expiring sessions.
 
 use redis_server::TestResult;
 use sandboxd_domain::{SandboxSession, SessionId};
-use sandboxd_usecase::ports::{Lease, RepositoryError};
 
 use crate::*;
 
@@ -150,49 +149,5 @@ pub(crate) async fn count_follows_saves_and_deletes(b: &dyn Backend) -> TestResu
     assert_eq!(b.repo().count_active().await?, 4);
     assert_eq!(remove(b, &sessions[0]).await?, 3);
     assert_eq!(b.repo().count_active().await?, 3);
-    Ok(())
-}
-
-pub(crate) async fn extend_moves_expiry_and_is_fenced(b: &dyn Backend) -> TestResult {
-    let chat = new_chat();
-    let s = session(chat, "default", at(10));
-    put(b, &s).await?;
-
-    let lease = b.locker().lock(&chat).await?;
-    let extended = b.repo().extend(&lease, &s.session_id, at(30)).await?;
-    let want = SandboxSession {
-        expires_at: at(30),
-        ..s.clone()
-    };
-    assert_eq!(extended, Some(want.clone()));
-    assert_eq!(b.repo().get_current_by_chat_id(&chat).await?, Some(want));
-    assert!(
-        b.repo().list_expired(at(20), 10).await?.is_empty(),
-        "no longer due at the old time"
-    );
-    assert_eq!(
-        ids(&b.repo().list_expired(at(30), 10).await?),
-        vec![s.session_id]
-    );
-    assert_eq!(
-        b.repo()
-            .extend(&lease, &SessionId::new_random(), at(40))
-            .await?,
-        None
-    );
-    b.locker().release(lease).await?;
-
-    let forged = Lease::new(chat, "not-the-token".to_owned());
-    assert!(matches!(
-        b.repo().extend(&forged, &s.session_id, at(50)).await,
-        Err(RepositoryError::LeaseLost)
-    ));
-    assert_eq!(
-        b.repo()
-            .get_by_session_id(&s.session_id)
-            .await?
-            .map(|s| s.expires_at),
-        Some(at(30))
-    );
     Ok(())
 }

@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use sandboxd_adapters::redis::{RedisConfig, RedisStore};
-use sandboxd_domain::{AgentId, ChatId, ContainerId, SandboxSession, SessionId, VolumePath};
+use sandboxd_domain::{
+    AgentId, ChatId, ContainerId, EventNote, EventReason, EventType, SandboxSession, SandboxState,
+    SessionId, VolumePath,
+};
+use sandboxd_usecase::ports::Change;
 pub(crate) use sandboxd_testkit::{RedisServer, TestResult};
 use time::macros::datetime;
 
@@ -59,5 +63,27 @@ pub(crate) fn session_in(chat: ChatId, container: &str) -> SandboxSession {
         endpoint: None,
         created_at: datetime!(2026-01-01 00:00 UTC),
         expires_at: datetime!(2026-01-01 00:30 UTC),
+        state: SandboxState::Running,
+        last_active_at: datetime!(2026-01-01 00:00 UTC),
+        max_expires_at: None,
+        idle_timeout: None,
     }
+}
+
+/// The event a test's plain write records (a create, on request).
+pub(crate) fn note() -> EventNote {
+    EventNote::new(
+        EventType::Created,
+        EventReason::Requested,
+        datetime!(2026-01-01 00:00 UTC),
+    )
+}
+
+/// An unfenced change of a test's plain delete or update (a delete, on request).
+pub(crate) fn change() -> Change {
+    Change::new(EventNote::new(
+        EventType::Deleted,
+        EventReason::Requested,
+        datetime!(2026-01-01 00:00 UTC),
+    ))
 }
