@@ -313,6 +313,7 @@ async fn list_all(app: &TestApp, agent_id: &str, page_size: i32) -> Vec<Vec<Stri
                 agent_id: agent_id.to_owned(),
                 page_size,
                 page_token: page_token.clone(),
+                state: 0,
             })
             .await
             .unwrap()

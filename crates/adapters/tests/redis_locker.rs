@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_server::{
-    AdapterConfig, RedisServer, TestResult, change, note, session_in, start_store,
-};
+use redis_server::{AdapterConfig, RedisServer, TestResult, change, note, session_in, start_store};
 use sandboxd_adapters::redis::{RedisConfig, RedisStore};
 use sandboxd_domain::ChatId;
 use sandboxd_usecase::ports::{

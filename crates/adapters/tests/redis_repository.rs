@@ -142,7 +142,10 @@ async fn every_key_has_a_ttl_past_expiry_and_an_update_refreshes_it() -> TestRes
         .arg(format!("{p}:events"))
         .query_async(&mut con)
         .await?;
-    assert!(events_ttl > 0, "the event log outlives its last event by the retention only");
+    assert!(
+        events_ttl > 0,
+        "the event log outlives its last event by the retention only"
+    );
     for key in keys.iter().filter(|key| !key.ends_with(":events")) {
         let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut con).await?;
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
@@ -305,7 +308,10 @@ async fn each_call_is_timed_by_operation() -> TestResult {
     let store = RedisStore::connect(server.config()).await?;
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let lease = store.locker().lock(&chat).await?;
-    store.repository().save(&lease, &session(chat), &note()).await?;
+    store
+        .repository()
+        .save(&lease, &session(chat), &note())
+        .await?;
     store.repository().get_current_by_chat_id(&chat).await?;
     store.locker().release(lease).await?;
 

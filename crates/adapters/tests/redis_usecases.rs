@@ -46,6 +46,7 @@ impl World {
             locker: Arc::new(store.locker()),
             runtime: runtime.clone(),
             clock: clock.clone(),
+            events: Arc::new(store.event_log()?),
         };
         let con = server.connection().await?;
         let profiles = Profiles::new(["default", "other"].map(|agent| {
@@ -57,12 +58,7 @@ impl World {
         Ok(Self {
             create: CreateSandbox::new(ports.clone(), profiles.clone(), TTL),
             delete: DeleteSandbox::new(ports.clone()),
-            cleanup: CleanupExpiredSandboxes::new(
-                ports,
-                profiles,
-                TTL,
-                CleanupOptions::default(),
-            ),
+            cleanup: CleanupExpiredSandboxes::new(ports, profiles, TTL, CleanupOptions::default()),
             server,
             prefix,
             con,
@@ -197,7 +193,9 @@ async fn create_reuse_conflict_replace_delete_and_cleanup_on_redis() -> TestResu
         (reused.result, &reused.session),
         (
             CreateResult::Reused,
-            &created.session.touched_at(sandboxd_usecase::ports::Clock::now(&*w.clock))
+            &created
+                .session
+                .touched_at(sandboxd_usecase::ports::Clock::now(&*w.clock))
         )
     );
     assert_eq!(w.runtime.created_total(), 1);

@@ -178,7 +178,18 @@ mod tests {
         let a = EventCursor::parse("1700000000000-0");
         let b = EventCursor::parse("1700000000000-7");
         assert!(matches!((a, b), (Ok(a), Ok(b)) if a < b && b.to_string() == "1700000000000-7"));
-        for bad in ["", "-", "1-", "-1", "1", "a-1", "1-1-1", "+1-1", "1 -1", "1-99999999999999999999999"] {
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "a-1",
+            "1-1-1",
+            "+1-1",
+            "1 -1",
+            "1-99999999999999999999999",
+        ] {
             assert!(EventCursor::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -298,10 +298,16 @@ impl AgentProfile {
             return Err(err("ready_timeout", "must be positive"));
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(err("idle_timeout", "must be positive (omit it for no idle timeout)"));
+            return Err(err(
+                "idle_timeout",
+                "must be positive (omit it for no idle timeout)",
+            ));
         }
         if self.max_lifetime.is_some_and(|d| d.is_zero()) {
-            return Err(err("max_lifetime", "must be positive (omit it for no hard cap)"));
+            return Err(err(
+                "max_lifetime",
+                "must be positive (omit it for no hard cap)",
+            ));
         }
         if self.paused_retention.is_zero() {
             return Err(err("paused_retention", "must be positive"));

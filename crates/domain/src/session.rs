@@ -79,7 +79,8 @@ impl SandboxSession {
     /// Whether the hard cap, not idleness or the TTL, ends this session at `expires_at`.
     #[must_use]
     pub fn hits_max_lifetime(&self) -> bool {
-        self.max_expires_at.is_some_and(|cap| self.expires_at >= cap)
+        self.max_expires_at
+            .is_some_and(|cap| self.expires_at >= cap)
     }
 
     /// The session after activity at `now`: `last_active_at = now`, and with an idle timeout the
@@ -89,7 +90,9 @@ impl SandboxSession {
         let mut touched = self.clone();
         touched.last_active_at = now;
         if let Some(idle) = self.idle_timeout {
-            let due = self.max_expires_at.map_or(now + idle, |cap| (now + idle).min(cap));
+            let due = self
+                .max_expires_at
+                .map_or(now + idle, |cap| (now + idle).min(cap));
             touched.expires_at = self.expires_at.max(due);
         }
         touched
@@ -163,14 +166,20 @@ mod tests {
         let at = datetime!(2026-01-01 00:10 UTC);
         let touched = fixed.touched_at(at);
         assert_eq!(touched.last_active_at, at);
-        assert_eq!(touched.expires_at, fixed.expires_at, "no idle timeout: fixed");
+        assert_eq!(
+            touched.expires_at, fixed.expires_at,
+            "no idle timeout: fixed"
+        );
 
         let idle = SandboxSession {
             idle_timeout: Some(Duration::from_secs(15 * 60)),
             max_expires_at: Some(datetime!(2026-01-01 00:40 UTC)),
             ..fixed
         };
-        assert_eq!(idle.touched_at(at).expires_at, datetime!(2026-01-01 00:30 UTC));
+        assert_eq!(
+            idle.touched_at(at).expires_at,
+            datetime!(2026-01-01 00:30 UTC)
+        );
         let later = datetime!(2026-01-01 00:20 UTC);
         assert_eq!(
             idle.touched_at(later).expires_at,
@@ -180,7 +189,10 @@ mod tests {
         assert_eq!(capped.expires_at, datetime!(2026-01-01 00:40 UTC));
         assert!(capped.hits_max_lifetime());
         let early = idle.touched_at(datetime!(2026-01-01 00:01 UTC));
-        assert_eq!(early.expires_at, idle.expires_at, "never earlier than it was");
+        assert_eq!(
+            early.expires_at, idle.expires_at,
+            "never earlier than it was"
+        );
         Ok(())
     }
 

@@ -23,5 +23,6 @@ pub(crate) fn connect(config: &Config) -> anyhow::Result<Ports> {
         locker: Arc::new(store.locker()),
         runtime: Arc::new(runtime),
         clock: Arc::new(SystemClock),
+        events: Arc::new(store.event_log()?),
     })
 }

@@ -85,6 +85,7 @@ impl Application {
                     ..ReconcileOptions::default()
                 },
                 profiles: config.agents.by_agent_id(),
+                event_retention: config.lifecycle.event_retention,
             },
             cleanup_interval: config.lifecycle.cleanup_interval,
             reconcile_interval: config.lifecycle.reconcile_interval,
@@ -131,6 +132,7 @@ impl Application {
             background_stop.clone(),
         ));
         let use_cases = Arc::new(UseCases::new(&self.ports, &self.settings));
+        let event_reader = tokio::spawn(Arc::clone(&use_cases.events).run_reader());
         let cleanup_loop = (!self.cleanup_interval.is_zero()).then(|| {
             tokio::spawn(run_cleanup_loop(
                 CleanupExpiredSandboxes::clone(&use_cases.cleanup),
@@ -190,6 +192,8 @@ impl Application {
         publisher.set_draining().await;
         drain.start();
         background_stop.cancel();
+        // Watches end now, cleanly, so their connections can close.
+        use_cases.events.close();
         let finish_work = async {
             drain.wait().await;
             for background_loop in [cleanup_loop, reconcile_loop].into_iter().flatten() {
@@ -203,6 +207,7 @@ impl Application {
             tracing::warn!(in_flight = drain.in_flight(), "shutdown_drain_timed_out");
         }
         let _ = health_checks.await;
+        let _ = event_reader.await;
         servers_stop.cancel();
         close_server("grpc server", grpc_server).await;
         close_server("http server", http_server).await;

@@ -13,7 +13,9 @@ use tracing::{Instrument, Span};
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::lifecycle::{LifecycleError, Transitions};
-use crate::ports::{Change, Lease, LockError, NewSandbox, RepositoryError, RuntimeError, TouchMatch};
+use crate::ports::{
+    Change, Lease, LockError, NewSandbox, RepositoryError, RuntimeError, TouchMatch,
+};
 use crate::profiles::Profiles;
 use crate::repair::remove_strays;
 use crate::telemetry::{self, metric};

@@ -6,7 +6,7 @@ use sandboxd_domain::{ChatId, SandboxSession};
 
 use crate::error::UseCaseError;
 use crate::ports::{
-    Change, Clock, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime,
+    Change, Clock, EventLog, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime,
     SessionRepository,
 };
 use crate::telemetry;
@@ -18,6 +18,8 @@ pub struct Ports {
     pub locker: Arc<dyn LifecycleLocker>,
     pub runtime: Arc<dyn SandboxRuntime>,
     pub clock: Arc<dyn Clock>,
+    /// Read by WatchSandboxes; the repository's writes append to it.
+    pub events: Arc<dyn EventLog>,
 }
 
 impl Ports {

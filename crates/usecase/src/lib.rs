@@ -38,5 +38,5 @@ pub use lease::Ports;
 pub use lifecycle::{LifecycleError, PauseSandbox, ResumeSandbox, TouchSandbox};
 pub use list::ListSandboxes;
 pub use profiles::Profiles;
-pub use watch::{EventHub, WatchError, WatchRequest};
 pub use reconcile::{ReconcileOptions, ReconcileReport, ReconcileSandboxes};
+pub use watch::{EventHub, WatchError, WatchRequest};

@@ -360,7 +360,12 @@ impl PauseSandbox {
                 }),
                 SandboxState::Running => self
                     .transitions
-                    .suspend(lease, &session, SandboxState::Paused, EventReason::Requested)
+                    .suspend(
+                        lease,
+                        &session,
+                        SandboxState::Paused,
+                        EventReason::Requested,
+                    )
                     .await
                     .map(|paused| (paused, "paused")),
             }

@@ -327,7 +327,11 @@ impl ReconcileSandboxes {
             };
             let engine = self.ports.runtime.inspect(&stored.container_id).await?;
             let runtime = &self.ports.runtime;
-            let note = EventNote::new(EventType::Reconciled, EventReason::Drift, self.ports.clock.now());
+            let note = EventNote::new(
+                EventType::Reconciled,
+                EventReason::Drift,
+                self.ports.clock.now(),
+            );
             let repair = match Repair::needed(stored.state, engine) {
                 None | Some(Repair::RemoveSession) => return Ok(None),
                 Some(repair) => repair,
@@ -372,7 +376,10 @@ impl ReconcileSandboxes {
                 .repository
                 .get_by_session_id(&session.session_id)
                 .await?;
-            if !stored.as_ref().is_some_and(|stored| same_sandbox(stored, session)) {
+            if !stored
+                .as_ref()
+                .is_some_and(|stored| same_sandbox(stored, session))
+            {
                 return Ok(false);
             }
             self.ports

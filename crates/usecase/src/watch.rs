@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
-use tracing::Instrument;
 use sandboxd_domain::{AgentId, ChatId, EventCursor, SandboxEvent};
 use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
 
 use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::ports::{Clock, EventLog, RepositoryError};
@@ -79,7 +79,8 @@ pub struct WatchRequest {
 
 impl WatchRequest {
     fn wants(&self, event: &SandboxEvent) -> bool {
-        self.chat_id.is_none_or(|chat| event.session.chat_id == chat)
+        self.chat_id
+            .is_none_or(|chat| event.session.chat_id == chat)
             && self
                 .agent_id
                 .as_ref()
@@ -180,7 +181,7 @@ impl EventHub {
     pub async fn watch(
         self: &Arc<Self>,
         request: WatchRequest,
-    ) -> Result<impl Stream<Item = Result<SandboxEvent, PortError>> + Send + 'static, WatchError>
+    ) -> Result<impl Stream<Item = Result<SandboxEvent, PortError>> + Send + use<>, WatchError>
     {
         let span = telemetry::watch_span(request.after.map(|c| c.to_string()).as_deref());
         let opened = self.open(&request).instrument(span.clone()).await;
@@ -209,7 +210,8 @@ impl EventHub {
         match request.after {
             Some(cursor) => {
                 let now_ms = self.clock.now().unix_timestamp_nanos() / 1_000_000;
-                let oldest_kept = now_ms - i128::try_from(self.retention.as_millis()).unwrap_or(i128::MAX);
+                let oldest_kept =
+                    now_ms - i128::try_from(self.retention.as_millis()).unwrap_or(i128::MAX);
                 if i128::from(cursor.millis) < oldest_kept {
                     return Err(WatchError::CursorExpired);
                 }

@@ -121,6 +121,7 @@ async fn all_sandboxes(api: &Api) -> Vec<v1::Sandbox> {
                 agent_id: String::new(),
                 page_size: 1000,
                 page_token,
+                state: 0,
             })
             .await
             .expect("list")

@@ -90,9 +90,11 @@ pub(crate) fn duration_millis(duration: Duration) -> u64 {
 /// The lifecycle fields an update writes, in `HSET` order; an empty value means "remove the
 /// field" (the endpoint of a sandbox that publishes nothing).
 pub(crate) fn lifecycle_fields(session: &SandboxSession) -> Vec<(&'static str, String)> {
-    let (ip, port) = session.endpoint.map_or((String::new(), String::new()), |e| {
-        (e.ip.to_string(), e.port.to_string())
-    });
+    let (ip, port) = session
+        .endpoint
+        .map_or((String::new(), String::new()), |e| {
+            (e.ip.to_string(), e.port.to_string())
+        });
     vec![
         (field::STATE, session.state.as_str().to_owned()),
         (field::EXPIRES_AT, to_millis(session.expires_at).to_string()),
@@ -381,7 +383,10 @@ mod tests {
         let other = AgentId::parse("js").unwrap();
         let last = SessionId::new_random();
         let token = encode_page_token(&by_agent(Some(&agent)), &last);
-        assert_eq!(decode_page_token(&by_agent(Some(&agent)), &token).ok(), Some(last));
+        assert_eq!(
+            decode_page_token(&by_agent(Some(&agent)), &token).ok(),
+            Some(last)
+        );
         assert!(decode_page_token(&by_agent(Some(&other)), &token).is_err());
         assert!(decode_page_token(&by_agent(None), &token).is_err());
         assert!(decode_page_token(&by_agent(Some(&agent)), &token[..token.len() - 2]).is_err());
@@ -418,7 +423,8 @@ mod fuzz {
             0..4u8,
         )
             .prop_map(|(agent, id, at, ch, how)| {
-                let token = encode_page_token(&by_agent(agent.as_ref()),
+                let token = encode_page_token(
+                    &by_agent(agent.as_ref()),
                     &SessionId::from_uuid(uuid::Uuid::from_u128(id)),
                 );
                 let i = at.index(token.len());

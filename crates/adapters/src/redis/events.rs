@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use sandboxd_domain::{EventCursor, SandboxEvent};
 use sandboxd_usecase::ports::{EventLog, RepositoryError};
 
+use super::RedisStore;
 use super::client::RedisClient;
 use super::codec;
 use super::error::StoreFault;
 use super::names::command;
-use super::RedisStore;
 
 /// One stream entry as Redis sends it: the id and the flat field/value list.
 type Entry = (String, Vec<String>);

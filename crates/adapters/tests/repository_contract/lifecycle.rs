@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use redis_server::TestResult;
-use sandboxd_domain::{
-    EventNote, EventReason, EventType, SandboxSession, SandboxState, SessionId,
-};
+use sandboxd_domain::{EventNote, EventReason, EventType, SandboxSession, SandboxState, SessionId};
 use sandboxd_usecase::ports::{Change, Lease, RepositoryError, TouchMatch};
 
 use crate::*;
@@ -41,13 +39,20 @@ pub(crate) async fn update_writes_the_lifecycle_and_is_fenced(b: &dyn Backend) -
         .repo()
         .update(&lease, &paused, &requested(EventType::Paused, 5))
         .await?;
-    assert_eq!(stored, Some(paused.clone()), "every lifecycle field written");
+    assert_eq!(
+        stored,
+        Some(paused.clone()),
+        "every lifecycle field written"
+    );
     assert_eq!(b.repo().get_current_by_chat_id(&chat).await?, Some(paused));
     assert!(
         b.repo().list_expired(at(20), 10).await?.is_empty(),
         "no longer due at the old time"
     );
-    assert_eq!(ids(&b.repo().list_expired(at(30), 10).await?), vec![s.session_id]);
+    assert_eq!(
+        ids(&b.repo().list_expired(at(30), 10).await?),
+        vec![s.session_id]
+    );
     let gone = SandboxSession {
         session_id: SessionId::new_random(),
         ..s.clone()
@@ -160,16 +165,31 @@ pub(crate) async fn touch_records_activity_only_on_a_running_live_matching_sessi
     let idle = idle_session(new_chat());
     put(b, &idle).await?;
     let chat = idle.chat_id;
-    let at_100 = b.repo().touch(&chat, at(100), None).await?.ok_or("session")?;
-    assert_eq!((at_100.last_active_at, at_100.expires_at), (at(100), at(160)));
+    let at_100 = b
+        .repo()
+        .touch(&chat, at(100), None)
+        .await?
+        .ok_or("session")?;
+    assert_eq!(
+        (at_100.last_active_at, at_100.expires_at),
+        (at(100), at(160))
+    );
     assert_eq!(
         ids(&b.repo().list_expired(at(100), 10).await?),
         Vec::<SessionId>::new(),
         "the expiry index moved with it"
     );
-    let capped = b.repo().touch(&chat, at(150), None).await?.ok_or("session")?;
+    let capped = b
+        .repo()
+        .touch(&chat, at(150), None)
+        .await?
+        .ok_or("session")?;
     assert_eq!(capped.expires_at, at(200));
-    let early = b.repo().touch(&chat, at(120), None).await?.ok_or("session")?;
+    let early = b
+        .repo()
+        .touch(&chat, at(120), None)
+        .await?
+        .ok_or("session")?;
     assert_eq!(early.expires_at, at(200), "never moved backwards");
 
     // Not touched: another agent or volume asked, expired, or not running.
@@ -207,9 +227,7 @@ pub(crate) async fn touch_records_activity_only_on_a_running_live_matching_sessi
     Ok(())
 }
 
-pub(crate) async fn every_write_appends_its_event_with_the_session(
-    b: &dyn Backend,
-) -> TestResult {
+pub(crate) async fn every_write_appends_its_event_with_the_session(b: &dyn Backend) -> TestResult {
     let chat = new_chat();
     let s = session(chat, "default", at(60));
     let start = b.events().last_cursor().await?;
@@ -265,13 +283,14 @@ pub(crate) async fn every_write_appends_its_event_with_the_session(
         events.windows(2).all(|w| w[0].cursor < w[1].cursor),
         "cursors increase"
     );
-    assert_eq!(b.events().last_cursor().await?, events.last().map(|e| e.cursor));
+    assert_eq!(
+        b.events().last_cursor().await?,
+        events.last().map(|e| e.cursor)
+    );
     Ok(())
 }
 
-pub(crate) async fn events_are_read_after_a_cursor_and_waited_for(
-    b: &dyn Backend,
-) -> TestResult {
+pub(crate) async fn events_are_read_after_a_cursor_and_waited_for(b: &dyn Backend) -> TestResult {
     let first = session(new_chat(), "default", at(60));
     put(b, &first).await?;
     let after_first = b.events().last_cursor().await?;
@@ -286,14 +305,20 @@ pub(crate) async fn events_are_read_after_a_cursor_and_waited_for(
     );
 
     let events = b.events();
-    let waiting =
-        tokio::spawn(async move { events.wait_after(after_first, 10, Duration::from_secs(5)).await });
+    let waiting = tokio::spawn(async move {
+        events
+            .wait_after(after_first, 10, Duration::from_secs(5))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = session(new_chat(), "default", at(60));
     put(b, &second).await?;
     let woken = waiting.await??;
     assert_eq!(
-        woken.iter().map(|e| e.session.session_id).collect::<Vec<_>>(),
+        woken
+            .iter()
+            .map(|e| e.session.session_id)
+            .collect::<Vec<_>>(),
         vec![second.session_id],
         "a waiting read wakes with the appended event"
     );
@@ -342,8 +367,14 @@ pub(crate) async fn state_counts_and_state_filters_follow_transitions(
             .await?;
         TestResult::Ok(ids(&page.sessions))
     };
-    assert_eq!(of_state(SandboxState::Running).await?, vec![running.session_id]);
-    assert_eq!(of_state(SandboxState::Paused).await?, vec![to_pause.session_id]);
+    assert_eq!(
+        of_state(SandboxState::Running).await?,
+        vec![running.session_id]
+    );
+    assert_eq!(
+        of_state(SandboxState::Paused).await?,
+        vec![to_pause.session_id]
+    );
     assert_eq!(
         of_state(SandboxState::Hibernated).await?,
         vec![to_hibernate.session_id]

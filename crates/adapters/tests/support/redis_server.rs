@@ -9,8 +9,8 @@ use sandboxd_domain::{
     AgentId, ChatId, ContainerId, EventNote, EventReason, EventType, SandboxSession, SandboxState,
     SessionId, VolumePath,
 };
-use sandboxd_usecase::ports::Change;
 pub(crate) use sandboxd_testkit::{RedisServer, TestResult};
+use sandboxd_usecase::ports::Change;
 use time::macros::datetime;
 
 /// Adapter settings for a test server.

@@ -35,6 +35,9 @@ pub struct LifecycleSettings {
     /// Least lifetime of a session that reconcile rebuilt from its container's labels.
     #[serde(deserialize_with = "de_duration")]
     pub adoption_grace: Duration,
+    /// How long lifecycle events stay readable by WatchSandboxes (trimmed by age).
+    #[serde(deserialize_with = "de_duration")]
+    pub event_retention: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -48,6 +51,7 @@ impl Default for LifecycleSettings {
             reconcile_interval: Duration::from_secs(15),
             reconcile_grace: Duration::from_secs(120),
             adoption_grace: Duration::from_secs(10 * 60),
+            event_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -86,6 +90,12 @@ pub(crate) const SETTINGS: &[Setting] = &[
         "10m",
         "Least lifetime of a session reconcile rebuilds from a live container's labels",
     ),
+    Setting::new(
+        "event_retention",
+        "DURATION",
+        "24h",
+        "How long lifecycle events stay readable by WatchSandboxes; older cursors are OUT_OF_RANGE",
+    ),
 ];
 
 impl LifecycleSettings {
@@ -100,6 +110,12 @@ impl LifecycleSettings {
             if value.is_zero() {
                 return Err(ConfigError::invalid(setting, "must be positive"));
             }
+        }
+        if self.event_retention < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "event_retention",
+                "must be at least 1s",
+            ));
         }
         if self.max_ttl < self.session_ttl {
             return Err(ConfigError::invalid(

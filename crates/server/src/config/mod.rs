@@ -169,7 +169,11 @@ impl Config {
     /// The Redis adapters' part of the configuration.
     #[must_use]
     pub(crate) fn redis_config(&self) -> RedisConfig {
-        self.redis.redis_config()
+        RedisConfig {
+            // The log is written by the store's scripts; how long it keeps is a lifecycle matter.
+            event_retention: self.lifecycle.event_retention,
+            ..self.redis.redis_config()
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use sandboxd_api::v1;
-use sandboxd_domain::{AgentId, ChatId, SandboxSession, Timestamp, VolumePath};
+use sandboxd_domain::{
+    AgentId, ChatId, EventCursor, EventType, SandboxEvent, SandboxSession, SandboxState, Timestamp,
+    VolumePath,
+};
 use tonic::Status;
 
 use super::status::invalid_field;
@@ -50,6 +53,36 @@ pub fn page_size(raw: i32) -> Result<usize, Status> {
     }
 }
 
+/// The optional state filter of ListSandboxes: UNSPECIFIED means all; an unknown number is
+/// refused.
+pub fn state_filter(raw: i32) -> Result<Option<SandboxState>, Status> {
+    match v1::SandboxState::try_from(raw) {
+        Ok(v1::SandboxState::Unspecified) => Ok(None),
+        Ok(v1::SandboxState::Running) => Ok(Some(SandboxState::Running)),
+        Ok(v1::SandboxState::Paused) => Ok(Some(SandboxState::Paused)),
+        Ok(v1::SandboxState::Hibernated) => Ok(Some(SandboxState::Hibernated)),
+        Err(_) => Err(invalid_field("state", "is not a SandboxState")),
+    }
+}
+
+/// The optional chat filter of WatchSandboxes: empty means all chats.
+pub fn chat_filter(raw: &str) -> Result<Option<ChatId>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    chat_id(raw).map(Some)
+}
+
+/// WatchSandboxes' `after`: empty means "only new events".
+pub fn cursor(raw: &str) -> Result<Option<EventCursor>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    EventCursor::parse(raw)
+        .map(Some)
+        .map_err(|e| invalid_field("after", e))
+}
+
 pub fn page_token(raw: String) -> Option<String> {
     (!raw.is_empty()).then_some(raw)
 }
@@ -87,6 +120,41 @@ pub fn sandbox(session: &SandboxSession) -> v1::Sandbox {
         }),
         created_at: Some(timestamp(session.created_at)),
         expires_at: Some(timestamp(session.expires_at)),
+        state: state(session.state).into(),
+        last_active_at: Some(timestamp(session.last_active_at)),
+        max_expires_at: session.max_expires_at.map(timestamp),
+    }
+}
+
+pub const fn state(state: SandboxState) -> v1::SandboxState {
+    match state {
+        SandboxState::Running => v1::SandboxState::Running,
+        SandboxState::Paused => v1::SandboxState::Paused,
+        SandboxState::Hibernated => v1::SandboxState::Hibernated,
+    }
+}
+
+const fn event_type(kind: EventType) -> v1::SandboxEventType {
+    match kind {
+        EventType::Created => v1::SandboxEventType::Created,
+        EventType::Replaced => v1::SandboxEventType::Replaced,
+        EventType::Resumed => v1::SandboxEventType::Resumed,
+        EventType::Paused => v1::SandboxEventType::Paused,
+        EventType::Hibernated => v1::SandboxEventType::Hibernated,
+        EventType::Extended => v1::SandboxEventType::Extended,
+        EventType::Deleted => v1::SandboxEventType::Deleted,
+        EventType::Expired => v1::SandboxEventType::Expired,
+        EventType::Reconciled => v1::SandboxEventType::Reconciled,
+    }
+}
+
+pub fn event(event: &SandboxEvent) -> v1::SandboxEvent {
+    v1::SandboxEvent {
+        cursor: event.cursor.to_string(),
+        r#type: event_type(event.kind).into(),
+        sandbox: Some(sandbox(&event.session)),
+        occurred_at: Some(timestamp(event.occurred_at)),
+        reason: event.reason.as_str().to_owned(),
     }
 }
 
@@ -144,5 +212,31 @@ mod tests {
         assert_eq!(violation_field(&agent_id("Bad!").unwrap_err()), "agent_id");
         assert_eq!(agent_filter("").unwrap(), None);
         assert!(agent_filter("other").unwrap().is_some());
+        assert_eq!(chat_filter("").unwrap(), None);
+        assert_eq!(
+            violation_field(&chat_filter("nope").unwrap_err()),
+            "chat_id"
+        );
+    }
+
+    #[test]
+    fn state_filters_and_cursors_are_checked() {
+        assert_eq!(state_filter(0).unwrap(), None);
+        assert_eq!(state_filter(2).unwrap(), Some(SandboxState::Paused));
+        for bad in [-1, 4, 99] {
+            assert_eq!(violation_field(&state_filter(bad).unwrap_err()), "state");
+        }
+        assert_eq!(cursor("").unwrap(), None);
+        assert_eq!(
+            cursor("17-3").unwrap().map(|c| c.to_string()).as_deref(),
+            Some("17-3")
+        );
+        for bad in ["x", "17", "17-", "-3", "17-3-1", " 17-3"] {
+            assert_eq!(
+                violation_field(&cursor(bad).unwrap_err()),
+                "after",
+                "{bad:?}"
+            );
+        }
     }
 }

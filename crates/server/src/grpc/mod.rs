@@ -14,8 +14,9 @@ use sandboxd_api::v1::sandbox_service_server::SandboxService;
 use sandboxd_usecase::ports::ListQuery;
 use sandboxd_usecase::{
     CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
-    DeleteResult, DeleteSandbox, DeleteSandboxCommand, ExtendSandbox, ExtendSandboxCommand,
-    GetSandbox, ListSandboxes, Ports, Profiles, ReconcileOptions, ReconcileSandboxes, UseCaseError,
+    DeleteResult, DeleteSandbox, DeleteSandboxCommand, EventHub, ExtendSandbox,
+    ExtendSandboxCommand, GetSandbox, ListSandboxes, PauseSandbox, Ports, Profiles,
+    ReconcileOptions, ReconcileSandboxes, ResumeSandbox, TouchSandbox, UseCaseError, WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -31,7 +32,12 @@ pub struct ServiceSettings {
     pub reconcile: ReconcileOptions,
     /// The agent profiles CreateSandbox may start.
     pub profiles: Profiles,
+    /// How far back a WatchSandboxes cursor may point.
+    pub event_retention: Duration,
 }
+
+/// Events one watcher may fall behind the shared reader before it catches up from the store.
+const WATCH_BUFFER: usize = 1024;
 
 /// The use cases behind the RPCs, built once from the ports.
 #[derive(Debug, Clone)]
@@ -43,6 +49,11 @@ pub struct UseCases {
     pub delete: DeleteSandbox,
     pub cleanup: CleanupExpiredSandboxes,
     pub reconcile: ReconcileSandboxes,
+    pub pause: PauseSandbox,
+    pub resume: ResumeSandbox,
+    pub touch: TouchSandbox,
+    /// The process's event reader and its watchers (the app runs the reader).
+    pub events: Arc<EventHub>,
 }
 
 impl UseCases {
@@ -58,8 +69,30 @@ impl UseCases {
             list: ListSandboxes::new(ports.clone()),
             extend: ExtendSandbox::new(ports.clone(), settings.session_ttl, settings.max_ttl),
             delete: DeleteSandbox::new(ports.clone()),
-            cleanup: CleanupExpiredSandboxes::new(ports.clone(), settings.cleanup),
+            cleanup: CleanupExpiredSandboxes::new(
+                ports.clone(),
+                settings.profiles.clone(),
+                settings.session_ttl,
+                settings.cleanup,
+            ),
             reconcile: ReconcileSandboxes::new(ports.clone(), settings.reconcile),
+            pause: PauseSandbox::new(
+                ports.clone(),
+                settings.profiles.clone(),
+                settings.session_ttl,
+            ),
+            resume: ResumeSandbox::new(
+                ports.clone(),
+                settings.profiles.clone(),
+                settings.session_ttl,
+            ),
+            touch: TouchSandbox::new(ports.clone()),
+            events: EventHub::new(
+                Arc::clone(&ports.events),
+                Arc::clone(&ports.clock),
+                settings.event_retention,
+                WATCH_BUFFER,
+            ),
         }
     }
 }
@@ -103,8 +136,13 @@ const fn create_result(result: CreateResult) -> v1::CreateSandboxResult {
         CreateResult::Created => v1::CreateSandboxResult::Created,
         CreateResult::Reused => v1::CreateSandboxResult::Reused,
         CreateResult::Replaced => v1::CreateSandboxResult::Replaced,
+        CreateResult::Resumed => v1::CreateSandboxResult::Resumed,
     }
 }
+
+/// The stream WatchSandboxes answers with.
+type EventStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::SandboxEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SandboxService for SandboxGrpcService {
@@ -153,6 +191,7 @@ impl SandboxService for SandboxGrpcService {
         let request = request.into_inner();
         let query = ListQuery {
             agent_id: convert::agent_filter(&request.agent_id)?,
+            state: convert::state_filter(request.state)?,
             page_size: convert::page_size(request.page_size)?,
             page_token: convert::page_token(request.page_token),
         };
@@ -231,6 +270,7 @@ impl SandboxService for SandboxGrpcService {
             cleaned: report.cleaned.iter().map(convert::sandbox).collect(),
             error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
             skipped_count: i32::try_from(report.skipped_count).unwrap_or(i32::MAX),
+            suspended_sandboxes: report.suspended.iter().map(convert::sandbox).collect(),
         }))
     }
 
@@ -244,5 +284,82 @@ impl SandboxService for SandboxGrpcService {
             })
             .await?;
         Ok(Response::new(reconcile::response(&report)))
+    }
+
+    async fn pause_sandbox(
+        &self,
+        request: Request<v1::PauseSandboxRequest>,
+    ) -> Result<Response<v1::PauseSandboxResponse>, Status> {
+        let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
+        let session = self
+            .run(
+                "PauseSandbox",
+                Some(chat_id.to_string()),
+                |use_cases| async move { use_cases.pause.execute(chat_id).await },
+            )
+            .await?;
+        Ok(Response::new(v1::PauseSandboxResponse {
+            sandbox: Some(convert::sandbox(&session)),
+        }))
+    }
+
+    async fn resume_sandbox(
+        &self,
+        request: Request<v1::ResumeSandboxRequest>,
+    ) -> Result<Response<v1::ResumeSandboxResponse>, Status> {
+        let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
+        let session = self
+            .run(
+                "ResumeSandbox",
+                Some(chat_id.to_string()),
+                |use_cases| async move { use_cases.resume.execute(chat_id).await },
+            )
+            .await?;
+        Ok(Response::new(v1::ResumeSandboxResponse {
+            sandbox: Some(convert::sandbox(&session)),
+        }))
+    }
+
+    async fn touch_sandbox(
+        &self,
+        request: Request<v1::TouchSandboxRequest>,
+    ) -> Result<Response<v1::TouchSandboxResponse>, Status> {
+        let chat_id = convert::chat_id(&request.into_inner().chat_id)?;
+        let session = self
+            .run(
+                "TouchSandbox",
+                Some(chat_id.to_string()),
+                |use_cases| async move { use_cases.touch.execute(chat_id).await },
+            )
+            .await?;
+        Ok(Response::new(v1::TouchSandboxResponse {
+            sandbox: Some(convert::sandbox(&session)),
+        }))
+    }
+
+    type WatchSandboxesStream = EventStream;
+
+    async fn watch_sandboxes(
+        &self,
+        request: Request<v1::WatchSandboxesRequest>,
+    ) -> Result<Response<Self::WatchSandboxesStream>, Status> {
+        let request = request.into_inner();
+        let watch = WatchRequest {
+            after: convert::cursor(&request.after)?,
+            chat_id: convert::chat_filter(&request.chat_id)?,
+            agent_id: convert::agent_filter(&request.agent_id)?,
+        };
+        // Opening is a tracked call (refused once draining); the stream then runs until the
+        // hub closes in the drain, or the client goes away.
+        let events = self
+            .run("WatchSandboxes", None, |use_cases| async move {
+                use_cases.events.watch(watch).await
+            })
+            .await?;
+        let stream = tokio_stream::StreamExt::map(events, |item| {
+            item.map(|event| convert::event(&event))
+                .map_err(|error| status_for("WatchSandboxes", None)(error))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

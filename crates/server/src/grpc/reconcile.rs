@@ -20,5 +20,6 @@ pub(super) fn response(report: &ReconcileReport) -> v1::ReconcileSandboxesRespon
             .collect(),
         error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
         adopted_sandboxes: report.adopted.iter().map(convert::sandbox).collect(),
+        repaired_sandboxes: report.repaired.iter().map(convert::sandbox).collect(),
     }
 }

@@ -79,7 +79,19 @@ pub fn to_status(error: &dyn UseCaseError, context: StatusContext<'_>) -> Status
                 "the chat has no sandbox",
             ),
         ),
-        ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+        ErrorKind::FailedPrecondition => Status::with_error_details(
+            Code::FailedPrecondition,
+            message.clone(),
+            ErrorDetails::with_precondition_failure_violation(
+                "SANDBOX_STATE",
+                context
+                    .chat_id
+                    .map(|chat| format!("chats/{chat}/sandbox"))
+                    .unwrap_or_default(),
+                message,
+            ),
+        ),
+        ErrorKind::OutOfRange => Status::out_of_range(message),
         ErrorKind::Aborted => Status::with_error_details(
             Code::Aborted,
             message,
@@ -102,9 +114,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use sandboxd_domain::{ChatId, ConflictReason, SessionId};
+    use sandboxd_domain::{ChatId, ConflictReason, SandboxState, SessionId};
     use sandboxd_usecase::ports::{LockError, RepositoryError, RuntimeError};
-    use sandboxd_usecase::{CreateSandboxError, ExtendSandboxError, GetSandboxError, PortError};
+    use sandboxd_usecase::{
+        CreateSandboxError, ExtendSandboxError, GetSandboxError, LifecycleError, PortError,
+        WatchError,
+    };
 
     fn ctx() -> StatusContext<'static> {
         StatusContext {
@@ -160,6 +175,14 @@ mod tests {
                 Box::new(ExtendSandboxError::Expired(chat())),
                 Code::FailedPrecondition,
             ),
+            (
+                Box::new(LifecycleError::WrongState {
+                    chat_id: chat(),
+                    state: SandboxState::Paused,
+                }),
+                Code::FailedPrecondition,
+            ),
+            (Box::new(WatchError::CursorExpired), Code::OutOfRange),
             (
                 Box::new(PortError::from(LockError::Busy {
                     waited: Duration::from_secs(5),

@@ -103,10 +103,7 @@ pub mod metric {
             WATCH_TOTAL,
             "WatchSandboxes streams opened, by result (opened, cursor_expired, error).",
         ),
-        (
-            EVENTS_DELIVERED_TOTAL,
-            "Lifecycle events sent to watchers.",
-        ),
+        (EVENTS_DELIVERED_TOTAL, "Lifecycle events sent to watchers."),
     ];
 }
 

@@ -63,6 +63,7 @@ impl Fakes {
             locker: self.locker.clone(),
             runtime: self.runtime.clone(),
             clock: self.clock.clone(),
+            events: self.repository.clone(),
         }
     }
 }

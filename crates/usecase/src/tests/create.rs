@@ -86,7 +86,10 @@ fn reuses_a_live_session_whose_agent_and_volume_match() {
         last_active_at: world.clock.now(),
         ..existing.clone()
     };
-    assert_eq!(out.session, touched, "returned with the reuse as its last activity");
+    assert_eq!(
+        out.session, touched,
+        "returned with the reuse as its last activity"
+    );
     assert_eq!(world.repository.all(), vec![touched]);
     assert_eq!(
         world.calls.calls(),
