@@ -32,6 +32,10 @@ const METHODS: &[&str] = &[
     "DeleteSandbox",
     "CleanupExpiredSandboxes",
     "ReconcileSandboxes",
+    "PauseSandbox",
+    "ResumeSandbox",
+    "TouchSandbox",
+    "WatchSandboxes",
 ];
 
 #[derive(Debug, Clone, Copy, Default)]

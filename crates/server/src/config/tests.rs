@@ -366,5 +366,5 @@ fn help_lists_every_setting_with_its_environment_variable() {
         };
         assert!(help.contains(&env), "{env}");
     }
-    assert_eq!(settings().count(), 27);
+    assert_eq!(settings().count(), 28);
 }

@@ -175,14 +175,7 @@ mod tests {
                 Box::new(ExtendSandboxError::Expired(chat())),
                 Code::FailedPrecondition,
             ),
-            (
-                Box::new(LifecycleError::WrongState {
-                    chat_id: chat(),
-                    state: SandboxState::Paused,
-                }),
-                Code::FailedPrecondition,
-            ),
-            (Box::new(WatchError::CursorExpired), Code::OutOfRange),
+
             (
                 Box::new(PortError::from(LockError::Busy {
                     waited: Duration::from_secs(5),
@@ -204,6 +197,14 @@ mod tests {
                 }),
                 Code::Internal,
             ),
+            (
+                Box::new(LifecycleError::WrongState {
+                    chat_id: chat(),
+                    state: SandboxState::Paused,
+                }),
+                Code::FailedPrecondition,
+            ),
+            (Box::new(WatchError::CursorExpired), Code::OutOfRange),
         ];
         for (error, code) in &cases {
             let status = to_status(error.as_ref(), ctx());
@@ -235,5 +236,11 @@ mod tests {
             status.get_details_resource_info().unwrap().resource_type,
             RESOURCE_TYPE_SANDBOX
         );
+        let status = to_status(cases[8].0.as_ref(), ctx());
+        let failure = status.get_details_precondition_failure().unwrap();
+        assert_eq!(failure.violations[0].r#type, "SANDBOX_STATE");
+        assert!(status.message().contains("resume it first"), "{status:?}");
+        let status = to_status(cases[9].0.as_ref(), ctx());
+        assert!(status.message().contains("resync with ListSandboxes"));
     }
 }
