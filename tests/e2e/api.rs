@@ -415,8 +415,10 @@ async fn delete_removes_the_container_and_the_keys_then_reports_not_found() {
     assert_eq!(deleted.container_id, sandbox.container_id);
     assert!(!app.container_exists(&sandbox.container_id).await);
     assert!(app.container_ids().await.is_empty());
-    // No session, chat or lock key stays behind (empty index sets vanish in Redis by themselves).
-    assert_eq!(app.redis_keys().await, BTreeSet::new());
+    // No session, chat or lock key stays behind (empty index sets vanish in Redis by themselves);
+    // only the event log, which keeps the creation and the deletion for the retention.
+    let events = app.key("events");
+    assert_eq!(app.redis_keys().await, BTreeSet::from([events]));
     assert_eq!(get(&app, &chat).await.unwrap_err().code(), Code::NotFound);
 
     let again = delete(&app, &chat).await;
