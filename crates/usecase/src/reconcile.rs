@@ -110,7 +110,7 @@ enum Judged {
     /// Owned after all (a create finished meanwhile), or already gone.
     Nothing,
     Removed,
-    Adopted(SandboxSession),
+    Adopted(Box<SandboxSession>),
 }
 
 #[derive(Debug, Clone)]
@@ -213,7 +213,7 @@ impl ReconcileSandboxes {
                 Ok(Judged::Removed) => report
                     .removed_containers
                     .push(container.container_id.clone()),
-                Ok(Judged::Adopted(session)) => report.adopted.push(session),
+                Ok(Judged::Adopted(session)) => report.adopted.push(*session),
                 Err(error) => self.count_failure(&mut report, &error),
             }
         }
@@ -296,7 +296,7 @@ impl ReconcileSandboxes {
                         let adopted =
                             adopt(&self.ports, lease, labelled, self.options.adoption_grace)
                                 .await?;
-                        Ok(Judged::Adopted(adopted))
+                        Ok(Judged::Adopted(Box::new(adopted)))
                     }
                     None => {
                         remove_dead(&*self.ports.runtime, container).await?;

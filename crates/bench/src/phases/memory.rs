@@ -10,7 +10,7 @@ use sandboxd_testkit::process::{Memory, SandboxdProcess};
 use sandboxd_usecase::ports::{LifecycleLocker, SessionRepository};
 use tonic::transport::Channel;
 
-use super::{Ctx, LIST_PAGE, WRITE_CONCURRENCY, fake_session, mib, progress};
+use super::{Ctx, LIST_PAGE, WRITE_CONCURRENCY, created_note, fake_session, mib, progress};
 use crate::report::Report;
 use crate::service::Client;
 use crate::stats::ms;
@@ -49,7 +49,7 @@ pub(super) async fn memory(
             async move {
                 let session = fake_session(index, root)?;
                 let lease = locker.lock(&session.chat_id).await?;
-                repository.save(&lease, &session).await?;
+                repository.save(&lease, &session, &created_note()).await?;
                 locker.release(lease).await?;
                 anyhow::Ok(())
             }
@@ -70,6 +70,7 @@ pub(super) async fn memory(
                 agent_id: String::new(),
                 page_size: 1000,
                 page_token: page_token.clone(),
+                state: 0,
             })
             .await?
             .into_inner();

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use super::{
     Ctx, FLOOR_GRPC, FLOOR_GRPC_READ, FLOOR_GRPC_REDIS, FLOOR_LOCKED_SAVE, FLOOR_PING, FLOOR_READ,
-    FLOOR_SAVE, GET, REUSE, Series, fake_session, new_chat, progress,
+    FLOOR_SAVE, GET, REUSE, Series, created_note, fake_session, new_chat, progress,
 };
 use crate::report::Report;
 use crate::service::{self, Client, Health};
@@ -50,7 +50,9 @@ pub(super) async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Rep
         let locked_started = Instant::now();
         let lease = locker.lock(&floor_session.chat_id).await?;
         let started = Instant::now();
-        repository.save(&lease, &floor_session).await?;
+        repository
+            .save(&lease, &floor_session, &created_note())
+            .await?;
         s.save.push(started.elapsed());
         locker.release(lease).await?;
         s.locked_save.push(locked_started.elapsed());

@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use sandboxd_domain::{
-    AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, VolumePath,
+    AgentId, ChatId, ContainerId, Endpoint, EventNote, EventReason, EventType, SandboxSession,
+    SandboxState, SessionId, VolumePath,
 };
 use sandboxd_testkit::process::SandboxdProcess;
 use sandboxd_testkit::{AppConfig, RedisServer};
@@ -263,7 +264,20 @@ fn fake_session(index: usize, root: &Path) -> Result<SandboxSession> {
         endpoint: Some(Endpoint::parse("127.0.0.1", 40_000)?),
         created_at: now,
         expires_at: now + Duration::from_secs(3600),
+        state: SandboxState::Running,
+        last_active_at: now,
+        max_expires_at: None,
+        idle_timeout: None,
     })
+}
+
+/// The event a bench's direct store write records, as a create would.
+fn created_note() -> EventNote {
+    EventNote::new(
+        EventType::Created,
+        EventReason::Requested,
+        time::OffsetDateTime::now_utc(),
+    )
 }
 
 fn mib(bytes: u64) -> f64 {
