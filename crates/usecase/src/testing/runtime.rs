@@ -103,6 +103,14 @@ impl FakeRuntime {
     }
 
     /// Changes a container's state, as the engine would (paused or stopped by hand, died).
+    /// A container's state, without recording a call (test assertions).
+    #[must_use]
+    pub fn state_of(&self, container_id: &ContainerId) -> ContainerState {
+        lock(&self.containers)
+            .get(container_id)
+            .map_or(ContainerState::Gone, |c| c.state)
+    }
+
     pub fn set_state(&self, container_id: &ContainerId, state: ContainerState) {
         if let Some(container) = lock(&self.containers).get_mut(container_id) {
             container.state = state;

@@ -338,6 +338,25 @@ impl World {
         }
     }
 
+    /// This world with agent `agent`'s profile changed by `edit` (before any use case is built).
+    pub(crate) fn with_profile(
+        mut self,
+        agent: &str,
+        edit: impl FnOnce(&mut AgentProfile),
+    ) -> Self {
+        let target = agent_id(agent);
+        let mut profiles: Vec<(AgentId, AgentProfile)> = self
+            .profiles
+            .iter()
+            .map(|(id, profile)| (id.clone(), profile.clone()))
+            .collect();
+        if let Some((_, profile)) = profiles.iter_mut().find(|(id, _)| *id == target) {
+            edit(profile);
+        }
+        self.profiles = Profiles::new(profiles);
+        self
+    }
+
     /// The use case under test, built like the server builds it.
     pub(crate) fn create(&self) -> CreateSandbox {
         CreateSandbox::new(self.ports.clone(), self.profiles.clone(), TTL)

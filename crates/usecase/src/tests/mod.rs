@@ -12,5 +12,7 @@ mod create;
 mod create_failures;
 mod delete;
 mod harness;
+mod lifecycle;
 mod reads;
 mod reconcile;
+mod watch;
