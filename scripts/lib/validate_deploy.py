@@ -45,7 +45,8 @@ def example_settings() -> dict[str, str]:
 SETTINGS = example_settings()
 AGENT_KEYS = {
     "image", "command", "port", "env", "user", "mount_target", "memory", "cpus", "pids_limit",
-    "read_only_rootfs", "runtime", "cap_add", "ready_probe", "ready_timeout",
+    "read_only_rootfs", "runtime", "cap_add", "ready_probe", "ready_timeout", "idle_timeout",
+    "max_lifetime", "on_idle", "paused_retention",
 }
 
 PROMQL_KEYWORDS = {
