@@ -133,8 +133,11 @@ fn default_pids_limit() -> i64 {
 fn default_ready_timeout() -> Duration {
     Duration::from_secs(10)
 }
+/// `paused_retention` when a profile does not say.
+pub const DEFAULT_PAUSED_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn default_paused_retention() -> Duration {
-    Duration::from_secs(24 * 60 * 60)
+    DEFAULT_PAUSED_RETENTION
 }
 
 impl AgentProfile {

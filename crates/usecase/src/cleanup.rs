@@ -11,7 +11,7 @@ use tracing::{Instrument, Span};
 
 use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
-use crate::lifecycle::{LifecycleError, Transitions};
+use crate::lifecycle::Transitions;
 use crate::ports::{Change, RepositoryError};
 use crate::profiles::Profiles;
 use crate::telemetry::{self, metric};
@@ -244,16 +244,10 @@ impl CleanupExpiredSandboxes {
                         .suspend(lease, &current, target, EventReason::Idle)
                         .await
                     {
-                        Ok(suspended) => Ok(Some(SessionOutcome::Suspended(suspended))),
-                        Err(
-                            LifecycleError::Repository(RepositoryError::Changed)
-                            | LifecycleError::NotFound(_),
-                        ) => Ok(None),
-                        Err(LifecycleError::Repository(error)) => Err(error.into()),
-                        Err(LifecycleError::Runtime(error)) => Err(error.into()),
-                        Err(LifecycleError::Lock(error)) => Err(error.into()),
-                        // Not raised by a suspension; counted as the store's failure if ever.
-                        Err(_) => Err(RepositoryError::Changed.into()),
+                        Ok(suspended) => Ok(suspended.map(SessionOutcome::Suspended)),
+                        // A touch won: the session is live again.
+                        Err(PortError::Repository(RepositoryError::Changed)) => Ok(None),
+                        Err(error) => Err(error),
                     }
                 }
                 Action::Remove(reason) => {

@@ -11,11 +11,12 @@
 use std::time::Duration;
 
 use sandboxd_domain::{
-    AgentId, ChatId, EventNote, EventReason, EventType, SandboxSession, SandboxState, Timestamp,
+    AgentId, ChatId, DEFAULT_PAUSED_RETENTION, EventNote, EventReason, EventType, SandboxSession,
+    SandboxState, Timestamp,
 };
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, UseCaseError};
+use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Change, Lease, LockError, RepositoryError, RuntimeError};
 use crate::profiles::Profiles;
@@ -44,6 +45,16 @@ pub enum LifecycleError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+impl From<PortError> for LifecycleError {
+    fn from(error: PortError) -> Self {
+        match error {
+            PortError::Lock(error) => Self::Lock(error),
+            PortError::Repository(error) => Self::Repository(error),
+            PortError::Runtime(error) => Self::Runtime(error),
+        }
+    }
 }
 
 impl UseCaseError for LifecycleError {
@@ -116,12 +127,12 @@ impl Transitions {
         session.max_expires_at.map_or(due, |cap| due.min(cap))
     }
 
-    /// How long a suspended session of this agent is kept.
+    /// How long a suspended session of this agent is kept (the default for a profile removed
+    /// from the configuration).
     fn retention(&self, agent_id: &AgentId) -> Duration {
-        self.profiles.get(agent_id).map_or_else(
-            || sandboxd_domain::AgentProfile::new("").paused_retention,
-            |profile| profile.paused_retention,
-        )
+        self.profiles
+            .get(agent_id)
+            .map_or(DEFAULT_PAUSED_RETENTION, |profile| profile.paused_retention)
     }
 
     /// Thaws or starts a paused or hibernated `session` and records it running, active now.
@@ -157,13 +168,17 @@ impl Transitions {
         };
         let note = EventNote::new(EventType::Resumed, EventReason::Requested, now);
         match self.write(lease, &running, &Change::new(note)).await {
-            Ok(resumed) => {
+            Ok(Some(resumed)) => {
                 telemetry::log_resumed(&resumed);
                 Ok(resumed)
             }
+            Ok(None) => {
+                self.undo(session, SandboxState::Running).await;
+                Err(LifecycleError::NotFound(session.chat_id))
+            }
             Err(error) => {
                 self.undo(session, SandboxState::Running).await;
-                Err(error)
+                Err(error.into())
             }
         }
     }
@@ -171,13 +186,16 @@ impl Transitions {
     /// Pauses or hibernates the running `session`. `reason` says why; an idle transition is
     /// fenced on the expiry it was decided by (a touch since wins, `Changed`) and keeps the
     /// sandbox `paused_retention` from when it went idle, a requested one from now.
+    ///
+    /// # Errors
+    /// The ports'; `Repository(Changed)` when a touch won. `Ok(None)`: the session is gone.
     pub(crate) async fn suspend(
         &self,
         lease: &Lease,
         session: &SandboxSession,
         target: SandboxState,
         reason: EventReason,
-    ) -> Result<SandboxSession, LifecycleError> {
+    ) -> Result<Option<SandboxSession>, PortError> {
         let (kind, engine) = match target {
             SandboxState::Hibernated => (
                 EventType::Hibernated,
@@ -213,9 +231,13 @@ impl Transitions {
             Change::new(note)
         };
         match self.write(lease, &suspended, &change).await {
-            Ok(stored) => {
+            Ok(Some(stored)) => {
                 telemetry::log_suspended(&stored, reason.as_str());
-                Ok(stored)
+                Ok(Some(stored))
+            }
+            Ok(None) => {
+                self.undo(session, target).await;
+                Ok(None)
             }
             Err(error) => {
                 self.undo(session, target).await;
@@ -224,19 +246,14 @@ impl Transitions {
         }
     }
 
-    /// The fenced update; a session gone meanwhile is `NotFound`.
+    /// The fenced update; `None` when the session is gone.
     async fn write(
         &self,
         lease: &Lease,
         session: &SandboxSession,
         change: &Change,
-    ) -> Result<SandboxSession, LifecycleError> {
-        let stored = self
-            .ports
-            .repository
-            .update(lease, session, change)
-            .await?
-            .ok_or(LifecycleError::NotFound(session.chat_id))?;
+    ) -> Result<Option<SandboxSession>, PortError> {
+        let stored = self.ports.repository.update(lease, session, change).await?;
         self.refresh_state_counts().await;
         Ok(stored)
     }
@@ -366,8 +383,9 @@ impl PauseSandbox {
                         SandboxState::Paused,
                         EventReason::Requested,
                     )
-                    .await
-                    .map(|paused| (paused, "paused")),
+                    .await?
+                    .map(|paused| (paused, "paused"))
+                    .ok_or(LifecycleError::NotFound(chat_id)),
             }
         })
         .instrument(span.clone())
