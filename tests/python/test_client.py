@@ -91,10 +91,34 @@ class SandboxdClientTest(unittest.TestCase):
         self.assertEqual(reused.result, sandbox_pb2.CREATE_SANDBOX_RESULT_REUSED)
         self.assertEqual(reused.sandbox.session_id, sandbox.session_id)
 
+        # A reuse is activity: the same sandbox, with a later last_active_at.
+        self.assertEqual(reused.sandbox.state, sandbox_pb2.SANDBOX_STATE_RUNNING)
+        self.assertGreaterEqual(
+            reused.sandbox.last_active_at.ToDatetime(), sandbox.last_active_at.ToDatetime()
+        )
         got = self.sandboxes.GetSandbox(
             sandbox_pb2.GetSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
         )
-        self.assertEqual(got.sandbox, sandbox)
+        self.assertEqual(got.sandbox, reused.sandbox)
+
+        paused = self.sandboxes.PauseSandbox(
+            sandbox_pb2.PauseSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
+        )
+        self.assertEqual(paused.sandbox.state, sandbox_pb2.SANDBOX_STATE_PAUSED)
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.sandboxes.TouchSandbox(
+                sandbox_pb2.TouchSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
+            )
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        resumed = self.sandboxes.ResumeSandbox(
+            sandbox_pb2.ResumeSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
+        )
+        self.assertEqual(resumed.sandbox.state, sandbox_pb2.SANDBOX_STATE_RUNNING)
+        self.assertEqual(resumed.sandbox.session_id, sandbox.session_id)
+        touched = self.sandboxes.TouchSandbox(
+            sandbox_pb2.TouchSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
+        )
+        self.assertEqual(touched.sandbox.container_id, sandbox.container_id)
 
         deleted = self.sandboxes.DeleteSandbox(
             sandbox_pb2.DeleteSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
