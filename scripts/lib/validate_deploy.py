@@ -46,7 +46,7 @@ SETTINGS = example_settings()
 AGENT_KEYS = {
     "image", "command", "port", "env", "user", "mount_target", "memory", "cpus", "pids_limit",
     "read_only_rootfs", "runtime", "cap_add", "ready_probe", "ready_timeout", "idle_timeout",
-    "max_lifetime", "on_idle", "paused_retention",
+    "max_lifetime", "on_idle", "paused_retention", "max_sandboxes",
 }
 
 PROMQL_KEYWORDS = {

@@ -7,6 +7,7 @@
 //! `sandboxd/busybox:local` image.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod api;
 mod grpcurl;
 mod harness;

@@ -92,6 +92,10 @@ pub struct AgentProfile {
     /// A paused or hibernated sandbox is deleted this long after it went idle.
     #[serde(default = "default_paused_retention", deserialize_with = "de_duration")]
     pub paused_retention: Duration,
+    /// Most sandboxes of this profile at once (in any state); `None` = only the deployment's
+    /// limit applies.
+    #[serde(default)]
+    pub max_sandboxes: Option<u32>,
 }
 
 /// What happens to a running sandbox once it expires.
@@ -163,6 +167,7 @@ impl AgentProfile {
             max_lifetime: None,
             on_idle: OnIdle::Delete,
             paused_retention: default_paused_retention(),
+            max_sandboxes: None,
         }
     }
 
@@ -314,6 +319,12 @@ impl AgentProfile {
         }
         if self.paused_retention.is_zero() {
             return Err(err("paused_retention", "must be positive"));
+        }
+        if self.max_sandboxes == Some(0) {
+            return Err(err(
+                "max_sandboxes",
+                "must be at least 1 (omit it for no per-profile limit)",
+            ));
         }
         Ok(())
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sandboxd_api::v1::sandbox_service_server::SandboxServiceServer;
-use sandboxd_usecase::{CleanupExpiredSandboxes, CleanupOptions, Ports, ReconcileOptions};
+use sandboxd_usecase::{
+    AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, Ports, ReconcileOptions,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -86,6 +88,15 @@ impl Application {
                 },
                 profiles: config.agents.by_agent_id(),
                 event_retention: config.lifecycle.event_retention,
+                admission: AdmissionPolicy {
+                    max_sandboxes: config.admission.max_sandboxes(),
+                    max_concurrent_creates: config.admission.max_concurrent_creates(),
+                    wait: config.redis.lock_wait,
+                    // Longer than any create: its engine calls, its readiness wait, its save.
+                    reservation_ttl: 2 * config.docker.engine_timeout
+                        + config.agents.slowest_ready_timeout()
+                        + config.redis.lock_ttl,
+                },
             },
             cleanup_interval: config.lifecycle.cleanup_interval,
             reconcile_interval: config.lifecycle.reconcile_interval,

@@ -10,6 +10,7 @@ use sandboxd_domain::{
 };
 use tracing::{Instrument, Span};
 
+use crate::admission::{Admission, AdmissionPolicy, Refusal};
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::lifecycle::{LifecycleError, Transitions};
@@ -75,6 +76,10 @@ pub enum CreateSandboxError {
         save: RepositoryError,
         compensation: Option<RuntimeError>,
     },
+    /// Admission refused the new sandbox (a full quota, or no engine slot in time); nothing was
+    /// started.
+    #[error("the sandbox was not admitted")]
+    Refused(#[from] Refusal),
     /// Resuming the chat's paused or hibernated sandbox failed.
     #[error("resuming the sandbox failed")]
     Resume(#[source] LifecycleError),
@@ -95,6 +100,8 @@ impl UseCaseError for CreateSandboxError {
             Self::Lock(error) => error.kind(),
             Self::Runtime(error) => error.kind(),
             Self::Resume(error) => error.kind(),
+            Self::Refused(Refusal::EngineBusy { .. }) => ErrorKind::Overloaded,
+            Self::Refused(_) => ErrorKind::ResourceExhausted,
         }
     }
 
@@ -106,6 +113,7 @@ impl UseCaseError for CreateSandboxError {
             Self::Lock(error) => error.metric_label(),
             Self::Runtime(error) => error.metric_label(),
             Self::Resume(error) => error.metric_label(),
+            Self::Refused(refusal) => refusal.metric_label(),
         }
     }
 
@@ -119,13 +127,22 @@ impl UseCaseError for CreateSandboxError {
             Self::Lock(error) => error.client_message(),
             Self::Runtime(error) => error.client_message(),
             Self::Resume(error) => error.client_message(),
+            Self::Refused(refusal) => refusal.to_string(),
         }
     }
 
     fn result_label(&self) -> &'static str {
         match self {
             Self::Conflict { .. } => "conflict",
+            Self::Refused(refusal) => refusal.metric_label(),
             _ => "error",
+        }
+    }
+
+    fn quota_subject(&self) -> Option<String> {
+        match self {
+            Self::Refused(refusal) => Some(refusal.setting()),
+            _ => None,
         }
     }
 }
@@ -139,6 +156,8 @@ pub struct CreateSandbox {
     ttl: Duration,
     /// Resuming a paused or hibernated sandbox.
     transitions: Transitions,
+    /// Quotas and the engine-create bound, checked before anything starts.
+    admission: Admission,
 }
 
 impl CreateSandbox {
@@ -153,7 +172,15 @@ impl CreateSandbox {
             ports,
             profiles,
             ttl,
+            admission: Admission::new(AdmissionPolicy::default()),
         }
+    }
+
+    /// This use case with `policy`'s quotas and engine bound (the default admits everything).
+    #[must_use]
+    pub fn with_admission(mut self, policy: AdmissionPolicy) -> Self {
+        self.admission = Admission::new(policy);
+        self
     }
 
     /// # Errors
@@ -303,14 +330,45 @@ impl CreateSandbox {
             .runtime
             .validate(profile, &command.volume_host_path)
             .await?;
+        let new_session_id = SessionId::new_random();
+        // Before anything changes: a refused create leaves even an expired sandbox in place.
+        let admitted = self
+            .admission
+            .admit(
+                &self.ports,
+                new_session_id,
+                &command.agent_id,
+                profile,
+                expired.as_ref().map(|old| old.session_id),
+            )
+            .await?
+            .inspect_err(|refusal| telemetry::log_refused(&command.chat_id, refusal))?;
+        let outcome = self
+            .start_admitted(lease, command, profile, expired, new_session_id, span)
+            .await;
+        self.admission.release(&self.ports, admitted).await;
+        outcome
+    }
+
+    /// The rest of create-or-replace once admitted: replace, sweep, start, save.
+    async fn start_admitted(
+        &self,
+        lease: &Lease,
+        command: &CreateSandboxCommand,
+        profile: &Arc<AgentProfile>,
+        expired: Option<SandboxSession>,
+        new_session_id: SessionId,
+        span: &Span,
+    ) -> Result<CreateSandboxOutput, CreateSandboxError> {
         // Listed before the replace stops the old container, so one listing serves both.
         let mut containers = self.ports.runtime.list_chat(&command.chat_id).await?;
-        let (result, new_session_id) = match &expired {
-            Some(old) => (
-                CreateResult::Replaced,
-                self.replace_expired(lease, old, span).await?,
-            ),
-            None => (CreateResult::Created, SessionId::new_random()),
+        let result = match &expired {
+            Some(old) => {
+                self.replace_expired(lease, old, new_session_id, span)
+                    .await?;
+                CreateResult::Replaced
+            }
+            None => CreateResult::Created,
         };
         if let Some(old) = &expired {
             // Removed just now by the replace: not a stray.
@@ -360,9 +418,9 @@ impl CreateSandbox {
         &self,
         lease: &Lease,
         old: &SandboxSession,
+        new_session_id: SessionId,
         span: &Span,
-    ) -> Result<SessionId, CreateSandboxError> {
-        let new_session_id = SessionId::new_random();
+    ) -> Result<(), CreateSandboxError> {
         telemetry::record_previous_session(span, old);
         span.record(
             telemetry::span::NEW_SESSION_ID,
@@ -381,7 +439,7 @@ impl CreateSandbox {
         self.ports
             .delete_session(lease, old, &Change::new(note))
             .await?;
-        Ok(new_session_id)
+        Ok(())
     }
 
     /// Saves the new session; on failure stops the new container so nothing runs unrecorded, and

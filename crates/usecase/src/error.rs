@@ -25,6 +25,10 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// A position (an event cursor) that no longer exists: older than the retention.
     OutOfRange,
+    /// A quota (`max_sandboxes`) is full; [`UseCaseError::quota_subject`] names it.
+    ResourceExhausted,
+    /// This process is at its bound of engine work in flight; retry after a short delay.
+    Overloaded,
     /// Retryable contention: the chat's lock was busy, or the lease was lost mid-operation.
     Aborted,
     /// Redis or Docker did not answer.
@@ -49,6 +53,12 @@ pub trait UseCaseError: std::error::Error + Send + Sync + 'static {
     /// (`not_found`, `expired`, ...), and their span records no error; failures are `error`.
     fn result_label(&self) -> &'static str {
         "error"
+    }
+
+    /// For `ResourceExhausted`: the setting whose limit was reached (`max_sandboxes`,
+    /// `agents.<id>.max_sandboxes`), which the status's `QuotaFailure` names.
+    fn quota_subject(&self) -> Option<String> {
+        None
     }
 }
 

@@ -4,6 +4,7 @@
 //! every name in [`telemetry`]. Each use case is a struct built from [`Ports`] whose `execute`
 //! states its flow and ends in one `telemetry::finish`; `docs/design.md` describes each.
 
+mod admission;
 mod cleanup;
 mod create;
 mod delete;
@@ -26,6 +27,7 @@ mod tests;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use admission::{AdmissionPolicy, Refusal};
 pub use cleanup::{CleanupExpiredSandboxes, CleanupOptions, CleanupReport};
 pub use create::{
     CreateResult, CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput,

@@ -9,6 +9,7 @@
 //! | `{p}:agent:{agent_id}` | zset | one agent's session ids, score 0 (addition: filtered paging) |
 //! | `{p}:lock:{chat_id}` | string | the lease token |
 //! | `{p}:state:{paused,hibernated}` | zset | session ids in that state, score 0 (counts, filter) |
+//! | `{p}:reserved`, `{p}:reserved:{agent_id}` | zset | creates in flight (admission), scored by when the slot frees itself |
 //! | `{p}:events` | stream | lifecycle events, appended by the write that made the change |
 
 use sandboxd_domain::{AgentId, ChatId, SandboxState, SessionId};
@@ -56,6 +57,14 @@ impl Keys {
 
     pub(crate) fn state(&self, state: SandboxState) -> String {
         format!("{}:state:{state}", self.prefix)
+    }
+
+    pub(crate) fn reserved(&self) -> String {
+        format!("{}:reserved", self.prefix)
+    }
+
+    pub(crate) fn reserved_by(&self, agent: &AgentId) -> String {
+        format!("{}:reserved:{agent}", self.prefix)
     }
 
     pub(crate) fn events(&self) -> String {

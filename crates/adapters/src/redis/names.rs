@@ -18,6 +18,8 @@ pub mod command {
     pub const TOUCH: &str = "touch";
     pub const APPEND_EVENT: &str = "append_event";
     pub const COUNT_BY_STATE: &str = "count_by_state";
+    pub const RESERVE: &str = "reserve";
+    pub const RELEASE_RESERVATION: &str = "release_reservation";
     pub const READ_EVENTS: &str = "read_events";
     pub const WAIT_EVENTS: &str = "wait_events";
     pub const LAST_EVENT: &str = "last_event";

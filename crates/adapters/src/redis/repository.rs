@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use redis::Value;
 use sandboxd_domain::{ChatId, EventNote, SandboxSession, SandboxState, SessionId, Timestamp};
 use sandboxd_usecase::ports::{
-    ActiveCount, Change, Lease, ListQuery, RepositoryError, SessionPage, SessionRepository,
-    StateCounts, TouchMatch,
+    ActiveCount, Change, Lease, Limits, ListQuery, QuotaLimit, RepositoryError, Reservation,
+    SessionPage, SessionRepository, StateCounts, TouchMatch,
 };
 
 use super::codec::{self, ListFilter, decode_page_token, encode_page_token};
@@ -302,6 +302,74 @@ impl SessionRepository for RedisSessionRepository {
             .store
             .client
             .run(command::APPEND_EVENT, invocation.invoke_async(&mut con))
+            .await?;
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        reservation: &Reservation,
+        limits: Limits,
+        now: Timestamp,
+    ) -> Result<Result<(), QuotaLimit>, RepositoryError> {
+        let keys = &self.store.keys;
+        let mut invocation = scripts::RESERVE_SCRIPT.prepare_invoke();
+        invocation
+            .key(keys.expiry())
+            .key(keys.agent(&reservation.agent_id))
+            .key(keys.reserved())
+            .key(keys.reserved_by(&reservation.agent_id))
+            .arg(codec::to_millis(now))
+            .arg(reservation.session_id.to_string())
+            .arg(codec::to_millis(reservation.expires_at))
+            .arg(limits.deployment.unwrap_or(0))
+            .arg(limits.agent.unwrap_or(0))
+            .arg(
+                reservation
+                    .replacing
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            );
+        let mut con = self.store.client.connection();
+        let reply: (i64, Option<String>) = self
+            .store
+            .client
+            .run(command::RESERVE, invocation.invoke_async(&mut con))
+            .await?;
+        match (reply, limits) {
+            ((1, _), _) => Ok(Ok(())),
+            (
+                (0, Some(which)),
+                Limits {
+                    deployment: Some(limit),
+                    ..
+                },
+            ) if which == "deployment" => Ok(Err(QuotaLimit::Deployment(limit))),
+            (
+                (0, Some(which)),
+                Limits {
+                    agent: Some(limit), ..
+                },
+            ) if which == "agent" => Ok(Err(QuotaLimit::Agent(limit))),
+            _ => Err(StoreFault::corrupt(command::RESERVE, "unexpected reply").into()),
+        }
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<(), RepositoryError> {
+        let keys = &self.store.keys;
+        let mut invocation = scripts::RELEASE_RESERVATION_SCRIPT.prepare_invoke();
+        invocation
+            .key(keys.reserved())
+            .key(keys.reserved_by(&reservation.agent_id))
+            .arg(reservation.session_id.to_string());
+        let mut con = self.store.client.connection();
+        let _: i64 = self
+            .store
+            .client
+            .run(
+                command::RELEASE_RESERVATION,
+                invocation.invoke_async(&mut con),
+            )
             .await?;
         Ok(())
     }

@@ -179,6 +179,40 @@ end
 return redis.call('HGETALL', key)
 ";
 
+/// KEYS: expiry zset, agent zset, reservations zset, agent reservations zset. ARGV: now ms,
+/// reservation id, reservation expiry ms, deployment limit (0 = none), agent limit (0 = none),
+/// replaced session id ('' = none).
+/// Returns {1, ''} after taking the slot, {0, 'deployment'|'agent'} when that limit is full. Stored
+/// sessions and live reservations both count; the replaced session does not (it is removed
+/// before the new one starts).
+const RESERVE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
+local replacing = ARGV[6]
+local function in_use(index, reserved)
+  local n = redis.call('ZCARD', index) + redis.call('ZCARD', reserved)
+  if replacing ~= '' and redis.call('ZSCORE', index, replacing) then n = n - 1 end
+  return n
+end
+local limit = tonumber(ARGV[4])
+if limit > 0 and in_use(KEYS[1], KEYS[3]) >= limit then return {0, 'deployment'} end
+limit = tonumber(ARGV[5])
+if limit > 0 and in_use(KEYS[2], KEYS[4]) >= limit then return {0, 'agent'} end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+local ttl = string.format('%d', tonumber(ARGV[3]) - tonumber(ARGV[1]) + 1000)
+keep_at_least(KEYS[3], ttl)
+keep_at_least(KEYS[4], ttl)
+return {1, ''}
+";
+
+/// KEYS: reservations zset, agent reservations zset. ARGV: reservation id.
+const RELEASE_RESERVATION: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+";
+
 /// ARGV: key root, event type, reason, at ms, retention ms, field, value, ... Appends an event
 /// that records no stored change.
 const APPEND_EVENT: &str = r"
@@ -281,6 +315,9 @@ fn with_prelude(body: &str) -> Script {
 pub(crate) static SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(SAVE));
 pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(DELETE));
 pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(UPDATE));
+pub(crate) static RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RESERVE));
+pub(crate) static RELEASE_RESERVATION_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(RELEASE_RESERVATION));
 pub(crate) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(TOUCH));
 pub(crate) static APPEND_EVENT_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| with_prelude(APPEND_EVENT));

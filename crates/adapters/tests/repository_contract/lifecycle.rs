@@ -1,11 +1,13 @@
 //! Contract checks of the lifecycle writes: fenced updates, lease-free touches, the event log
-//! every write appends to, and the per-state counts and filters.
+//! every write appends to, the per-state counts and filters, and admission reservations.
 
 use std::time::Duration;
 
 use redis_server::TestResult;
 use sandboxd_domain::{EventNote, EventReason, EventType, SandboxSession, SandboxState, SessionId};
-use sandboxd_usecase::ports::{Change, Lease, RepositoryError, TouchMatch};
+use sandboxd_usecase::ports::{
+    Change, Lease, Limits, QuotaLimit, RepositoryError, Reservation, TouchMatch,
+};
 
 use crate::*;
 
@@ -165,20 +167,23 @@ pub(crate) async fn touch_records_activity_only_on_a_running_live_matching_sessi
     let idle = idle_session(new_chat());
     put(b, &idle).await?;
     let chat = idle.chat_id;
-    let at_100 = b
+    let at_30 = b
         .repo()
-        .touch(&chat, at(100), None)
+        .touch(&chat, at(30), None)
         .await?
         .ok_or("session")?;
-    assert_eq!(
-        (at_100.last_active_at, at_100.expires_at),
-        (at(100), at(160))
-    );
-    assert_eq!(
-        ids(&b.repo().list_expired(at(100), 10).await?),
-        Vec::<SessionId>::new(),
+    assert_eq!((at_30.last_active_at, at_30.expires_at), (at(30), at(90)));
+    let at_80 = b
+        .repo()
+        .touch(&chat, at(80), None)
+        .await?
+        .ok_or("session")?;
+    assert_eq!((at_80.last_active_at, at_80.expires_at), (at(80), at(140)));
+    assert!(
+        !ids(&b.repo().list_expired(at(100), 10).await?).contains(&idle.session_id),
         "the expiry index moved with it"
     );
+    b.repo().touch(&chat, at(130), None).await?;
     let capped = b
         .repo()
         .touch(&chat, at(150), None)
@@ -386,5 +391,109 @@ pub(crate) async fn state_counts_and_state_filters_follow_transitions(
         (1, 0, 1)
     );
     assert!(of_state(SandboxState::Paused).await?.is_empty());
+    Ok(())
+}
+
+fn reservation(agent_name: &str, expires_at: Timestamp) -> Reservation {
+    Reservation {
+        session_id: SessionId::new_random(),
+        agent_id: agent(agent_name),
+        expires_at,
+        replacing: None,
+    }
+}
+
+pub(crate) async fn reservations_count_against_the_limits_with_the_sessions(
+    b: &dyn Backend,
+) -> TestResult {
+    let limits = Limits {
+        deployment: Some(3),
+        agent: Some(2),
+    };
+    put(b, &session(new_chat(), "default", at(600))).await?;
+    let first = reservation("default", at(60));
+    assert_eq!(b.repo().reserve(&first, limits, at(0)).await?, Ok(()));
+    // The agent has one session and one reservation: full for it, not for another agent.
+    let second = reservation("default", at(60));
+    assert_eq!(
+        b.repo().reserve(&second, limits, at(0)).await?,
+        Err(QuotaLimit::Agent(2))
+    );
+    let other = reservation("other", at(60));
+    assert_eq!(b.repo().reserve(&other, limits, at(0)).await?, Ok(()));
+    let third = reservation("other", at(60));
+    assert_eq!(
+        b.repo().reserve(&third, limits, at(0)).await?,
+        Err(QuotaLimit::Deployment(3)),
+        "one session and two reservations fill the deployment"
+    );
+    // A release makes room; so does a reservation's expiry.
+    b.repo().release(&first).await?;
+    assert_eq!(b.repo().reserve(&third, limits, at(0)).await?, Ok(()));
+    let late = reservation("other", at(120));
+    assert_eq!(
+        b.repo().reserve(&late, limits, at(30)).await?,
+        Err(QuotaLimit::Deployment(3))
+    );
+    assert_eq!(
+        b.repo().reserve(&late, limits, at(60)).await?,
+        Ok(()),
+        "reservations that expired at 60 s no longer count"
+    );
+    Ok(())
+}
+
+pub(crate) async fn a_replaced_session_does_not_count_and_no_limit_admits_all(
+    b: &dyn Backend,
+) -> TestResult {
+    let old = session(new_chat(), "default", at(10));
+    put(b, &old).await?;
+    let limits = Limits {
+        deployment: Some(1),
+        agent: Some(1),
+    };
+    assert_eq!(
+        b.repo()
+            .reserve(&reservation("default", at(60)), limits, at(20))
+            .await?,
+        Err(QuotaLimit::Deployment(1))
+    );
+    let replacing = Reservation {
+        replacing: Some(old.session_id),
+        ..reservation("default", at(60))
+    };
+    assert_eq!(b.repo().reserve(&replacing, limits, at(20)).await?, Ok(()));
+    for _ in 0..5 {
+        assert_eq!(
+            b.repo()
+                .reserve(&reservation("default", at(60)), Limits::default(), at(20))
+                .await?,
+            Ok(())
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn concurrent_reservations_never_exceed_the_limit(b: &dyn Backend) -> TestResult {
+    let limits = Limits {
+        deployment: Some(5),
+        agent: None,
+    };
+    let repo = b.repo();
+    let attempts = (0..40).map(|_| {
+        let repo = Arc::clone(&repo);
+        async move {
+            repo.reserve(&reservation("default", at(60)), limits, at(0))
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let admitted = outcomes
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(admitted, 5);
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! `SANDBOXD_*` environment variables, then command-line flags; validated before anything starts.
 //!
 //! The file stays flat (`grpc_addr = ...`, `[agents.<id>]` tables) while the configuration is made
-//! of sections by owner: `server`, `redis`, `lifecycle`, `docker`, `telemetry` and `agents`, each in
+//! of sections by owner: `server`, `redis`, `lifecycle`, `docker`, `telemetry`, `admission` and
+//! `agents`, each in
 //! its own module with its defaults, its checks and the [`flags::Setting`]s from which the flags,
 //! the environment variable names and `--help` are derived. Each section is extracted from the
 //! same merged layers; a key no section declares is refused here. The one relation between
@@ -13,6 +14,7 @@
 //! set them (so `deploy/sandboxd.example.toml` can say `../var/volumes`), and against the working
 //! directory when they come from the environment or a flag.
 
+mod admission;
 mod agents;
 mod docker;
 mod flags;
@@ -28,6 +30,7 @@ use figment::{Figment, Metadata, Provider};
 use sandboxd_adapters::docker::DockerConfig;
 use sandboxd_adapters::redis::RedisConfig;
 
+pub use admission::AdmissionSettings;
 pub use agents::AgentProfiles;
 pub use docker::DockerSettings;
 pub use flags::Cli;
@@ -72,6 +75,7 @@ pub struct Config {
     pub lifecycle: LifecycleSettings,
     pub docker: DockerSettings,
     pub telemetry: TelemetrySettings,
+    pub admission: AdmissionSettings,
     pub agents: AgentProfiles,
 }
 
@@ -83,6 +87,7 @@ pub(crate) fn settings() -> impl Iterator<Item = &'static Setting> {
         lifecycle::SETTINGS,
         docker::SETTINGS,
         telemetry::SETTINGS,
+        admission::SETTINGS,
     ]
     .into_iter()
     .flatten()
@@ -123,6 +128,7 @@ impl Config {
             lifecycle: figment.extract().map_err(parse_error)?,
             docker: figment.extract().map_err(parse_error)?,
             telemetry: figment.extract().map_err(parse_error)?,
+            admission: figment.extract().map_err(parse_error)?,
             agents: AgentProfiles::extract(&figment)?,
         };
         config.docker.resolve_relative_roots(&figment);

@@ -13,9 +13,9 @@ use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_server::SandboxService;
 use sandboxd_usecase::ports::ListQuery;
 use sandboxd_usecase::{
-    CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
-    DeleteResult, DeleteSandbox, DeleteSandboxCommand, EventHub, ExtendSandbox,
-    ExtendSandboxCommand, GetSandbox, ListSandboxes, PauseSandbox, Ports, Profiles,
+    AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox,
+    CreateSandboxCommand, DeleteResult, DeleteSandbox, DeleteSandboxCommand, EventHub,
+    ExtendSandbox, ExtendSandboxCommand, GetSandbox, ListSandboxes, PauseSandbox, Ports, Profiles,
     ReconcileOptions, ReconcileSandboxes, ResumeSandbox, TouchSandbox, UseCaseError, WatchRequest,
 };
 use tonic::{Request, Response, Status};
@@ -34,6 +34,8 @@ pub struct ServiceSettings {
     pub profiles: Profiles,
     /// How far back a WatchSandboxes cursor may point.
     pub event_retention: Duration,
+    /// Quotas and the engine-create bound of CreateSandbox.
+    pub admission: AdmissionPolicy,
 }
 
 /// Events one watcher may fall behind the shared reader before it catches up from the store.
@@ -64,7 +66,8 @@ impl UseCases {
                 ports.clone(),
                 settings.profiles.clone(),
                 settings.session_ttl,
-            ),
+            )
+            .with_admission(settings.admission),
             get: GetSandbox::new(ports.clone()),
             list: ListSandboxes::new(ports.clone()),
             extend: ExtendSandbox::new(ports.clone(), settings.session_ttl, settings.max_ttl),

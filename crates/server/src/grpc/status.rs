@@ -18,6 +18,8 @@ pub const REASON_SANDBOX_CONFLICT: &str = "SANDBOX_CONFLICT";
 pub const RESOURCE_TYPE_SANDBOX: &str = "sandbox.v1.Sandbox";
 /// Retry hint for lock contention: about one typical create.
 const ABORTED_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The retry delay suggested when engine creates are at their bound: about one create's time.
+const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// What the mapping needs besides the error: which RPC failed and which chat it was about.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +94,19 @@ pub fn to_status(error: &dyn UseCaseError, context: StatusContext<'_>) -> Status
             ),
         ),
         ErrorKind::OutOfRange => Status::out_of_range(message),
+        ErrorKind::ResourceExhausted => Status::with_error_details(
+            Code::ResourceExhausted,
+            message.clone(),
+            ErrorDetails::with_quota_failure_violation(
+                error.quota_subject().unwrap_or_default(),
+                message,
+            ),
+        ),
+        ErrorKind::Overloaded => Status::with_error_details(
+            Code::Unavailable,
+            message,
+            ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_DELAY)),
+        ),
         ErrorKind::Aborted => Status::with_error_details(
             Code::Aborted,
             message,
@@ -118,7 +133,7 @@ mod tests {
     use sandboxd_usecase::ports::{LockError, RepositoryError, RuntimeError};
     use sandboxd_usecase::{
         CreateSandboxError, ExtendSandboxError, GetSandboxError, LifecycleError, PortError,
-        WatchError,
+        Refusal, WatchError,
     };
 
     fn ctx() -> StatusContext<'static> {
@@ -204,6 +219,20 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Box::new(WatchError::CursorExpired), Code::OutOfRange),
+            (
+                Box::new(CreateSandboxError::Refused(Refusal::Agent {
+                    agent_id: sandboxd_domain::AgentId::parse("py").unwrap(),
+                    limit: 3,
+                })),
+                Code::ResourceExhausted,
+            ),
+            (
+                Box::new(CreateSandboxError::Refused(Refusal::EngineBusy {
+                    in_flight: 4,
+                    waited: Duration::from_secs(5),
+                })),
+                Code::Unavailable,
+            ),
         ];
         for (error, code) in &cases {
             let status = to_status(error.as_ref(), ctx());
@@ -241,5 +270,14 @@ mod tests {
         assert!(status.message().contains("resume it first"), "{status:?}");
         let status = to_status(cases[9].0.as_ref(), ctx());
         assert!(status.message().contains("resync with ListSandboxes"));
+        let status = to_status(cases[10].0.as_ref(), ctx());
+        let quota = status.get_details_quota_failure().unwrap();
+        assert_eq!(quota.violations[0].subject, "agents.py.max_sandboxes");
+        assert_eq!(
+            quota.violations[0].description,
+            "agents.py.max_sandboxes (3) is reached"
+        );
+        let status = to_status(cases[11].0.as_ref(), ctx());
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
     }
 }

@@ -19,7 +19,8 @@ mod runtime;
 pub use events::EventLog;
 pub use locker::{Lease, LeaseLossFlag, LifecycleLocker, LockError};
 pub use repository::{
-    Change, ListQuery, RepositoryError, SessionPage, SessionRepository, StateCounts, TouchMatch,
+    Change, Limits, ListQuery, QuotaLimit, RepositoryError, Reservation, SessionPage,
+    SessionRepository, StateCounts, TouchMatch,
 };
 pub use runtime::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,

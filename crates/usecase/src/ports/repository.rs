@@ -134,6 +134,39 @@ impl StateCounts {
     }
 }
 
+/// A claim on one sandbox slot, taken atomically before the engine starts anything and given
+/// back once the session is saved (it then counts itself) or the create failed. It expires on
+/// its own, so a process that dies mid-create holds no slot for long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The session the create will save.
+    pub session_id: SessionId,
+    pub agent_id: AgentId,
+    /// When the slot frees itself if never given back.
+    pub expires_at: Timestamp,
+    /// The expired session this create replaces (removed before the new one starts): it does
+    /// not count against the limits.
+    pub replacing: Option<SessionId>,
+}
+
+/// The limits a reservation is checked against; `None` = no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions of the whole deployment plus reservations in flight.
+    pub deployment: Option<u32>,
+    /// Sessions of the reservation's agent plus its reservations in flight.
+    pub agent: Option<u32>,
+}
+
+/// Which limit refused a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaLimit {
+    /// `max_sandboxes`.
+    Deployment(u32),
+    /// `agents.<id>.max_sandboxes`.
+    Agent(u32),
+}
+
 /// The session store.
 #[async_trait]
 pub trait SessionRepository: Send + Sync {
@@ -219,6 +252,25 @@ pub trait SessionRepository: Send + Sync {
         session: &SandboxSession,
         note: &EventNote,
     ) -> Result<(), RepositoryError>;
+
+    /// Takes a slot for `reservation` if, counting every stored session and reservation in
+    /// flight (expired reservations dropped on the way), `limits` leave room; one atomic round
+    /// trip, so concurrent creates on every replica sharing the store are counted exactly.
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`. A full limit is `Ok(Err(limit))`, not an error of the store.
+    async fn reserve(
+        &self,
+        reservation: &Reservation,
+        limits: Limits,
+        now: Timestamp,
+    ) -> Result<Result<(), QuotaLimit>, RepositoryError>;
+
+    /// Gives a reservation's slot back (nothing when it is already gone).
+    ///
+    /// # Errors
+    /// `Unavailable`/`Other`; the slot then frees itself at its expiry.
+    async fn release(&self, reservation: &Reservation) -> Result<(), RepositoryError>;
 
     /// How many stored sessions are in each state.
     ///

@@ -50,7 +50,7 @@ pub mod metric {
     pub const DESCRIPTIONS: &[(&str, &str)] = &[
         (
             CREATE_TOTAL,
-            "CreateSandbox outcomes by result (created, reused, replaced, conflict, error) and conflict reason.",
+            "CreateSandbox outcomes by result (created, reused, replaced, resumed, conflict, quota_exceeded, engine_busy, error) and conflict reason.",
         ),
         (
             DELETE_TOTAL,
@@ -191,6 +191,8 @@ pub mod event {
     pub const SANDBOX_TOUCHED: &str = "sandbox_touched";
     pub const SANDBOX_LIFECYCLE_REFUSED: &str = "sandbox_lifecycle_refused";
     pub const SANDBOX_DRIFT_REPAIRED: &str = "sandbox_drift_repaired";
+    pub const SANDBOX_CREATE_REFUSED: &str = "sandbox_create_refused";
+    pub const RESERVATION_RELEASE_FAILED: &str = "reservation_release_failed";
     pub const SANDBOX_WATCH_LAGGED: &str = "sandbox_watch_lagged";
     pub const EVENT_READER_FAILED: &str = "event_reader_failed";
 }
@@ -682,6 +684,30 @@ pub(crate) fn log_drift_repaired(session: &SandboxSession, engine: &str, repair:
         state = session.state.as_str(),
         engine_state = engine,
         repair = repair
+    );
+}
+
+/// A create that admission refused: a full quota or no engine slot in time.
+pub(crate) fn log_refused(chat_id: &ChatId, refusal: &crate::admission::Refusal) {
+    tracing::warn!(
+        name: event::SANDBOX_CREATE_REFUSED,
+        chat_id = %chat_id,
+        limit = refusal.setting(),
+        reason = %refusal,
+        message = event::SANDBOX_CREATE_REFUSED,
+    );
+}
+
+/// A reservation not given back holds its slot until it expires.
+pub(crate) fn log_reservation_release_failed(
+    session_id: &sandboxd_domain::SessionId,
+    error_type: &str,
+) {
+    tracing::warn!(
+        name: event::RESERVATION_RELEASE_FAILED,
+        session_id = %session_id,
+        error = error_type,
+        message = event::RESERVATION_RELEASE_FAILED,
     );
 }
 

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sandboxd_domain::{
-    ChatId, EventCursor, EventNote, SandboxEvent, SandboxSession, SandboxState, SessionId,
+    AgentId, ChatId, EventCursor, EventNote, SandboxEvent, SandboxSession, SandboxState, SessionId,
     Timestamp,
 };
 
 use super::{CallLog, InMemoryLocker, InjectedFailures, lock};
 use crate::ports::{
-    ActiveCount, Change, EventLog, Lease, ListQuery, RepositoryError, SessionPage,
-    SessionRepository, StateCounts, TouchMatch,
+    ActiveCount, Change, EventLog, Lease, Limits, ListQuery, QuotaLimit, RepositoryError,
+    Reservation, SessionPage, SessionRepository, StateCounts, TouchMatch,
 };
 
 /// Repository methods, for failure injection.
@@ -26,6 +26,8 @@ pub enum RepoOp {
     Delete,
     Update,
     Touch,
+    Reserve,
+    Release,
     AppendEvent,
     CountByState,
     ListExpired,
@@ -44,6 +46,8 @@ struct State {
     ordered: BTreeMap<String, SessionId>,
     /// The event log, oldest first.
     events: Vec<SandboxEvent>,
+    /// Admission reservations in flight: id -> (agent, when it frees itself).
+    reservations: BTreeMap<SessionId, (AgentId, Timestamp)>,
 }
 
 impl State {
@@ -353,6 +357,64 @@ impl SessionRepository for InMemorySessionRepository {
         )?;
         lock(&self.state).append(note, session);
         self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        reservation: &Reservation,
+        limits: Limits,
+        now: Timestamp,
+    ) -> Result<Result<(), QuotaLimit>, RepositoryError> {
+        self.enter(
+            RepoOp::Reserve,
+            format!("repository.reserve({})", reservation.session_id),
+        )?;
+        let mut state = lock(&self.state);
+        state.reservations.retain(|_, (_, until)| *until > now);
+        let replaced = reservation
+            .replacing
+            .and_then(|id| state.sessions.get(&id))
+            .map(|s| s.agent_id.clone());
+        let total =
+            state.sessions.len() + state.reservations.len() - usize::from(replaced.is_some());
+        if let Some(limit) = limits.deployment
+            && total >= limit as usize
+        {
+            return Ok(Err(QuotaLimit::Deployment(limit)));
+        }
+        let agent = &reservation.agent_id;
+        let of_agent = state
+            .sessions
+            .values()
+            .filter(|s| &s.agent_id == agent)
+            .count()
+            + state
+                .reservations
+                .values()
+                .filter(|(a, _)| a == agent)
+                .count()
+            - usize::from(replaced.as_ref() == Some(agent));
+        if let Some(limit) = limits.agent
+            && of_agent >= limit as usize
+        {
+            return Ok(Err(QuotaLimit::Agent(limit)));
+        }
+        state.reservations.insert(
+            reservation.session_id,
+            (reservation.agent_id.clone(), reservation.expires_at),
+        );
+        Ok(Ok(()))
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<(), RepositoryError> {
+        self.enter(
+            RepoOp::Release,
+            format!("repository.release({})", reservation.session_id),
+        )?;
+        lock(&self.state)
+            .reservations
+            .remove(&reservation.session_id);
         Ok(())
     }
 

@@ -7,6 +7,7 @@
     clippy::too_many_lines
 )]
 
+mod admission;
 mod cleanup;
 mod create;
 mod create_failures;
