@@ -91,11 +91,7 @@ impl CleanupExpiredSandboxes {
     #[must_use]
     pub fn new(ports: Ports, profiles: Profiles, ttl: Duration, options: CleanupOptions) -> Self {
         Self {
-            transitions: Transitions {
-                ports: ports.clone(),
-                profiles,
-                ttl,
-            },
+            transitions: Transitions::new(ports.clone(), profiles, ttl),
             ports,
             options,
         }

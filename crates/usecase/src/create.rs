@@ -164,11 +164,7 @@ impl CreateSandbox {
     #[must_use]
     pub fn new(ports: Ports, profiles: Profiles, ttl: Duration) -> Self {
         Self {
-            transitions: Transitions {
-                ports: ports.clone(),
-                profiles: profiles.clone(),
-                ttl,
-            },
+            transitions: Transitions::new(ports.clone(), profiles.clone(), ttl),
             ports,
             profiles,
             ttl,

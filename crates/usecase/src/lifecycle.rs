@@ -120,6 +120,14 @@ pub(crate) struct Transitions {
 }
 
 impl Transitions {
+    pub(crate) fn new(ports: Ports, profiles: Profiles, ttl: Duration) -> Self {
+        Self {
+            ports,
+            profiles,
+            ttl,
+        }
+    }
+
     /// When a session active at `now` expires: its idle timeout (else the TTL) after `now`,
     /// never past its hard cap.
     fn expiry_after_activity(&self, session: &SandboxSession, now: Timestamp) -> Timestamp {
@@ -354,11 +362,7 @@ impl PauseSandbox {
     #[must_use]
     pub fn new(ports: Ports, profiles: Profiles, ttl: Duration) -> Self {
         Self {
-            transitions: Transitions {
-                ports,
-                profiles,
-                ttl,
-            },
+            transitions: Transitions::new(ports, profiles, ttl),
         }
     }
 
@@ -405,11 +409,7 @@ impl ResumeSandbox {
     #[must_use]
     pub fn new(ports: Ports, profiles: Profiles, ttl: Duration) -> Self {
         Self {
-            transitions: Transitions {
-                ports,
-                profiles,
-                ttl,
-            },
+            transitions: Transitions::new(ports, profiles, ttl),
         }
     }
 
