@@ -57,6 +57,19 @@ async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http()
     );
     assert!(label("created_at").is_some_and(|v| v.ends_with('Z')));
     assert!(label("expires_at").is_some_and(|v| v.ends_with('Z')));
+    // The sandbox's own process knows which chat, session and agent it serves.
+    let env = inspect
+        .config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default();
+    for wanted in [
+        format!("SANDBOX_CHAT_ID={}", spec.chat_id),
+        format!("SANDBOX_SESSION_ID={}", spec.session_id),
+        "SANDBOX_AGENT_ID=web".to_owned(),
+    ] {
+        assert!(env.contains(&wanted), "{wanted} not in {env:?}");
+    }
 
     let host = inspect.host_config.clone().unwrap();
     assert_eq!(host.privileged, Some(false));

@@ -15,8 +15,8 @@ pub use error::ValidationError;
 pub use event::{EventCursor, EventNote, EventReason, EventType, SandboxEvent};
 pub use ids::{ChatId, ContainerId, SessionId};
 pub use profile::{
-    AgentProfile, ByteSize, DEFAULT_PAUSED_RETENTION, InvalidProfile, OnIdle, ReadyProbe,
-    de_duration, de_optional_duration,
+    AgentProfile, ByteSize, DEFAULT_PAUSED_RETENTION, IDENTITY_ENV, InvalidProfile, OnIdle,
+    ReadyProbe, de_duration, de_optional_duration,
 };
 pub use session::{ConflictReason, SandboxSession, SandboxState};
 pub use values::{AgentId, Endpoint, VolumePath};

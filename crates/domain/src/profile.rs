@@ -13,6 +13,9 @@ use crate::VolumePath;
 /// Engines refuse memory limits below 6 MiB (Docker does); catching it here names the setting.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
+/// Environment variables every sandbox gets with its identity; a profile's `env` may not set them.
+pub const IDENTITY_ENV: [&str; 3] = ["SANDBOX_CHAT_ID", "SANDBOX_SESSION_ID", "SANDBOX_AGENT_ID"];
+
 /// A profile setting that cannot work; `setting` is the dotted key (`agents.<id>.<field>`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid setting `{setting}`: {reason}")]
@@ -257,6 +260,15 @@ impl AgentProfile {
                 ));
             }
         }
+        if let Some(reserved) = IDENTITY_ENV
+            .iter()
+            .find(|name| self.env.contains_key(**name))
+        {
+            return Err(err(
+                "env",
+                &format!("{reserved} is set by sandboxd for every sandbox"),
+            ));
+        }
         if self.env.values().any(|v| v.contains('\0')) {
             return Err(err("env", "values must not contain NUL"));
         }
@@ -411,6 +423,17 @@ mod tests {
         let mut profile = AgentProfile::new("sandboxd/busybox:local");
         profile.port = Some(8080);
         profile
+    }
+
+    #[test]
+    fn a_profile_may_not_set_the_identity_environment() {
+        let mut profile = valid_profile();
+        profile
+            .env
+            .insert("SANDBOX_SESSION_ID".to_owned(), "forged".to_owned());
+        let error = profile.validate("agents.py").unwrap_err();
+        assert_eq!(error.setting, "agents.py.env");
+        assert!(error.reason.contains("SANDBOX_SESSION_ID"), "{error}");
     }
 
     #[test]

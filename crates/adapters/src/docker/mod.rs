@@ -29,7 +29,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
+use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, IDENTITY_ENV, VolumePath};
 use sandboxd_usecase::ports::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
@@ -194,13 +194,7 @@ impl DockerRuntime {
         ContainerCreateBody {
             image: Some(profile.image.clone()),
             cmd: profile.command.clone(),
-            env: Some(
-                profile
-                    .env
-                    .iter()
-                    .map(|(key, value)| format!("{key}={value}"))
-                    .collect(),
-            ),
+            env: Some(sandbox_env(spec, profile)),
             user: profile.user.clone(),
             labels: Some(self.labels.for_sandbox(spec)),
             exposed_ports: port_key.map(|key| vec![key]),
@@ -548,6 +542,22 @@ async fn settle_refusal(
 }
 
 /// The state of a listed container in the port's terms.
+/// The profile's environment plus the sandbox's identity (`IDENTITY_ENV`, which a profile may
+/// not set), so the sandbox's own process knows which chat and session it serves.
+fn sandbox_env(spec: &NewSandbox, profile: &AgentProfile) -> Vec<String> {
+    let [chat, session, agent] = IDENTITY_ENV;
+    profile
+        .env
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .chain([
+            format!("{chat}={}", spec.chat_id),
+            format!("{session}={}", spec.session_id),
+            format!("{agent}={}", spec.agent_id),
+        ])
+        .collect()
+}
+
 fn summary_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
     match state {
         Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
