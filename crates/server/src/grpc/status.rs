@@ -175,7 +175,6 @@ mod tests {
                 Box::new(ExtendSandboxError::Expired(chat())),
                 Code::FailedPrecondition,
             ),
-
             (
                 Box::new(PortError::from(LockError::Busy {
                     waited: Duration::from_secs(5),
