@@ -16,7 +16,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+mod concurrency;
 mod idle;
+mod on_request;
 mod watch;
 
 type Api = SandboxServiceClient<Channel>;
