@@ -94,7 +94,13 @@ class SandboxdClientTest(unittest.TestCase):
         got = self.sandboxes.GetSandbox(
             sandbox_pb2.GetSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
         )
-        self.assertEqual(got.sandbox, sandbox)
+        # A reuse is activity: the same sandbox, its last_active_at moved on.
+        self.assertEqual(got.sandbox, reused.sandbox)
+        self.assertGreaterEqual(
+            reused.sandbox.last_active_at.ToDatetime(), sandbox.last_active_at.ToDatetime()
+        )
+        reused.sandbox.last_active_at.CopyFrom(sandbox.last_active_at)
+        self.assertEqual(reused.sandbox, sandbox)
 
         deleted = self.sandboxes.DeleteSandbox(
             sandbox_pb2.DeleteSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
