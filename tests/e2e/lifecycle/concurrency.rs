@@ -1,10 +1,12 @@
 //! PauseSandbox, ResumeSandbox and DeleteSandbox racing on the same chats, running or
 //! hibernated: every answer is one of the documented codes, and afterwards each chat's session
-//! and its container agree (or both are gone), with no stray container and nothing for a
+//! and its container agree (or both are gone), its events form one unbroken chain of
+//! transitions ending in that state, and there is no stray container and nothing for a
 //! reconcile pass to repair.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -14,6 +16,7 @@ use sandboxd_testkit::{new_chat_id, spawn_app_with};
 use tokio::sync::Barrier;
 use tonic::Code;
 
+use super::watch::{Watch, WatchFilter};
 use super::{
     Api, assert_engine_agrees, create, get, lifecycle_config, now_ms, pause, resume, state, unix_ms,
 };
@@ -48,7 +51,7 @@ async fn hibernate(api: &Api, sandboxes: &[v1::Sandbox]) {
         .max()
         .unwrap_or_default();
     if let Ok(wait) = u64::try_from(latest - now_ms() + 150) {
-        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
     let report = api
         .clone()
@@ -64,6 +67,42 @@ async fn hibernate(api: &Api, sandboxes: &[v1::Sandbox]) {
     for sandbox in &report.suspended_sandboxes {
         assert_eq!(state(sandbox), v1::SandboxState::Hibernated);
     }
+}
+
+/// Asserts the chat's events are one chain of transitions, each starting from the state the
+/// previous one left (a creation from none, a deletion from the state it reports), ending in
+/// `last` (`None`: deleted).
+fn assert_event_chain(chat: &str, events: &[v1::SandboxEvent], last: Option<v1::SandboxState>) {
+    use v1::SandboxEventType as Type;
+    use v1::SandboxState as State;
+    let mut current: Option<State> = None;
+    let mut session = String::new();
+    for event in events {
+        let sandbox = event.sandbox.clone().unwrap_or_default();
+        if sandbox.chat_id != chat {
+            continue;
+        }
+        let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
+        let after = state(&sandbox);
+        let allowed = match kind {
+            Type::Created => current.is_none() && after == State::Running,
+            Type::Paused => current == Some(State::Running) && after == State::Paused,
+            Type::Hibernated => current == Some(State::Running) && after == State::Hibernated,
+            Type::Resumed => {
+                matches!(current, Some(State::Paused | State::Hibernated))
+                    && after == State::Running
+            }
+            Type::Deleted => current == Some(after) && sandbox.session_id == session,
+            _ => false,
+        };
+        assert!(
+            allowed,
+            "chat {chat}: {kind:?} ({after:?}) after {current:?}; events:\n{events:#?}"
+        );
+        session = sandbox.session_id;
+        current = (kind != Type::Deleted).then_some(after);
+    }
+    assert_eq!(current, last, "chat {chat}: the last event's state");
 }
 
 async fn send(api: &Api, chat_id: &str, call: Call) -> Code {
@@ -97,6 +136,7 @@ async fn racing_pause_resume_and_delete_leave_each_session_and_container_agreein
     let mut codes: BTreeMap<(Call, String), usize> = BTreeMap::new();
     for round in 0..2 {
         let chats: Vec<String> = (0..4).map(|_| new_chat_id()).collect();
+        let mut watch = Watch::open(&app, "", WatchFilter::All).await;
         let mut sleepers = Vec::new();
         for (index, chat) in chats.iter().enumerate() {
             let agent = if index < 2 { "default" } else { "sleeper" };
@@ -139,10 +179,14 @@ async fn racing_pause_resume_and_delete_leave_each_session_and_container_agreein
             *codes.entry((call, format!("{code:?}"))).or_default() += 1;
         }
 
-        // Each chat: its session's state is its container's, or both are gone.
+        // Each chat: its session's state is its container's, or both are gone; and its events
+        // form one unbroken chain ending in that state.
+        let events = watch.take_until_quiet(Duration::from_millis(500)).await;
         let mut kept = BTreeSet::new();
         for chat in &chats {
-            match get(&app.api, chat).await {
+            let current = get(&app.api, chat).await;
+            assert_event_chain(chat, &events, current.as_ref().ok().map(state));
+            match current {
                 Ok(sandbox) => {
                     assert_engine_agrees(&app, &sandbox).await;
                     kept.insert(sandbox.container_id);

@@ -95,6 +95,18 @@ impl Watch {
         events
     }
 
+    /// Every event until none has come for `quiet`; panics when the stream ends or fails.
+    pub(super) async fn take_until_quiet(&mut self, quiet: Duration) -> Vec<v1::SandboxEvent> {
+        let mut events = Vec::new();
+        while let Ok(item) = tokio::time::timeout(quiet, self.stream.message()).await {
+            match item {
+                Ok(Some(event)) => events.push(event),
+                other => panic!("after {} events: {other:?}", events.len()),
+            }
+        }
+        events
+    }
+
     /// Asserts nothing arrives (and the stream does not end) for `quiet`.
     pub(super) async fn assert_quiet(&mut self, quiet: Duration) {
         if let Ok(item) = tokio::time::timeout(quiet, self.stream.message()).await {
