@@ -91,15 +91,17 @@ class SandboxdClientTest(unittest.TestCase):
         self.assertEqual(reused.result, sandbox_pb2.CREATE_SANDBOX_RESULT_REUSED)
         self.assertEqual(reused.sandbox.session_id, sandbox.session_id)
 
-        # A reuse is activity: the same sandbox, with a later last_active_at.
         self.assertEqual(reused.sandbox.state, sandbox_pb2.SANDBOX_STATE_RUNNING)
-        self.assertGreaterEqual(
-            reused.sandbox.last_active_at.ToDatetime(), sandbox.last_active_at.ToDatetime()
-        )
         got = self.sandboxes.GetSandbox(
             sandbox_pb2.GetSandboxRequest(chat_id=chat_id), timeout=TIMEOUT
         )
+        # A reuse is activity: the same sandbox, its last_active_at moved on.
         self.assertEqual(got.sandbox, reused.sandbox)
+        self.assertGreaterEqual(
+            reused.sandbox.last_active_at.ToDatetime(), sandbox.last_active_at.ToDatetime()
+        )
+        reused.sandbox.last_active_at.CopyFrom(sandbox.last_active_at)
+        self.assertEqual(reused.sandbox, sandbox)
 
         paused = self.sandboxes.PauseSandbox(
             sandbox_pb2.PauseSandboxRequest(chat_id=chat_id), timeout=TIMEOUT

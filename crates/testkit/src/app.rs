@@ -274,6 +274,14 @@ impl TestApp {
             .unwrap_or_else(|error| panic!("inspecting container {id}: {error}"))
     }
 
+    /// The engine's status of a container (`running`, `paused`, `exited`, ...) as `docker
+    /// inspect` shows it; `None` once the engine does not know it.
+    pub async fn container_status(&self, id: &str) -> Option<String> {
+        docker::container_status(&self.docker, id)
+            .await
+            .unwrap_or_else(|error| panic!("inspecting container {id}: {error}"))
+    }
+
     /// The label `{prefix}.{name}` of a container.
     #[must_use]
     pub fn label(&self, container: &ContainerSummary, name: &str) -> Option<String> {

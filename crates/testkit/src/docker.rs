@@ -145,6 +145,27 @@ pub async fn container_exists(docker: &Docker, id: &str) -> Result<bool> {
     }
 }
 
+/// The engine's status of a container (`running`, `paused`, `exited`, ...), `None` when the
+/// engine does not know it.
+///
+/// # Errors
+/// When the engine answers anything but the container or 404.
+pub async fn container_status(docker: &Docker, id: &str) -> Result<Option<String>> {
+    match docker.inspect_container(id, None).await {
+        Ok(inspected) => Ok(Some(
+            inspected
+                .state
+                .and_then(|state| state.status)
+                .map(|status| status.to_string())
+                .unwrap_or_default(),
+        )),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Runs `cmd` in the container and returns its combined output.
 ///
 /// # Errors

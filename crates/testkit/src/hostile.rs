@@ -32,6 +32,11 @@ pub enum HostileRequest {
     List(v1::ListSandboxesRequest),
     Extend(v1::ExtendSandboxRequest),
     Delete(v1::DeleteSandboxRequest),
+    Pause(v1::PauseSandboxRequest),
+    Resume(v1::ResumeSandboxRequest),
+    Touch(v1::TouchSandboxRequest),
+    /// Refused before the stream opens; an accepted watch is dropped at once.
+    Watch(v1::WatchSandboxesRequest),
 }
 
 impl HostileRequest {
@@ -46,6 +51,10 @@ impl HostileRequest {
             Self::List(request) => api.list_sandboxes(request).await.map(drop),
             Self::Extend(request) => api.extend_sandbox(request).await.map(drop),
             Self::Delete(request) => api.delete_sandbox(request).await.map(drop),
+            Self::Pause(request) => api.pause_sandbox(request).await.map(drop),
+            Self::Resume(request) => api.resume_sandbox(request).await.map(drop),
+            Self::Touch(request) => api.touch_sandbox(request).await.map(drop),
+            Self::Watch(request) => api.watch_sandboxes(request).await.map(drop),
         }
     }
 }
@@ -138,6 +147,7 @@ pub fn hostile_cases(targets: &Targets) -> Vec<HostileCase> {
     volume_cases(targets, &mut cases);
     ttl_cases(targets, &mut cases);
     list_cases(targets, &mut cases);
+    watch_cases(targets, &mut cases);
     cases
 }
 
@@ -212,10 +222,37 @@ fn chat_id_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
                     chat_id: chat_id.clone(),
                 }),
             ),
+            (
+                "Pause",
+                HostileRequest::Pause(v1::PauseSandboxRequest {
+                    chat_id: chat_id.clone(),
+                }),
+            ),
+            (
+                "Resume",
+                HostileRequest::Resume(v1::ResumeSandboxRequest {
+                    chat_id: chat_id.clone(),
+                }),
+            ),
+            (
+                "Touch",
+                HostileRequest::Touch(v1::TouchSandboxRequest {
+                    chat_id: chat_id.clone(),
+                }),
+            ),
         ] {
             cases.push(refused(
                 format!("{rpc} {what}"),
                 request,
+                "chat_id",
+                DecidedBy::Request,
+            ));
+        }
+        // An empty chat filter means every chat: only the others are malformed.
+        if !bad.is_empty() {
+            cases.push(refused(
+                format!("Watch {what}"),
+                watch("", &chat_id, ""),
                 "chat_id",
                 DecidedBy::Request,
             ));
@@ -361,6 +398,19 @@ fn list_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
             DecidedBy::Request,
         ));
     }
+    for state in [-1, 4, 99, i32::MAX, i32::MIN] {
+        cases.push(refused(
+            format!("List state {state}"),
+            HostileRequest::List(v1::ListSandboxesRequest {
+                agent_id: String::new(),
+                page_size: 0,
+                page_token: String::new(),
+                state,
+            }),
+            "state",
+            DecidedBy::Request,
+        ));
+    }
     let token = &targets.page_token;
     for (what, agent, forged) in [
         ("not a token", "", "forged!".to_owned()),
@@ -376,6 +426,51 @@ fn list_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
             list(agent, 0, &forged),
             "page_token",
             DecidedBy::Store,
+        ));
+    }
+}
+
+fn watch(after: &str, chat_id: &str, agent_id: &str) -> HostileRequest {
+    HostileRequest::Watch(v1::WatchSandboxesRequest {
+        after: after.to_owned(),
+        chat_id: chat_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+    })
+}
+
+/// WatchSandboxes: cursors that are not `<millis>-<sequence>` (a well-formed cursor older than
+/// the retention is OUT_OF_RANGE, which the lifecycle tests check), malformed agent filters.
+fn watch_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
+    let bad_cursors = [
+        "garbage".to_owned(),
+        "17".to_owned(),
+        "17-".to_owned(),
+        "-3".to_owned(),
+        "-".to_owned(),
+        "17-3-1".to_owned(),
+        " 17-3".to_owned(),
+        "17-3 ".to_owned(),
+        "+17-3".to_owned(),
+        "0x11-3".to_owned(),
+        "17-99999999999999999999999".to_owned(),
+        "17-3\0".to_owned(),
+        targets.page_token.clone(),
+        mib(),
+    ];
+    for bad in &bad_cursors {
+        cases.push(refused(
+            format!("Watch after {bad:.40?}"),
+            watch(bad, "", ""),
+            "after",
+            DecidedBy::Request,
+        ));
+    }
+    for agent in ["Bad!", "has space", "a\0", "UPPER"] {
+        cases.push(refused(
+            format!("Watch agent_id {agent:?}"),
+            watch("", "", agent),
+            "agent_id",
+            DecidedBy::Request,
         ));
     }
 }

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.0 GET over raw TCP (no HTTP client crate needed), for sandboxd's `/metrics`,
-//! `/healthz` and `/readyz` and for the busybox httpd inside a sandbox.
+//! `/healthz` and `/readyz` and for the busybox httpd inside a sandbox, and the samples of one
+//! metric as `/metrics` shows them.
 
 use std::time::Duration;
 
@@ -33,4 +34,22 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The samples of the metric `name` on `addr`'s `/metrics`: (its labels as printed, e.g.
+/// `{result="adopted"}` or empty, value); `None` when the process cannot be scraped.
+pub async fn metric_samples(addr: &str, name: &str) -> Option<Vec<(String, f64)>> {
+    let (_, body) = http_get(addr, "/metrics").await.ok()?;
+    let samples = body
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            if !rest.starts_with(['{', ' ']) {
+                return None;
+            }
+            let (labels, value) = rest.rsplit_once(' ')?;
+            Some((labels.trim().to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    Some(samples)
 }

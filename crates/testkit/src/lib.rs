@@ -10,7 +10,8 @@
 //! - [`app_config`]: what a test may change in that `sandboxd`'s configuration.
 //! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
 //! - [`hostile`]: the one table of hostile requests with the code and field each must get.
-//! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz` and sandbox endpoints.
+//! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz` and sandbox endpoints, and the
+//!   samples of one metric.
 
 pub mod app;
 pub mod app_config;
@@ -25,7 +26,7 @@ pub use app::{Peer, TestApp, spawn_app, spawn_app_with};
 pub use app_config::{AppConfig, new_chat_id};
 pub use binary::workspace_root;
 pub use docker::{LabelGuard, sandbox_image};
-pub use http::http_get;
+pub use http::{http_get, metric_samples};
 pub use redis::{RedisServer, Sentinel};
 
 /// The result of a test or helper that reports failures as errors rather than panics.

@@ -292,6 +292,10 @@ impl ReconcileSandboxes {
                     Ok(Judged::Removed)
                 }
                 None => match container.session().filter(|_| state.is_alive()) {
+                    // Listed in another state than it is in now (a killed create's start that
+                    // completed since): the listed session would carry that state and no
+                    // endpoint. The next pass lists it as it is, and adopts that.
+                    Some(_) if state != container.state => Ok(Judged::Nothing),
                     Some(labelled) => {
                         let adopted =
                             adopt(&self.ports, lease, labelled, self.options.adoption_grace)

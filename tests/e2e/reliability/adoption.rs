@@ -151,7 +151,20 @@ async fn assert_adopted_by_one_pass(app: &TestApp, live: &[Live], loss: &str) {
             "chat {}",
             sandbox.chat
         );
-        assert_eq!(again.sandbox.as_ref(), Some(&sandbox.sandbox));
+        // A reuse is activity: the same sandbox, its last_active_at moved on.
+        let reused = again.sandbox.clone().expect("a sandbox");
+        let activity = |s: &v1::Sandbox| {
+            s.last_active_at
+                .as_ref()
+                .map(|at| (at.seconds, at.nanos))
+                .unwrap_or_default()
+        };
+        assert!(activity(&reused) >= activity(&sandbox.sandbox));
+        let unchanged = v1::Sandbox {
+            last_active_at: sandbox.sandbox.last_active_at,
+            ..reused
+        };
+        assert_eq!(unchanged, sandbox.sandbox, "chat {}", sandbox.chat);
     }
 
     let http = app.http_addr.to_string();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
-use sandboxd_testkit::{AppConfig, TestApp, http_get};
+use sandboxd_testkit::{AppConfig, TestApp, metric_samples};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -132,24 +132,6 @@ async fn all_sandboxes(api: &Api) -> Vec<v1::Sandbox> {
         }
         page_token = page.next_page_token;
     }
-}
-
-/// The samples of the metric `name` on `/metrics`: (its labels as printed, e.g.
-/// `{result="adopted"}` or empty, value).
-async fn metric_samples(http_addr: &str, name: &str) -> Option<Vec<(String, f64)>> {
-    let (_, body) = http_get(http_addr, "/metrics").await.ok()?;
-    let samples = body
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            if !rest.starts_with(['{', ' ']) {
-                return None;
-            }
-            let (labels, value) = rest.rsplit_once(' ')?;
-            Some((labels.trim().to_owned(), value.parse().ok()?))
-        })
-        .collect();
-    Some(samples)
 }
 
 /// `sandbox_active_count` as `/metrics` shows it.

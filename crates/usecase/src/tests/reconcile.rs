@@ -4,9 +4,10 @@
 
 use crate::UseCaseError;
 use crate::telemetry::{event, metric, span};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sandboxd_domain::{ContainerId, SessionId};
+use sandboxd_domain::{ContainerId, SandboxState, SessionId};
 
 use super::harness::*;
 use crate::ports::{
@@ -191,6 +192,40 @@ fn a_dead_or_partly_labelled_container_without_a_session_is_removed_at_once() {
         cap.counter_lines(),
         vec!["sandbox_reconcile_total{result=container_removed} 2"]
     );
+}
+
+#[test]
+fn a_container_started_since_the_listing_is_adopted_by_the_next_pass_as_it_is_then() {
+    // A killed create's start can complete after the pass listed its container as created
+    // (stopped). Adopting the session the listing describes would record a running sandbox
+    // as hibernated, without its endpoint, and the next pass would stop it to match.
+    let world = World::new();
+    let (id, spec) = labelled_container(
+        &world,
+        new_chat(),
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        ContainerState::Stopped,
+    );
+    let runtime = Arc::clone(&world.runtime);
+    let started = id.clone();
+    world
+        .locker
+        .on_lock(move |_| runtime.set_state(&started, ContainerState::Running));
+    let (out, _) = capture(reconcile(&world).execute());
+    let report = out.unwrap();
+    assert_eq!(report.adopted, vec![]);
+    assert_eq!(report.removed_containers, vec![]);
+    assert_eq!(world.repository.all(), vec![]);
+    assert_eq!(world.runtime.running(), vec![id.clone()], "left running");
+
+    let (out, _) = capture(reconcile(&world).execute());
+    let adopted = out.unwrap().adopted;
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].session_id, spec.session_id);
+    assert_eq!(adopted[0].state, SandboxState::Running);
+    assert_eq!(world.repository.all(), adopted);
+    assert_eq!(world.runtime.running(), vec![id]);
 }
 
 #[test]
