@@ -24,6 +24,8 @@ use crate::telemetry::{self, metric};
 const PAGE: usize = 256;
 /// How long one wait of the reader lasts; shutdown is noticed between waits.
 const READER_WAIT: Duration = Duration::from_secs(1);
+/// How far ahead of this process's clock a cursor may lie (the store's clock stamps events).
+const CLOCK_SKEW_MS: i128 = 60_000;
 /// The reader's pause after a failed read (Redis down), so an outage is not a busy loop.
 const READER_RETRY: Duration = Duration::from_millis(500);
 
@@ -32,6 +34,9 @@ pub enum WatchError {
     /// The cursor is older than the event retention: the events after it may be gone.
     #[error("the cursor is older than the event retention")]
     CursorExpired,
+    /// The cursor lies ahead of every event the log could hold: no event ever carried it.
+    #[error("the cursor lies in the future")]
+    CursorAhead,
     #[error(transparent)]
     Repository(#[from] RepositoryError),
 }
@@ -40,6 +45,7 @@ impl UseCaseError for WatchError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::CursorExpired => ErrorKind::OutOfRange,
+            Self::CursorAhead => ErrorKind::InvalidArgument { field: "after" },
             Self::Repository(error) => error.kind(),
         }
     }
@@ -47,6 +53,7 @@ impl UseCaseError for WatchError {
     fn metric_label(&self) -> &'static str {
         match self {
             Self::CursorExpired => "cursor_expired",
+            Self::CursorAhead => "cursor_ahead",
             Self::Repository(error) => error.metric_label(),
         }
     }
@@ -56,6 +63,9 @@ impl UseCaseError for WatchError {
             Self::CursorExpired => "the cursor is older than the event retention; resync with \
                                     ListSandboxes and watch with an empty cursor"
                 .to_owned(),
+            Self::CursorAhead => {
+                "lies in the future: pass the cursor of an event you received".to_owned()
+            }
             Self::Repository(error) => error.client_message(),
         }
     }
@@ -63,6 +73,7 @@ impl UseCaseError for WatchError {
     fn result_label(&self) -> &'static str {
         match self {
             Self::CursorExpired => "cursor_expired",
+            Self::CursorAhead => "cursor_ahead",
             Self::Repository(_) => "error",
         }
     }
@@ -214,6 +225,10 @@ impl EventHub {
                     now_ms - i128::try_from(self.retention.as_millis()).unwrap_or(i128::MAX);
                 if i128::from(cursor.millis) < oldest_kept {
                     return Err(WatchError::CursorExpired);
+                }
+                // Events carry the store's clock; a minute covers the skew between clocks.
+                if i128::from(cursor.millis) > now_ms + CLOCK_SKEW_MS {
+                    return Err(WatchError::CursorAhead);
                 }
                 Ok(Some(cursor))
             }

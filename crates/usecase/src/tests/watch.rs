@@ -211,6 +211,19 @@ fn a_cursor_older_than_the_retention_is_out_of_range_and_a_new_one_is_fine() {
         assert!(matches!(refused, WatchError::CursorExpired));
         assert_eq!(refused.kind(), ErrorKind::OutOfRange);
         assert!(refused.client_message().contains("ListSandboxes"));
+        let ahead = EventCursor {
+            millis: now_ms + 3_600_000,
+            sequence: 0,
+        };
+        let refused = hub
+            .watch(WatchRequest {
+                after: Some(ahead),
+                ..all()
+            })
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.kind(), ErrorKind::InvalidArgument { field: "after" });
         let recent = EventCursor {
             millis: now_ms - 3_599_000,
             sequence: 0,
