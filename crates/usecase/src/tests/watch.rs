@@ -223,7 +223,10 @@ fn a_cursor_older_than_the_retention_is_out_of_range_and_a_new_one_is_fine() {
             .await
             .err()
             .expect("refused");
-        assert_eq!(refused.kind(), ErrorKind::InvalidArgument { field: "after" });
+        assert_eq!(
+            refused.kind(),
+            ErrorKind::InvalidArgument { field: "after" }
+        );
         let recent = EventCursor {
             millis: now_ms - 3_599_000,
             sequence: 0,
