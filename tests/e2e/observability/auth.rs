@@ -90,6 +90,49 @@ async fn every_rpc(
             ),
         ),
         (
+            "PauseSandbox",
+            code(
+                api.pause_sandbox(with(
+                    v1::PauseSandboxRequest {
+                        chat_id: chat.clone(),
+                    },
+                    header,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "ResumeSandbox",
+            code(
+                api.resume_sandbox(with(
+                    v1::ResumeSandboxRequest {
+                        chat_id: chat.clone(),
+                    },
+                    header,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "TouchSandbox",
+            code(
+                api.touch_sandbox(with(
+                    v1::TouchSandboxRequest {
+                        chat_id: chat.clone(),
+                    },
+                    header,
+                ))
+                .await,
+            ),
+        ),
+        (
+            "WatchSandboxes",
+            code(
+                api.watch_sandboxes(with(v1::WatchSandboxesRequest::default(), header))
+                    .await,
+            ),
+        ),
+        (
             "DeleteSandbox",
             code(
                 api.delete_sandbox(with(v1::DeleteSandboxRequest { chat_id: chat }, header))
