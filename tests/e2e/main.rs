@@ -10,6 +10,7 @@
 mod api;
 mod grpcurl;
 mod harness;
+mod isolation;
 mod observability;
 mod python;
 mod reliability;
