@@ -145,7 +145,7 @@ async fn check_egress(firewall: &EgressFirewall, last_failure: &mut Option<Strin
             *last_failure = None;
             return true;
         }
-        Ok(Err(error)) => error.to_string(),
+        Ok(Err(error)) => ErrorChain(&error).to_string(),
         Err(_elapsed) => format!("no answer within {EGRESS_CHECK_TIMEOUT:?}"),
     };
     if last_failure.as_ref() != Some(&reason) {

@@ -403,3 +403,46 @@ async fn sorted_rule_lines(prefix: &str) -> Vec<String> {
     lines.sort();
     lines
 }
+
+#[tokio::test]
+async fn a_start_that_cannot_install_the_rules_stops_with_the_reason() {
+    // No `iptables` on the PATH: the start must stop before serving, saying why, and leave no rule.
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!(
+        "e2e-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let config = AppConfig {
+        env: vec![("PATH".to_owned(), "/nonexistent".to_owned())],
+        ..AppConfig::default()
+    };
+    let config_path = dir.path().join("sandboxd.toml");
+    // Nothing listens on port 1: the start must fail before it ever needs Redis.
+    std::fs::write(
+        &config_path,
+        config.render("redis://127.0.0.1:1", &prefix, dir.path()),
+    )
+    .unwrap();
+    let launch = config.launch(
+        sandboxd_testkit::binary::sandboxd_bin(),
+        config_path,
+        dir.path().join("sandboxd.log"),
+    );
+    let error = sandboxd_testkit::process::SandboxdProcess::start(&launch)
+        .await
+        .expect_err("sandboxd served without its egress rules")
+        .to_string();
+    assert!(
+        error.contains("exited during start")
+            && error.contains("installing the egress packet-filter rules")
+            && error.contains("cannot run `iptables`"),
+        "{error}"
+    );
+    assert!(
+        sandboxd_testkit::egress::rule_lines(&prefix)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -21,14 +21,12 @@ const LOCK_WAIT_SECS: &str = "5";
 /// Why the rules could not be checked or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error("cannot run `{program}`: {source} (egress enforcement needs the iptables binaries)")]
+    #[error("cannot run `{program}` (egress enforcement needs the iptables binaries on the PATH)")]
     Spawn {
         program: &'static str,
         source: std::io::Error,
     },
-    #[error(
-        "`{program}` failed ({status}): {stderr} (egress enforcement needs root: CAP_NET_ADMIN)"
-    )]
+    #[error("`{program}` failed ({status}): {stderr} (is sandboxd root, with CAP_NET_ADMIN?)")]
     Failed {
         program: &'static str,
         status: String,
