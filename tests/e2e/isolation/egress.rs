@@ -125,7 +125,7 @@ impl Drop for NamespaceHost {
     }
 }
 
-/// Whether an address of `subnet_start` (text prefix like `198.51.100.4/`) is on the host now.
+/// Whether the host has an address whose `ip -o -4 addr` text contains `needle` (`198.51.100.5/`).
 fn address_in_use(needle: &str) -> bool {
     let output = Command::new("ip")
         .args(["-o", "-4", "addr", "show"])
