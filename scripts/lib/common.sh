@@ -83,3 +83,29 @@ ensure_metrics_tools() {
   /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || apt_install python3 python3-prometheus-client
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
+
+# Removes what a sandboxd with key_prefix $1 installed for its egress policies: the packet-filter
+# jumps and chains (each jump and each chain's first rule carries the comment sandboxd:$1) and,
+# once no container uses them, its bridge networks (labelled $1.managed-by). For scripts that run
+# a sandboxd of their own; sandboxd itself never removes them (its sandboxes depend on them).
+remove_egress() {
+  local prefix=$1 line chain chains=""
+  while IFS= read -r line; do
+    chain=$(awk '{ print $2 }' <<<"$line")
+    case "$chain" in
+      SBX-*) chains="$chains $chain" ;;
+      *)
+        # `-A CHAIN spec` -> `-D CHAIN spec`; the comment holds no spaces, so unquoted words do.
+        line=${line/-A /-D }
+        # shellcheck disable=SC2086
+        iptables -w 5 ${line//\"/} || true
+        chains="$chains ${line##* -j }"
+        ;;
+    esac
+  done < <(iptables -w 5 -S 2>/dev/null | grep -F -- "--comment \"sandboxd:$prefix\"" || true)
+  for chain in $(tr ' ' '\n' <<<"$chains" | sort -u); do
+    iptables -w 5 -F "$chain" 2>/dev/null || true
+    iptables -w 5 -X "$chain" 2>/dev/null || true
+  done
+  docker network ls -q --filter "label=$prefix.managed-by" | xargs -r docker network rm >/dev/null 2>&1 || true
+}

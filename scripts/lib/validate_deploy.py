@@ -46,7 +46,7 @@ SETTINGS = example_settings()
 AGENT_KEYS = {
     "image", "command", "port", "env", "user", "mount_target", "memory", "cpus", "pids_limit",
     "read_only_rootfs", "runtime", "cap_add", "ready_probe", "ready_timeout", "idle_timeout",
-    "max_lifetime", "on_idle", "paused_retention", "max_sandboxes",
+    "max_lifetime", "on_idle", "paused_retention", "max_sandboxes", "egress", "egress_allow",
 }
 
 PROMQL_KEYWORDS = {
@@ -248,8 +248,13 @@ def check_kubernetes() -> None:
         c = spec["containers"][0]
         if c.get("readinessProbe", {}).get("grpc", {}).get("service") != "sandbox.v1.SandboxService":
             fail("DaemonSet/sandboxd: readiness must probe the gRPC health of sandbox.v1.SandboxService")
-        if not spec.get("securityContext", {}).get("runAsNonRoot"):
-            fail("DaemonSet/sandboxd: runAsNonRoot expected (see the comment on the choice)")
+        # The egress rules need root with NET_ADMIN (and NET_RAW for the legacy backend), and
+        # nothing else: see the comment on the choice in daemonset.yaml.
+        if spec.get("securityContext", {}).get("runAsUser") != 0:
+            fail("DaemonSet/sandboxd: runAsUser 0 expected (the egress rules need root)")
+        caps = c.get("securityContext", {}).get("capabilities", {})
+        if caps.get("drop") != ["ALL"] or sorted(caps.get("add", [])) != ["NET_ADMIN", "NET_RAW"]:
+            fail("DaemonSet/sandboxd: capabilities must drop ALL and add back NET_ADMIN, NET_RAW only")
         annotations = ds["spec"]["template"]["metadata"].get("annotations", {})
         if annotations.get("prometheus.io/scrape") != "true":
             fail("DaemonSet/sandboxd: no prometheus.io/scrape annotation")

@@ -11,6 +11,7 @@ mod admission;
 mod api;
 mod grpcurl;
 mod harness;
+mod isolation;
 mod lifecycle;
 mod observability;
 mod python;

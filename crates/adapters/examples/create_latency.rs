@@ -3,7 +3,8 @@
 //! (plain, and with the runtime's hardening flags), so the runtime's overhead can be read off.
 //!
 //! `cargo run -p sandboxd-adapters --example create_latency [-- RUNS]` (default 20 runs each).
-//! Everything it starts carries a unique label prefix and is removed at the end.
+//! Everything it starts carries a unique label prefix and is removed at the end (containers, then
+//! the egress network the runtime attached them to).
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -12,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+};
 use sandboxd_adapters::docker::{DockerConfig, DockerRuntime};
 use sandboxd_domain::AgentProfile;
 use sandboxd_domain::{AgentId, ChatId, SessionId, VolumePath};
@@ -207,6 +210,15 @@ async fn remove_labelled(docker: &Docker, prefix: &str) -> BoxResult<()> {
         if let Some(id) = container.id {
             let options = RemoveContainerOptionsBuilder::default().force(true).build();
             docker.remove_container(&id, Some(options)).await?;
+        }
+    }
+    // The runtime's egress network (labelled like its containers), free once they are gone.
+    let options = ListNetworksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    for network in docker.list_networks(Some(options)).await? {
+        if let Some(id) = network.id {
+            docker.remove_network(&id).await?;
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The Docker runtime against a real engine: hardening, labels, mounts and endpoint of a created
 //! sandbox, the volume policy, idempotent stop/delete, pause and stop/start as the engine sees
-//! them, readiness failures and an absent engine.
+//! them, readiness failures, an absent engine, and the egress network a sandbox joins.
 //! Every test labels what it creates with its own prefix and removes it, also when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -670,4 +670,53 @@ fn runtime_calls_are_timed_by_operation_and_result() {
         ("unpause", "ok"),
     ];
     assert_eq!(seen, expected.map(|(o, r)| (o.to_owned(), r.to_owned())));
+}
+
+#[tokio::test]
+async fn sandboxes_join_their_egress_network_without_inter_container_traffic() {
+    let world = TestSandboxes::new();
+    let runtime = world.runtime();
+    let mut none = web_profile();
+    none.egress = sandboxd_domain::Egress::None;
+    let docker = engine().await;
+    let mut networks = Vec::new();
+    for (name, profile) in [("a", web_profile()), ("b", web_profile()), ("c", none)] {
+        let spec = sandbox_of("web", profile, &world.volume_dir(name));
+        let started = runtime.create(&spec).await.unwrap();
+        let inspect = docker
+            .inspect_container(started.container_id.as_str(), None)
+            .await
+            .unwrap();
+        let attached = inspect.network_settings.unwrap().networks.unwrap();
+        assert_eq!(attached.len(), 1, "{attached:?}");
+        networks.push(attached.into_keys().next().unwrap());
+        // Published ports work on the egress network as on the default bridge.
+        let endpoint = started.endpoint.unwrap();
+        let (status, _) = http_get(SocketAddr::new(endpoint.ip, endpoint.port.get()), "/").await;
+        assert!(status > 0);
+    }
+    let public = format!("{}-egress-public", world.prefix);
+    assert_eq!(
+        networks,
+        [
+            public.clone(),
+            public.clone(),
+            format!("{}-egress-none", world.prefix)
+        ]
+    );
+    let inspected = docker.inspect_network(&public, None).await.unwrap();
+    let options = inspected.options.unwrap();
+    assert_eq!(
+        options["com.docker.network.bridge.enable_icc"], "false",
+        "sandboxes must not reach each other"
+    );
+    let bridge = &options["com.docker.network.bridge.name"];
+    assert!(
+        bridge.starts_with(&sandboxd_adapters::egress::bridge_prefix(&world.prefix))
+            && bridge.len() <= 15,
+        "{bridge}"
+    );
+    let labels = inspected.labels.unwrap();
+    assert_eq!(labels[&format!("{}.managed-by", world.prefix)], "sandboxd");
+    assert_eq!(labels[&format!("{}.egress", world.prefix)], "public");
 }

@@ -4,6 +4,7 @@
 //! process is parsed through a constructor that refuses what the rest of the system must never see;
 //! agent profiles (`[agents.<id>]`) are validated here too, so every engine gets the same checks.
 
+mod egress;
 mod error;
 mod event;
 mod ids;
@@ -11,6 +12,7 @@ mod profile;
 mod session;
 mod values;
 
+pub use egress::{Cidr, Egress, PUBLIC_EXCLUDED_V4, public_excluded_v4};
 pub use error::ValidationError;
 pub use event::{EventCursor, EventNote, EventReason, EventType, SandboxEvent};
 pub use ids::{ChatId, ContainerId, SessionId};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::VolumePath;
+use crate::egress::{Cidr, Egress};
 
 /// Engines refuse memory limits below 6 MiB (Docker does); catching it here names the setting.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
@@ -99,6 +100,12 @@ pub struct AgentProfile {
     /// limit applies.
     #[serde(default)]
     pub max_sandboxes: Option<u32>,
+    /// Where the sandbox may connect to; `public` (the internet, nothing local) unless said.
+    #[serde(default)]
+    pub egress: Egress,
+    /// The only ranges an `allow` sandbox reaches; required with `allow` and refused otherwise.
+    #[serde(default)]
+    pub egress_allow: Vec<Cidr>,
 }
 
 /// What happens to a running sandbox once it expires.
@@ -171,6 +178,8 @@ impl AgentProfile {
             on_idle: OnIdle::Delete,
             paused_retention: default_paused_retention(),
             max_sandboxes: None,
+            egress: Egress::default(),
+            egress_allow: Vec::new(),
         }
     }
 
@@ -337,6 +346,22 @@ impl AgentProfile {
                 "max_sandboxes",
                 "must be at least 1 (omit it for no per-profile limit)",
             ));
+        }
+        match (self.egress, self.egress_allow.is_empty()) {
+            (Egress::Allow, true) => {
+                return Err(err(
+                    "egress_allow",
+                    "must list at least one CIDR with egress = \"allow\"",
+                ));
+            }
+            (Egress::None | Egress::Public | Egress::Open, false) => {
+                // A list that would be ignored is a mistake: say so instead of guessing.
+                return Err(err(
+                    "egress_allow",
+                    "is only allowed with egress = \"allow\"",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -540,6 +565,14 @@ mod tests {
                 Box::new(|p| p.ready_timeout = Duration::ZERO),
                 "agents.a.ready_timeout",
             ),
+            (
+                Box::new(|p| p.egress = Egress::Allow),
+                "agents.a.egress_allow",
+            ),
+            (
+                Box::new(|p| p.egress_allow = vec![Cidr::parse("10.0.0.0/8").unwrap()]),
+                "agents.a.egress_allow",
+            ),
         ];
         for (mutate, setting) in cases {
             let mut profile = valid_profile();
@@ -552,5 +585,39 @@ mod tests {
         no_port.port = None;
         no_port.ready_probe = Some(ReadyProbe::None);
         no_port.validate("agents.a").unwrap();
+    }
+
+    #[test]
+    fn egress_defaults_to_public_and_allow_takes_a_cidr_list() {
+        let profile: AgentProfile = toml::from_str("image = \"x\"").unwrap();
+        assert_eq!(profile.egress, Egress::Public);
+        assert!(profile.egress_allow.is_empty());
+        profile.validate("agents.a").unwrap();
+
+        let allow: AgentProfile = toml::from_str(
+            "image = \"x\"\negress = \"allow\"\negress_allow = [\"198.51.100.0/24\", \"2001:db8::/32\"]",
+        )
+        .unwrap();
+        allow.validate("agents.a").unwrap();
+        assert_eq!(allow.egress_allow[0].to_string(), "198.51.100.0/24");
+
+        for policy in ["none", "open"] {
+            let profile: AgentProfile =
+                toml::from_str(&format!("image = \"x\"\negress = \"{policy}\"")).unwrap();
+            profile.validate("agents.a").unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_egress_values_fail_at_load() {
+        for body in [
+            "egress = \"internet\"",
+            "egress = \"allow\"\negress_allow = [\"10.0.0.1/8\"]",
+            "egress = \"allow\"\negress_allow = [\"example.com\"]",
+            "egress = \"allow\"\negress_allow = \"10.0.0.0/8\"",
+        ] {
+            let parsed = toml::from_str::<AgentProfile>(&format!("image = \"x\"\n{body}"));
+            assert!(parsed.is_err(), "{body}");
+        }
     }
 }

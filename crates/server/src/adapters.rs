@@ -1,10 +1,11 @@
 //! Builds the ports from the configuration: Redis session store and lease locker, Docker
-//! runtime, system clock.
+//! runtime, system clock; and the egress packet filter the Docker runtime's sandboxes run under.
 
 use std::sync::Arc;
 
 use sandboxd_adapters::clock::SystemClock;
 use sandboxd_adapters::docker::DockerRuntime;
+use sandboxd_adapters::egress::EgressFirewall;
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_usecase::Ports;
 
@@ -25,4 +26,13 @@ pub(crate) fn connect(config: &Config) -> anyhow::Result<Ports> {
         clock: Arc::new(SystemClock),
         events: Arc::new(store.event_log()?),
     })
+}
+
+/// The egress rules of the configured profiles; `None` when every profile is `open` (nothing to
+/// enforce, no packet filter touched). The plan was checked when the configuration loaded.
+///
+/// # Errors
+/// When the plan is refused (which [`Config::load`] already ruled out).
+pub(crate) fn egress_firewall(config: &Config) -> anyhow::Result<Option<EgressFirewall>> {
+    Ok(EgressFirewall::new(&config.egress_plan()?))
 }

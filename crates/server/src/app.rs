@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sandboxd_adapters::egress::EgressFirewall;
 use sandboxd_api::v1::sandbox_service_server::SandboxServiceServer;
 use sandboxd_usecase::{
     AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, Ports, ReconcileOptions,
@@ -35,6 +36,9 @@ pub struct Dependencies {
     pub ports: Ports,
     pub metrics: PrometheusHandle,
     pub auth: BearerAuth,
+    /// The egress rules, installed already, that the health loop re-checks; `None` when nothing
+    /// is enforced (only `open` profiles, or in-process tests over fake ports).
+    pub egress: Option<Arc<EgressFirewall>>,
 }
 
 /// A server with its listeners bound, ready to run.
@@ -45,6 +49,7 @@ pub struct Application {
     ports: Ports,
     metrics: PrometheusHandle,
     auth: BearerAuth,
+    egress: Option<Arc<EgressFirewall>>,
     settings: ServiceSettings,
     cleanup_interval: Duration,
     reconcile_interval: Duration,
@@ -74,6 +79,7 @@ impl Application {
             ports: deps.ports,
             metrics: deps.metrics,
             auth: deps.auth,
+            egress: deps.egress,
             settings: ServiceSettings {
                 session_ttl: config.lifecycle.session_ttl,
                 max_ttl: config.lifecycle.max_ttl,
@@ -139,6 +145,7 @@ impl Application {
         let background_stop = CancellationToken::new();
         let health_checks = tokio::spawn(run_checks(
             self.ports.clone(),
+            self.egress.clone(),
             publisher.clone(),
             background_stop.clone(),
         ));

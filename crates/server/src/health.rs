@@ -1,20 +1,26 @@
-//! Readiness: a background loop pings Redis and Docker and publishes the result to the gRPC
-//! health service (overall `""` and `sandbox.v1.SandboxService`) and to `/readyz`.
+//! Readiness: a background loop pings Redis and Docker, re-checks the egress packet-filter rules
+//! (reinstalling them when they drifted), and publishes the result to the gRPC health service
+//! (overall `""` and `sandbox.v1.SandboxService`) and to `/readyz`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sandboxd_adapters::egress::EgressFirewall;
 use sandboxd_usecase::Ports;
 use sandboxd_usecase::telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::names;
+
 /// How often the backends are pinged.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A ping slower than this counts as a failure: health must answer quickly, not hang with Redis.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one egress check, a reinstall included (two listings and one restore).
+const EGRESS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `/readyz` and the health service report, shared between the checker and shutdown.
 #[derive(Debug, Default)]
@@ -83,14 +89,27 @@ impl HealthPublisher {
     }
 }
 
-/// Pings both backends every [`CHECK_INTERVAL`] until `stop` is cancelled.
-pub(crate) async fn run_checks(ports: Ports, publisher: HealthPublisher, stop: CancellationToken) {
+/// Pings both backends and checks the egress rules every [`CHECK_INTERVAL`] until `stop` is
+/// cancelled.
+pub(crate) async fn run_checks(
+    ports: Ports,
+    egress: Option<Arc<EgressFirewall>>,
+    publisher: HealthPublisher,
+    stop: CancellationToken,
+) {
     let mut active_count_known = false;
     // The last Redis failure logged at warn: a new reason (refused, certificate, auth) is logged
     // once, not every check.
     let mut last_redis_failure = None;
+    let mut last_egress_failure = None;
     loop {
-        let up = check_backends(&ports, &mut last_redis_failure).await;
+        let backends_up = check_backends(&ports, &mut last_redis_failure).await;
+        // Checked whatever the backends say: running sandboxes depend on the rules.
+        let egress_intact = match &egress {
+            Some(firewall) => check_egress(firewall, &mut last_egress_failure).await,
+            None => true,
+        };
+        let up = backends_up && egress_intact;
         if up && !active_count_known {
             active_count_known = init_active_count(&ports).await;
         }
@@ -115,6 +134,29 @@ async fn init_active_count(ports: &Ports) -> bool {
             false
         }
     }
+}
+
+/// Re-checks the egress rules (the firewall reinstalls and logs drift itself). A failure to check
+/// or reinstall makes the service NOT_SERVING: new sandboxes must not start unenforced. Each new
+/// reason is logged once.
+async fn check_egress(firewall: &EgressFirewall, last_failure: &mut Option<String>) -> bool {
+    let reason = match tokio::time::timeout(EGRESS_CHECK_TIMEOUT, firewall.check()).await {
+        Ok(Ok(_)) => {
+            *last_failure = None;
+            return true;
+        }
+        Ok(Err(error)) => ErrorChain(&error).to_string(),
+        Err(_elapsed) => format!("no answer within {EGRESS_CHECK_TIMEOUT:?}"),
+    };
+    if last_failure.as_ref() != Some(&reason) {
+        tracing::error!(
+            name: names::EGRESS_CHECK_FAILED,
+            error = %reason,
+            message = names::EGRESS_CHECK_FAILED,
+        );
+        *last_failure = Some(reason);
+    }
+    false
 }
 
 async fn check_backends(ports: &Ports, last_redis_failure: &mut Option<String>) -> bool {

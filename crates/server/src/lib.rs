@@ -19,6 +19,7 @@ pub(crate) mod rpc_telemetry;
 pub(crate) mod shutdown;
 pub mod telemetry;
 
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the server for `config` until SIGTERM or ctrl-c, then drains and returns.
@@ -39,6 +40,20 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         auth = auth.is_enabled(),
         "sandboxd_starting"
     );
+    let egress = adapters::egress_firewall(&config)?;
+    match &egress {
+        // Before anything serves: a sandbox must never run without its egress rules, so a
+        // failure here stops the start (the message says what is missing: root, iptables, the
+        // engine's chain).
+        Some(firewall) => firewall
+            .install()
+            .await
+            .context("installing the egress packet-filter rules")?,
+        None => tracing::info!(
+            name: sandboxd_adapters::egress::names::EVENT_NO_PACKET_FILTER,
+            message = sandboxd_adapters::egress::names::EVENT_NO_PACKET_FILTER,
+        ),
+    }
     let ports = adapters::connect(&config)?;
     let app = app::Application::build(
         &config,
@@ -46,6 +61,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             ports,
             metrics,
             auth,
+            egress: egress.map(std::sync::Arc::new),
         },
     )
     .await?;

@@ -11,6 +11,10 @@ pub(crate) const BACKGROUND_PASS_STILL_FAILING: &str = "background_pass_still_fa
 /// A reconcile pass repaired something (removed orphans); quiet passes log nothing.
 pub(crate) const RECONCILE_PASS_REPAIRED: &str = "reconcile_pass_repaired";
 
+/// The egress rules could not be checked or reinstalled (the service is NOT_SERVING until they
+/// are); logged once per reason.
+pub(crate) const EGRESS_CHECK_FAILED: &str = "egress_check_failed";
+
 /// `loop` field values: which background loop an event is about.
 pub(crate) const LOOP_CLEANUP: &str = "cleanup";
 pub(crate) const LOOP_RECONCILE: &str = "reconcile";

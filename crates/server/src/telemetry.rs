@@ -218,4 +218,7 @@ pub fn describe_metrics() {
     {
         metrics::describe_histogram!(name, help);
     }
+    for &(name, help) in sandboxd_adapters::egress::names::DESCRIPTIONS {
+        metrics::describe_counter!(name, help);
+    }
 }

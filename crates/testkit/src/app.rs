@@ -441,9 +441,22 @@ pub fn sweep_dead_runs() {
     let dead_filters = docker::block_on_own_thread(move || async move {
         let docker = docker::engine().await.ok()?;
         let all = docker::list_by_label(&docker, "").await.ok()?;
+        let networks = docker.list_networks(None).await.unwrap_or_default();
+        // Rules without a container or network left (a run killed between the two) count too.
+        let ruled = crate::egress::prefixes_with_rules()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|prefix| (format!("{prefix}.managed-by"), MANAGED_BY.to_owned()));
         let filters: BTreeSet<String> = all
             .into_iter()
             .flat_map(|container| container.labels.unwrap_or_default())
+            .chain(
+                networks
+                    .into_iter()
+                    .flat_map(|network| network.labels.unwrap_or_default()),
+            )
+            .chain(ruled)
             .map(|(key, value)| format!("{key}={value}"))
             .filter(|label| {
                 label.starts_with("e2e-")

@@ -19,7 +19,7 @@ pub fn workspace_root() -> PathBuf {
 /// The `sandboxd` binary under test: `SANDBOXD_BIN`, else `target/debug/sandboxd` (honouring
 /// `CARGO_TARGET_DIR`). `cargo test` does not build other packages' binaries, so a stale binary
 /// would silently test old code: refuse one older than the sources.
-pub(crate) fn sandboxd_bin() -> PathBuf {
+pub fn sandboxd_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SANDBOXD_BIN") {
         let bin = PathBuf::from(bin);
         assert!(

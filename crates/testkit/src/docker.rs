@@ -71,11 +71,24 @@ pub async fn remove_forced(docker: &Docker, id: &str) -> Result<()> {
     }
 }
 
-/// Removes every container carrying one of `filters`; returns how many it removed.
+/// Removes every container carrying one of `filters`, then the networks carrying it and, for a
+/// deployment's filter (`{prefix}.managed-by=sandboxd`), its packet-filter rules; returns how many
+/// containers it removed.
 ///
 /// # Errors
-/// The first listing or removal the engine refused.
+/// The first listing or removal the engine or `iptables` refused.
 pub async fn sweep(docker: &Docker, filters: &[String]) -> Result<usize> {
+    let removed = sweep_containers(docker, filters).await?;
+    for filter in filters {
+        crate::egress::remove_networks(docker, filter).await?;
+        if let Some(prefix) = filter.strip_suffix(&format!(".managed-by={MANAGED_BY}")) {
+            crate::egress::remove_rules(prefix).await?;
+        }
+    }
+    Ok(removed)
+}
+
+async fn sweep_containers(docker: &Docker, filters: &[String]) -> Result<usize> {
     let mut removed = 0;
     for filter in filters {
         let ids: Vec<String> = list_by_label(docker, filter)
@@ -192,7 +205,8 @@ pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<Stri
     Ok(text)
 }
 
-/// Removes, on drop, every container matching its label filter: a test's containers go when the
+/// Removes, on drop, every container matching its label filter (then the networks and rules of
+/// that deployment, see [`sweep`]): a test's containers go when the
 /// test ends, also when it fails or panics.
 #[derive(Debug)]
 pub struct LabelGuard {

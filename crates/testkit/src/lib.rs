@@ -4,6 +4,7 @@
 //! - [`redis`]: a throwaway `redis-server` on a free port, killed with its handle (and with the
 //!   test binary, by pdeathsig), stoppable and restartable for outage tests.
 //! - [`docker`]: the local engine, the sandbox image, and containers listed and removed by label.
+//! - [`egress`]: a deployment's bridge networks and packet-filter rules, found and removed.
 //! - [`process`]: one spawned `sandboxd` process: its log, addresses, signals and memory.
 //! - [`app`]: `spawn_app()`, a whole test world around one `sandboxd` (Redis, prefix, volume
 //!   root, clients) that removes everything it started when dropped.
@@ -17,6 +18,7 @@ pub mod app;
 pub mod app_config;
 pub mod binary;
 pub mod docker;
+pub mod egress;
 pub mod hostile;
 pub mod http;
 pub mod process;

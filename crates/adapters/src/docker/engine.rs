@@ -37,6 +37,12 @@ pub(super) fn is_not_found(error: &BollardError) -> bool {
     )
 }
 
+/// A create refused because the network it names does not exist (404 "network ... not found").
+pub(super) fn is_network_not_found(error: &BollardError) -> bool {
+    matches!(error, BollardError::DockerResponseServerError { status_code: 404, message }
+        if message.contains("network"))
+}
+
 /// An engine error about an existing sandbox: gone (404) or being removed (409) means someone
 /// removed it meanwhile (another lease holder's sweep while it started, or a removal behind the
 /// service's back), not a broken engine.

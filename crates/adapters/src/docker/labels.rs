@@ -62,6 +62,16 @@ impl LabelKeys {
         ])
     }
 
+    /// The labels of one of the deployment's bridge networks: managed like its containers (so
+    /// cleanup tools find both by one filter), and its egress class.
+    #[must_use]
+    pub fn for_network(&self, egress: sandboxd_domain::Egress) -> HashMap<String, String> {
+        HashMap::from([
+            (self.managed_by(), MANAGED_BY_VALUE.to_owned()),
+            (self.key("egress"), egress.to_string()),
+        ])
+    }
+
     /// The labels of a listed container, decoded; each field `None` when missing or malformed.
     #[must_use]
     pub fn decode(&self, labels: &HashMap<String, String>) -> SandboxLabels {

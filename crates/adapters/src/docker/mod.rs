@@ -8,11 +8,12 @@ pub mod config;
 mod engine;
 pub mod labels;
 pub mod names;
+mod network;
 mod probe;
 mod ready;
 pub mod volume;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -37,7 +38,10 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 pub use config::DockerConfig;
-use engine::{container_error, engine_error, is_not_found, is_removal_in_progress, other};
+use engine::{
+    container_error, engine_error, is_network_not_found, is_not_found, is_removal_in_progress,
+    other,
+};
 use labels::LabelKeys;
 use names::{
     EVENT_STOP_AFTER_FAILED_START_FAILED, LABEL_OPERATION, LABEL_RESULT, OPERATION_CREATE,
@@ -45,6 +49,8 @@ use names::{
     OPERATION_UNPAUSE, RESULT_ERROR, RESULT_OK, RUNTIME_DURATION_SECONDS,
 };
 use volume::{VolumePolicy, VolumeRefusal};
+
+use crate::egress::EgressNetwork;
 
 /// Scratch space when the root filesystem is read-only: programs expect a writable /tmp.
 const READ_ONLY_TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
@@ -61,6 +67,9 @@ pub struct DockerRuntime {
     client: OnceCell<Docker>,
     /// The engine's data root (`docker info`), learnt on connect; the volume policy protects it.
     engine_root_dir: std::sync::OnceLock<PathBuf>,
+    /// Egress networks known to exist, so a create checks the engine once per network and
+    /// process, not on every call.
+    networks_ready: std::sync::Mutex<HashSet<String>>,
 }
 
 impl fmt::Debug for DockerRuntime {
@@ -86,6 +95,7 @@ impl DockerRuntime {
             config,
             client: OnceCell::new(),
             engine_root_dir: std::sync::OnceLock::new(),
+            networks_ready: std::sync::Mutex::new(HashSet::new()),
         }
     }
 
@@ -141,12 +151,43 @@ impl DockerRuntime {
         i32::try_from(secs).unwrap_or(i32::MAX)
     }
 
-    /// The full create request: hardening, limits, labels, mount and port binding.
+    /// Makes sure the egress network exists, once per process (see `network::ensure`).
+    async fn ensure_network(
+        &self,
+        docker: &Docker,
+        network: &EgressNetwork,
+    ) -> Result<(), RuntimeError> {
+        if self.network_known(&network.name) {
+            return Ok(());
+        }
+        network::ensure(docker, network, &self.labels).await?;
+        if let Ok(mut known) = self.networks_ready.lock() {
+            known.insert(network.name.clone());
+        }
+        Ok(())
+    }
+
+    fn network_known(&self, name: &str) -> bool {
+        self.networks_ready
+            .lock()
+            .is_ok_and(|known| known.contains(name))
+    }
+
+    /// Forgets a network that the engine says is gone (removed behind the service's back), so
+    /// the next ensure creates it again.
+    fn forget_network(&self, name: &str) {
+        if let Ok(mut known) = self.networks_ready.lock() {
+            known.remove(name);
+        }
+    }
+
+    /// The full create request: hardening, limits, labels, mount, egress network and port binding.
     fn container_body(
         &self,
         spec: &NewSandbox,
         profile: &AgentProfile,
         mount_source: &str,
+        network: &EgressNetwork,
     ) -> ContainerCreateBody {
         let port_key = profile.port.map(|port| format!("{port}/tcp"));
         // validate() bounds memory to i64.
@@ -179,6 +220,9 @@ impl DockerRuntime {
                 read_only: Some(false),
                 ..Default::default()
             }]),
+            // The profile's egress network: no inter-container traffic, and the packet filter's
+            // rules for its bridge. Published ports work on it as on the default bridge.
+            network_mode: Some(network.name.clone()),
             port_bindings: port_key.clone().map(|key| {
                 HashMap::from([(
                     key,
@@ -213,15 +257,24 @@ impl DockerRuntime {
             .to_str()
             .ok_or(RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path"))?
             .to_owned();
+        let network = EgressNetwork::of(&self.config.key_prefix, profile);
+        self.ensure_network(&docker, &network).await?;
         let name = format!("sandbox-{}", spec.session_id);
         // Armed before the create call: if this future is dropped mid-way, whatever was created
         // under this name is removed in the background.
         let mut guard = RemoveOnDrop::arm(docker.clone(), name.clone());
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match docker
-            .create_container(Some(options), self.container_body(spec, profile, &source))
-            .await
-        {
+        let body = self.container_body(spec, profile, &source, &network);
+        let mut outcome = docker
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        if outcome.as_ref().is_err_and(is_network_not_found) && self.network_known(&network.name) {
+            // The network was removed since it was ensured: make it again, once.
+            self.forget_network(&network.name);
+            self.ensure_network(&docker, &network).await?;
+            outcome = docker.create_container(Some(options), body).await;
+        }
+        let created = match outcome {
             Ok(created) => created,
             Err(error) => {
                 // An engine answer means nothing was created (and a name conflict belongs to

@@ -35,6 +35,13 @@ impl AgentProfiles {
         self.0.insert(agent_id.into(), profile);
     }
 
+    /// Every (agent id as written, profile).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &AgentProfile)> {
+        self.0
+            .iter()
+            .map(|(name, profile)| (name.as_str(), profile))
+    }
+
     /// The table names, for logs.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use figment::providers::{Env, Format, Toml};
 use figment::{Figment, Metadata, Provider};
 use sandboxd_adapters::docker::DockerConfig;
+use sandboxd_adapters::egress::EgressPlan;
 use sandboxd_adapters::redis::RedisConfig;
 
 pub use admission::AdmissionSettings;
@@ -146,7 +147,19 @@ impl Config {
         self.lifecycle.validate()?;
         self.docker.validate()?;
         self.agents.validate()?;
+        self.egress_plan()?;
         self.validate_reconcile_grace()
+    }
+
+    /// The egress networks of the profiles in this deployment (`key_prefix` names them). It
+    /// relates two sections, so it is checked here: an IPv6 range in an allow list cannot be
+    /// honoured (sandboxes get no IPv6 address) and is refused at start.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `agents.<id>.egress_allow`.
+    pub(crate) fn egress_plan(&self) -> Result<EgressPlan, ConfigError> {
+        EgressPlan::new(&self.redis.key_prefix, self.agents.iter())
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))
     }
 
     /// A create keeps its container without a session for at most about `lock_ttl` (the lease it

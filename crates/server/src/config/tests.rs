@@ -223,6 +223,24 @@ fn bad_settings_are_named() {
         ("[agents.a]\nimage = \"x\"\ncpus = 0.0", "agents.a.cpus"),
         ("lock_ttl = \"0s\"", "lock_ttl"),
         ("docker_host = \"/var/run/docker.sock\"", "docker_host"),
+        (
+            "[agents.a]\nimage = \"x\"\negress = \"allow\"",
+            "agents.a.egress_allow",
+        ),
+        (
+            "[agents.a]\nimage = \"x\"\negress_allow = [\"10.0.0.0/8\"]",
+            "agents.a.egress_allow",
+        ),
+        (
+            "[agents.a]\nimage = \"x\"\negress = \"allow\"\negress_allow = [\"10.0.0.1/8\"]",
+            "egress_allow",
+        ),
+        // Sandboxes get no IPv6 address: a range they could never reach is refused at start.
+        (
+            "[agents.v6]\nimage = \"x\"\negress = \"allow\"\negress_allow = [\"2001:db8::/32\"]",
+            "agents.v6.egress_allow",
+        ),
+        ("[agents.a]\nimage = \"x\"\negress = \"internet\"", "egress"),
     ];
     for (body, setting) in cases {
         let cli = cli_reading(write(dir.path(), body));
@@ -289,6 +307,13 @@ fn the_example_file_loads() {
     let cli = cli_reading(example);
     let config = load(&cli).unwrap();
     assert!(config.agents.names().next().is_some());
+    // The example says `egress = "public"`, which is also the default.
+    let plan = config.egress_plan().unwrap();
+    assert!(plan.needs_packet_filter());
+    assert!(
+        plan.networks()
+            .all(|network| network.egress == sandboxd_domain::Egress::Public)
+    );
 }
 
 #[test]

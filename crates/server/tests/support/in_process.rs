@@ -25,6 +25,7 @@ pub(crate) async fn serve(config: &Config, ports: Ports) -> Served {
         ports,
         metrics: PrometheusBuilder::new().build_recorder().handle(),
         auth: BearerAuth::default(),
+        egress: None,
     };
     let app = Application::build(config, deps).await.unwrap();
     let addr = app.grpc_addr().unwrap();
