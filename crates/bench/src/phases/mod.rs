@@ -15,7 +15,7 @@ mod throughput;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, EventNote, EventReason, EventType, SandboxSession,
     SandboxState, SessionId, VolumePath,
@@ -53,10 +53,11 @@ const FLOOR_SAVE: &str = "floor redis fenced save (Lua)";
 const FLOOR_LOCKED_SAVE: &str = "floor redis lock+save+release";
 const FLOOR_GRPC: &str = "floor gRPC health Check";
 const FLOOR_GRPC_REDIS: &str = "floor gRPC Check + redis PING";
-// The read sandboxd's reuse makes (the session-by-chat Lua script, through the same adapter),
-// from the bench: splits reuse's distance to its floor into Redis's share and sandboxd's.
-const FLOOR_READ: &str = "floor redis session read (Lua)";
-const FLOOR_GRPC_READ: &str = "floor gRPC Check + session read";
+// The round trip sandboxd's reuse makes (the read-and-touch Lua script, matching agent and
+// volume, through the same adapter), from the bench: splits reuse's distance to its floor into
+// Redis's share and sandboxd's.
+const FLOOR_READ: &str = "floor redis read-and-touch (Lua)";
+const FLOOR_GRPC_READ: &str = "floor gRPC Check + read-and-touch";
 const COLD: &str = "sandboxd CreateSandbox cold";
 const DELETE: &str = "sandboxd DeleteSandbox";
 const REUSE: &str = "sandboxd CreateSandbox reuse";
@@ -278,6 +279,20 @@ fn created_note() -> EventNote {
         EventReason::Requested,
         time::OffsetDateTime::now_utc(),
     )
+}
+
+/// Checks that a floor's touch recorded activity at `now` (the store keeps milliseconds): a touch
+/// that matched nothing is a cheaper round trip than the one the floor stands for.
+fn ensure_touched(session: Option<SandboxSession>, now: time::OffsetDateTime) -> Result<()> {
+    let session = session.ok_or_else(|| anyhow!("the floor's touched session is gone"))?;
+    let millis = |at: time::OffsetDateTime| at.unix_timestamp_nanos().div_euclid(1_000_000);
+    if millis(session.last_active_at) != millis(now) {
+        bail!(
+            "the floor's touch at {now} recorded no activity (last active {})",
+            session.last_active_at
+        );
+    }
+    Ok(())
 }
 
 fn mib(bytes: u64) -> f64 {
