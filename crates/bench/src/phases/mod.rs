@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod containers;
+mod lifecycle;
 mod memory;
 mod micro;
 mod targets;
@@ -30,8 +31,10 @@ use crate::report::Report;
 use crate::service;
 use crate::{Args, Phase, Plan, Scope};
 
+/// The instance every phase but cleanup measures.
+const MAIN: &str = "main";
 /// The sandboxd instances a run starts (their names suffix the run's key prefix).
-pub(crate) const INSTANCES: [&str; 3] = ["main", "c1", "c8"];
+pub(crate) const INSTANCES: [&str; 3] = [MAIN, "c1", "c8"];
 /// sandboxd's default `cleanup_concurrency`.
 const DEFAULT_CLEANUP_CONCURRENCY: usize = 8;
 /// Creates in flight while preparing the cleanup sessions (not timed).
@@ -62,6 +65,15 @@ const COLD: &str = "sandboxd CreateSandbox cold";
 const DELETE: &str = "sandboxd DeleteSandbox";
 const REUSE: &str = "sandboxd CreateSandbox reuse";
 const GET: &str = "sandboxd GetSandbox";
+const FLOOR_PAUSE: &str = "floor engine pause";
+const FLOOR_UNPAUSE: &str = "floor engine unpause";
+const PAUSE: &str = "sandboxd PauseSandbox";
+const RESUME: &str = "sandboxd ResumeSandbox";
+// The round trip TouchSandbox makes (the touch Lua script on the same session, through the same
+// adapter), from the bench.
+const FLOOR_TOUCH_WRITE: &str = "floor redis touch (Lua)";
+const FLOOR_GRPC_TOUCH: &str = "floor gRPC Check + touch";
+const TOUCH: &str = "sandboxd TouchSandbox";
 const FLOOR_GRPC_LOADED: &str = "floor gRPC health Check, loaded";
 const REUSE_LOADED: &str = "sandboxd CreateSandbox reuse, loaded";
 const LIST_PAGE: &str = "sandboxd ListSandboxes page of 1000";
@@ -171,12 +183,15 @@ pub(crate) async fn run(
     describe_run(&ctx, report);
 
     let settings = ctx.settings("30m", DEFAULT_CLEANUP_CONCURRENCY);
-    let (main, channel) = ctx.start("main", &settings).await?;
+    let (main, channel) = ctx.start(MAIN, &settings).await?;
     if plan.runs(Phase::Containers) {
         containers::containers(&mut ctx, &channel, report).await?;
     }
     if plan.runs(Phase::Micro) {
         micro::micro(&mut ctx, &channel, report).await?;
+    }
+    if plan.runs(Phase::Lifecycle) {
+        lifecycle::lifecycle(&mut ctx, &channel, report).await?;
     }
     if plan.runs(Phase::Throughput) {
         throughput::throughput(&mut ctx, &main, report).await?;
@@ -205,6 +220,7 @@ fn describe_run(ctx: &Ctx<'_>, report: &mut Report) {
     };
     put("smoke", ctx.args.smoke.into());
     put("iterations", plan.iterations.into());
+    put("lifecycle_iterations", plan.lifecycle_iterations.into());
     put("micro_iterations", plan.micro_iterations.into());
     put("cleanup_sessions", plan.cleanup_sessions.into());
     put("throughput_secs", plan.throughput.as_secs_f64().into());
