@@ -1,6 +1,6 @@
 //! The engine floor: the sandbox container sandboxd would create (same image, hardening, limits,
-//! bind mount and published port), driven directly through bollard, and the label sweep that
-//! removes everything a run created.
+//! bind mount and published port), driven directly through bollard (create, start, pause,
+//! unpause, removal), and the label sweep that removes everything a run created.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -150,6 +150,18 @@ impl Engine {
     /// Forced removal, as DockerRuntime::delete does it (`force`, `v`).
     pub(crate) async fn remove_forced(&self, id: &str) -> Result<()> {
         remove_forced(&self.docker, id).await
+    }
+
+    /// The engine's pause (a cgroup freeze) of a running container: the one engine call
+    /// PauseSandbox makes, so its floor.
+    pub(crate) async fn pause(&self, id: &str) -> Result<()> {
+        Ok(self.docker.pause_container(id).await?)
+    }
+
+    /// The engine's unpause (thaw) of a paused container: the one engine call ResumeSandbox makes
+    /// for a paused sandbox.
+    pub(crate) async fn unpause(&self, id: &str) -> Result<()> {
+        Ok(self.docker.unpause_container(id).await?)
     }
 
     /// Graceful stop then forced removal, as DockerRuntime::stop does it.

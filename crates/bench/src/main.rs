@@ -1,7 +1,8 @@
-//! `sandboxd-bench`: in one run, the floor of this machine (the engine creating, starting and
-//! removing the sandbox container directly through bollard; a Redis round trip and a fenced Lua
-//! write) and sandboxd through gRPC (cold create, reuse, get, delete, cleanup passes, reuse
-//! throughput, memory), printed as min / p50 / p99 with each sandboxd figure's ratio to its floor.
+//! `sandboxd-bench`: in one run, the floor of this machine (the engine creating, starting,
+//! pausing, unpausing and removing the sandbox container directly through bollard; a Redis round
+//! trip and a fenced Lua write) and sandboxd through gRPC (cold create, reuse, get, delete, pause,
+//! resume, touch, cleanup passes, reuse throughput, memory), printed as min / p50 / p99 with each
+//! sandboxd figure's ratio to its floor.
 //!
 //! It starts its own `redis-server` and `sandboxd` processes, labels every container it causes,
 //! and removes all of it at the end, also on error or Ctrl-C / SIGTERM.
@@ -28,13 +29,17 @@ use crate::report::Report;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sandboxd-bench", version)]
 pub struct Args {
-    /// Tiny run (2 iterations, 4 cleanup sessions, 1 s throughput): checks the bench works.
+    /// Tiny run (2 iterations, 4 pause rounds, 4 cleanup sessions, 1 s throughput): checks the
+    /// bench works.
     #[arg(long)]
     pub smoke: bool,
     /// Container iterations per figure (floor create/remove, cold create, delete) [default: 60]
     #[arg(long, value_name = "N")]
     pub iterations: Option<usize>,
-    /// Samples of the cheap figures (Redis, reuse, get) [default: 2000]
+    /// Rounds of pause and resume, each against the engine's pause and unpause [default: 200]
+    #[arg(long, value_name = "N")]
+    pub lifecycle_iterations: Option<usize>,
+    /// Samples of the cheap figures (Redis, reuse, get, touch) [default: 2000]
     #[arg(long, value_name = "N")]
     pub micro_iterations: Option<usize>,
     /// Expired sessions per cleanup pass [default: 200]
@@ -70,6 +75,8 @@ pub enum Phase {
     Containers,
     /// Redis and gRPC floors, reuse and get latency
     Micro,
+    /// Pause and resume against the engine's pause and unpause; touch
+    Lifecycle,
     /// Reuse and health Check rates from the concurrent clients
     Throughput,
     /// Peak RSS with sessions written into Redis
@@ -82,6 +89,7 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub iterations: usize,
+    pub lifecycle_iterations: usize,
     pub micro_iterations: usize,
     pub cleanup_sessions: usize,
     pub throughput: Duration,
@@ -109,6 +117,7 @@ impl Plan {
         };
         Self {
             iterations: pick(args.iterations, 60, 2),
+            lifecycle_iterations: pick(args.lifecycle_iterations, 200, 4),
             micro_iterations: pick(args.micro_iterations, 2000, 50),
             cleanup_sessions: pick(args.cleanup_sessions, 200, 4),
             throughput: Duration::from_secs_f64(
@@ -255,6 +264,10 @@ mod tests {
     fn phases_select_parts_of_the_run_and_none_means_all() {
         let all = Plan::from_args(&Args::try_parse_from(["sandboxd-bench", "--smoke"]).unwrap());
         assert!(all.runs(Phase::Containers) && all.runs(Phase::Cleanup));
+        assert!(
+            all.runs(Phase::Lifecycle),
+            "the smoke run includes the lifecycle phase"
+        );
 
         let args = Args::try_parse_from(["sandboxd-bench", "--phases", "micro,cleanup"]).unwrap();
         let some = Plan::from_args(&args);
@@ -262,6 +275,7 @@ mod tests {
         assert!(!some.runs(Phase::Containers));
         assert!(!some.runs(Phase::Throughput));
         assert!(!some.runs(Phase::Memory));
+        assert!(!some.runs(Phase::Lifecycle));
         assert_eq!(some.iterations, 60, "the full run's sizes stay the default");
 
         assert!(Args::try_parse_from(["sandboxd-bench", "--phases", "everything"]).is_err());

@@ -11,7 +11,8 @@ use futures::future::BoxFuture;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
 use sandboxd_api::v1::{
     CreateSandboxRequest, CreateSandboxResponse, CreateSandboxResult, DeleteSandboxRequest,
-    DeleteSandboxResult, GetSandboxRequest, Sandbox,
+    DeleteSandboxResult, GetSandboxRequest, PauseSandboxRequest, ResumeSandboxRequest, Sandbox,
+    SandboxState, TouchSandboxRequest,
 };
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -113,6 +114,55 @@ pub(crate) async fn delete(client: &mut Client, chat_id: &str) -> Result<()> {
         bail!(
             "DeleteSandbox returned {}, expected DELETED",
             response.result
+        );
+    }
+    Ok(())
+}
+
+/// PauseSandbox, checked to leave the sandbox paused.
+pub(crate) async fn pause(client: &mut Client, chat_id: &str) -> Result<()> {
+    let sandbox = client
+        .pause_sandbox(PauseSandboxRequest {
+            chat_id: chat_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .sandbox;
+    expect_state("PauseSandbox", sandbox, SandboxState::Paused)
+}
+
+/// ResumeSandbox, checked to leave the sandbox running.
+pub(crate) async fn resume(client: &mut Client, chat_id: &str) -> Result<()> {
+    let sandbox = client
+        .resume_sandbox(ResumeSandboxRequest {
+            chat_id: chat_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .sandbox;
+    expect_state("ResumeSandbox", sandbox, SandboxState::Running)
+}
+
+/// TouchSandbox (refused unless the sandbox runs, so success means it was touched).
+pub(crate) async fn touch(client: &mut Client, chat_id: &str) -> Result<()> {
+    let sandbox = client
+        .touch_sandbox(TouchSandboxRequest {
+            chat_id: chat_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .sandbox;
+    expect_state("TouchSandbox", sandbox, SandboxState::Running)
+}
+
+fn expect_state(call: &str, sandbox: Option<Sandbox>, expected: SandboxState) -> Result<()> {
+    let state = sandbox
+        .ok_or_else(|| anyhow!("{call} returned no sandbox"))?
+        .state;
+    if state != expected as i32 {
+        bail!(
+            "{call} left the sandbox {:?}, expected {expected:?}",
+            SandboxState::try_from(state)
         );
     }
     Ok(())

@@ -2,15 +2,15 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use sandboxd_adapters::redis::{RedisConfig, RedisStore};
 use sandboxd_api::v1::CreateSandboxResult;
-use sandboxd_usecase::ports::{LifecycleLocker, SessionRepository};
+use sandboxd_usecase::ports::{LifecycleLocker, SessionRepository, TouchMatch};
 use tonic::transport::Channel;
 
 use super::{
     Ctx, FLOOR_GRPC, FLOOR_GRPC_READ, FLOOR_GRPC_REDIS, FLOOR_LOCKED_SAVE, FLOOR_PING, FLOOR_READ,
-    FLOOR_SAVE, GET, REUSE, Series, created_note, fake_session, new_chat, progress,
+    FLOOR_SAVE, GET, REUSE, Series, created_note, ensure_touched, fake_session, new_chat, progress,
 };
 use crate::report::Report;
 use crate::service::{self, Client, Health};
@@ -31,6 +31,11 @@ pub(super) async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Rep
         .get_multiplexed_async_connection()
         .await?;
     let floor_session = fake_session(0, &ctx.volumes.root)?;
+    // What a reuse's read-and-touch matches: the request's agent and volume.
+    let reuse_match = TouchMatch {
+        agent_id: &floor_session.agent_id,
+        volume_host_path: &floor_session.volume_host_path,
+    };
 
     let mut client = Client::new(channel.clone());
     let mut health = Health::new(channel.clone());
@@ -57,12 +62,13 @@ pub(super) async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Rep
         locker.release(lease).await?;
         s.locked_save.push(locked_started.elapsed());
 
+        let now = time::OffsetDateTime::now_utc();
         let started = Instant::now();
-        repository
-            .get_current_by_chat_id(&floor_session.chat_id)
-            .await?
-            .ok_or_else(|| anyhow!("the floor session is gone"))?;
+        let touched = repository
+            .touch(&floor_session.chat_id, now, Some(reuse_match))
+            .await?;
         let read = started.elapsed();
+        ensure_touched(touched, now)?;
         s.read.push(read);
 
         let started = Instant::now();
@@ -92,7 +98,7 @@ pub(super) async fn micro(ctx: &mut Ctx<'_>, channel: &Channel, report: &mut Rep
     report.latency(GET, Some(FLOOR_GRPC_REDIS), &s.get);
     if let (Some(reuse), Some(floor)) = (report.summary(REUSE), report.summary(FLOOR_GRPC_READ)) {
         report.scalar(
-            "reuse p50 over Check + session read p50",
+            "reuse p50 over Check + read-and-touch p50",
             (ms(reuse.p50) - ms(floor.p50)) * 1e3,
             "µs",
             None,

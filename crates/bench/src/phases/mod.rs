@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod containers;
+mod lifecycle;
 mod memory;
 mod micro;
 mod targets;
@@ -15,7 +16,7 @@ mod throughput;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, EventNote, EventReason, EventType, SandboxSession,
     SandboxState, SessionId, VolumePath,
@@ -30,8 +31,10 @@ use crate::report::Report;
 use crate::service;
 use crate::{Args, Phase, Plan, Scope};
 
+/// The instance every phase but cleanup measures.
+const MAIN: &str = "main";
 /// The sandboxd instances a run starts (their names suffix the run's key prefix).
-pub(crate) const INSTANCES: [&str; 3] = ["main", "c1", "c8"];
+pub(crate) const INSTANCES: [&str; 3] = [MAIN, "c1", "c8"];
 /// sandboxd's default `cleanup_concurrency`.
 const DEFAULT_CLEANUP_CONCURRENCY: usize = 8;
 /// Creates in flight while preparing the cleanup sessions (not timed).
@@ -53,14 +56,24 @@ const FLOOR_SAVE: &str = "floor redis fenced save (Lua)";
 const FLOOR_LOCKED_SAVE: &str = "floor redis lock+save+release";
 const FLOOR_GRPC: &str = "floor gRPC health Check";
 const FLOOR_GRPC_REDIS: &str = "floor gRPC Check + redis PING";
-// The read sandboxd's reuse makes (the session-by-chat Lua script, through the same adapter),
-// from the bench: splits reuse's distance to its floor into Redis's share and sandboxd's.
-const FLOOR_READ: &str = "floor redis session read (Lua)";
-const FLOOR_GRPC_READ: &str = "floor gRPC Check + session read";
+// The round trip sandboxd's reuse makes (the read-and-touch Lua script, matching agent and
+// volume, through the same adapter), from the bench: splits reuse's distance to its floor into
+// Redis's share and sandboxd's.
+const FLOOR_READ: &str = "floor redis read-and-touch (Lua)";
+const FLOOR_GRPC_READ: &str = "floor gRPC Check + read-and-touch";
 const COLD: &str = "sandboxd CreateSandbox cold";
 const DELETE: &str = "sandboxd DeleteSandbox";
 const REUSE: &str = "sandboxd CreateSandbox reuse";
 const GET: &str = "sandboxd GetSandbox";
+const FLOOR_PAUSE: &str = "floor engine pause";
+const FLOOR_UNPAUSE: &str = "floor engine unpause";
+const PAUSE: &str = "sandboxd PauseSandbox";
+const RESUME: &str = "sandboxd ResumeSandbox";
+// The round trip TouchSandbox makes (the touch Lua script on the same session, through the same
+// adapter), from the bench.
+const FLOOR_TOUCH_WRITE: &str = "floor redis touch (Lua)";
+const FLOOR_GRPC_TOUCH: &str = "floor gRPC Check + touch";
+const TOUCH: &str = "sandboxd TouchSandbox";
 const FLOOR_GRPC_LOADED: &str = "floor gRPC health Check, loaded";
 const REUSE_LOADED: &str = "sandboxd CreateSandbox reuse, loaded";
 const LIST_PAGE: &str = "sandboxd ListSandboxes page of 1000";
@@ -170,12 +183,15 @@ pub(crate) async fn run(
     describe_run(&ctx, report);
 
     let settings = ctx.settings("30m", DEFAULT_CLEANUP_CONCURRENCY);
-    let (main, channel) = ctx.start("main", &settings).await?;
+    let (main, channel) = ctx.start(MAIN, &settings).await?;
     if plan.runs(Phase::Containers) {
         containers::containers(&mut ctx, &channel, report).await?;
     }
     if plan.runs(Phase::Micro) {
         micro::micro(&mut ctx, &channel, report).await?;
+    }
+    if plan.runs(Phase::Lifecycle) {
+        lifecycle::lifecycle(&mut ctx, &channel, report).await?;
     }
     if plan.runs(Phase::Throughput) {
         throughput::throughput(&mut ctx, &main, report).await?;
@@ -204,6 +220,7 @@ fn describe_run(ctx: &Ctx<'_>, report: &mut Report) {
     };
     put("smoke", ctx.args.smoke.into());
     put("iterations", plan.iterations.into());
+    put("lifecycle_iterations", plan.lifecycle_iterations.into());
     put("micro_iterations", plan.micro_iterations.into());
     put("cleanup_sessions", plan.cleanup_sessions.into());
     put("throughput_secs", plan.throughput.as_secs_f64().into());
@@ -278,6 +295,20 @@ fn created_note() -> EventNote {
         EventReason::Requested,
         time::OffsetDateTime::now_utc(),
     )
+}
+
+/// Checks that a floor's touch recorded activity at `now` (the store keeps milliseconds): a touch
+/// that matched nothing is a cheaper round trip than the one the floor stands for.
+fn ensure_touched(session: Option<SandboxSession>, now: time::OffsetDateTime) -> Result<()> {
+    let session = session.ok_or_else(|| anyhow!("the floor's touched session is gone"))?;
+    let millis = |at: time::OffsetDateTime| at.unix_timestamp_nanos().div_euclid(1_000_000);
+    if millis(session.last_active_at) != millis(now) {
+        bail!(
+            "the floor's touch at {now} recorded no activity (last active {})",
+            session.last_active_at
+        );
+    }
+    Ok(())
 }
 
 fn mib(bytes: u64) -> f64 {

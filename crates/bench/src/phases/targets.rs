@@ -1,45 +1,48 @@
 //! The targets, judged on the figures the phases measured.
 
 use super::{
-    COLD, DEFAULT_CLEANUP_CONCURRENCY, DELETE, FLOOR_CREATE, FLOOR_REMOVE, REUSE, REUSE_RATE,
-    cleanup_rate, floor_stop_rate,
+    COLD, DEFAULT_CLEANUP_CONCURRENCY, DELETE, FLOOR_CREATE, FLOOR_PAUSE, FLOOR_REMOVE,
+    FLOOR_UNPAUSE, PAUSE, RESUME, REUSE, REUSE_RATE, cleanup_rate, floor_stop_rate,
 };
 use crate::Plan;
-use crate::report::Report;
+use crate::report::{Report, Target};
 use crate::stats::ms;
 
 /// The targets, judged on this run's figures.
 pub(super) fn targets(plan: &Plan, report: &mut Report) {
     let p50 = |name: &str| report.summary(name).map(|s| ms(s.p50));
-    let mut targets = Vec::new();
-    let mut ratio_target = |target: &str, a: Option<f64>, b: Option<f64>, bound: f64| {
-        let ratio = a.zip(b).map(|(a, b)| a / b);
-        targets.push(crate::report::Target {
-            target: target.to_owned(),
-            measured: ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.3}x")),
-            met: ratio.map(|r| r <= bound),
-        });
-    };
-    ratio_target(
-        "CreateSandbox cold p50 <= 1.05 x floor create+start+ready p50",
-        p50(COLD),
-        p50(FLOOR_CREATE),
-        1.05,
-    );
-    ratio_target(
-        "DeleteSandbox p50 <= 1.05 x floor forced removal p50",
-        p50(DELETE),
-        p50(FLOOR_REMOVE),
-        1.05,
-    );
+    let mut targets = vec![
+        ratio_target(
+            "CreateSandbox cold p50 <= 1.05 x floor create+start+ready p50",
+            p50(COLD),
+            p50(FLOOR_CREATE),
+            1.05,
+        ),
+        ratio_target(
+            "DeleteSandbox p50 <= 1.05 x floor forced removal p50",
+            p50(DELETE),
+            p50(FLOOR_REMOVE),
+            1.05,
+        ),
+        overhead_target(
+            "PauseSandbox p50 <= 1.1 x floor engine pause p50 + 1 ms",
+            p50(PAUSE),
+            p50(FLOOR_PAUSE),
+        ),
+        overhead_target(
+            "ResumeSandbox p50 <= 1.1 x floor engine unpause p50 + 1 ms",
+            p50(RESUME),
+            p50(FLOOR_UNPAUSE),
+        ),
+    ];
     let reuse = p50(REUSE);
-    targets.push(crate::report::Target {
+    targets.push(Target {
         target: "CreateSandbox reuse p50 <= 0.5 ms".to_owned(),
         measured: reuse.map_or_else(|| "-".to_owned(), |v| format!("{v:.3} ms")),
         met: reuse.map(|v| v <= 0.5),
     });
     let rate = report.value(REUSE_RATE);
-    targets.push(crate::report::Target {
+    targets.push(Target {
         target: format!("reuse >= 5000 calls/s from {} clients", plan.clients),
         measured: rate.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} calls/s")),
         met: rate.map(|v| v >= 5000.0),
@@ -50,7 +53,7 @@ pub(super) fn targets(plan: &Plan, report: &mut Report) {
         report.value(&floor_stop_rate(c)),
     );
     let sequential = report.value(&cleanup_rate(1));
-    targets.push(crate::report::Target {
+    targets.push(Target {
         target: format!(
             "cleanup of {} @{c} >= 0.9 x raw engine rate @{c}, and faster than @1",
             plan.cleanup_sessions
@@ -68,10 +71,56 @@ pub(super) fn targets(plan: &Plan, report: &mut Report) {
     });
     let n = plan.rss_sessions;
     let rss = report.value(&format!("sandboxd peak RSS with {n} sessions (VmHWM)"));
-    targets.push(crate::report::Target {
+    targets.push(Target {
         target: format!("sandboxd RSS <= 50 MiB with {n} sessions (peak, VmHWM)"),
         measured: rss.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} MiB")),
         met: rss.map(|v| v <= 50.0),
     });
     report.targets = targets;
+}
+
+/// `ours <= bound x floor`, both in ms; `None`s (not measured) leave it undecided.
+fn ratio_target(target: &str, ours: Option<f64>, floor: Option<f64>, bound: f64) -> Target {
+    let ratio = ours.zip(floor).map(|(ours, floor)| ours / floor);
+    Target {
+        target: target.to_owned(),
+        measured: ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.3}x")),
+        met: ratio.map(|r| r <= bound),
+    }
+}
+
+/// The bound for pause and resume, `ours <= 1.1 x floor + 1 ms` (both in ms): a tenth of
+/// the engine's call plus a millisecond for the store round trips around it.
+fn overhead_target(target: &str, ours: Option<f64>, floor: Option<f64>) -> Target {
+    const FACTOR: f64 = 1.1;
+    const PLUS_MS: f64 = 1.0;
+    let pair = ours.zip(floor);
+    Target {
+        target: target.to_owned(),
+        measured: pair.map_or_else(
+            || "-".to_owned(),
+            |(ours, floor)| format!("{:.3}x, {:+.3} ms", ours / floor, ours - floor),
+        ),
+        met: pair.map(|(ours, floor)| ours <= FACTOR * floor + PLUS_MS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_and_resume_may_take_a_tenth_more_than_the_engine_plus_a_millisecond() {
+        let met = |ours: f64, floor: f64| overhead_target("t", Some(ours), Some(floor)).met;
+        assert_eq!(met(11.9, 10.0), Some(true));
+        assert_eq!(met(12.1, 10.0), Some(false));
+        assert_eq!(
+            met(1.5, 0.5),
+            Some(true),
+            "a fast engine call leaves the millisecond"
+        );
+        assert_eq!(overhead_target("t", None, Some(10.0)).met, None);
+        let measured = overhead_target("t", Some(11.0), Some(10.0)).measured;
+        assert_eq!(measured, "1.100x, +1.000 ms");
+    }
 }
