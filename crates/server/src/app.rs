@@ -15,8 +15,8 @@ use sandboxd_usecase::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::auth::BearerAuth;
 use crate::cleanup::run_cleanup_loop;
@@ -179,7 +179,9 @@ impl Application {
                     move |request| auth.check(request),
                 ))
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(self.grpc_listener),
+                    // Without TCP_NODELAY an answer's trailers frame, written after its data,
+                    // waits for the client's delayed ACK: about 40 ms on every unary call.
+                    TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
                     servers_stop.clone().cancelled_owned(),
                 ),
         );

@@ -261,9 +261,9 @@ impl Transitions {
         session: &SandboxSession,
         change: &Change,
     ) -> Result<Option<SandboxSession>, PortError> {
-        let stored = self.ports.repository.update(lease, session, change).await?;
-        self.refresh_state_counts().await;
-        Ok(stored)
+        // The per-state gauge is left to the passes: a count here would be one more round trip
+        // on every pause and resume.
+        Ok(self.ports.repository.update(lease, session, change).await?)
     }
 
     /// Puts the container back in the state `session` records after the engine call towards
@@ -296,7 +296,7 @@ impl Transitions {
         }
     }
 
-    /// The per-state gauge, best effort: the next pass refreshes it anyway.
+    /// The per-state gauge, best effort (a failed count leaves the last value).
     pub(crate) async fn refresh_state_counts(&self) {
         if let Ok(counts) = self.ports.repository.count_by_state().await {
             telemetry::set_state_counts(&counts);

@@ -238,6 +238,9 @@ impl ReconcileSandboxes {
         if let Ok(active) = self.ports.repository.count_active().await {
             telemetry::set_active_count(active);
         }
+        if let Ok(counts) = self.ports.repository.count_by_state().await {
+            telemetry::set_state_counts(&counts);
+        }
         Ok(report)
     }
 

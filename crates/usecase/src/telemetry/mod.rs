@@ -96,7 +96,7 @@ pub mod metric {
         ),
         (
             SESSIONS,
-            "Stored sessions by state (running, paused, hibernated), refreshed by every cleanup pass and transition.",
+            "Stored sessions by state (running, paused, hibernated), refreshed by every cleanup and reconcile pass.",
         ),
         (WATCHERS, "WatchSandboxes streams open in this process."),
         (

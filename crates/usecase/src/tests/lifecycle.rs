@@ -164,7 +164,6 @@ fn an_idle_sandbox_is_paused_by_the_cleanup_and_a_create_resumes_it() {
             &[
                 format!("runtime.unpause({})", session.container_id),
                 format!("repository.update({})", session.session_id),
-                "repository.count_by_state".to_owned(),
             ]
         )
     );
@@ -295,7 +294,6 @@ fn hibernation_stops_the_container_and_resume_starts_it_on_a_new_endpoint() {
             &[
                 format!("runtime.start({})", session.container_id),
                 format!("repository.update({})", session.session_id),
-                "repository.count_by_state".to_owned(),
             ]
         )
     );
