@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest, PortBinding,
+};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StopContainerOptionsBuilder};
 use sandboxd_testkit::docker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +48,9 @@ pub(crate) struct Engine {
     docker: Docker,
     run_id: String,
     image: String,
+    /// A bridge like sandboxd's egress networks (inter-container traffic off), so the floor
+    /// container is attached the way a sandbox is. Removed by the teardown sweep (its label).
+    network: String,
 }
 
 impl Engine {
@@ -55,10 +60,26 @@ impl Engine {
             .inspect_image(image)
             .await
             .with_context(|| format!("image {image} (scripts/build-sandbox-image builds it)"))?;
+        let network = format!("sandboxd-bench-{run_id}");
+        docker
+            .create_network(NetworkCreateRequest {
+                name: network.clone(),
+                driver: Some("bridge".to_owned()),
+                enable_ipv6: Some(false),
+                options: Some(HashMap::from([(
+                    "com.docker.network.bridge.enable_icc".to_owned(),
+                    "false".to_owned(),
+                )])),
+                labels: Some(HashMap::from([(RUN_LABEL.to_owned(), run_id.to_owned())])),
+                ..Default::default()
+            })
+            .await
+            .context("creating the floor's network")?;
         Ok(Self {
             docker,
             run_id: run_id.to_owned(),
             image: image.to_owned(),
+            network,
         })
     }
 
@@ -78,6 +99,7 @@ impl Engine {
             nano_cpus: Some(NANO_CPUS),
             init: Some(true),
             readonly_rootfs: Some(false),
+            network_mode: Some(self.network.clone()),
             mounts: Some(vec![Mount {
                 target: Some("/workspace".to_owned()),
                 source: Some(source),
