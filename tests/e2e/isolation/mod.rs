@@ -1,0 +1,3 @@
+//! Isolation beyond the default hardening, end to end: sandboxes under gVisor (`gvisor`).
+
+mod gvisor;
