@@ -340,7 +340,10 @@ async fn runtimes_name_the_default_and_a_create_under_an_unlisted_one_is_refused
     Arc::make_mut(&mut unknown.profile).runtime = Some("no-such-runtime".to_owned());
     assert!(!registered.contains("no-such-runtime"));
     let refused = runtime.create(&unknown).await;
-    assert!(matches!(refused, Err(RuntimeError::Other(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(RuntimeError::Other(_))),
+        "{refused:?}"
+    );
     assert!(runtime.list_managed().await.unwrap().is_empty());
     Ok(())
 }

@@ -92,9 +92,13 @@ mod tests {
     #[test]
     fn profiles_whose_runtimes_the_engine_has_pass_and_the_default_needs_none() {
         let registered = BTreeSet::from(["runc".to_owned(), "runsc".to_owned()]);
-        profiles(&[("plain", None), ("gvisor", Some("runsc")), ("explicit", Some("runc"))])
-            .check_runtimes(&registered)
-            .unwrap();
+        profiles(&[
+            ("plain", None),
+            ("gvisor", Some("runsc")),
+            ("explicit", Some("runc")),
+        ])
+        .check_runtimes(&registered)
+        .unwrap();
         profiles(&[("plain", None)])
             .check_runtimes(&BTreeSet::new())
             .unwrap();
