@@ -1,7 +1,8 @@
 //! `sandboxd-bench`: in one run, the floor of this machine (the engine creating, starting and
 //! removing the sandbox container directly through bollard; a Redis round trip and a fenced Lua
 //! write) and sandboxd through gRPC (cold create, reuse, get, delete, cleanup passes, reuse
-//! throughput, memory), printed as min / p50 / p99 with each sandboxd figure's ratio to its floor.
+//! throughput, memory; cold create and delete under gVisor's runsc and runc), printed as
+//! min / p50 / p99 with each sandboxd figure's ratio to its floor.
 //!
 //! It starts its own `redis-server` and `sandboxd` processes, labels every container it causes,
 //! and removes all of it at the end, also on error or Ctrl-C / SIGTERM.
@@ -68,6 +69,8 @@ pub struct Args {
 pub enum Phase {
     /// Engine floor create/remove, cold CreateSandbox and DeleteSandbox
     Containers,
+    /// The same under gVisor's runsc and under runc, side by side (needs runsc registered)
+    Runtimes,
     /// Redis and gRPC floors, reuse and get latency
     Micro,
     /// Reuse and health Check rates from the concurrent clients
@@ -255,6 +258,10 @@ mod tests {
     fn phases_select_parts_of_the_run_and_none_means_all() {
         let all = Plan::from_args(&Args::try_parse_from(["sandboxd-bench", "--smoke"]).unwrap());
         assert!(all.runs(Phase::Containers) && all.runs(Phase::Cleanup));
+        assert!(
+            all.runs(Phase::Runtimes),
+            "the smoke run creates runsc sandboxes too"
+        );
 
         let args = Args::try_parse_from(["sandboxd-bench", "--phases", "micro,cleanup"]).unwrap();
         let some = Plan::from_args(&args);
@@ -262,6 +269,7 @@ mod tests {
         assert!(!some.runs(Phase::Containers));
         assert!(!some.runs(Phase::Throughput));
         assert!(!some.runs(Phase::Memory));
+        assert!(!some.runs(Phase::Runtimes));
         assert_eq!(some.iterations, 60, "the full run's sizes stay the default");
 
         assert!(Args::try_parse_from(["sandboxd-bench", "--phases", "everything"]).is_err());
