@@ -1,7 +1,8 @@
 //! A profile with `runtime = "runsc"` runs its sandboxes under gVisor: the kernel a sandbox sees
 //! is gVisor's, its endpoint answers on 127.0.0.1, what it writes lands in its volume, and the
-//! engine holds it to exactly the hardening of a runc sandbox of the same profile. A profile
-//! naming a runtime the engine does not have stops sandboxd at start.
+//! engine holds it to exactly the hardening of a runc sandbox of the same profile, and it pauses
+//! and resumes like one. A profile naming a runtime the engine does not have stops sandboxd at
+//! start.
 //!
 //! Needs runsc registered with the engine as `runsc` (scripts/test and scripts/up do it,
 //! `scripts/lib/common.sh::ensure_runsc`); without it these tests fail and say so.
@@ -130,6 +131,56 @@ async fn a_runsc_sandbox_runs_on_gvisors_kernel_serves_on_loopback_and_writes_it
         }
     }
     panic!("{addr} never served the file: {answers:?}");
+}
+
+#[tokio::test]
+async fn a_runsc_sandbox_pauses_and_resumes_through_the_engines_freezer() {
+    let app = spawn_app_with(gvisor_config()).await;
+    require_runsc(&app.docker).await;
+    let sandbox = create(&app, GVISOR, &app.new_volume("paused")).await;
+    let state = |app: &TestApp, id: String| {
+        let docker = app.docker.clone();
+        async move {
+            let inspected = docker.inspect_container(&id, None).await.unwrap();
+            inspected.state.and_then(|state| state.status)
+        }
+    };
+    let chat_id = sandbox.chat_id.clone();
+
+    let paused = app
+        .api
+        .clone()
+        .pause_sandbox(v1::PauseSandboxRequest {
+            chat_id: chat_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("pause: {status:?}\n{}", app.log()))
+        .into_inner()
+        .sandbox
+        .expect("a sandbox");
+    assert_eq!(paused.state, v1::SandboxState::Paused as i32);
+    assert_eq!(
+        state(&app, sandbox.container_id.clone()).await,
+        Some(bollard::models::ContainerStateStatusEnum::PAUSED)
+    );
+
+    let resumed = app
+        .api
+        .clone()
+        .resume_sandbox(v1::ResumeSandboxRequest { chat_id })
+        .await
+        .unwrap_or_else(|status| panic!("resume: {status:?}\n{}", app.log()))
+        .into_inner()
+        .sandbox
+        .expect("a sandbox");
+    assert_eq!(resumed.state, v1::SandboxState::Running as i32);
+    assert_eq!(
+        state(&app, sandbox.container_id.clone()).await,
+        Some(bollard::models::ContainerStateStatusEnum::RUNNING)
+    );
+    // Still gVisor's kernel after the thaw.
+    let dmesg = exec(&app, &sandbox.container_id, &["dmesg"]).await;
+    assert!(dmesg.contains("Starting gVisor"), "dmesg inside: {dmesg}");
 }
 
 /// The hardening fields of a sandbox's `docker inspect`: everything that confines it, minus
