@@ -57,7 +57,7 @@ impl Profiles {
     pub fn check_runtimes(&self, registered: &BTreeSet<String>) -> Result<(), UnregisteredRuntime> {
         let missing = self.iter().find_map(|(agent_id, profile)| {
             let runtime = profile.runtime.as_ref()?;
-            (!registered.contains(runtime)).then(|| (agent_id, runtime))
+            (!registered.contains(runtime)).then_some((agent_id, runtime))
         });
         match missing {
             None => Ok(()),
