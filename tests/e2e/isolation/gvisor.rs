@@ -45,6 +45,16 @@ fn gvisor_config() -> AppConfig {
     .with_agent(GVISOR, &format!("{profile}runtime = \"runsc\"\n"))
 }
 
+/// A server with [`gvisor_config`], once the engine is known to have runsc (else sandboxd would
+/// refuse to start, with a message that names the profile but not the way to get runsc here).
+async fn spawn_gvisor_app() -> TestApp {
+    let docker = sandboxd_testkit::docker::engine()
+        .await
+        .expect("the Docker engine must be running (scripts/test starts it)");
+    require_runsc(&docker).await;
+    spawn_app_with(gvisor_config()).await
+}
+
 /// Fails (instead of skipping) when the engine has no `runsc`, saying how to get it.
 async fn require_runsc(docker: &Docker) {
     let info = docker.info().await.expect("docker info");
@@ -83,8 +93,7 @@ async fn exec(app: &TestApp, container: &str, cmd: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_runsc_sandbox_runs_on_gvisors_kernel_serves_on_loopback_and_writes_its_volume() {
-    let app = spawn_app_with(gvisor_config()).await;
-    require_runsc(&app.docker).await;
+    let app = spawn_gvisor_app().await;
     let volume = app.new_volume("gvisor");
     let sandbox = create(&app, GVISOR, &volume).await;
     let container = sandbox.container_id.as_str();
@@ -135,8 +144,7 @@ async fn a_runsc_sandbox_runs_on_gvisors_kernel_serves_on_loopback_and_writes_it
 
 #[tokio::test]
 async fn a_runsc_sandbox_pauses_and_resumes_through_the_engines_freezer() {
-    let app = spawn_app_with(gvisor_config()).await;
-    require_runsc(&app.docker).await;
+    let app = spawn_gvisor_app().await;
     let sandbox = create(&app, GVISOR, &app.new_volume("paused")).await;
     let state = |app: &TestApp, id: String| {
         let docker = app.docker.clone();
@@ -245,8 +253,7 @@ impl Hardening {
 
 #[tokio::test]
 async fn a_runsc_sandbox_is_confined_exactly_like_a_runc_sandbox_of_the_same_profile() {
-    let app = spawn_app_with(gvisor_config()).await;
-    require_runsc(&app.docker).await;
+    let app = spawn_gvisor_app().await;
     let runc = create(&app, "default", &app.new_volume("runc")).await;
     let runsc = create(&app, GVISOR, &app.new_volume("runsc")).await;
 
