@@ -28,6 +28,9 @@ ensure_redis_installed() {
   # runs, which is what the tests want (they start their own servers on free ports).
 }
 
+# The engine configuration ensure_runsc merges its runtime into and ensure_docker starts dockerd with.
+DOCKER_DAEMON_JSON="${DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}"
+
 ensure_docker() {
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
   local sock=/var/run/docker.sock
@@ -36,7 +39,11 @@ ensure_docker() {
   fi
   log "starting dockerd"
   mkdir -p /var/log
-  nohup dockerd >/var/log/sandboxd-dockerd.log 2>&1 &
+  # The engine's daemon.json holds the runtimes ensure_runsc registers; name it explicitly so a
+  # started engine has them whichever file ensure_runsc wrote.
+  local config=()
+  [ -f "$DOCKER_DAEMON_JSON" ] && config=(--config-file "$DOCKER_DAEMON_JSON")
+  setsid nohup dockerd "${config[@]}" >/var/log/sandboxd-dockerd.log 2>&1 </dev/null &
   for _ in $(seq 1 120); do
     if [ -S "$sock" ] && docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
       return 0
@@ -45,6 +52,85 @@ ensure_docker() {
   done
   tail -n 30 /var/log/sandboxd-dockerd.log >&2 || true
   die "dockerd did not come up within 60s"
+}
+
+ensure_runsc() {
+  # gVisor for agent profiles with `runtime = "runsc"`: Debian's runsc package, registered with
+  # the engine as the runtime `runsc`. Debian's runsc (release 2022-12-19) refuses to start any
+  # container on this 6.x kernel with its own network stack ("cannot run with network enabled in
+  # root network namespace"); with `--network=host` it runs, using the host kernel's network stack
+  # inside the container's own network namespace (README, "Isolation"). Idempotent: a second run
+  # changes nothing and reloads nothing.
+  command -v runsc >/dev/null 2>&1 || apt_install runsc
+  local runsc_path
+  runsc_path=$(command -v runsc) || die "runsc is not on PATH after installing it"
+  local changed
+  changed=$(merge_docker_runtime runsc "$runsc_path" --network=host) \
+    || die "could not register runsc in $DOCKER_DAEMON_JSON"
+  # A running engine reads the file again on SIGHUP; one started later (ensure_docker) reads it
+  # at start. Reload also when the file was already right but the engine never loaded it.
+  if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    if [ "$changed" = changed ] || ! docker_lists_runtime runsc; then
+      reload_dockerd
+    fi
+  fi
+  ensure_docker
+  for _ in $(seq 1 40); do
+    docker_lists_runtime runsc && return 0
+    sleep 0.25
+  done
+  tail -n 20 /var/log/sandboxd-dockerd.log >&2 2>/dev/null || true
+  die "the engine does not list the runtime runsc after a reload (docker info --format '{{json .Runtimes}}')"
+}
+
+merge_docker_runtime() {
+  # merge_docker_runtime NAME PATH [ARG...]: sets runtimes.NAME in the engine's daemon.json to
+  # {"path": PATH, "runtimeArgs": [ARG...]}, keeping every other key; prints `changed` or
+  # `unchanged`. Refuses (non-zero) a file that is not a JSON object rather than overwrite it.
+  mkdir -p "$(dirname "$DOCKER_DAEMON_JSON")"
+  python3 - "$DOCKER_DAEMON_JSON" "$@" <<'PY'
+import json, os, sys
+path, name, binary, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+try:
+    with open(path) as f:
+        text = f.read()
+except FileNotFoundError:
+    text = ""
+config = json.loads(text) if text.strip() else {}
+if not isinstance(config, dict) or not isinstance(config.get("runtimes", {}), dict):
+    sys.exit(f"{path}: not a JSON object with a runtimes object")
+wanted = {"path": binary}
+if args:
+    wanted["runtimeArgs"] = args
+if config.get("runtimes", {}).get(name) == wanted:
+    print("unchanged")
+    sys.exit(0)
+config.setdefault("runtimes", {})[name] = wanted
+tmp = path + ".sandboxd-tmp"
+with open(tmp, "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(tmp, path)
+print("changed")
+PY
+}
+
+docker_lists_runtime() {
+  docker info --format '{{json .Runtimes}}' 2>/dev/null \
+    | python3 -c 'import json, sys; sys.exit(0 if sys.argv[1] in json.load(sys.stdin) else 1)' "$1"
+}
+
+reload_dockerd() {
+  # SIGHUP makes dockerd re-read daemon.json (runtimes are reloadable) without stopping a
+  # container; the default engine's pid file names it, so engines of other tests are left alone.
+  local pid=""
+  [ -r /var/run/docker.pid ] && pid=$(cat /var/run/docker.pid)
+  if [ -z "$pid" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != dockerd ]; then
+    pid=$(pgrep -x dockerd || true)
+    [ "$(printf '%s\n' "$pid" | grep -c .)" -eq 1 ] || die "cannot tell which dockerd to reload (pids: ${pid:-none})"
+  fi
+  log "reloading dockerd ($pid) to register runsc"
+  kill -HUP "$pid" || die "kill -HUP $pid failed"
 }
 
 SANDBOX_IMAGE="${SANDBOX_IMAGE:-sandboxd/busybox:local}"

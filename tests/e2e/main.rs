@@ -4,7 +4,7 @@
 //! One test binary (zero-to-production's `tests/api/main.rs` layout): modules share the test kit
 //! (`crates/testkit`) and link once. Needs `target/debug/sandboxd` (`cargo build -p
 //! sandboxd-server`; scripts/test builds it), `redis-server` and a Docker engine with the
-//! `sandboxd/busybox:local` image.
+//! `sandboxd/busybox:local` image and gVisor's `runsc` registered (scripts/test does both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;

@@ -321,6 +321,33 @@ async fn every_state_change_of_a_removed_sandbox_is_vanished(backend: &dyn Backe
     Ok(())
 }
 
+async fn runtimes_name_the_default_and_a_create_under_an_unlisted_one_is_refused(
+    backend: &dyn Backend,
+) -> TestResult {
+    let runtime = backend.runtime();
+    let registered = runtime.runtimes().await.unwrap();
+    assert!(registered.contains("runc"), "{registered:?}");
+
+    // A listed runtime named explicitly is the one the sandbox runs under.
+    let mut explicit = backend.spec("a");
+    Arc::make_mut(&mut explicit.profile).runtime = Some("runc".to_owned());
+    let id = runtime.create(&explicit).await.unwrap().container_id;
+    assert_eq!(runtime.inspect(&id).await.unwrap(), ContainerState::Running);
+    runtime.force_remove(&id).await.unwrap();
+
+    // An unlisted one is refused, never replaced by the default, and leaves nothing behind.
+    let mut unknown = backend.spec("b");
+    Arc::make_mut(&mut unknown.profile).runtime = Some("no-such-runtime".to_owned());
+    assert!(!registered.contains("no-such-runtime"));
+    let refused = runtime.create(&unknown).await;
+    assert!(
+        matches!(refused, Err(RuntimeError::Other(_))),
+        "{refused:?}"
+    );
+    assert!(runtime.list_managed().await.unwrap().is_empty());
+    Ok(())
+}
+
 #[track_caller]
 fn assert_vanished<T: std::fmt::Debug>(result: Result<T, RuntimeError>, what: &str) {
     assert!(
@@ -340,4 +367,5 @@ contract!(in_memory => Fake, on_docker => Docker: (
     start_runs_a_stopped_sandbox_again_and_returns_its_endpoint,
     a_state_change_the_sandbox_is_not_in_a_state_for_is_vanished,
     every_state_change_of_a_removed_sandbox_is_vanished,
+    runtimes_name_the_default_and_a_create_under_an_unlisted_one_is_refused,
 ));

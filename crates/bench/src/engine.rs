@@ -2,7 +2,7 @@
 //! bind mount and published port), driven directly through bollard (create, start, pause,
 //! unpause, removal), and the label sweep that removes everything a run created.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -83,8 +83,9 @@ impl Engine {
         })
     }
 
-    /// DockerRuntime::container_body's request, for the default profile.
-    fn body(&self, volume: &Path) -> Result<ContainerCreateBody> {
+    /// DockerRuntime::container_body's request, for the default profile under `runtime` (the
+    /// engine's default when `None`).
+    fn body(&self, volume: &Path, runtime: Option<&str>) -> Result<ContainerCreateBody> {
         let source = volume
             .to_str()
             .ok_or_else(|| anyhow!("non-UTF-8 volume path"))?
@@ -100,6 +101,7 @@ impl Engine {
             init: Some(true),
             readonly_rootfs: Some(false),
             network_mode: Some(self.network.clone()),
+            runtime: runtime.map(str::to_owned),
             mounts: Some(vec![Mount {
                 target: Some("/workspace".to_owned()),
                 source: Some(source),
@@ -130,9 +132,18 @@ impl Engine {
     /// Create, start, read the published port, probe `GET /` until a status line: the floor of
     /// CreateSandbox cold. Returns the container id (removed by the caller or the sweep).
     pub(crate) async fn create_ready(&self, volume: &Path) -> Result<(String, CreateTimings)> {
+        self.create_ready_under(volume, None).await
+    }
+
+    /// [`Self::create_ready`] of the same container under the OCI runtime `runtime` (`runsc`).
+    pub(crate) async fn create_ready_under(
+        &self,
+        volume: &Path,
+        runtime: Option<&str>,
+    ) -> Result<(String, CreateTimings)> {
         let name = format!("sbxbench-floor-{}", uuid::Uuid::new_v4().simple());
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let body = self.body(volume)?;
+        let body = self.body(volume, runtime)?;
         let started = Instant::now();
         let created = self.docker.create_container(Some(options), body).await?;
         let t_created = Instant::now();
@@ -167,6 +178,12 @@ impl Engine {
             })
             .filter(|port| *port != 0)
             .ok_or_else(|| anyhow!("engine reported no host port for {CONTAINER_PORT}"))
+    }
+
+    /// The OCI runtimes the engine has (`docker info`), by the names a profile uses.
+    pub(crate) async fn runtimes(&self) -> Result<BTreeSet<String>> {
+        let info = self.docker.info().await?;
+        Ok(info.runtimes.unwrap_or_default().into_keys().collect())
     }
 
     /// Forced removal, as DockerRuntime::delete does it (`force`, `v`).

@@ -1,8 +1,8 @@
 //! `sandboxd-bench`: in one run, the floor of this machine (the engine creating, starting,
 //! pausing, unpausing and removing the sandbox container directly through bollard; a Redis round
 //! trip and a fenced Lua write) and sandboxd through gRPC (cold create, reuse, get, delete, pause,
-//! resume, touch, cleanup passes, reuse throughput, memory), printed as min / p50 / p99 with each
-//! sandboxd figure's ratio to its floor.
+//! resume, touch, cleanup passes, reuse throughput, memory; cold create and delete under gVisor's
+//! runsc and runc), printed as min / p50 / p99 with each sandboxd figure's ratio to its floor.
 //!
 //! It starts its own `redis-server` and `sandboxd` processes, labels every container it causes,
 //! and removes all of it at the end, also on error or Ctrl-C / SIGTERM.
@@ -73,6 +73,8 @@ pub struct Args {
 pub enum Phase {
     /// Engine floor create/remove, cold CreateSandbox and DeleteSandbox
     Containers,
+    /// The same under gVisor's runsc and under runc, side by side (needs runsc registered)
+    Runtimes,
     /// Redis and gRPC floors, reuse and get latency
     Micro,
     /// Pause and resume against the engine's pause and unpause; touch
@@ -268,6 +270,10 @@ mod tests {
             all.runs(Phase::Lifecycle),
             "the smoke run includes the lifecycle phase"
         );
+        assert!(
+            all.runs(Phase::Runtimes),
+            "the smoke run creates runsc sandboxes too"
+        );
 
         let args = Args::try_parse_from(["sandboxd-bench", "--phases", "micro,cleanup"]).unwrap();
         let some = Plan::from_args(&args);
@@ -276,6 +282,7 @@ mod tests {
         assert!(!some.runs(Phase::Throughput));
         assert!(!some.runs(Phase::Memory));
         assert!(!some.runs(Phase::Lifecycle));
+        assert!(!some.runs(Phase::Runtimes));
         assert_eq!(some.iterations, 60, "the full run's sizes stay the default");
 
         assert!(Args::try_parse_from(["sandboxd-bench", "--phases", "everything"]).is_err());

@@ -25,6 +25,7 @@ use crate::drain::Drain;
 use crate::grpc::{SandboxGrpcService, ServiceSettings, UseCases};
 use crate::health::{HealthPublisher, Readiness, run_checks};
 use crate::rpc_telemetry::RpcTelemetryLayer;
+use crate::runtimes::{RuntimeCheck, RuntimeCheckError, check_at_start, check_when_engine_answers};
 
 /// After the calls drained, how long open connections (health watches, idle clients) get to
 /// close before the listeners are dropped.
@@ -56,14 +57,21 @@ pub struct Application {
     drain_timeout: Duration,
     /// TLS for the gRPC port (`None` = plaintext); read at build so a bad file fails start.
     tls: Option<TlsFiles>,
+    /// Whether the profiles' runtimes were checked at build or wait for the engine to answer.
+    runtime_check: RuntimeCheck,
 }
 
 impl Application {
-    /// Binds both listeners (port 0 picks free ports) and logs the bound addresses.
+    /// Checks the profiles' runtimes against the engine (when it answers; see
+    /// [`crate::runtimes`]), binds both listeners (port 0 picks free ports) and logs the bound
+    /// addresses.
     ///
     /// # Errors
-    /// When a listener cannot be bound.
+    /// When a profile names a runtime the engine does not have, or a listener cannot be bound.
     pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
+        let profiles = config.agents.by_agent_id();
+        // Before binding: a server that cannot honour its profiles never listens.
+        let runtime_check = check_at_start(deps.ports.runtime.as_ref(), &profiles).await?;
         let grpc_listener = TcpListener::bind(config.server.grpc_addr)
             .await
             .with_context(|| format!("binding grpc_addr {}", config.server.grpc_addr))?;
@@ -92,7 +100,7 @@ impl Application {
                     adoption_grace: config.lifecycle.adoption_grace,
                     ..ReconcileOptions::default()
                 },
-                profiles: config.agents.by_agent_id(),
+                profiles,
                 event_retention: config.lifecycle.event_retention,
                 admission: AdmissionPolicy {
                     max_sandboxes: config.admission.max_sandboxes(),
@@ -108,6 +116,7 @@ impl Application {
             reconcile_interval: config.lifecycle.reconcile_interval,
             drain_timeout: config.server.drain_timeout,
             tls: config.server.tls_files()?,
+            runtime_check,
         };
         tracing::info!(
             addr = %app.grpc_addr()?,
@@ -133,16 +142,28 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains: health NOT_SERVING, new SandboxService
     /// calls refused (UNAVAILABLE), in-flight calls and a running cleanup pass finish within
-    /// `drain_timeout`, then the listeners close.
+    /// `drain_timeout`, then the listeners close. A runtime check deferred at build that fails
+    /// once the engine answers drains the same way, then returns its error.
     ///
     /// # Errors
-    /// When a server stops on its own with an error.
+    /// When a server stops on its own with an error, or the deferred runtime check fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let readiness = Arc::new(Readiness::default());
+        let readiness = Arc::new(match self.runtime_check {
+            RuntimeCheck::Passed => Readiness::default(),
+            RuntimeCheck::Deferred => Readiness::awaiting_runtime_check(),
+        });
         let publisher = HealthPublisher::new(health_reporter, Arc::clone(&readiness)).await;
 
         let background_stop = CancellationToken::new();
+        let runtime_check = (self.runtime_check == RuntimeCheck::Deferred).then(|| {
+            tokio::spawn(check_when_engine_answers(
+                Arc::clone(&self.ports.runtime),
+                self.settings.profiles.clone(),
+                publisher.clone(),
+                background_stop.clone(),
+            ))
+        });
         let health_checks = tokio::spawn(run_checks(
             self.ports.clone(),
             self.egress.clone(),
@@ -196,8 +217,14 @@ impl Application {
 
         let mut grpc_server = grpc_server;
         let mut http_server = http_server;
+        let mut fatal = None;
         let early_exit = tokio::select! {
             () = shutdown.cancelled() => None,
+            error = failure_of(runtime_check) => {
+                // Drained like a shutdown (calls may have been served meanwhile), then reported.
+                fatal = Some(error);
+                None
+            }
             outcome = &mut grpc_server => Some(flatten("grpc server", outcome)),
             outcome = &mut http_server => Some(flatten("http server", outcome)),
         };
@@ -232,7 +259,19 @@ impl Application {
         close_server("grpc server", grpc_server).await;
         close_server("http server", http_server).await;
         tracing::info!("shutdown_complete");
-        Ok(())
+        fatal.map_or(Ok(()), Err)
+    }
+}
+
+/// The error of the deferred runtime check; never resolves when there is none, or it passed.
+async fn failure_of(check: Option<JoinHandle<Result<(), RuntimeCheckError>>>) -> anyhow::Error {
+    let Some(check) = check else {
+        return std::future::pending().await;
+    };
+    match check.await {
+        Ok(Ok(())) => std::future::pending().await,
+        Ok(Err(error)) => anyhow::Error::new(error),
+        Err(join_error) => anyhow::Error::new(join_error).context("the runtime check panicked"),
     }
 }
 

@@ -26,13 +26,26 @@ const EGRESS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
     backends_up: AtomicBool,
+    /// The profiles' runtimes are still to be checked against the engine (it did not answer at
+    /// start): not ready, whatever the pings say, until the check passed.
+    runtimes_unchecked: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Readiness {
+    /// Readiness that also waits for the deferred runtime check.
+    #[must_use]
+    pub(crate) fn awaiting_runtime_check() -> Self {
+        let readiness = Self::default();
+        readiness.runtimes_unchecked.store(true, Ordering::SeqCst);
+        readiness
+    }
+
     #[must_use]
     pub(crate) fn is_ready(&self) -> bool {
-        self.backends_up.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.backends_up.load(Ordering::SeqCst)
+            && !self.runtimes_unchecked.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
     }
 
     #[must_use]
@@ -79,6 +92,14 @@ impl HealthPublisher {
                 tracing::warn!("backends_down");
             }
         }
+        self.publish().await;
+    }
+
+    /// The deferred runtime check passed: readiness follows the backends again.
+    pub(crate) async fn set_runtimes_checked(&self) {
+        self.readiness
+            .runtimes_unchecked
+            .store(false, Ordering::SeqCst);
         self.publish().await;
     }
 

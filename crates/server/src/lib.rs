@@ -16,6 +16,7 @@ pub(crate) mod http;
 pub(crate) mod names;
 pub(crate) mod reconcile;
 pub(crate) mod rpc_telemetry;
+pub(crate) mod runtimes;
 pub(crate) mod shutdown;
 pub mod telemetry;
 

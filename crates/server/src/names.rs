@@ -18,3 +18,9 @@ pub(crate) const EGRESS_CHECK_FAILED: &str = "egress_check_failed";
 /// `loop` field values: which background loop an event is about.
 pub(crate) const LOOP_CLEANUP: &str = "cleanup";
 pub(crate) const LOOP_RECONCILE: &str = "reconcile";
+
+/// Every profile's runtime is registered with the engine (logged once, with what it has).
+pub(crate) const RUNTIMES_CHECKED: &str = "runtimes_checked";
+/// The engine did not answer the runtime check at start: sandboxd starts NOT_SERVING and checks
+/// once it answers.
+pub(crate) const RUNTIMES_CHECK_DEFERRED: &str = "runtimes_check_deferred";

@@ -140,6 +140,44 @@ pub async fn spawn_app_with(mut config: AppConfig) -> TestApp {
     app
 }
 
+/// Starts a server with `config` expecting it to refuse to start (a profile the engine cannot
+/// honour): returns its exit status and everything it printed. Panics, with the log, when it
+/// starts serving instead.
+pub async fn start_refused(config: AppConfig) -> (ExitStatus, String) {
+    let pid = std::process::id();
+    let prefix = format!(
+        "e2e-{pid}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    // A server that started after all must leave nothing behind either.
+    let _containers = LabelGuard::new(docker::managed_filter(&prefix));
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("sandboxd-e2e-{pid}-"))
+        .tempdir()
+        .expect("creating a temp dir");
+    let volume_root = scratch.path().join("volumes");
+    std::fs::create_dir(&volume_root).expect("creating the volume root");
+    // Nothing listens on port 1: Redis is connected lazily, and a refused start never gets there.
+    let redis_url = config
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:1".to_owned());
+    let config_path = scratch.path().join("sandboxd.toml");
+    std::fs::write(
+        &config_path,
+        config.render(&redis_url, &prefix, &volume_root),
+    )
+    .expect("writing the config file");
+    let launch = config.launch(
+        sandboxd_bin(),
+        config_path,
+        scratch.path().join("sandboxd.log"),
+    );
+    SandboxdProcess::run_refused(&launch)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
 /// Starts one more process of a test (the first, a restart or a peer), its log in `dir`.
 async fn start_process(config: &AppConfig, config_path: &Path, dir: &Path) -> SandboxdProcess {
     static STARTED: AtomicUsize = AtomicUsize::new(0);

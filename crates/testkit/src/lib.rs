@@ -7,7 +7,8 @@
 //! - [`egress`]: a deployment's bridge networks and packet-filter rules, found and removed.
 //! - [`process`]: one spawned `sandboxd` process: its log, addresses, signals and memory.
 //! - [`app`]: `spawn_app()`, a whole test world around one `sandboxd` (Redis, prefix, volume
-//!   root, clients) that removes everything it started when dropped.
+//!   root, clients) that removes everything it started when dropped; `start_refused()` for a
+//!   configuration sandboxd must refuse at start.
 //! - [`app_config`]: what a test may change in that `sandboxd`'s configuration.
 //! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
 //! - [`hostile`]: the one table of hostile requests with the code and field each must get.
@@ -24,7 +25,7 @@ pub mod http;
 pub mod process;
 pub mod redis;
 
-pub use app::{Peer, TestApp, spawn_app, spawn_app_with};
+pub use app::{Peer, TestApp, spawn_app, spawn_app_with, start_refused};
 pub use app_config::{AppConfig, new_chat_id};
 pub use binary::workspace_root;
 pub use docker::{LabelGuard, sandbox_image};

@@ -50,6 +50,30 @@ impl SandboxdProcess {
     /// When it cannot be spawned, exits during start or logs no addresses within
     /// [`START_TIMEOUT`]; the message carries the end of its log.
     pub async fn start(launch: &Launch) -> Result<Self> {
+        let mut process = Self::spawn(launch)?;
+        (process.grpc_addr, process.http_addr) = process.wait_for_addresses().await?;
+        Ok(process)
+    }
+
+    /// Starts the process expecting it to refuse to start (a setting the engine cannot honour):
+    /// waits for it to exit and returns its status and everything it printed.
+    ///
+    /// # Errors
+    /// When it cannot be spawned, or still runs after [`START_TIMEOUT`] (it is then killed).
+    pub async fn run_refused(launch: &Launch) -> Result<(ExitStatus, String)> {
+        let mut process = Self::spawn(launch)?;
+        process.quiet();
+        match process.wait_for_exit(START_TIMEOUT).await {
+            Ok(status) => Ok((status, process.log())),
+            Err(error) => Err(Error::Failed(format!(
+                "{error}: it started instead of refusing\n--- sandboxd log ---\n{}",
+                process.log()
+            ))),
+        }
+    }
+
+    /// Spawns the process, its output into the log file; its addresses are not known yet.
+    fn spawn(launch: &Launch) -> Result<Self> {
         let log = std::fs::File::create(&launch.log_path)?;
         let mut command = if Path::new("/usr/bin/setpriv").exists() {
             let mut command = Command::new("/usr/bin/setpriv");
@@ -74,16 +98,14 @@ impl SandboxdProcess {
         let child = command.spawn().map_err(|error| {
             Error::Failed(format!("starting {}: {error}", launch.binary.display()))
         })?;
-        let mut process = Self {
+        Ok(Self {
             pid: child.id(),
             child: Some(child),
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             log_path: launch.log_path.clone(),
             print_log_on_panic: true,
-        };
-        (process.grpc_addr, process.http_addr) = process.wait_for_addresses().await?;
-        Ok(process)
+        })
     }
 
     /// Do not print the log when dropped during a panic.

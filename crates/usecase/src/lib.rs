@@ -39,6 +39,6 @@ pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;
 pub use lifecycle::{LifecycleError, PauseSandbox, ResumeSandbox, TouchSandbox};
 pub use list::ListSandboxes;
-pub use profiles::Profiles;
+pub use profiles::{Profiles, UnregisteredRuntime};
 pub use reconcile::{ReconcileOptions, ReconcileReport, ReconcileSandboxes};
 pub use watch::{EventHub, WatchError, WatchRequest};

@@ -13,7 +13,7 @@ mod probe;
 mod ready;
 pub mod volume;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -540,6 +540,16 @@ impl SandboxRuntime for DockerRuntime {
         profile: &AgentProfile,
     ) -> Result<Option<Endpoint>, RuntimeError> {
         timed(OPERATION_START, self.start_stopped(container_id, profile)).await
+    }
+
+    async fn runtimes(&self) -> Result<BTreeSet<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let info = docker.info().await.map_err(engine_error)?;
+        // `Runtimes` holds what daemon.json registers and the built-in runc; the default is
+        // named too in case an engine lists it apart.
+        let mut names: BTreeSet<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        names.extend(info.default_runtime);
+        Ok(names)
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {

@@ -10,6 +10,7 @@ mod containers;
 mod lifecycle;
 mod memory;
 mod micro;
+mod runtimes;
 mod targets;
 mod throughput;
 
@@ -182,10 +183,18 @@ pub(crate) async fn run(
     };
     describe_run(&ctx, report);
 
-    let settings = ctx.settings("30m", DEFAULT_CLEANUP_CONCURRENCY);
+    let mut settings = ctx.settings("30m", DEFAULT_CLEANUP_CONCURRENCY);
+    if plan.runs(Phase::Runtimes) {
+        // Only then: sandboxd refuses to start with a profile whose runtime the engine lacks.
+        runtimes::require_runsc(&ctx).await?;
+        settings = runtimes::with_gvisor_agent(settings);
+    }
     let (main, channel) = ctx.start(MAIN, &settings).await?;
     if plan.runs(Phase::Containers) {
         containers::containers(&mut ctx, &channel, report).await?;
+    }
+    if plan.runs(Phase::Runtimes) {
+        runtimes::runtimes(&mut ctx, &channel, report).await?;
     }
     if plan.runs(Phase::Micro) {
         micro::micro(&mut ctx, &channel, report).await?;

@@ -5,6 +5,7 @@
 //! runtime". A new operation (pause, a network policy, ...) is a new method here with its own
 //! `# Errors`, implemented by every runtime; existing methods and callers stay as they are.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -243,11 +244,13 @@ pub trait SandboxRuntime: Send + Sync {
     ) -> Result<(), RuntimeError>;
 
     /// Starts the sandbox, labelled with everything in `spec` ([`SandboxLabels::of`]), and
-    /// returns once its endpoint is ready. On any failure nothing is left running.
+    /// returns once its endpoint is ready. On any failure nothing is left running. A profile
+    /// whose `runtime` the engine does not have ([`Self::runtimes`]) is refused, never run under
+    /// the engine's default: its isolation is what the operator asked for or nothing.
     ///
     /// # Errors
     /// Those of [`Self::validate`], `ImageNotFound`, `NotReady`, `Vanished` (removed by another
-    /// holder while starting), `Unavailable`, `Other`.
+    /// holder while starting), `Unavailable`, `Other` (also for an unknown runtime).
     async fn create(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError>;
 
     /// Stops the sandbox gracefully (its process gets the configured grace, then is killed) and
@@ -317,6 +320,15 @@ pub trait SandboxRuntime: Send + Sync {
         container_id: &ContainerId,
         profile: &AgentProfile,
     ) -> Result<Option<Endpoint>, RuntimeError>;
+
+    /// The names of the OCI runtimes the engine can start sandboxes under, the engine's default
+    /// among them: the values a profile's `runtime` may take. The server checks every profile
+    /// against them before it serves, so a profile the engine cannot honour stops the start
+    /// instead of failing each of its creates.
+    ///
+    /// # Errors
+    /// `Unavailable` when the engine does not answer; `Other`.
+    async fn runtimes(&self) -> Result<BTreeSet<String>, RuntimeError>;
 
     /// Cheap liveness check for health reporting.
     ///

@@ -1,6 +1,6 @@
 //! A runtime that records calls, keeps a table of "containers" and fails on demand.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,7 @@ pub enum RuntimeOp {
     Unpause,
     Stop,
     Start,
+    Runtimes,
     Ping,
 }
 
@@ -41,6 +42,9 @@ struct FakeContainer {
 
 type CreateHook = Arc<dyn Fn(&NewSandbox) + Send + Sync>;
 
+/// The runtime every fake engine starts with, as Docker's default is `runc`.
+const DEFAULT_RUNTIME: &str = "runc";
+
 pub struct FakeRuntime {
     calls: CallLog,
     /// The engine's containers: id -> what they were created from, and their state.
@@ -50,6 +54,8 @@ pub struct FakeRuntime {
     failing_containers: Mutex<HashSet<ContainerId>>,
     /// Runs inside `create`, after the container "starts": lets tests act mid-operation.
     on_create: Mutex<Option<CreateHook>>,
+    /// The OCI runtimes this fake engine has; `runc` (its default) unless a test sets others.
+    runtimes: Mutex<BTreeSet<String>>,
     next_id: AtomicU64,
     next_port: AtomicU16,
     created_total: AtomicU64,
@@ -74,6 +80,7 @@ impl FakeRuntime {
             failures: InjectedFailures::default(),
             failing_containers: Mutex::new(HashSet::new()),
             on_create: Mutex::new(None),
+            runtimes: Mutex::new(BTreeSet::from([DEFAULT_RUNTIME.to_owned()])),
             next_id: AtomicU64::new(1),
             next_port: AtomicU16::new(40_000),
             created_total: AtomicU64::new(0),
@@ -94,6 +101,11 @@ impl FakeRuntime {
 
     pub fn on_create(&self, hook: impl Fn(&NewSandbox) + Send + Sync + 'static) {
         *lock(&self.on_create) = Some(Arc::new(hook));
+    }
+
+    /// Replaces the runtimes the fake engine has (as if registered with it).
+    pub fn set_runtimes<S: Into<String>>(&self, names: impl IntoIterator<Item = S>) {
+        *lock(&self.runtimes) = names.into_iter().map(Into::into).collect();
     }
 
     /// Ids of the containers the fake engine has, in any state.
@@ -230,6 +242,14 @@ impl SandboxRuntime for FakeRuntime {
             RuntimeOp::Create,
             format!("runtime.create({})", spec.session_id),
         )?;
+        // As an engine refuses a create naming a runtime it does not have.
+        if let Some(runtime) = &spec.profile.runtime
+            && !lock(&self.runtimes).contains(runtime)
+        {
+            return Err(RuntimeError::Other(
+                format!("unknown runtime specified {runtime}").into(),
+            ));
+        }
         // Yield so concurrent callers interleave here, where a real engine takes ~200 ms.
         tokio::task::yield_now().await;
         let number = self.next_id.fetch_add(1, Ordering::SeqCst);
@@ -361,6 +381,11 @@ impl SandboxRuntime for FakeRuntime {
             ContainerState::Paused | ContainerState::Gone => return Err(RuntimeError::Vanished),
         }
         Ok(container.endpoint)
+    }
+
+    async fn runtimes(&self) -> Result<BTreeSet<String>, RuntimeError> {
+        self.enter(RuntimeOp::Runtimes, "runtime.runtimes".to_owned())?;
+        Ok(lock(&self.runtimes).clone())
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {
