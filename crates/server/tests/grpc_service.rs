@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use in_process::{Served, serve};
+use in_process::{Served, quiet_config, serve};
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
-use sandboxd_domain::AgentProfile;
-use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
+use sandboxd_server::config::Config;
 use sandboxd_testkit::hostile::{self, DecidedBy};
 use sandboxd_usecase::testing::{CallLog, FakeRuntime, Fakes};
 use tokio::task::JoinHandle;
@@ -37,25 +36,7 @@ struct TestApp {
 
 impl TestApp {
     async fn spawn() -> Self {
-        let mut config = Config {
-            server: ServerSettings {
-                grpc_addr: "127.0.0.1:0".parse().unwrap(),
-                http_addr: "127.0.0.1:0".parse().unwrap(),
-                drain_timeout: Duration::from_secs(5),
-                ..ServerSettings::default()
-            },
-            lifecycle: LifecycleSettings {
-                cleanup_interval: Duration::ZERO,
-                reconcile_interval: Duration::ZERO,
-                ..LifecycleSettings::default()
-            },
-            ..Config::default()
-        };
-        for agent in ["default", "other"] {
-            config
-                .agents
-                .insert(agent, AgentProfile::new("sandboxd/busybox:local"));
-        }
+        let config = quiet_config(&["default", "other"]);
         let fakes = Fakes::default();
         let Served {
             addr,

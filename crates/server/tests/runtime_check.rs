@@ -9,12 +9,12 @@ mod in_process;
 
 use std::time::{Duration, Instant};
 
-use in_process::{Served, serve};
+use in_process::{Served, quiet_config, serve};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
-use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
+use sandboxd_server::config::Config;
 use sandboxd_usecase::ports::RuntimeError;
 use sandboxd_usecase::testing::{Fakes, RuntimeOp};
 use tonic::transport::Channel;
@@ -25,23 +25,7 @@ use tonic_health::pb::health_client::HealthClient;
 /// Port-0 listeners, no background loops, a plain `default` profile and a `gvisor` profile
 /// naming `runsc`.
 fn config_with_runsc_profile() -> Config {
-    let mut config = Config {
-        server: ServerSettings {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            drain_timeout: Duration::from_secs(5),
-            ..ServerSettings::default()
-        },
-        lifecycle: LifecycleSettings {
-            cleanup_interval: Duration::ZERO,
-            reconcile_interval: Duration::ZERO,
-            ..LifecycleSettings::default()
-        },
-        ..Config::default()
-    };
-    config
-        .agents
-        .insert("default", AgentProfile::new("sandboxd/busybox:local"));
+    let mut config = quiet_config(&["default"]);
     let mut gvisor = AgentProfile::new("sandboxd/busybox:local");
     gvisor.runtime = Some("runsc".to_owned());
     config.agents.insert("gvisor", gvisor);

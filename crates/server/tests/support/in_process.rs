@@ -2,11 +2,13 @@
 //! ports, for the tests that drive it with real clients.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+use sandboxd_domain::AgentProfile;
 use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
-use sandboxd_server::config::Config;
+use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
 use sandboxd_usecase::Ports;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +18,31 @@ pub(crate) struct Served {
     pub(crate) addr: SocketAddr,
     pub(crate) shutdown: CancellationToken,
     pub(crate) server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Port-0 listeners, no background loops, and a busybox profile for each of `agents`.
+#[allow(dead_code)] // not every test binary that includes this module builds its own config
+pub(crate) fn quiet_config(agents: &[&str]) -> Config {
+    let mut config = Config {
+        server: ServerSettings {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            drain_timeout: Duration::from_secs(5),
+            ..ServerSettings::default()
+        },
+        lifecycle: LifecycleSettings {
+            cleanup_interval: Duration::ZERO,
+            reconcile_interval: Duration::ZERO,
+            ..LifecycleSettings::default()
+        },
+        ..Config::default()
+    };
+    for agent in agents {
+        config
+            .agents
+            .insert(*agent, AgentProfile::new("sandboxd/busybox:local"));
+    }
+    config
 }
 
 /// Builds the application from `config` over `ports`, without authentication, and serves it
