@@ -70,6 +70,9 @@ pub struct DockerRuntime {
     /// Egress networks known to exist, so a create checks the engine once per network and
     /// process, not on every call.
     networks_ready: std::sync::Mutex<HashSet<String>>,
+    /// One network creation at a time in this process: the first creates of a deployment arrive
+    /// together, and the engine refuses all but one bridge of a name.
+    network_creation: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for DockerRuntime {
@@ -96,6 +99,7 @@ impl DockerRuntime {
             client: OnceCell::new(),
             engine_root_dir: std::sync::OnceLock::new(),
             networks_ready: std::sync::Mutex::new(HashSet::new()),
+            network_creation: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -157,6 +161,11 @@ impl DockerRuntime {
         docker: &Docker,
         network: &EgressNetwork,
     ) -> Result<(), RuntimeError> {
+        if self.network_known(&network.name) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.network_creation.lock().await;
+        // Created by the create this one waited for.
         if self.network_known(&network.name) {
             return Ok(());
         }

@@ -15,6 +15,11 @@ use super::labels::LabelKeys;
 use crate::egress::EgressNetwork;
 use crate::egress::names::EVENT_NETWORK_CREATED;
 
+/// After a refused creation, how often and how far apart the network is looked for (another
+/// process's creation finishing): about a second in all.
+const CONCURRENT_CREATION_CHECKS: usize = 10;
+const CONCURRENT_CREATION_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The engine option naming the bridge interface on the host.
 const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 /// The engine option that, set to false, drops traffic between containers of one bridge.
@@ -54,13 +59,16 @@ pub(super) async fn ensure(
             Ok(())
         }
         // Another process of the deployment created it meanwhile: the engine refuses a second
-        // bridge of the same name, so it exists now, as planned or not.
+        // bridge of the same name, so it exists now, as planned or not. The engine reserves the
+        // bridge before the network can be inspected by name: give the other creation a moment.
         Err(error) => {
-            if exists_as_planned(docker, network).await? {
-                Ok(())
-            } else {
-                Err(engine_error(error))
+            for _ in 0..CONCURRENT_CREATION_CHECKS {
+                if exists_as_planned(docker, network).await? {
+                    return Ok(());
+                }
+                tokio::time::sleep(CONCURRENT_CREATION_PAUSE).await;
             }
+            Err(engine_error(error))
         }
     }
 }
