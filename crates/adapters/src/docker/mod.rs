@@ -397,37 +397,23 @@ impl DockerRuntime {
             .await
     }
 
-    async fn pause_running(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
+    /// Freezes (`to` = Paused) or thaws (`to` = Running) the container; a refusal is settled by
+    /// the state the container is in (see `settle_refusal`).
+    async fn freeze_or_thaw(
+        &self,
+        container_id: &ContainerId,
+        to: ContainerState,
+    ) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
-        match docker.pause_container(container_id.as_str()).await {
+        let id = container_id.as_str();
+        let (called, from) = if to == ContainerState::Paused {
+            (docker.pause_container(id).await, ContainerState::Running)
+        } else {
+            (docker.unpause_container(id).await, ContainerState::Paused)
+        };
+        match called {
             Ok(()) => Ok(()),
-            Err(refused) => {
-                settle_refusal(
-                    &docker,
-                    container_id,
-                    refused,
-                    ContainerState::Running,
-                    ContainerState::Paused,
-                )
-                .await
-            }
-        }
-    }
-
-    async fn unpause_paused(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        let docker = self.client().await?;
-        match docker.unpause_container(container_id.as_str()).await {
-            Ok(()) => Ok(()),
-            Err(refused) => {
-                settle_refusal(
-                    &docker,
-                    container_id,
-                    refused,
-                    ContainerState::Paused,
-                    ContainerState::Running,
-                )
-                .await
-            }
+            Err(refused) => settle_refusal(&docker, container_id, refused, from, to).await,
         }
     }
 
@@ -532,11 +518,19 @@ impl SandboxRuntime for DockerRuntime {
     }
 
     async fn pause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        timed(OPERATION_PAUSE, self.pause_running(container_id)).await
+        timed(
+            OPERATION_PAUSE,
+            self.freeze_or_thaw(container_id, ContainerState::Paused),
+        )
+        .await
     }
 
     async fn unpause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        timed(OPERATION_UNPAUSE, self.unpause_paused(container_id)).await
+        timed(
+            OPERATION_UNPAUSE,
+            self.freeze_or_thaw(container_id, ContainerState::Running),
+        )
+        .await
     }
 
     async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {

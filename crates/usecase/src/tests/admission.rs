@@ -137,39 +137,20 @@ fn the_engine_bound_refuses_after_its_wait_and_frees_its_slot() {
     });
     let profile = AgentProfile::new("default:local");
     let agent = agent_id("default");
+    let admit = || {
+        admission.admit(
+            &world.ports,
+            sandboxd_domain::SessionId::new_random(),
+            &agent,
+            &profile,
+            None,
+        )
+    };
     let (outcome, _) = capture(async {
-        let held = admission
-            .admit(
-                &world.ports,
-                sandboxd_domain::SessionId::new_random(),
-                &agent,
-                &profile,
-                None,
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        let busy = admission
-            .admit(
-                &world.ports,
-                sandboxd_domain::SessionId::new_random(),
-                &agent,
-                &profile,
-                None,
-            )
-            .await
-            .unwrap();
+        let held = admit().await.unwrap().unwrap();
+        let busy = admit().await.unwrap();
         admission.release(&world.ports, held).await;
-        let after = admission
-            .admit(
-                &world.ports,
-                sandboxd_domain::SessionId::new_random(),
-                &agent,
-                &profile,
-                None,
-            )
-            .await
-            .unwrap();
+        let after = admit().await.unwrap();
         (busy, after.is_ok())
     });
     let (busy, after) = outcome;
