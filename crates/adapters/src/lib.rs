@@ -5,4 +5,5 @@
 pub mod clock;
 pub mod docker;
 pub mod egress;
+pub mod pool;
 pub mod redis;
