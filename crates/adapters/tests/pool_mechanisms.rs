@@ -299,6 +299,22 @@ async fn a_claimed_sandbox_serves_the_hot_attached_volume_with_the_chats_environ
     let create_to_waiting = creating.elapsed();
     let endpoint = published_port(&docker, &container, 8080).await;
 
+    // The slots root is a shared mount (its own peer group), preparing it again changes nothing.
+    let root_line = |table: &str| {
+        let root = world.slots.root().to_str().unwrap().to_owned();
+        table
+            .lines()
+            .filter(|line| line.split(' ').nth(4) == Some(root.as_str()))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let before = root_line(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0].contains(" shared:"), "{before:?}");
+    SlotDirectory::prepare(world.slots.root()).await.unwrap();
+    let after = root_line(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    assert_eq!(before, after);
+
     // Waiting: the waiter is the only process besides init, and the mount target is the empty
     // slot, bound as a slave of the host's peer group.
     assert_eq!(

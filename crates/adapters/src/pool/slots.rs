@@ -59,9 +59,9 @@ pub struct SlotDirectory {
 }
 
 impl SlotDirectory {
-    /// Creates `root` if missing and makes it a shared mount point, idempotently: bound onto
-    /// itself only when it is not a mount point yet (a second bind would stack another mount),
-    /// then `rshared` (which is idempotent).
+    /// Creates `root` if missing and makes it a shared mount point with a peer group of its own,
+    /// idempotently: bound onto itself (and made private) only when it is not a mount point yet
+    /// (a second bind would stack another mount), then `rshared` (which is idempotent).
     ///
     /// # Errors
     /// [`SlotError::NotAbsolute`] for a relative `root`; [`SlotError::Io`] when the directory
@@ -78,7 +78,14 @@ impl SlotDirectory {
             if !is_mount_point(&root)? {
                 rustix::mount::mount_bind(&root, &root)
                     .map_err(errno_error("bind onto itself", &root))?;
+                // A bind of a shared mount (`/` under systemd) joins its peer group: private
+                // first, so the shared root starts a peer group of its own and an attach
+                // propagates to the sandboxes' slaves only, not to every peer of `/`.
+                rustix::mount::mount_change(&root, MountPropagationFlags::PRIVATE)
+                    .map_err(errno_error("make private", &root))?;
             }
+            // On a root prepared before (sandboxd restarted), only this: making it private again
+            // would cut the propagation to the pooled sandboxes already bound from its slots.
             rustix::mount::mount_change(
                 &root,
                 MountPropagationFlags::SHARED | MountPropagationFlags::REC,
