@@ -12,26 +12,21 @@
 #[path = "support/docker_engine.rs"]
 mod docker_engine;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
-    MountType, PortBinding,
-};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StopContainerOptionsBuilder};
-use docker_engine::{TestSandboxes, engine, exec, sandbox_image};
+use docker_engine::{TestSandboxes, agent, engine, exec, web_profile};
+use sandboxd_adapters::docker::body::{HostSide, PooledMounts, pooled};
+use sandboxd_adapters::docker::labels::LabelKeys;
 use sandboxd_adapters::pool::claim::{ClaimChannel, FIFO_NAME};
 use sandboxd_adapters::pool::slots::{SlotDirectory, SlotError, mount_points};
 use sandboxd_pool_waiter::Claim;
 
-/// Where the waiter and its claim channel appear inside a pooled sandbox.
-const WAITER_IN_SANDBOX: &str = "/.sandboxd/pool-waiter";
-const CLAIM_DIR_IN_SANDBOX: &str = "/.sandboxd/claim";
 /// The sandbox image's WORKDIR and the profiles' mount target.
 const MOUNT_TARGET: &str = "/workspace";
 const MARKER: &str = "hello from the chat volume\n";
@@ -94,9 +89,10 @@ impl PoolWorld {
         mounts_under(self.sandboxes.root.path())
     }
 
-    /// Creates and starts a pooled sandbox `name`: an empty slot, a claim channel, and a
-    /// container hardened as `DockerRuntime::container_body` makes them, whose entrypoint is the
-    /// waiter with `default_command`.
+    /// Creates and starts a pooled sandbox `name` of a small profile whose env has
+    /// `PROFILE_VAR=kept`: an empty slot, a claim channel, and the container that
+    /// `sandboxd_adapters::docker::body::pooled` describes, on the default bridge, whose
+    /// entrypoint is the waiter with `default_command`.
     async fn start_pooled(
         &self,
         docker: &Docker,
@@ -106,78 +102,26 @@ impl PoolWorld {
     ) -> (String, ClaimChannel) {
         let slot = self.slots.create(name).await.unwrap();
         let channel = ClaimChannel::create(&self.claims_dir, name).unwrap();
-        let port_key = port.map(|port| format!("{port}/tcp"));
-        let mut entrypoint = vec![
-            WAITER_IN_SANDBOX.to_owned(),
-            format!("{CLAIM_DIR_IN_SANDBOX}/{FIFO_NAME}"),
-            "--".to_owned(),
-        ];
-        entrypoint.extend(default_command.iter().map(|s| (*s).to_owned()));
-        let bind =
-            |source: &Path,
-             target: &str,
-             read_only: bool,
-             propagation: Option<MountBindOptionsPropagationEnum>| Mount {
-                target: Some(target.to_owned()),
-                source: Some(source.to_str().unwrap().to_owned()),
-                typ: Some(MountType::BIND),
-                read_only: Some(read_only),
-                bind_options: propagation.map(|propagation| MountBindOptions {
-                    propagation: Some(propagation),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-        let host_config = HostConfig {
-            // As `container_body`: no privilege, no capability, no new privileges, limits, init.
-            privileged: Some(false),
-            cap_drop: Some(vec!["ALL".to_owned()]),
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            pids_limit: Some(64),
-            memory: Some(64 << 20),
-            memory_swap: Some(64 << 20),
-            nano_cpus: Some(500_000_000),
-            init: Some(true),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_owned(),
-                "rw,nosuid,nodev,size=64m".to_owned(),
-            )])),
-            mounts: Some(vec![
-                // The slot: `rslave`, so the volume later bound onto it on the host appears here.
-                bind(
-                    &slot,
-                    MOUNT_TARGET,
-                    false,
-                    Some(MountBindOptionsPropagationEnum::RSLAVE),
-                ),
-                bind(&waiter_binary(), WAITER_IN_SANDBOX, true, None),
-                bind(channel.dir(), CLAIM_DIR_IN_SANDBOX, true, None),
-            ]),
-            port_bindings: port_key.clone().map(|key| {
-                HashMap::from([(
-                    key,
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".to_owned()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])
-            }),
-            ..Default::default()
+        let mut profile = web_profile();
+        profile.port = port;
+        profile.read_only_rootfs = true;
+        profile.mount_target = MOUNT_TARGET.to_owned();
+        // What the profile sets: the claim's environment comes on top.
+        profile.env = BTreeMap::from([("PROFILE_VAR".to_owned(), "kept".to_owned())]);
+        let host = HostSide {
+            network: "bridge",
+            publish_host_ip: IpAddr::from([127, 0, 0, 1]),
+            stop_timeout_secs: 10,
         };
-        let body = ContainerCreateBody {
-            image: Some(sandbox_image()),
-            entrypoint: Some(entrypoint),
-            // What the profile sets: the claim's environment comes on top.
-            env: Some(vec!["PROFILE_VAR=kept".to_owned()]),
-            labels: Some(HashMap::from([(
-                format!("{}.managed-by", self.sandboxes.prefix),
-                "sandboxd".to_owned(),
-            )])),
-            exposed_ports: port_key.map(|key| vec![key]),
-            host_config: Some(host_config),
-            ..Default::default()
+        let waiter = waiter_binary();
+        let mounts = PooledMounts {
+            slot: slot.to_str().unwrap(),
+            waiter: waiter.to_str().unwrap(),
+            claim_dir: channel.dir().to_str().unwrap(),
         };
+        let labels = LabelKeys::new(&self.sandboxes.prefix).for_pooled(&agent("web"), name);
+        let default_command = default_command.iter().map(|s| (*s).to_owned()).collect();
+        let body = pooled(&profile, host, mounts, default_command, labels);
         let container_name = format!("{}-{name}", self.sandboxes.prefix);
         let options = CreateContainerOptionsBuilder::default()
             .name(&container_name)

@@ -62,6 +62,18 @@ impl LabelKeys {
         ])
     }
 
+    /// Every label of a pooled sandbox while it waits: managed (so sweeps and cleanup tools find
+    /// it by one filter), its agent, and its slot. No chat, session or expiry: those are not known
+    /// until the claim, and labels cannot change after the create.
+    #[must_use]
+    pub fn for_pooled(&self, agent_id: &AgentId, slot: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (self.managed_by(), MANAGED_BY_VALUE.to_owned()),
+            (self.key("agent_id"), agent_id.to_string()),
+            (self.key("pool_slot"), slot.to_owned()),
+        ])
+    }
+
     /// The labels of one of the deployment's bridge networks: managed like its containers (so
     /// cleanup tools find both by one filter), and its egress class.
     #[must_use]

@@ -4,6 +4,7 @@
 //!
 //! Nothing is ever pulled: a profile's image must already be on the engine.
 
+pub mod body;
 pub mod config;
 mod engine;
 pub mod labels;
@@ -24,7 +25,6 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
-    HostConfig, Mount, MountType, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -51,9 +51,6 @@ use names::{
 use volume::{VolumePolicy, VolumeRefusal};
 
 use crate::egress::EgressNetwork;
-
-/// Scratch space when the root filesystem is read-only: programs expect a writable /tmp.
-const READ_ONLY_TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=64m";
 
 /// Sandboxes as Docker containers. Cheap to share (`Arc<dyn SandboxRuntime>`).
 ///
@@ -190,7 +187,8 @@ impl DockerRuntime {
         }
     }
 
-    /// The full create request: hardening, limits, labels, mount, egress network and port binding.
+    /// The full create request of a cold sandbox: the hardened base (`body::hardened`), the
+    /// chat's volume, the identity in its env, and the chat's labels.
     fn container_body(
         &self,
         spec: &NewSandbox,
@@ -198,63 +196,18 @@ impl DockerRuntime {
         mount_source: &str,
         network: &EgressNetwork,
     ) -> ContainerCreateBody {
-        let port_key = profile.port.map(|port| format!("{port}/tcp"));
-        // validate() bounds memory to i64.
-        let memory = i64::try_from(profile.memory.0).unwrap_or(i64::MAX);
-        let cap_add = profile.normalised_cap_add();
-        let host_config = HostConfig {
-            privileged: Some(false),
-            cap_drop: Some(vec!["ALL".to_owned()]),
-            cap_add: (!cap_add.is_empty()).then_some(cap_add),
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            pids_limit: Some(profile.pids_limit),
-            memory: Some(memory),
-            // Equal to memory: no swap on top of the limit.
-            memory_swap: Some(memory),
-            nano_cpus: Some(profile.nano_cpus()),
-            // An init as PID 1 forwards SIGTERM and reaps zombies; a bare busybox PID 1 ignores
-            // SIGTERM, so every graceful stop would wait out the whole grace.
-            init: Some(true),
-            readonly_rootfs: Some(profile.read_only_rootfs),
-            tmpfs: profile
-                .read_only_rootfs
-                .then(|| HashMap::from([("/tmp".to_owned(), READ_ONLY_TMPFS_OPTIONS.to_owned())])),
-            runtime: profile.runtime.clone(),
-            // A typed bind mount (not `Binds`): the engine refuses a missing source instead of
-            // creating it, and paths with ':' or ',' cannot be misparsed.
-            mounts: Some(vec![Mount {
-                target: Some(profile.mount_target.clone()),
-                source: Some(mount_source.to_owned()),
-                typ: Some(MountType::BIND),
-                read_only: Some(false),
-                ..Default::default()
-            }]),
-            // The profile's egress network: no inter-container traffic, and the packet filter's
-            // rules for its bridge. Published ports work on it as on the default bridge.
-            network_mode: Some(network.name.clone()),
-            port_bindings: port_key.clone().map(|key| {
-                HashMap::from([(
-                    key,
-                    Some(vec![PortBinding {
-                        host_ip: Some(self.config.publish_host_ip.to_string()),
-                        // Empty: the engine picks a free ephemeral port, read back by inspect.
-                        host_port: Some(String::new()),
-                    }]),
-                )])
-            }),
-            ..Default::default()
+        let host = body::HostSide {
+            network: &network.name,
+            publish_host_ip: self.config.publish_host_ip,
+            stop_timeout_secs: self.stop_grace_secs(),
         };
-        ContainerCreateBody {
-            image: Some(profile.image.clone()),
-            cmd: profile.command.clone(),
-            env: Some(sandbox_env(spec, profile)),
-            user: profile.user.clone(),
-            labels: Some(self.labels.for_sandbox(spec)),
-            exposed_ports: port_key.map(|key| vec![key]),
-            stop_timeout: Some(i64::from(self.stop_grace_secs())),
-            host_config: Some(host_config),
-            ..Default::default()
-        }
+        body::cold(
+            profile,
+            host,
+            mount_source,
+            sandbox_env(spec, profile),
+            self.labels.for_sandbox(spec),
+        )
     }
 
     async fn create_sandbox(&self, spec: &NewSandbox) -> Result<StartedSandbox, RuntimeError> {
@@ -607,15 +560,12 @@ async fn settle_refusal(
     }
 }
 
-/// The state of a listed container in the port's terms.
 /// The profile's environment plus the sandbox's identity (`IDENTITY_ENV`, which a profile may
 /// not set), so the sandbox's own process knows which chat and session it serves.
 fn sandbox_env(spec: &NewSandbox, profile: &AgentProfile) -> Vec<String> {
     let [chat, session, agent] = IDENTITY_ENV;
-    profile
-        .env
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
+    body::profile_env(profile)
+        .into_iter()
         .chain([
             format!("{chat}={}", spec.chat_id),
             format!("{session}={}", spec.session_id),
@@ -624,6 +574,7 @@ fn sandbox_env(spec: &NewSandbox, profile: &AgentProfile) -> Vec<String> {
         .collect()
 }
 
+/// The state of a listed container in the port's terms.
 fn summary_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
     match state {
         Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
