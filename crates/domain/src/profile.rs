@@ -14,6 +14,10 @@ use crate::egress::{Cidr, Egress};
 /// Engines refuse memory limits below 6 MiB (Docker does); catching it here names the setting.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
+/// Most sandboxes one profile may keep waiting in its warm pool: each holds its memory and pids
+/// while it waits, and refilling costs engine creates.
+pub(crate) const MAX_POOL_SIZE: u32 = 64;
+
 /// Environment variables every sandbox gets with its identity; a profile's `env` may not set them.
 pub const IDENTITY_ENV: [&str; 3] = ["SANDBOX_CHAT_ID", "SANDBOX_SESSION_ID", "SANDBOX_AGENT_ID"];
 
@@ -106,6 +110,11 @@ pub struct AgentProfile {
     /// The only ranges an `allow` sandbox reaches; required with `allow` and refused otherwise.
     #[serde(default)]
     pub egress_allow: Vec<Cidr>,
+    /// Sandboxes kept started and waiting for a chat (the warm pool, issue 18); 0 = none, every
+    /// create starts a sandbox cold. Only under the engine's default runtime or `runc`: under
+    /// gVisor (`runsc`) neither the claim FIFO nor the volume's hot attach reaches the sandbox.
+    #[serde(default)]
+    pub pool_size: u32,
 }
 
 /// What happens to a running sandbox once it expires.
@@ -180,6 +189,7 @@ impl AgentProfile {
             max_sandboxes: None,
             egress: Egress::default(),
             egress_allow: Vec::new(),
+            pool_size: 0,
         }
     }
 
@@ -347,6 +357,7 @@ impl AgentProfile {
                 "must be at least 1 (omit it for no per-profile limit)",
             ));
         }
+        self.validate_pool_size(scope)?;
         match (self.egress, self.egress_allow.is_empty()) {
             (Egress::Allow, true) => {
                 return Err(err(
@@ -364,6 +375,37 @@ impl AgentProfile {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl AgentProfile {
+    /// `pool_size`: bounded, within `max_sandboxes`, and only under a runtime where the pool's
+    /// mechanisms were seen to work (`runc`; see `docs/pool-foundation.md`, surprise 9).
+    fn validate_pool_size(&self, scope: &str) -> Result<(), InvalidProfile> {
+        let err = |reason: String| InvalidProfile {
+            setting: format!("{scope}.pool_size"),
+            reason,
+        };
+        if self.pool_size == 0 {
+            return Ok(());
+        }
+        if self.pool_size > MAX_POOL_SIZE {
+            return Err(err(format!("must be at most {MAX_POOL_SIZE}")));
+        }
+        if let Some(limit) = self.max_sandboxes
+            && self.pool_size > limit
+        {
+            return Err(err(format!(
+                "must not exceed max_sandboxes ({limit}): a pooled sandbox could never be claimed"
+            )));
+        }
+        match self.runtime.as_deref() {
+            None | Some("runc") => Ok(()),
+            Some(runtime) => Err(err(format!(
+                "needs the engine's default runtime or runc, not {runtime:?}: under gVisor \
+                 (runsc) the claim and the volume's hot attach never reach the sandbox"
+            ))),
+        }
     }
 }
 
@@ -619,5 +661,41 @@ mod tests {
             let parsed = toml::from_str::<AgentProfile>(&format!("image = \"x\"\n{body}"));
             assert!(parsed.is_err(), "{body}");
         }
+    }
+
+    #[test]
+    fn the_pool_is_off_unless_asked_and_bounded_when_asked() {
+        let profile: AgentProfile = toml::from_str("image = \"x\"").unwrap();
+        assert_eq!(profile.pool_size, 0);
+        profile.validate("agents.a").unwrap();
+
+        let pooled: AgentProfile =
+            toml::from_str("image = \"x\"\npool_size = 4\nmax_sandboxes = 10").unwrap();
+        pooled.validate("agents.a").unwrap();
+        let mut under_runc = pooled.clone();
+        under_runc.runtime = Some("runc".to_owned());
+        under_runc.validate("agents.a").unwrap();
+
+        let mut too_big = pooled.clone();
+        too_big.max_sandboxes = None;
+        too_big.pool_size = MAX_POOL_SIZE + 1;
+        let mut over_quota = pooled.clone();
+        over_quota.pool_size = 11;
+        for bad in [too_big, over_quota] {
+            let error = bad.validate("agents.a").unwrap_err();
+            assert_eq!(error.setting, "agents.a.pool_size", "{error}");
+        }
+        assert!(toml::from_str::<AgentProfile>("image = \"x\"\npool_size = -1").is_err());
+    }
+
+    #[test]
+    fn a_pool_under_gvisor_is_refused_and_names_the_runtime() {
+        let mut profile = valid_profile();
+        profile.runtime = Some("runsc".to_owned());
+        profile.validate("agents.a").unwrap();
+        profile.pool_size = 1;
+        let error = profile.validate("agents.a").unwrap_err();
+        assert_eq!(error.setting, "agents.a.pool_size");
+        assert!(error.reason.contains("runsc"), "{error}");
     }
 }
