@@ -14,8 +14,7 @@ mod docker_engine;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -24,38 +23,21 @@ use docker_engine::{TestSandboxes, agent, engine, exec, web_profile};
 use sandboxd_adapters::docker::body::{HostSide, PooledMounts, pooled};
 use sandboxd_adapters::docker::labels::LabelKeys;
 use sandboxd_adapters::pool::claim::{ClaimChannel, FIFO_NAME};
-use sandboxd_adapters::pool::slots::{SlotDirectory, SlotError, mount_points};
+use sandboxd_adapters::pool::slots::{SlotDirectory, SlotError};
 use sandboxd_pool_waiter::Claim;
 
 /// The sandbox image's WORKDIR and the profiles' mount target.
 const MOUNT_TARGET: &str = "/workspace";
 const MARKER: &str = "hello from the chat volume\n";
 
-/// One test's pool world. Its `Drop` removes the containers (they hold propagated copies of the
-/// mounts) and then every mount under the root, before the fields drop and the temporary root is
+/// One test's pool world; its sandboxes' `Drop` removes the containers (they hold propagated
+/// copies of the mounts) and then every mount under the root, before the temporary root is
 /// deleted: deleting it with a volume still attached would reach into the volume.
 struct PoolWorld {
     sandboxes: TestSandboxes,
     slots: SlotDirectory,
     claims_dir: PathBuf,
     volumes_dir: PathBuf,
-}
-
-impl Drop for PoolWorld {
-    fn drop(&mut self) {
-        sandboxd_testkit::docker::sweep_blocking(vec![sandboxd_testkit::docker::managed_filter(
-            &self.sandboxes.prefix,
-        )]);
-        let mut left = mounts_under(self.sandboxes.root.path());
-        left.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
-        for point in left {
-            // Lazy: in a failed test something may still use it; it must go regardless.
-            if let Err(error) = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH)
-            {
-                eprintln!("cleanup: cannot unmount {}: {error}", point.display());
-            }
-        }
-    }
 }
 
 impl PoolWorld {
@@ -86,7 +68,7 @@ impl PoolWorld {
 
     /// Mount points below this test's root, as this process's mount namespace lists them.
     fn mounts_left(&self) -> Vec<PathBuf> {
-        mounts_under(self.sandboxes.root.path())
+        self.sandboxes.mounts_left()
     }
 
     /// Creates and starts a pooled sandbox `name` of a small profile whose env has
@@ -132,44 +114,8 @@ impl PoolWorld {
     }
 }
 
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    let table = std::fs::read("/proc/self/mountinfo").unwrap();
-    mount_points(&table)
-        .filter(|point| point.starts_with(&root))
-        .collect()
-}
-
-/// The waiter, built static for the host's target as it ships (`+crt-static`), once per run;
-/// the sandbox image has no libc, so a dynamic binary would not even start.
 fn waiter_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace.join("target"));
-            let status = std::process::Command::new(env!("CARGO"))
-                .current_dir(&workspace)
-                .env("CARGO_TARGET_DIR", &target_dir)
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .args([
-                    "build",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "sandboxd-pool-waiter",
-                    "--target",
-                    "x86_64-unknown-linux-gnu",
-                ])
-                .status()
-                .unwrap();
-            assert!(status.success(), "building the static waiter failed");
-            let binary = target_dir.join("x86_64-unknown-linux-gnu/release/pool-waiter");
-            binary.canonicalize().unwrap()
-        })
-        .clone()
+    sandboxd_testkit::pool::waiter_binary()
 }
 
 /// Asks until the waiter has its FIFO open (the container is starting meanwhile).

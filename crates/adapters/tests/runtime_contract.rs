@@ -38,7 +38,9 @@ struct Docker {
 impl Docker {
     async fn new() -> TestResult<Self> {
         let world = TestSandboxes::new();
-        let runtime = Arc::new(world.runtime());
+        let runtime = Arc::new(sandboxd_adapters::docker::DockerRuntime::new(
+            world.pooled_config(),
+        ));
         Ok(Self { world, runtime })
     }
 }
@@ -356,7 +358,84 @@ fn assert_vanished<T: std::fmt::Debug>(result: Result<T, RuntimeError>, what: &s
     );
 }
 
+/// The warm pool: a pooled sandbox waits unlisted (no reconcile or chat sweep sees it) and is
+/// found by recovery; claimed, it is the chat's, with the labels a cold create gives, and is
+/// removed like one.
+async fn a_pooled_sandbox_waits_unlisted_and_a_claim_makes_it_the_chats(
+    backend: &dyn Backend,
+) -> TestResult {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    let pooled = runtime
+        .start_pooled(&spec.agent_id, &spec.profile)
+        .await
+        .unwrap();
+    assert!(pooled.endpoint.is_some(), "published at start");
+    assert!(runtime.list_managed().await.unwrap().is_empty());
+    assert!(runtime.list_chat(&spec.chat_id).await.unwrap().is_empty());
+    let recovered = runtime.recover_pool().await.unwrap();
+    assert_eq!(recovered.waiting, vec![pooled.clone()]);
+    assert_eq!(recovered.released, 0);
+
+    let started = runtime.claim(pooled.clone(), &spec).await.unwrap();
+    assert_eq!(started.container_id, pooled.container_id);
+    assert_eq!(started.endpoint, pooled.endpoint);
+    let listed = runtime.list_chat(&spec.chat_id).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].labels, SandboxLabels::of(&spec));
+    assert_eq!(
+        listed[0].session(),
+        Some(spec.clone().into_session(started.clone()))
+    );
+    assert_eq!(runtime.list_managed().await.unwrap().len(), 1);
+    assert!(runtime.recover_pool().await.unwrap().waiting.is_empty());
+
+    runtime
+        .remove_gracefully(&started.container_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        runtime.inspect(&started.container_id).await.unwrap(),
+        ContainerState::Gone
+    );
+    assert!(runtime.list_managed().await.unwrap().is_empty());
+    Ok(())
+}
+
+/// A discarded pooled sandbox is gone; a claim of a pooled sandbox whose container vanished is
+/// `Lost` (the create falls back) and leaves nothing.
+async fn a_discarded_or_vanished_pooled_sandbox_is_gone_and_its_claim_lost(
+    backend: &dyn Backend,
+) -> TestResult {
+    let runtime = backend.runtime();
+    let spec = backend.spec("a");
+    let first = runtime
+        .start_pooled(&spec.agent_id, &spec.profile)
+        .await
+        .unwrap();
+    runtime.discard_pooled(first.clone()).await.unwrap();
+    assert_eq!(
+        runtime.inspect(&first.container_id).await.unwrap(),
+        ContainerState::Gone
+    );
+    let second = runtime
+        .start_pooled(&spec.agent_id, &spec.profile)
+        .await
+        .unwrap();
+    runtime.force_remove(&second.container_id).await.unwrap();
+    let claimed = runtime.claim(second, &spec).await;
+    assert!(
+        matches!(claimed, Err(sandboxd_usecase::ports::ClaimError::Lost(_))),
+        "{claimed:?}"
+    );
+    assert!(runtime.list_chat(&spec.chat_id).await.unwrap().is_empty());
+    assert!(runtime.recover_pool().await.unwrap().waiting.is_empty());
+    Ok(())
+}
+
 contract!(in_memory => Fake, on_docker => Docker: (
+    a_pooled_sandbox_waits_unlisted_and_a_claim_makes_it_the_chats,
+    a_discarded_or_vanished_pooled_sandbox_is_gone_and_its_claim_lost,
     a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session,
     removals_are_idempotent_and_leave_the_container_gone,
     a_chat_listing_holds_exactly_that_chats_containers,

@@ -182,6 +182,12 @@ impl Application {
 
         let reconcile_loop =
             spawn_reconcile_loop(&use_cases, self.reconcile_interval, background_stop.clone());
+        let refill_loop = use_cases.refill.is_enabled().then(|| {
+            tokio::spawn(crate::refill::run_refill_loop(
+                Arc::clone(&use_cases.refill),
+                background_stop.clone(),
+            ))
+        });
 
         let drain = Drain::new();
         let sandbox_service = SandboxGrpcService::new(Arc::clone(&use_cases), drain.clone());
@@ -243,7 +249,10 @@ impl Application {
         use_cases.events.close();
         let finish_work = async {
             drain.wait().await;
-            for background_loop in [cleanup_loop, reconcile_loop].into_iter().flatten() {
+            for background_loop in [cleanup_loop, reconcile_loop, refill_loop]
+                .into_iter()
+                .flatten()
+            {
                 let _ = background_loop.await;
             }
         };

@@ -15,6 +15,7 @@ pub(crate) mod health;
 pub(crate) mod http;
 pub(crate) mod names;
 pub(crate) mod reconcile;
+pub(crate) mod refill;
 pub(crate) mod rpc_telemetry;
 pub(crate) mod runtimes;
 pub(crate) mod shutdown;

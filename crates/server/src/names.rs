@@ -18,6 +18,7 @@ pub(crate) const EGRESS_CHECK_FAILED: &str = "egress_check_failed";
 /// `loop` field values: which background loop an event is about.
 pub(crate) const LOOP_CLEANUP: &str = "cleanup";
 pub(crate) const LOOP_RECONCILE: &str = "reconcile";
+pub(crate) const LOOP_REFILL: &str = "pool_refill";
 
 /// Every profile's runtime is registered with the engine (logged once, with what it has).
 pub(crate) const RUNTIMES_CHECKED: &str = "runtimes_checked";

@@ -12,6 +12,7 @@
 //! - [`app_config`]: what a test may change in that `sandboxd`'s configuration.
 //! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
 //! - [`hostile`]: the one table of hostile requests with the code and field each must get.
+//! - [`pool`]: the static pool waiter, built once, and the removal of the mounts a pool test left.
 //! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz` and sandbox endpoints, and the
 //!   samples of one metric.
 
@@ -22,6 +23,7 @@ pub mod docker;
 pub mod egress;
 pub mod hostile;
 pub mod http;
+pub mod pool;
 pub mod process;
 pub mod redis;
 

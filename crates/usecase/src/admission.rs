@@ -81,7 +81,8 @@ impl Admission {
     }
 
     /// Reserves a slot for the session `session_id` of `agent_id` (replacing `replacing`, which
-    /// does not count), then waits for an engine slot. Nothing is reserved without a limit.
+    /// does not count), then, when `needs_engine` (a cold create; a pool claim starts nothing),
+    /// waits for an engine slot. Nothing is reserved without a limit.
     ///
     /// # Errors
     /// `Ok(Err(refusal))` for a full quota or no engine slot in time (nothing is left reserved);
@@ -93,6 +94,7 @@ impl Admission {
         agent_id: &AgentId,
         profile: &AgentProfile,
         replacing: Option<SessionId>,
+        needs_engine: bool,
     ) -> Result<Result<Admitted, Refusal>, RepositoryError> {
         let limits = Limits {
             deployment: self.policy.max_sandboxes,
@@ -119,7 +121,7 @@ impl Admission {
                 }
             }
         };
-        let engine_slot = match &self.engine_slots {
+        let engine_slot = match self.engine_slots.as_ref().filter(|_| needs_engine) {
             None => None,
             Some(slots) => {
                 match tokio::time::timeout(self.policy.wait, Arc::clone(slots).acquire_owned())
@@ -145,6 +147,17 @@ impl Admission {
             reservation,
             _engine_slot: engine_slot,
         }))
+    }
+
+    /// The engine slots cold creates wait for (`None` when unbounded), for the pool's refill,
+    /// which only takes one that is free.
+    pub(crate) fn engine_slots(&self) -> Option<Arc<Semaphore>> {
+        self.engine_slots.clone()
+    }
+
+    /// The deployment's `max_sandboxes`.
+    pub(crate) const fn max_sandboxes(&self) -> Option<u32> {
+        self.policy.max_sandboxes
     }
 
     /// Gives the slots back once the create saved its session (which counts itself from then

@@ -14,8 +14,10 @@ use crate::admission::{Admission, AdmissionPolicy, Refusal};
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::lifecycle::{LifecycleError, Transitions};
+use crate::pool::{RefillPool, Taken, WarmPool};
 use crate::ports::{
-    Change, Lease, LockError, NewSandbox, RepositoryError, RuntimeError, TouchMatch,
+    Change, ClaimError, Lease, LockError, NewSandbox, RepositoryError, RuntimeError,
+    StartedSandbox, TouchMatch,
 };
 use crate::profiles::Profiles;
 use crate::repair::remove_strays;
@@ -147,6 +149,14 @@ impl UseCaseError for CreateSandboxError {
     }
 }
 
+/// What an admitted create starts with.
+struct NewStart {
+    /// The new session's id, reserved under it.
+    session_id: SessionId,
+    /// A pooled sandbox to claim, when one was ready.
+    pooled: Option<Taken>,
+}
+
 #[derive(Debug, Clone)]
 pub struct CreateSandbox {
     ports: Ports,
@@ -158,6 +168,8 @@ pub struct CreateSandbox {
     transitions: Transitions,
     /// Quotas and the engine-create bound, checked before anything starts.
     admission: Admission,
+    /// Pooled sandboxes claimed instead of starting a container (empty unless a profile pools).
+    pool: WarmPool,
 }
 
 impl CreateSandbox {
@@ -169,7 +181,21 @@ impl CreateSandbox {
             profiles,
             ttl,
             admission: Admission::new(AdmissionPolicy::default()),
+            pool: WarmPool::new(),
         }
+    }
+
+    /// The refill that keeps this use case's warm pool full, sharing its engine slots (so it
+    /// only ever uses one that no create is waiting for) and its deployment limit.
+    #[must_use]
+    pub fn refill_pool(&self) -> RefillPool {
+        RefillPool::new(
+            self.ports.clone(),
+            self.profiles.clone(),
+            self.pool.clone(),
+            self.admission.engine_slots(),
+            self.admission.max_sandboxes(),
+        )
     }
 
     /// This use case with `policy`'s quotas and engine bound (the default admits everything).
@@ -327,6 +353,12 @@ impl CreateSandbox {
             .validate(profile, &command.volume_host_path)
             .await?;
         let new_session_id = SessionId::new_random();
+        // Taken first: a claim starts no container, so it needs no engine slot and does not
+        // queue behind cold creates.
+        let pooled = self.pool.take(&command.agent_id);
+        if pooled.is_none() && profile.pool_size > 0 {
+            telemetry::count_pool_claim(&command.agent_id, metric::CLAIM_EMPTY);
+        }
         // Before anything changes: a refused create leaves even an expired sandbox in place.
         let admitted = self
             .admission
@@ -336,11 +368,29 @@ impl CreateSandbox {
                 &command.agent_id,
                 profile,
                 expired.as_ref().map(|old| old.session_id),
+                pooled.is_none(),
             )
-            .await?
-            .inspect_err(|refusal| telemetry::log_refused(&command.chat_id, refusal))?;
+            .await
+            .map_err(CreateSandboxError::from)
+            .and_then(|admission| {
+                admission
+                    .inspect_err(|refusal| telemetry::log_refused(&command.chat_id, refusal))
+                    .map_err(CreateSandboxError::from)
+            });
+        // A refused create drops `pooled`, which puts it back in line.
+        let admitted = admitted?;
         let outcome = self
-            .start_admitted(lease, command, profile, expired, new_session_id, span)
+            .start_admitted(
+                lease,
+                command,
+                profile,
+                expired,
+                NewStart {
+                    session_id: new_session_id,
+                    pooled,
+                },
+                span,
+            )
             .await;
         self.admission.release(&self.ports, admitted).await;
         outcome
@@ -353,9 +403,13 @@ impl CreateSandbox {
         command: &CreateSandboxCommand,
         profile: &Arc<AgentProfile>,
         expired: Option<SandboxSession>,
-        new_session_id: SessionId,
+        new: NewStart,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        let NewStart {
+            session_id: new_session_id,
+            pooled,
+        } = new;
         // Listed before the replace stops the old container, so one listing serves both.
         let mut containers = self.ports.runtime.list_chat(&command.chat_id).await?;
         let result = match &expired {
@@ -391,7 +445,7 @@ impl CreateSandbox {
             created_at,
             expires_at,
         };
-        let started = self.ports.runtime.create(&spec).await?;
+        let started = self.start(&spec, pooled).await?;
         let new_session = spec.into_session(started);
         if result == CreateResult::Replaced {
             telemetry::record_new_session(span, &new_session);
@@ -408,6 +462,35 @@ impl CreateSandbox {
             session: new_session,
             result,
         })
+    }
+
+    /// Starts the sandbox of `spec`: claims `pooled` when there is one, else (or when it turns
+    /// out unusable) starts a container.
+    async fn start(
+        &self,
+        spec: &NewSandbox,
+        pooled: Option<Taken>,
+    ) -> Result<StartedSandbox, RuntimeError> {
+        let Some(pooled) = pooled else {
+            return self.ports.runtime.create(spec).await;
+        };
+        let pooled = pooled.into_inner();
+        let kept = pooled.clone();
+        match self.ports.runtime.claim(pooled, spec).await {
+            Ok(started) => {
+                telemetry::count_pool_claim(&spec.agent_id, metric::CLAIM_CLAIMED);
+                Ok(started)
+            }
+            Err(ClaimError::Lost(error)) => {
+                telemetry::count_pool_claim(&spec.agent_id, metric::CLAIM_LOST);
+                telemetry::log_pool_claim_lost(&spec.chat_id, &kept, &error);
+                self.ports.runtime.create(spec).await
+            }
+            Err(ClaimError::Failed(error)) => {
+                telemetry::count_pool_claim(&spec.agent_id, metric::CLAIM_FAILED);
+                Err(error)
+            }
+        }
     }
 
     async fn replace_expired(

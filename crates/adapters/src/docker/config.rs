@@ -6,6 +6,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::pool::PoolConfig;
+
+/// The warm pool's default root: it must outlive a restart of sandboxd (see `PoolConfig`).
+pub const DEFAULT_POOL_ROOT: &str = "/var/lib/sandboxd/pool";
+
 /// Everything the Docker runtime needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerConfig {
@@ -23,6 +28,8 @@ pub struct DockerConfig {
     pub engine_timeout: Duration,
     /// Host directories that volumes must lie under (after resolving symlinks); empty = refuse all.
     pub allowed_volume_roots: Vec<PathBuf>,
+    /// Where the warm pool keeps its slots, claim channels and records, and its waiter binary.
+    pub pool: PoolConfig,
 }
 
 impl Default for DockerConfig {
@@ -35,6 +42,10 @@ impl Default for DockerConfig {
             stop_grace: Duration::from_secs(2),
             engine_timeout: Duration::from_secs(30),
             allowed_volume_roots: Vec::new(),
+            pool: PoolConfig {
+                root: PathBuf::from(DEFAULT_POOL_ROOT),
+                waiter: None,
+            },
         }
     }
 }

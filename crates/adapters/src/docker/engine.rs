@@ -66,8 +66,8 @@ pub(super) fn is_removal_in_progress(error: &BollardError) -> bool {
 }
 
 /// An `Other` with a message, for failures that are not bollard errors.
-pub(super) fn other(message: String) -> RuntimeError {
-    RuntimeError::Other(message.into())
+pub(super) fn other(message: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(message.to_string().into())
 }
 
 #[cfg(test)]

@@ -74,6 +74,12 @@ impl LabelKeys {
         ])
     }
 
+    /// The filter of containers carrying a pool slot (pooled sandboxes, waiting or claimed).
+    #[must_use]
+    pub fn pool_slot_key(&self) -> String {
+        self.key("pool_slot")
+    }
+
     /// The labels of one of the deployment's bridge networks: managed like its containers (so
     /// cleanup tools find both by one filter), and its egress class.
     #[must_use]

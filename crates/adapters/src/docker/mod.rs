@@ -10,6 +10,8 @@ mod engine;
 pub mod labels;
 pub mod names;
 mod network;
+pub mod pool;
+mod pooled;
 mod probe;
 mod ready;
 pub mod volume;
@@ -30,23 +32,27 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, IDENTITY_ENV, VolumePath};
+use sandboxd_domain::{
+    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, IDENTITY_ENV, VolumePath,
+};
 use sandboxd_usecase::ports::{
-    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
+    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
+    RuntimeError, SandboxRuntime, StartedSandbox,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-pub use config::DockerConfig;
+pub use config::{DockerConfig, PoolConfig};
 use engine::{
     container_error, engine_error, is_network_not_found, is_not_found, is_removal_in_progress,
     other,
 };
 use labels::LabelKeys;
 use names::{
-    EVENT_STOP_AFTER_FAILED_START_FAILED, LABEL_OPERATION, LABEL_RESULT, OPERATION_CREATE,
-    OPERATION_DELETE, OPERATION_PAUSE, OPERATION_START, OPERATION_STOP, OPERATION_STOP_KEEP,
-    OPERATION_UNPAUSE, RESULT_ERROR, RESULT_OK, RUNTIME_DURATION_SECONDS,
+    EVENT_STOP_AFTER_FAILED_START_FAILED, LABEL_OPERATION, LABEL_RESULT, OPERATION_CLAIM,
+    OPERATION_CREATE, OPERATION_DELETE, OPERATION_PAUSE, OPERATION_START, OPERATION_START_POOLED,
+    OPERATION_STOP, OPERATION_STOP_KEEP, OPERATION_UNPAUSE, RESULT_ERROR, RESULT_OK,
+    RUNTIME_DURATION_SECONDS,
 };
 use volume::{VolumePolicy, VolumeRefusal};
 
@@ -70,6 +76,10 @@ pub struct DockerRuntime {
     /// One network creation at a time in this process: the first creates of a deployment arrive
     /// together, and the engine refuses all but one bridge of a name.
     network_creation: tokio::sync::Mutex<()>,
+    /// The warm pool's host side (slots, channels, claim records).
+    pool: pool::PoolHost,
+    /// The command of each image a pooled sandbox runs once claimed (see `default_command`).
+    image_commands: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl fmt::Debug for DockerRuntime {
@@ -88,10 +98,13 @@ impl DockerRuntime {
     #[must_use]
     pub fn new(config: DockerConfig) -> Self {
         let policy =
-            VolumePolicy::new(config.allowed_volume_roots.clone(), unix_socket_of(&config));
+            VolumePolicy::new(config.allowed_volume_roots.clone(), unix_socket_of(&config))
+                .with_protected(config.pool.root.clone());
         Self {
             labels: LabelKeys::new(&config.key_prefix),
             policy: Arc::new(policy),
+            pool: pool::PoolHost::new(config.pool.clone()),
+            image_commands: std::sync::Mutex::new(HashMap::new()),
             config,
             client: OnceCell::new(),
             engine_root_dir: std::sync::OnceLock::new(),
@@ -293,16 +306,27 @@ impl DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(engine_error)?;
+        let records = self.pool.all_records().await;
         Ok(containers
             .into_iter()
-            .filter_map(|summary| self.managed(summary))
+            .filter_map(|summary| self.managed(summary, &records))
             .collect())
     }
 
-    /// A listed container in the port's terms; `None` for an id the engine should never send.
-    fn managed(&self, summary: ContainerSummary) -> Option<ManagedContainer> {
+    /// A listed container in the port's terms; `None` for an id the engine should never send,
+    /// and for a pooled sandbox still waiting (the pool's, not a chat's). A claimed one has the
+    /// labels of its claim record.
+    fn managed(
+        &self,
+        summary: ContainerSummary,
+        records: &HashMap<String, pool::Record>,
+    ) -> Option<ManagedContainer> {
         let container_id = ContainerId::parse(summary.id.as_deref()?).ok()?;
-        let labels = self.labels.decode(&summary.labels.unwrap_or_default());
+        let raw = summary.labels.unwrap_or_default();
+        let labels = match raw.get(&self.labels.pool_slot_key()) {
+            Some(slot) => self.labels.decode(&records.get(slot)?.labels),
+            None => self.labels.decode(&raw),
+        };
         // The one published TCP port of a sandbox, on the address this deployment publishes on.
         let endpoint = summary
             .ports
@@ -395,9 +419,18 @@ impl DockerRuntime {
             )
             .await?;
         }
-        let ready =
-            ready::wait_ready_endpoint(&docker, container_id, profile, self.config.publish_host_ip)
-                .await;
+        let ready = match self.reclaim_after_start(container_id, profile).await {
+            Ok(()) => {
+                ready::wait_ready_endpoint(
+                    &docker,
+                    container_id,
+                    profile,
+                    self.config.publish_host_ip,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
         if ready.is_err() {
             // A sandbox that does not serve is stopped again rather than left running unused;
             // its filesystem is kept, so a later start can try again.
@@ -442,7 +475,9 @@ impl SandboxRuntime for DockerRuntime {
     }
 
     async fn remove_gracefully(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        timed(OPERATION_STOP, self.stop_and_remove(container_id)).await
+        timed(OPERATION_STOP, self.stop_and_remove(container_id)).await?;
+        self.release_after_removal(container_id).await;
+        Ok(())
     }
 
     async fn force_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
@@ -450,7 +485,9 @@ impl SandboxRuntime for DockerRuntime {
             let docker = self.client().await?;
             remove_forced(&docker, container_id.as_str()).await
         })
-        .await
+        .await?;
+        self.release_after_removal(container_id).await;
+        Ok(())
     }
 
     async fn inspect(&self, container_id: &ContainerId) -> Result<ContainerState, RuntimeError> {
@@ -463,11 +500,23 @@ impl SandboxRuntime for DockerRuntime {
     }
 
     async fn list_chat(&self, chat_id: &ChatId) -> Result<Vec<ManagedContainer>, RuntimeError> {
-        self.list_labelled(vec![
-            self.labels.managed_filter(),
-            self.labels.chat_filter(chat_id),
-        ])
-        .await
+        let mut listed = self
+            .list_labelled(vec![
+                self.labels.managed_filter(),
+                self.labels.chat_filter(chat_id),
+            ])
+            .await?;
+        // Claimed pooled sandboxes carry no chat label: their records name the chat.
+        let claimed = self.pool.claimed_of_chat(chat_id, &self.labels).await;
+        if !claimed.is_empty() {
+            let pooled = self.list_managed().await?;
+            listed.extend(
+                pooled
+                    .into_iter()
+                    .filter(|c| claimed.contains(&c.container_id)),
+            );
+        }
+        Ok(listed)
     }
 
     async fn pause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
@@ -511,6 +560,40 @@ impl SandboxRuntime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         docker.ping().await.map(drop).map_err(engine_error)
+    }
+
+    async fn start_pooled(
+        &self,
+        agent_id: &AgentId,
+        profile: &AgentProfile,
+    ) -> Result<PooledSandbox, RuntimeError> {
+        timed(
+            OPERATION_START_POOLED,
+            self.start_pooled_sandbox(agent_id, profile),
+        )
+        .await
+    }
+
+    async fn claim(
+        &self,
+        pooled: PooledSandbox,
+        spec: &NewSandbox,
+    ) -> Result<StartedSandbox, ClaimError> {
+        let started = Instant::now();
+        let result = self.claim_pooled(pooled, spec).await;
+        record(OPERATION_CLAIM, result.is_ok(), started);
+        result
+    }
+
+    async fn discard_pooled(&self, pooled: PooledSandbox) -> Result<(), RuntimeError> {
+        let Some(_busy) = self.pool.mark_busy(&pooled.slot) else {
+            return Err(other("the pooled sandbox is being worked on"));
+        };
+        self.discard(&pooled).await
+    }
+
+    async fn recover_pool(&self) -> Result<PoolRecovery, RuntimeError> {
+        self.recover().await
     }
 }
 

@@ -23,6 +23,10 @@ pub const OPERATION_UNPAUSE: &str = "unpause";
 pub const OPERATION_STOP_KEEP: &str = "stop_keep";
 /// `start`: start a stopped container and wait until the endpoint serves.
 pub const OPERATION_START: &str = "start";
+/// Starting a pooled sandbox that waits for a claim (the warm pool's refill).
+pub const OPERATION_START_POOLED: &str = "start_pooled";
+/// Claiming a pooled sandbox for a chat: attach, claim, probe.
+pub const OPERATION_CLAIM: &str = "claim";
 
 pub const RESULT_OK: &str = "ok";
 pub const RESULT_ERROR: &str = "error";

@@ -16,6 +16,8 @@ use super::probe;
 
 /// Probe retry backoff: the engine's floor here is ~2 ms from start to serving.
 const PROBE_BACKOFF_START: Duration = Duration::from_millis(2);
+/// First wait between probes of a claimed sandbox (its command starts within milliseconds).
+const CLAIM_PROBE_BACKOFF_START: Duration = Duration::from_micros(500);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// Bound on one probe attempt, so a hung connection cannot eat the whole ready timeout.
 const PROBE_ATTEMPT_MAX: Duration = Duration::from_secs(1);
@@ -59,13 +61,14 @@ pub(super) async fn wait_ready_endpoint(
         profile.effective_probe(),
         probe_addr,
         profile.ready_timeout,
+        PROBE_BACKOFF_START,
     )
     .await?;
     Ok(Some(endpoint))
 }
 
 /// The ephemeral host port the engine chose for `container_port`.
-async fn published_port(
+pub(super) async fn published_port(
     docker: &Docker,
     container_id: &ContainerId,
     container_port: u16,
@@ -90,6 +93,27 @@ async fn published_port(
         .ok_or_else(|| other(format!("engine reported no host port for {key}")))
 }
 
+/// Waits until a just-claimed sandbox serves at `endpoint` (published when it was pooled). The
+/// command starts within milliseconds of the claim, so the probes start closer together than a
+/// cold start's.
+pub(super) async fn wait_ready_claimed(
+    docker: &Docker,
+    container_id: &ContainerId,
+    profile: &AgentProfile,
+    endpoint: Endpoint,
+) -> Result<(), RuntimeError> {
+    let probe_addr = SocketAddr::new(probe_ip(endpoint.ip), endpoint.port.get());
+    wait_ready(
+        docker,
+        container_id,
+        profile.effective_probe(),
+        probe_addr,
+        profile.ready_timeout,
+        CLAIM_PROBE_BACKOFF_START,
+    )
+    .await
+}
+
 /// Probes until ready, the container dies, or `ready_timeout` passes.
 async fn wait_ready(
     docker: &Docker,
@@ -97,9 +121,10 @@ async fn wait_ready(
     kind: ReadyProbe,
     addr: SocketAddr,
     ready_timeout: Duration,
+    backoff_start: Duration,
 ) -> Result<(), RuntimeError> {
     let deadline = Instant::now() + ready_timeout;
-    let mut backoff = PROBE_BACKOFF_START;
+    let mut backoff = backoff_start;
     let mut next_state_check = Instant::now() + STATE_CHECK_EVERY;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());

@@ -48,6 +48,14 @@ impl VolumePolicy {
         }
     }
 
+    /// This policy, also refusing `path`, what lies under it and what contains it (the warm
+    /// pool's root: a volume there would be another chat's slot).
+    #[must_use]
+    pub fn with_protected(mut self, path: PathBuf) -> Self {
+        self.protected.push(path);
+        self
+    }
+
     /// Resolves `volume` and returns the canonical directory to mount.
     ///
     /// Order matters: a path that is not even lexically under a root is denied before the
@@ -279,6 +287,24 @@ mod tests {
                 Err(VolumeRefusal::Denied(_))
             ));
         }
+    }
+
+    #[test]
+    fn an_added_protected_path_is_refused_with_what_is_under_it() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = root.path().join("pool");
+        std::fs::create_dir_all(pool.join("slots/one")).unwrap();
+        let policy =
+            VolumePolicy::new(vec![root.path().to_path_buf()], None).with_protected(pool.clone());
+        for path in [pool.clone(), pool.join("slots"), pool.join("slots/one")] {
+            assert!(
+                matches!(policy.check(&volume(&path)), Err(VolumeRefusal::Denied(_))),
+                "{}",
+                path.display()
+            );
+        }
+        std::fs::create_dir(root.path().join("chat")).unwrap();
+        assert!(policy.check(&volume(&root.path().join("chat"))).is_ok());
     }
 
     #[test]

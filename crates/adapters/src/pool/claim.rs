@@ -67,6 +67,19 @@ impl ClaimChannel {
         Ok(Self { dir })
     }
 
+    /// The channel `parent/name`, whether or not it exists (to send to, probe or remove).
+    ///
+    /// # Errors
+    /// [`ClaimSendError::InvalidName`] unless `name` is one plain path component.
+    pub fn at(parent: &Path, name: &str) -> Result<Self, ClaimSendError> {
+        if !is_plain_name(name) {
+            return Err(ClaimSendError::InvalidName(name.to_owned()));
+        }
+        Ok(Self {
+            dir: parent.join(name),
+        })
+    }
+
     /// The directory to bind-mount into the sandbox.
     #[must_use]
     pub fn dir(&self) -> &Path {

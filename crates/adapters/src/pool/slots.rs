@@ -97,6 +97,20 @@ impl SlotDirectory {
     }
 
     /// The canonical slots root.
+    /// The slots directory at `root` as it is, without preparing it: enough to detach and
+    /// remove slots (a release needs no shared mount, and must not make one).
+    ///
+    /// # Errors
+    /// [`SlotError::NotAbsolute`] for a relative `root`.
+    pub fn unprepared(root: &Path) -> Result<Self, SlotError> {
+        if !root.is_absolute() {
+            return Err(SlotError::NotAbsolute(root.to_path_buf()));
+        }
+        // Canonical when it exists, as `prepare` makes it; else nothing below it is mounted.
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        Ok(Self { root })
+    }
+
     #[must_use]
     pub fn root(&self) -> &Path {
         &self.root

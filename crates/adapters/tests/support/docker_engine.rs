@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use sandboxd_adapters::docker::{DockerConfig, DockerRuntime};
+use sandboxd_adapters::docker::{DockerConfig, DockerRuntime, PoolConfig};
 use sandboxd_domain::{AgentId, AgentProfile, ChatId, SessionId, VolumePath};
 use sandboxd_testkit::docker::{self, LabelGuard};
 pub(crate) use sandboxd_testkit::sandbox_image;
@@ -31,6 +31,15 @@ pub(crate) struct TestSandboxes {
     guard: LabelGuard,
     pub prefix: String,
     pub root: TempDir,
+}
+
+impl Drop for TestSandboxes {
+    /// Containers first (they hold propagated copies of the pool's mounts), then every mount
+    /// left under the root, so deleting the root never reaches into an attached volume.
+    fn drop(&mut self) {
+        docker::sweep_blocking(vec![docker::managed_filter(&self.prefix)]);
+        sandboxd_testkit::pool::unmount_all_under(self.root.path());
+    }
 }
 
 impl TestSandboxes {
@@ -57,13 +66,39 @@ impl TestSandboxes {
         dir
     }
 
-    /// A config with this test's prefix and root.
+    /// A config with this test's prefix and root; its pool root is `pool/` under the root, with
+    /// no waiter (see [`Self::pooled_config`]).
     pub(crate) fn config(&self) -> DockerConfig {
         DockerConfig {
             key_prefix: self.prefix.clone(),
             allowed_volume_roots: vec![self.root.path().to_path_buf()],
+            pool: PoolConfig {
+                root: self.pool_root(),
+                waiter: None,
+            },
             ..DockerConfig::default()
         }
+    }
+
+    /// [`Self::config`] with the static waiter, so pooled sandboxes can start.
+    pub(crate) fn pooled_config(&self) -> DockerConfig {
+        let mut config = self.config();
+        config.pool.waiter = Some(sandboxd_testkit::pool::waiter_binary());
+        config
+    }
+
+    /// Where this test's pool keeps its slots, channels and records.
+    pub(crate) fn pool_root(&self) -> PathBuf {
+        self.root
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.path().to_path_buf())
+            .join("pool")
+    }
+
+    /// Mount points left below this test's root.
+    pub(crate) fn mounts_left(&self) -> Vec<PathBuf> {
+        sandboxd_testkit::pool::mounts_under(self.root.path())
     }
 
     pub(crate) fn runtime(&self) -> DockerRuntime {

@@ -33,6 +33,12 @@ pub struct DockerSettings {
     /// resolved against the directory of the file that set them (see [`Self::resolve_relative_roots`]).
     #[serde(deserialize_with = "de_path_list")]
     pub allowed_volume_roots: Vec<PathBuf>,
+    /// The warm pool's directory on the host (slots, claim channels, claim records); it must
+    /// outlive a restart of sandboxd. Used only when a profile has a `pool_size`.
+    pub pool_root: PathBuf,
+    /// The static `sandboxd-pool-waiter` binary bind-mounted into pooled sandboxes; required
+    /// when a profile has a `pool_size`.
+    pub pool_waiter: Option<PathBuf>,
 }
 
 impl Default for DockerSettings {
@@ -43,6 +49,8 @@ impl Default for DockerSettings {
             stop_grace: Duration::from_secs(2),
             engine_timeout: Duration::from_secs(30),
             allowed_volume_roots: Vec::new(),
+            pool_root: PathBuf::from(sandboxd_adapters::docker::config::DEFAULT_POOL_ROOT),
+            pool_waiter: None,
         }
     }
 }
@@ -79,6 +87,18 @@ pub(crate) const SETTINGS: &[Setting] = &[
         "none, every volume refused",
         "Comma-separated roots volumes must lie under",
     ),
+    Setting::new(
+        "pool_root",
+        "PATH",
+        sandboxd_adapters::docker::config::DEFAULT_POOL_ROOT,
+        "Warm pool directory: slots, claim channels, claim records",
+    ),
+    Setting::unset(
+        "pool_waiter",
+        "PATH",
+        "none, pools refused",
+        "Static sandboxd-pool-waiter binary for pooled sandboxes",
+    ),
 ];
 
 impl DockerSettings {
@@ -104,6 +124,20 @@ impl DockerSettings {
         // The engine takes the grace as whole seconds in an i32.
         if self.stop_grace > Duration::from_secs(i32::MAX.unsigned_abs().into()) {
             return Err(ConfigError::invalid("stop_grace", "is too long"));
+        }
+        if !self.pool_root.is_absolute() {
+            return Err(ConfigError::invalid(
+                "pool_root",
+                "must be an absolute path",
+            ));
+        }
+        if let Some(waiter) = &self.pool_waiter
+            && !waiter.is_absolute()
+        {
+            return Err(ConfigError::invalid(
+                "pool_waiter",
+                "must be an absolute path",
+            ));
         }
         for (index, root) in self.allowed_volume_roots.iter().enumerate() {
             let setting = format!("allowed_volume_roots[{index}]");
@@ -144,7 +178,33 @@ impl DockerSettings {
             stop_grace: self.stop_grace,
             engine_timeout: self.engine_timeout,
             allowed_volume_roots: self.allowed_volume_roots.clone(),
+            pool: sandboxd_adapters::docker::PoolConfig {
+                root: self.pool_root.clone(),
+                waiter: self.pool_waiter.clone(),
+            },
         }
+    }
+
+    /// When a profile pools: the waiter must be set and be a static executable (it runs inside
+    /// images that may have no dynamic loader).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `pool_waiter`.
+    pub(crate) fn validate_pool_waiter(
+        &self,
+        pooled_agent: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        let Some(agent) = pooled_agent else {
+            return Ok(());
+        };
+        let waiter = self.pool_waiter.as_ref().ok_or_else(|| {
+            ConfigError::invalid(
+                "pool_waiter",
+                format!("must be set: agents.{agent}.pool_size keeps a warm pool"),
+            )
+        })?;
+        sandboxd_adapters::pool::check_waiter(waiter)
+            .map_err(|reason| ConfigError::invalid("pool_waiter", reason))
     }
 }
 

@@ -148,6 +148,12 @@ impl Config {
         self.docker.validate()?;
         self.agents.validate()?;
         self.egress_plan()?;
+        let pooled = self
+            .agents
+            .iter()
+            .find(|(_, profile)| profile.pool_size > 0)
+            .map(|(id, _)| id);
+        self.docker.validate_pool_waiter(pooled)?;
         self.validate_reconcile_grace()
     }
 

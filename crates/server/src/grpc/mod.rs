@@ -16,7 +16,8 @@ use sandboxd_usecase::{
     AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox,
     CreateSandboxCommand, DeleteResult, DeleteSandbox, DeleteSandboxCommand, EventHub,
     ExtendSandbox, ExtendSandboxCommand, GetSandbox, ListSandboxes, PauseSandbox, Ports, Profiles,
-    ReconcileOptions, ReconcileSandboxes, ResumeSandbox, TouchSandbox, UseCaseError, WatchRequest,
+    ReconcileOptions, ReconcileSandboxes, RefillPool, ResumeSandbox, TouchSandbox, UseCaseError,
+    WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -56,18 +57,22 @@ pub struct UseCases {
     pub touch: TouchSandbox,
     /// The process's event reader and its watchers (the app runs the reader).
     pub events: Arc<EventHub>,
+    /// Keeps `create`'s warm pool full (the app runs it when a profile pools).
+    pub refill: Arc<RefillPool>,
 }
 
 impl UseCases {
     #[must_use]
     pub fn new(ports: &Ports, settings: &ServiceSettings) -> Self {
+        let create = CreateSandbox::new(
+            ports.clone(),
+            settings.profiles.clone(),
+            settings.session_ttl,
+        )
+        .with_admission(settings.admission);
         Self {
-            create: CreateSandbox::new(
-                ports.clone(),
-                settings.profiles.clone(),
-                settings.session_ttl,
-            )
-            .with_admission(settings.admission),
+            refill: Arc::new(create.refill_pool()),
+            create,
             get: GetSandbox::new(ports.clone()),
             list: ListSandboxes::new(ports.clone()),
             extend: ExtendSandbox::new(ports.clone(), settings.session_ttl, settings.max_ttl),

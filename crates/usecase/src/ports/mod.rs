@@ -23,8 +23,8 @@ pub use repository::{
     SessionRepository, StateCounts, TouchMatch,
 };
 pub use runtime::{
-    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
-    StartedSandbox,
+    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
+    RuntimeError, SandboxLabels, SandboxRuntime, StartedSandbox,
 };
 
 /// Time as the use cases see it; a port so tests can decide expiry.

@@ -30,11 +30,24 @@ pub mod metric {
     pub const WATCHERS: &str = "sandbox_watchers";
     pub const WATCH_TOTAL: &str = "sandbox_watch_total";
     pub const EVENTS_DELIVERED_TOTAL: &str = "sandbox_events_delivered_total";
+    pub const POOL_CLAIMS_TOTAL: &str = "sandbox_pool_claims_total";
+    pub const POOL_READY: &str = "sandbox_pool_ready";
+    pub const POOL_STARTS_TOTAL: &str = "sandbox_pool_starts_total";
+    pub const POOL_RELEASED_TOTAL: &str = "sandbox_pool_released_total";
 
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
     pub const ERROR_TYPE: &str = "error_type";
     pub const STATE: &str = "state";
+    pub const AGENT: &str = "agent";
+
+    /// `result` values of `sandbox_pool_claims_total`: served from the pool; no pooled sandbox
+    /// was ready (cold create); the pooled sandbox was unusable (cold create); the claim failed
+    /// as a cold create would have (no fallback).
+    pub const CLAIM_CLAIMED: &str = "claimed";
+    pub const CLAIM_EMPTY: &str = "empty";
+    pub const CLAIM_LOST: &str = "lost";
+    pub const CLAIM_FAILED: &str = "failed";
 
     /// `result` values of `sandbox_reconcile_total`: the repairs, by reason.
     pub const REPAIR_CONTAINER_REMOVED: &str = "container_removed";
@@ -104,6 +117,22 @@ pub mod metric {
             "WatchSandboxes streams opened, by result (opened, cursor_expired, error).",
         ),
         (EVENTS_DELIVERED_TOTAL, "Lifecycle events sent to watchers."),
+        (
+            POOL_CLAIMS_TOTAL,
+            "Creates of pooled profiles by agent and result: claimed (served from the warm pool), empty (none ready: cold create), lost (the pooled sandbox was unusable: cold create), failed (the claim failed as a cold create would).",
+        ),
+        (
+            POOL_READY,
+            "Pooled sandboxes waiting for a claim in this process, by agent.",
+        ),
+        (
+            POOL_STARTS_TOTAL,
+            "Pooled sandboxes started by the refill, by agent and result (ok, error).",
+        ),
+        (
+            POOL_RELEASED_TOTAL,
+            "Pooled sandboxes, slots and claims left half-way (a crash, a removal behind the service's back) that the pool's recovery removed.",
+        ),
     ];
 }
 
@@ -195,6 +224,11 @@ pub mod event {
     pub const RESERVATION_RELEASE_FAILED: &str = "reservation_release_failed";
     pub const SANDBOX_WATCH_LAGGED: &str = "sandbox_watch_lagged";
     pub const EVENT_READER_FAILED: &str = "event_reader_failed";
+    pub const POOL_CLAIM_LOST: &str = "sandbox_pool_claim_lost";
+    pub const POOL_START_FAILED: &str = "sandbox_pool_start_failed";
+    pub const POOL_RECOVERED: &str = "sandbox_pool_recovered";
+    pub const POOL_RECOVERY_FAILED: &str = "sandbox_pool_recovery_failed";
+    pub const POOL_DISCARD_FAILED: &str = "sandbox_pool_discard_failed";
 }
 
 // ---- spans -------------------------------------------------------------------------------
@@ -463,6 +497,28 @@ pub(crate) fn count_events_delivered(count: usize) {
     metrics::counter!(metric::EVENTS_DELIVERED_TOTAL).increment(count as u64);
 }
 
+pub(crate) fn count_pool_claim(agent_id: &sandboxd_domain::AgentId, result: &'static str) {
+    metrics::counter!(metric::POOL_CLAIMS_TOTAL, metric::AGENT => agent_id.to_string(), metric::RESULT => result)
+        .increment(1);
+}
+
+#[allow(clippy::cast_precision_loss)] // as above
+pub(crate) fn set_pool_ready(agent_id: &sandboxd_domain::AgentId, ready: usize) {
+    metrics::gauge!(metric::POOL_READY, metric::AGENT => agent_id.to_string()).set(ready as f64);
+}
+
+pub(crate) fn count_pool_start(agent_id: &sandboxd_domain::AgentId, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(metric::POOL_STARTS_TOTAL, metric::AGENT => agent_id.to_string(), metric::RESULT => result)
+        .increment(1);
+}
+
+pub(crate) fn count_pool_released(released: u64) {
+    if released > 0 {
+        metrics::counter!(metric::POOL_RELEASED_TOTAL).increment(released);
+    }
+}
+
 // ---- log events --------------------------------------------------------------------------
 
 /// The fields of every session log event: `{chat_id, session_id, container_id}`.
@@ -719,6 +775,41 @@ pub(crate) fn log_watch_lagged(missed: u64) {
 /// The process's event reader could not read the log; it retries (logged once per outage).
 pub(crate) fn log_event_reader_failed(error_type: &str) {
     tracing::warn!(name: event::EVENT_READER_FAILED, error = error_type, message = event::EVENT_READER_FAILED);
+}
+
+/// A pooled sandbox could not be claimed and the create fell back to a cold start.
+pub(crate) fn log_pool_claim_lost(
+    chat_id: &ChatId,
+    pooled: &crate::ports::PooledSandbox,
+    error: &dyn std::error::Error,
+) {
+    tracing::warn!(name: event::POOL_CLAIM_LOST, chat_id = %chat_id, container_id = %pooled.container_id, agent_id = %pooled.agent_id, error = %ErrorChain(error), message = event::POOL_CLAIM_LOST);
+}
+
+/// The refill could not start a pooled sandbox; it backs off for this agent.
+pub(crate) fn log_pool_start_failed(
+    agent_id: &sandboxd_domain::AgentId,
+    error_type: &str,
+    error: &dyn std::error::Error,
+    retry_in: std::time::Duration,
+) {
+    tracing::warn!(name: event::POOL_START_FAILED, agent_id = %agent_id, error_type = error_type, error = %ErrorChain(error), retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX), message = event::POOL_START_FAILED);
+}
+
+pub(crate) fn log_pool_recovered(
+    report: &crate::ports::PoolRecovery,
+    adopted: usize,
+    discarded: usize,
+) {
+    tracing::info!(name: event::POOL_RECOVERED, adopted = adopted, discarded = discarded, released = report.released, unsettled = report.unsettled, message = event::POOL_RECOVERED);
+}
+
+pub(crate) fn log_pool_recovery_failed(error_type: &str) {
+    tracing::warn!(name: event::POOL_RECOVERY_FAILED, error = error_type, message = event::POOL_RECOVERY_FAILED);
+}
+
+pub(crate) fn log_pool_discard_failed(pooled: &crate::ports::PooledSandbox, error_type: &str) {
+    tracing::warn!(name: event::POOL_DISCARD_FAILED, container_id = %pooled.container_id, agent_id = %pooled.agent_id, error = error_type, message = event::POOL_DISCARD_FAILED);
 }
 
 pub(crate) fn log_reconcile_failed(error_type: &str) {

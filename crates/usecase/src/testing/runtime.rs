@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sandboxd_domain::{AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
+use sandboxd_domain::{AgentId, AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
 
 use super::{CallLog, InjectedFailures, lock};
 use crate::ports::{
-    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
-    StartedSandbox,
+    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
+    RuntimeError, SandboxLabels, SandboxRuntime, StartedSandbox,
 };
 
 /// Runtime methods, for failure injection.
@@ -30,6 +30,10 @@ pub enum RuntimeOp {
     Start,
     Runtimes,
     Ping,
+    StartPooled,
+    Claim,
+    DiscardPooled,
+    RecoverPool,
 }
 
 /// One "container" of the fake engine.
@@ -38,6 +42,15 @@ struct FakeContainer {
     labels: SandboxLabels,
     endpoint: Option<Endpoint>,
     state: ContainerState,
+    /// The slot of a pooled container; it waits while its labels name no chat.
+    pool_slot: Option<String>,
+}
+
+impl FakeContainer {
+    /// A pooled container nobody claimed: the pool's, not a chat's, so no listing shows it.
+    fn is_waiting(&self) -> bool {
+        self.pool_slot.is_some() && self.labels.chat_id.is_none()
+    }
 }
 
 type CreateHook = Arc<dyn Fn(&NewSandbox) + Send + Sync>;
@@ -135,6 +148,16 @@ impl FakeRuntime {
         self.created_total.load(Ordering::SeqCst)
     }
 
+    /// The pooled containers still waiting for a claim.
+    #[must_use]
+    pub fn waiting(&self) -> Vec<ContainerId> {
+        lock(&self.containers)
+            .iter()
+            .filter(|(_, container)| container.is_waiting())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The most graceful removals that were in progress at once.
     #[must_use]
     pub fn max_stops_in_flight(&self) -> u64 {
@@ -163,6 +186,7 @@ impl FakeRuntime {
                 labels,
                 endpoint: None,
                 state,
+                pool_slot: None,
             },
         );
     }
@@ -171,7 +195,7 @@ impl FakeRuntime {
     fn managed(&self, matches: impl Fn(&SandboxLabels) -> bool) -> Vec<ManagedContainer> {
         lock(&self.containers)
             .iter()
-            .filter(|(_, container)| matches(&container.labels))
+            .filter(|(_, container)| !container.is_waiting() && matches(&container.labels))
             .map(|(id, container)| ManagedContainer {
                 container_id: id.clone(),
                 state: container.state,
@@ -182,6 +206,40 @@ impl FakeRuntime {
                     .filter(|_| container.state == ContainerState::Running),
             })
             .collect()
+    }
+
+    /// A new running container with a fresh id and published port.
+    fn start_container(
+        &self,
+        labels: SandboxLabels,
+        pool_slot: Option<String>,
+    ) -> Result<(ContainerId, Endpoint), RuntimeError> {
+        let number = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let container_id = ContainerId::parse(&format!("fake-{number:04}"))
+            .map_err(|e| RuntimeError::Other(Box::new(e)))?;
+        let port = self.next_port.fetch_add(1, Ordering::SeqCst);
+        let endpoint = Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+            .map_err(|e| RuntimeError::Other(Box::new(e)))?;
+        lock(&self.containers).insert(
+            container_id.clone(),
+            FakeContainer {
+                labels,
+                endpoint: Some(endpoint),
+                state: ContainerState::Running,
+                pool_slot,
+            },
+        );
+        Ok((container_id, endpoint))
+    }
+
+    /// Refuses a profile naming a runtime this fake engine does not have, as an engine would.
+    fn check_runtime(&self, profile: &AgentProfile) -> Result<(), RuntimeError> {
+        match &profile.runtime {
+            Some(runtime) if !lock(&self.runtimes).contains(runtime) => Err(RuntimeError::Other(
+                format!("unknown runtime specified {runtime}").into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn enter(&self, op: RuntimeOp, call: String) -> Result<(), RuntimeError> {
@@ -242,30 +300,10 @@ impl SandboxRuntime for FakeRuntime {
             RuntimeOp::Create,
             format!("runtime.create({})", spec.session_id),
         )?;
-        // As an engine refuses a create naming a runtime it does not have.
-        if let Some(runtime) = &spec.profile.runtime
-            && !lock(&self.runtimes).contains(runtime)
-        {
-            return Err(RuntimeError::Other(
-                format!("unknown runtime specified {runtime}").into(),
-            ));
-        }
+        self.check_runtime(&spec.profile)?;
         // Yield so concurrent callers interleave here, where a real engine takes ~200 ms.
         tokio::task::yield_now().await;
-        let number = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let container_id = ContainerId::parse(&format!("fake-{number:04}"))
-            .map_err(|e| RuntimeError::Other(Box::new(e)))?;
-        let port = self.next_port.fetch_add(1, Ordering::SeqCst);
-        let endpoint = Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-            .map_err(|e| RuntimeError::Other(Box::new(e)))?;
-        lock(&self.containers).insert(
-            container_id.clone(),
-            FakeContainer {
-                labels: SandboxLabels::of(spec),
-                endpoint: Some(endpoint),
-                state: ContainerState::Running,
-            },
-        );
+        let (container_id, endpoint) = self.start_container(SandboxLabels::of(spec), None)?;
         self.created_total.fetch_add(1, Ordering::SeqCst);
         let hook = lock(&self.on_create).clone();
         if let Some(hook) = hook {
@@ -390,5 +428,98 @@ impl SandboxRuntime for FakeRuntime {
 
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.enter(RuntimeOp::Ping, "runtime.ping".to_owned())
+    }
+
+    async fn start_pooled(
+        &self,
+        agent_id: &AgentId,
+        profile: &AgentProfile,
+    ) -> Result<PooledSandbox, RuntimeError> {
+        self.enter(
+            RuntimeOp::StartPooled,
+            format!("runtime.start_pooled({agent_id})"),
+        )?;
+        self.check_runtime(profile)?;
+        tokio::task::yield_now().await;
+        let number = self.next_id.load(Ordering::SeqCst);
+        let slot = format!("fake-{agent_id}-{number}");
+        let labels = SandboxLabels {
+            agent_id: Some(agent_id.clone()),
+            ..SandboxLabels::default()
+        };
+        let (container_id, endpoint) = self.start_container(labels, Some(slot.clone()))?;
+        Ok(PooledSandbox {
+            container_id,
+            agent_id: agent_id.clone(),
+            slot,
+            endpoint: Some(endpoint),
+        })
+    }
+
+    async fn claim(
+        &self,
+        pooled: PooledSandbox,
+        spec: &NewSandbox,
+    ) -> Result<StartedSandbox, ClaimError> {
+        let entered = self.enter(
+            RuntimeOp::Claim,
+            format!("runtime.claim({},{})", pooled.container_id, spec.session_id),
+        );
+        let mut containers = lock(&self.containers);
+        let waiting = containers
+            .get(&pooled.container_id)
+            .is_some_and(|c| c.is_waiting() && c.state == ContainerState::Running);
+        let refused = match entered {
+            Err(error) => Some(error),
+            Ok(()) if !waiting => Some(RuntimeError::Vanished),
+            Ok(()) => None,
+        };
+        if let Some(error) = refused {
+            // As the adapter: nothing of a failed claim is left.
+            containers.remove(&pooled.container_id);
+            return Err(match error {
+                RuntimeError::VolumeDenied(_)
+                | RuntimeError::VolumeInvalid(_)
+                | RuntimeError::NotReady(_) => ClaimError::Failed(error),
+                lost => ClaimError::Lost(lost),
+            });
+        }
+        let container = containers
+            .get_mut(&pooled.container_id)
+            .ok_or(ClaimError::Lost(RuntimeError::Vanished))?;
+        container.labels = SandboxLabels::of(spec);
+        Ok(StartedSandbox {
+            container_id: pooled.container_id,
+            endpoint: container.endpoint,
+        })
+    }
+
+    async fn discard_pooled(&self, pooled: PooledSandbox) -> Result<(), RuntimeError> {
+        self.enter(
+            RuntimeOp::DiscardPooled,
+            format!("runtime.discard_pooled({})", pooled.container_id),
+        )?;
+        lock(&self.containers).remove(&pooled.container_id);
+        Ok(())
+    }
+
+    async fn recover_pool(&self) -> Result<PoolRecovery, RuntimeError> {
+        self.enter(RuntimeOp::RecoverPool, "runtime.recover_pool".to_owned())?;
+        let waiting = lock(&self.containers)
+            .iter()
+            .filter(|(_, c)| c.is_waiting() && c.state == ContainerState::Running)
+            .filter_map(|(id, c)| {
+                Some(PooledSandbox {
+                    container_id: id.clone(),
+                    agent_id: c.labels.agent_id.clone()?,
+                    slot: c.pool_slot.clone()?,
+                    endpoint: c.endpoint,
+                })
+            })
+            .collect();
+        Ok(PoolRecovery {
+            waiting,
+            ..PoolRecovery::default()
+        })
     }
 }

@@ -144,6 +144,7 @@ fn the_engine_bound_refuses_after_its_wait_and_frees_its_slot() {
             &agent,
             &profile,
             None,
+            true,
         )
     };
     let (outcome, _) = capture(async {

@@ -14,6 +14,7 @@ mod create_failures;
 mod delete;
 mod harness;
 mod lifecycle;
+mod pool;
 mod reads;
 mod reconcile;
 mod watch;

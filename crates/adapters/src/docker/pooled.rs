@@ -1,0 +1,470 @@
+//! The pool operations of the Docker runtime: start a pooled sandbox, claim it for a chat,
+//! discard it, release a claimed one's slot after its removal, and recover after a crash. The
+//! order of steps and the crash table are in `docs/design.md` ("Warm pool").
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RenameContainerOptionsBuilder,
+};
+use sandboxd_domain::{AgentId, AgentProfile, ContainerId, Endpoint};
+use sandboxd_usecase::ports::{
+    ClaimError, NewSandbox, PoolRecovery, PooledSandbox, RuntimeError, StartedSandbox,
+};
+use tokio::time::Instant;
+
+use super::engine::{engine_error, other};
+use super::pool::{
+    Record, ReleaseError, claim_of, identity_of, identity_of_spec, is_own_slot, new_slot_name,
+};
+use super::{DockerRuntime, RemoveOnDrop, body, create_error, ready, remove_forced};
+use crate::egress::EgressNetwork;
+use crate::pool::claim::ClaimChannel;
+
+/// How often a starting pooled sandbox is checked for its waiter reading the claim channel.
+const WAITING_POLL: Duration = Duration::from_millis(2);
+/// A slot with no container is only released once older than this: younger, it may belong to
+/// a start of another call that has not created its container yet.
+const ORPHAN_SLOT_AGE: Duration = Duration::from_secs(120);
+
+impl DockerRuntime {
+    pub(super) async fn start_pooled_sandbox(
+        &self,
+        agent_id: &AgentId,
+        profile: &AgentProfile,
+    ) -> Result<PooledSandbox, RuntimeError> {
+        let waiter = self
+            .pool
+            .waiter()
+            .ok_or_else(|| other("no pool waiter is configured (docker.pool_waiter)"))?
+            .to_path_buf();
+        let docker = self.client().await?;
+        let slots = self.pool.slots().await.map_err(other)?;
+        let slot = new_slot_name(&self.config.key_prefix, agent_id);
+        let _busy = self
+            .pool
+            .mark_busy(&slot)
+            .ok_or_else(|| other("slot name taken"))?;
+        let slot_path = slots.create(&slot).await.map_err(other)?;
+        let started = match self.pool.create_channel(&slot) {
+            Ok(channel) => {
+                self.start_waiting(
+                    &docker, agent_id, profile, &slot, &slot_path, &waiter, &channel,
+                )
+                .await
+            }
+            Err(error) => Err(other(error)),
+        };
+        if started.is_err()
+            && let Err(error) = self.pool.release(&slot).await
+        {
+            tracing::warn!(slot, %error, "sandbox_pool_release_failed");
+        }
+        started
+    }
+
+    #[allow(clippy::too_many_arguments)] // the parts of one start, each made by the caller
+    async fn start_waiting(
+        &self,
+        docker: &Docker,
+        agent_id: &AgentId,
+        profile: &AgentProfile,
+        slot: &str,
+        slot_path: &Path,
+        waiter: &Path,
+        channel: &ClaimChannel,
+    ) -> Result<PooledSandbox, RuntimeError> {
+        if let Some(user) = &profile.user {
+            own_channel_by(channel, user)?;
+        }
+        let network = EgressNetwork::of(&self.config.key_prefix, profile);
+        self.ensure_network(docker, &network).await?;
+        let default_command = self.default_command(docker, profile).await?;
+        let path = |p: &Path| {
+            p.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| other(format!("{} is not UTF-8", p.display())))
+        };
+        let (slot_src, waiter_src, claim_src) =
+            (path(slot_path)?, path(waiter)?, path(channel.dir())?);
+        let host = body::HostSide {
+            network: &network.name,
+            publish_host_ip: self.config.publish_host_ip,
+            stop_timeout_secs: self.stop_grace_secs(),
+        };
+        let request = body::pooled(
+            profile,
+            host,
+            body::PooledMounts {
+                slot: &slot_src,
+                waiter: &waiter_src,
+                claim_dir: &claim_src,
+            },
+            default_command,
+            self.labels.for_pooled(agent_id, slot),
+        );
+        let name = format!("pool-{slot}");
+        let mut guard = RemoveOnDrop::arm(docker.clone(), name.clone());
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = match docker.create_container(Some(options), request).await {
+            Ok(created) => created,
+            Err(error) => {
+                if matches!(
+                    error,
+                    bollard::errors::Error::DockerResponseServerError { .. }
+                ) {
+                    guard.disarm();
+                }
+                return Err(create_error(error, &profile.image));
+            }
+        };
+        let container_id = ContainerId::parse(&created.id)
+            .map_err(|e| other(format!("engine returned an unusable container id: {e}")))?;
+        docker
+            .start_container(container_id.as_str(), None)
+            .await
+            .map_err(engine_error)?;
+        wait_until_waiting(channel, profile.ready_timeout).await?;
+        let endpoint = match profile.port {
+            Some(port) => Some(
+                Endpoint::new(
+                    self.config.publish_host_ip,
+                    ready::published_port(docker, &container_id, port).await?,
+                )
+                .map_err(other)?,
+            ),
+            None => None,
+        };
+        guard.disarm();
+        Ok(PooledSandbox {
+            container_id,
+            agent_id: agent_id.clone(),
+            slot: slot.to_owned(),
+            endpoint,
+        })
+    }
+
+    /// The command a pooled sandbox runs once claimed: the profile's, else the image's
+    /// entrypoint and command (the engine drops the image's command once the request sets the
+    /// waiter as entrypoint). Cached per image.
+    async fn default_command(
+        &self,
+        docker: &Docker,
+        profile: &AgentProfile,
+    ) -> Result<Vec<String>, RuntimeError> {
+        if let Some(command) = profile.command.clone().filter(|c| !c.is_empty()) {
+            return Ok(command);
+        }
+        if let Some(known) = self
+            .image_commands
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&profile.image).cloned())
+        {
+            return Ok(known);
+        }
+        let image = docker
+            .inspect_image(&profile.image)
+            .await
+            .map_err(|error| create_error(error, &profile.image))?;
+        let config = image.config.unwrap_or_default();
+        let command: Vec<String> = config
+            .entrypoint
+            .unwrap_or_default()
+            .into_iter()
+            .chain(config.cmd.unwrap_or_default())
+            .collect();
+        if command.is_empty() {
+            return Err(other(format!(
+                "image {} has no command: a pooled profile needs one",
+                profile.image
+            )));
+        }
+        if let Ok(mut cache) = self.image_commands.lock() {
+            cache.insert(profile.image.clone(), command.clone());
+        }
+        Ok(command)
+    }
+
+    pub(super) async fn claim_pooled(
+        &self,
+        pooled: PooledSandbox,
+        spec: &NewSandbox,
+    ) -> Result<StartedSandbox, ClaimError> {
+        let Some(busy) = self.pool.mark_busy(&pooled.slot) else {
+            return Err(ClaimError::Lost(other(
+                "the pooled sandbox is being worked on",
+            )));
+        };
+        let claimed = self.claim_steps(&pooled, spec).await;
+        match claimed {
+            Ok(started) => {
+                drop(busy);
+                self.rename_in_background(&started.container_id, spec);
+                Ok(started)
+            }
+            Err(error) => {
+                if let Err(cleanup) = self.discard(&pooled).await {
+                    tracing::warn!(container_id = %pooled.container_id, slot = pooled.slot, error = %cleanup, "sandbox_pool_cleanup_after_failed_claim_failed");
+                }
+                drop(busy);
+                Err(error)
+            }
+        }
+    }
+
+    /// Check, record, attach, send, probe: each step's failure is `Lost` (the pooled sandbox was
+    /// unusable; a cold create may still serve) or `Failed` (a cold create would fail the same).
+    async fn claim_steps(
+        &self,
+        pooled: &PooledSandbox,
+        spec: &NewSandbox,
+    ) -> Result<StartedSandbox, ClaimError> {
+        let lost = |error: String| ClaimError::Lost(other(error));
+        let source = self
+            .check(&spec.volume_host_path)
+            .await
+            .map_err(ClaimError::Failed)?;
+        let docker = self.client().await.map_err(ClaimError::Lost)?;
+        let record = Record {
+            container_id: pooled.container_id.clone(),
+            slot: pooled.slot.clone(),
+            labels: self.labels.for_sandbox(spec),
+        };
+        self.pool
+            .write_record(record)
+            .await
+            .map_err(|e| lost(format!("cannot write the claim record: {e}")))?;
+        let slots = self.pool.slots().await.map_err(|e| lost(e.to_string()))?;
+        slots
+            .attach(&pooled.slot, &source)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        self.pool
+            .channel(&pooled.slot)
+            .map_err(|e| lost(e.to_string()))?
+            .send(&claim_of(identity_of_spec(spec)))
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        if let Some(endpoint) = pooled.endpoint {
+            ready::wait_ready_claimed(&docker, &pooled.container_id, &spec.profile, endpoint)
+                .await
+                .map_err(ClaimError::Failed)?;
+        }
+        Ok(StartedSandbox {
+            container_id: pooled.container_id.clone(),
+            endpoint: pooled.endpoint,
+        })
+    }
+
+    /// Names the claimed container as a cold one is named (`sandbox-{session_id}`), off the
+    /// claim's path: operators and logs see the same names; nothing depends on it.
+    fn rename_in_background(&self, container_id: &ContainerId, spec: &NewSandbox) {
+        let Some(docker) = self.client.get().cloned() else {
+            return;
+        };
+        let container_id = container_id.clone();
+        let name = format!("sandbox-{}", spec.session_id);
+        tokio::spawn(async move {
+            let options = RenameContainerOptionsBuilder::default().name(&name).build();
+            if let Err(error) = docker
+                .rename_container(container_id.as_str(), options)
+                .await
+            {
+                tracing::debug!(%container_id, %error, "sandbox_pool_rename_failed");
+            }
+        });
+    }
+
+    /// Removes a pooled sandbox (waiting, or one whose claim failed) at once, then its slot.
+    pub(super) async fn discard(&self, pooled: &PooledSandbox) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        remove_forced(&docker, pooled.container_id.as_str()).await?;
+        self.pool.release(&pooled.slot).await.map_err(release_error)
+    }
+
+    /// After a claimed container was removed: releases its slot, if it had one. A release that
+    /// fails is logged and left to the next recovery (the container is gone either way).
+    pub(super) async fn release_after_removal(&self, container_id: &ContainerId) {
+        let Some(record) = self.pool.record_of(container_id).await else {
+            return;
+        };
+        let Some(_busy) = self.pool.mark_busy(&record.slot) else {
+            return;
+        };
+        if let Err(error) = self.pool.release(&record.slot).await {
+            tracing::warn!(%container_id, slot = record.slot, %error, "sandbox_pool_release_failed");
+        }
+    }
+
+    /// Sends a claimed sandbox its claim again after a start (its waiter runs again: a stopped
+    /// container restarts from its entrypoint). Not a claimed one: nothing to do.
+    pub(super) async fn reclaim_after_start(
+        &self,
+        container_id: &ContainerId,
+        profile: &AgentProfile,
+    ) -> Result<(), RuntimeError> {
+        let Some(record) = self.pool.record_of(container_id).await else {
+            return Ok(());
+        };
+        let identity = identity_of(&self.labels.decode(&record.labels))
+            .ok_or_else(|| other("the claim record lacks the chat's identity"))?;
+        let channel = self.pool.channel(&record.slot).map_err(other)?;
+        wait_until_waiting(&channel, profile.ready_timeout).await?;
+        channel.send(&claim_of(identity)).await.map_err(other)
+    }
+
+    /// Settles this deployment's slots on this host (the table in `docs/design.md`).
+    pub(super) async fn recover(&self) -> Result<PoolRecovery, RuntimeError> {
+        let docker = self.client().await?;
+        let mut report = PoolRecovery::default();
+        // Read before the containers are listed: a slot made after this read is not judged.
+        let on_disk = self.pool.known_slots().await;
+        let containers = self.list_pool_containers(&docker).await?;
+        let records = self.pool.all_records().await;
+        let slots = self.pool.slots_unprepared().map_err(other)?;
+        let mut seen = std::collections::HashSet::new();
+        for (slot, summary, container_id) in containers {
+            seen.insert(slot.clone());
+            let Some(_busy) = self.pool.mark_busy(&slot) else {
+                continue;
+            };
+            let running = summary.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let waiting = running
+                && self
+                    .pool
+                    .channel(&slot)
+                    .ok()
+                    .and_then(|channel| channel.is_waiting().ok())
+                    .unwrap_or(false);
+            let attached = slots.is_attached(&slot).await.unwrap_or(false);
+            let keep = match (records.contains_key(&slot), attached, waiting) {
+                // Waiting for a claim: back into the pool.
+                (false, false, true) => {
+                    let Some(agent_id) = self
+                        .labels
+                        .decode(&summary.labels.clone().unwrap_or_default())
+                        .agent_id
+                    else {
+                        continue;
+                    };
+                    report.waiting.push(PooledSandbox {
+                        container_id: container_id.clone(),
+                        agent_id,
+                        slot: slot.clone(),
+                        endpoint: self.endpoint_of(&summary),
+                    });
+                    true
+                }
+                // Claimed: a chat's sandbox, for reconcile to judge through its record.
+                (true, true, false) => true,
+                // A claim or a start cut short, or a waiter that died.
+                _ => false,
+            };
+            if !keep {
+                let pooled = PooledSandbox {
+                    container_id,
+                    agent_id: AgentId::parse("unknown").map_err(other)?,
+                    slot: slot.clone(),
+                    endpoint: None,
+                };
+                match self.discard(&pooled).await {
+                    Ok(()) => report.released += 1,
+                    Err(_) => report.unsettled += 1,
+                }
+            }
+        }
+        for slot in on_disk {
+            if seen.contains(&slot) || !is_own_slot(&self.config.key_prefix, &slot) {
+                continue;
+            }
+            if !self.pool.is_older_than(&slot, ORPHAN_SLOT_AGE).await {
+                continue;
+            }
+            let Some(_busy) = self.pool.mark_busy(&slot) else {
+                continue;
+            };
+            match self.pool.release(&slot).await {
+                Ok(()) => report.released += 1,
+                Err(_) => report.unsettled += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// This deployment's pooled containers on the engine (waiting or claimed, any state), with
+    /// their slot.
+    async fn list_pool_containers(
+        &self,
+        docker: &Docker,
+    ) -> Result<Vec<(String, ContainerSummary, ContainerId)>, RuntimeError> {
+        let slot_key = self.labels.pool_slot_key();
+        let filters = HashMap::from([(
+            "label",
+            vec![self.labels.managed_filter(), slot_key.clone()],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_error)?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|summary| {
+                let slot = summary.labels.as_ref()?.get(&slot_key)?.clone();
+                let id = ContainerId::parse(summary.id.as_deref()?).ok()?;
+                is_own_slot(&self.config.key_prefix, &slot).then_some((slot, summary, id))
+            })
+            .collect())
+    }
+
+    fn endpoint_of(&self, summary: &ContainerSummary) -> Option<Endpoint> {
+        summary.ports.as_ref()?.iter().find_map(|port| {
+            let public = port.public_port.filter(|p| *p != 0)?;
+            let ip = port.ip.as_deref()?.parse::<std::net::IpAddr>().ok()?;
+            (ip == self.config.publish_host_ip)
+                .then(|| Endpoint::new(ip, public).ok())
+                .flatten()
+        })
+    }
+}
+
+/// Waits until the waiter reads its channel (it opens the FIFO at its first instruction), up to
+/// `timeout`.
+async fn wait_until_waiting(channel: &ClaimChannel, timeout: Duration) -> Result<(), RuntimeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if channel.is_waiting().map_err(other)? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(RuntimeError::NotReady(timeout));
+        }
+        tokio::time::sleep(WAITING_POLL).await;
+    }
+}
+
+/// Hands the claim FIFO to a numeric `user` (`uid` or `uid:gid`), so the waiter can read it
+/// without capabilities; a user name cannot be resolved on the host and is refused.
+fn own_channel_by(channel: &ClaimChannel, user: &str) -> Result<(), RuntimeError> {
+    let mut parts = user.splitn(2, ':');
+    let parse = |part: Option<&str>| part.map(str::parse::<u32>).transpose();
+    let (Ok(Some(uid)), Ok(gid)) = (parse(parts.next()), parse(parts.next())) else {
+        return Err(other(format!(
+            "a pooled profile's user must be numeric (uid or uid:gid), not {user:?}"
+        )));
+    };
+    let fifo = channel.dir().join(crate::pool::claim::FIFO_NAME);
+    std::os::unix::fs::chown(&fifo, Some(uid), gid).map_err(other)
+}
+
+fn release_error(error: ReleaseError) -> RuntimeError {
+    other(error.to_string())
+}

@@ -1,0 +1,39 @@
+//! The warm pool's refill loop: a `RefillPool` pass at start, again as soon as a create claims a
+//! pooled sandbox, and at least every [`REFILL_EVERY`] (to retry after failures and backoffs);
+//! at shutdown the waiting pooled sandboxes are removed (they serve no chat, and the next start
+//! fills its own pool).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandboxd_usecase::RefillPool;
+use sandboxd_usecase::telemetry::ErrorChain;
+use tokio_util::sync::CancellationToken;
+
+use crate::background::OutageLog;
+use crate::names;
+
+/// The longest wait between two passes when no claim wakes the loop.
+const REFILL_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationToken) {
+    let mut outages = OutageLog::new(names::LOOP_REFILL);
+    loop {
+        // A pass may start many sandboxes one after another: a shutdown does not wait for it (an
+        // abandoned start removes its container; recovery removes its slot).
+        let pass = tokio::select! {
+            () = stop.cancelled() => break,
+            pass = refill.execute() => pass,
+        };
+        outages.record(
+            pass.map(drop)
+                .map_err(|error| ErrorChain(&error).to_string()),
+        );
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = refill.pool().wanted() => {}
+            () = tokio::time::sleep(REFILL_EVERY) => {}
+        }
+    }
+    refill.discard_all().await;
+}
