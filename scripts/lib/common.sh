@@ -158,6 +158,49 @@ DOCKERFILE
   DOCKER_BUILDKIT=0 docker build -q -t "$SANDBOX_IMAGE" "$ctx" >/dev/null || die "building $SANDBOX_IMAGE failed"
 }
 
+# The warm pool's waiter (crates/pool-waiter): bind-mounted into pooled sandboxes, whose images
+# may be FROM scratch, so it must be a static executable (sandboxd refuses a dynamic one). Built
+# with `+crt-static` for the host's target, which must be x86_64-unknown-linux-gnu; the test kit
+# (crates/testkit/src/pool.rs) builds the same binary the same way.
+POOL_WAITER_TARGET=x86_64-unknown-linux-gnu
+
+pool_waiter_target_dir() {
+  # The cargo target directory, absolute: CARGO_TARGET_DIR (relative to the working directory,
+  # as cargo reads it) if set, else the repository's target/.
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  case "${CARGO_TARGET_DIR:-}" in
+    "") printf '%s\n' "$root/target" ;;
+    /*) printf '%s\n' "$CARGO_TARGET_DIR" ;;
+    *) printf '%s\n' "$PWD/$CARGO_TARGET_DIR" ;;
+  esac
+}
+
+build_pool_waiter() {
+  # Builds the static waiter (incremental: quick when nothing changed); prints nothing on stdout.
+  local root host target_dir
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  command -v rustc >/dev/null 2>&1 || die "rustc is not on PATH: install the Rust toolchain (rust-toolchain.toml)"
+  host=$(cd "$root" && rustc -vV | sed -n 's/^host: //p')
+  [ "$host" = "$POOL_WAITER_TARGET" ] \
+    || die "the pool waiter is built for $POOL_WAITER_TARGET, but this host's Rust target is '${host:-unknown}'"
+  target_dir=$(pool_waiter_target_dir)
+  log "building the static pool waiter (sandboxd-pool-waiter, +crt-static, $POOL_WAITER_TARGET)"
+  (cd "$root" && CARGO_TARGET_DIR="$target_dir" RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked -p sandboxd-pool-waiter --target "$POOL_WAITER_TARGET" >&2) \
+    || die "building the pool waiter failed"
+  [ -x "$target_dir/$POOL_WAITER_TARGET/release/pool-waiter" ] \
+    || die "cargo did not produce $target_dir/$POOL_WAITER_TARGET/release/pool-waiter"
+}
+
+pool_waiter_path() {
+  # The absolute path of the waiter build_pool_waiter builds (sandboxd's pool_waiter setting).
+  local path
+  path="$(pool_waiter_target_dir)/$POOL_WAITER_TARGET/release/pool-waiter"
+  [ -x "$path" ] || die "$path is not built: run build_pool_waiter (scripts/lib/common.sh)"
+  printf '%s\n' "$path"
+}
+
 file_is_static() {
   # busybox-static replaces /bin/busybox with a static build; the dynamic one cannot run FROM scratch.
   ! ldd "$1" >/dev/null 2>&1

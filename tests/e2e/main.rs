@@ -14,6 +14,7 @@ mod harness;
 mod isolation;
 mod lifecycle;
 mod observability;
+mod pool;
 mod python;
 mod reliability;
 mod shutdown;

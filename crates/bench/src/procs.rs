@@ -46,7 +46,11 @@ pub(crate) async fn start_sandboxd(
     volume_root: &Path,
 ) -> Result<SandboxdProcess> {
     let config_path = dir.join(format!("{name}.toml"));
-    std::fs::write(&config_path, config.render(redis_url, name, volume_root))?;
+    let pool_root = dir.join(format!("{name}-pool"));
+    std::fs::write(
+        &config_path,
+        config.render(redis_url, name, volume_root, &pool_root),
+    )?;
     let launch = config.launch(
         binary.to_path_buf(),
         config_path,

@@ -35,6 +35,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::app_config::{AppConfig, toml_string};
 use crate::binary::sandboxd_bin;
 use crate::docker::{self, LabelGuard, MANAGED_BY};
+use crate::pool::MountGuard;
 use crate::process::{START_TIMEOUT, SandboxdProcess};
 use crate::redis::RedisServer;
 
@@ -45,6 +46,8 @@ use crate::redis::RedisServer;
 pub struct TestApp {
     process: SandboxdProcess,
     containers: LabelGuard,
+    /// After the containers (they hold propagated copies): the pool's mounts under `scratch`.
+    _pool_mounts: MountGuard,
     pub redis: RedisServer,
     /// Config file, logs and scratch space; not mountable (outside `volume_root`).
     pub scratch: TempDir,
@@ -110,9 +113,11 @@ pub async fn spawn_app_with(mut config: AppConfig) -> TestApp {
             config.redis_url.as_deref().unwrap_or(&redis.url()),
             &prefix,
             volume_root.path(),
+            &scratch.path().join("pool"),
         ),
     )
     .expect("writing the config file");
+    let pool_mounts = MountGuard::new(scratch.path());
 
     let process = start_process(&config, &config_path, scratch.path()).await;
     let channel = connect(&process).await;
@@ -124,6 +129,7 @@ pub async fn spawn_app_with(mut config: AppConfig) -> TestApp {
         http_addr: process.http_addr,
         process,
         containers,
+        _pool_mounts: pool_mounts,
         redis,
         scratch,
         volume_root,
@@ -165,7 +171,12 @@ pub async fn start_refused(config: AppConfig) -> (ExitStatus, String) {
     let config_path = scratch.path().join("sandboxd.toml");
     std::fs::write(
         &config_path,
-        config.render(&redis_url, &prefix, &volume_root),
+        config.render(
+            &redis_url,
+            &prefix,
+            &volume_root,
+            &scratch.path().join("pool"),
+        ),
     )
     .expect("writing the config file");
     let launch = config.launch(

@@ -49,6 +49,9 @@ pub struct AppConfig {
     /// Whether [`spawn_app_with`] waits for SERVING; `false` for a server meant to stay
     /// NOT_SERVING (a Redis it must refuse).
     pub wait_for_serving: bool,
+    /// Whether profiles may pool: the static waiter is built ([`crate::pool::waiter_binary`])
+    /// and named in `pool_waiter`. The pool's root is always the app's own scratch directory.
+    pub pool_waiter: bool,
 }
 
 impl Default for AppConfig {
@@ -70,6 +73,7 @@ impl Default for AppConfig {
             auth_token: None,
             redis_url: None,
             wait_for_serving: true,
+            pool_waiter: false,
         }
     }
 }
@@ -93,9 +97,16 @@ impl AppConfig {
     }
 
     /// The config file: listeners on port 0 on loopback, `redis_url`, `prefix` as the key prefix
-    /// and label namespace, `volume_root` as the only allowed volume root.
+    /// and label namespace, `volume_root` as the only allowed volume root, `pool_root` as the
+    /// warm pool's directory.
     #[must_use]
-    pub fn render(&self, redis_url: &str, prefix: &str, volume_root: &Path) -> String {
+    pub fn render(
+        &self,
+        redis_url: &str,
+        prefix: &str,
+        volume_root: &Path,
+        pool_root: &Path,
+    ) -> String {
         let mut toml = String::new();
         let settings = [
             ("grpc_addr", "127.0.0.1:0"),
@@ -116,6 +127,19 @@ impl AppConfig {
         }
         let root = toml_string(&volume_root.display().to_string());
         let _ = writeln!(toml, "allowed_volume_roots = [{root}]");
+        let _ = writeln!(
+            toml,
+            "pool_root = {}",
+            toml_string(&pool_root.display().to_string())
+        );
+        if self.pool_waiter {
+            let waiter = crate::pool::waiter_binary();
+            let _ = writeln!(
+                toml,
+                "pool_waiter = {}",
+                toml_string(&waiter.display().to_string())
+            );
+        }
         toml.push_str(&self.extra_toml);
         toml.push('\n');
         let profile = format!("{}{}\n", self.profile, self.profile_extra);

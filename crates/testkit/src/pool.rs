@@ -78,6 +78,24 @@ pub fn unmount_all_under(root: &Path) {
     }
 }
 
+/// Unmounts everything below a directory when dropped (see [`unmount_all_under`]): a field
+/// placed after the containers' guard and before the directory's own.
+#[derive(Debug)]
+pub struct MountGuard(PathBuf);
+
+impl MountGuard {
+    #[must_use]
+    pub fn new(root: &Path) -> Self {
+        Self(root.to_path_buf())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        unmount_all_under(&self.0);
+    }
+}
+
 /// The kernel's octal escapes of space, tab, newline and backslash in mountinfo, undone.
 fn unescape(field: &str) -> PathBuf {
     let bytes = field.as_bytes();

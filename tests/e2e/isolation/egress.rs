@@ -427,7 +427,12 @@ async fn a_start_that_cannot_install_the_rules_stops_with_the_reason() {
     // Nothing listens on port 1: the start must fail before it ever needs Redis.
     std::fs::write(
         &config_path,
-        config.render("redis://127.0.0.1:1", &prefix, dir.path()),
+        config.render(
+            "redis://127.0.0.1:1",
+            &prefix,
+            dir.path(),
+            &dir.path().join("pool"),
+        ),
     )
     .unwrap();
     let launch = config.launch(

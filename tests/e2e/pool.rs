@@ -1,0 +1,401 @@
+//! The warm pool end to end (issue 18): a create of a pooled profile is served by a sandbox
+//! started ahead of time, with the chat's own volume and environment from its command's first
+//! instruction; claims never cross chats; the sandbox cannot unmount its workspace and is hardened
+//! exactly like a cold one; an empty pool falls back to a cold create; SIGKILLs during claims and
+//! a restart leave no container without a session and no slot mounted for nobody.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sandboxd_api::v1;
+use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
+
+use crate::reliability::{create_request, reconcile};
+
+/// Written by the test into each chat's volume before its create.
+const MARKER: &str = "marker";
+
+/// The pooled profile's command: its first instruction copies the chat's marker (so it must see
+/// the volume at once), then records its environment, then serves the volume.
+const COMMAND: &str = r#"command = ["/bin/busybox", "sh", "-c", "/bin/busybox cp marker served.txt && /bin/busybox env > env.txt && exec /bin/busybox httpd -f -p 8080 -h ."]"#;
+
+/// Agents `pooled` (with `pool_size`) and `cold` (the same profile without a pool).
+fn pool_config(pool_size: u32) -> AppConfig {
+    let body = format!("{}{COMMAND}\n", AppConfig::busybox_profile());
+    AppConfig {
+        pool_waiter: true,
+        ..AppConfig::default()
+    }
+    .with_agent("pooled", &format!("{body}pool_size = {pool_size}\n"))
+    .with_agent("cold", &body)
+}
+
+/// A volume holding a marker naming `chat`.
+fn volume_with_marker(app: &TestApp, name: &str, chat: &str) -> String {
+    let volume = app.new_volume(name);
+    std::fs::write(
+        PathBuf::from(&volume).join(MARKER),
+        format!("chat {chat}\n"),
+    )
+    .unwrap();
+    volume
+}
+
+async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
+    sandboxd_testkit::metric_samples(&app.http_addr.to_string(), name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(sample_labels, _)| sample_labels.contains(labels))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// Waits until `ready` pooled sandboxes of `pooled` wait (the refill runs in the background).
+async fn wait_for_pool(app: &TestApp, ready: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        #[allow(clippy::cast_precision_loss)]
+        if metric(app, "sandbox_pool_ready", r#"agent="pooled""#).await >= ready as f64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool never reached {ready}\n{}",
+            app.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create(app: &TestApp, chat: &str, agent: &str, volume: &str) -> v1::Sandbox {
+    app.api
+        .clone()
+        .create_sandbox(create_request(chat, agent, volume))
+        .await
+        .unwrap_or_else(|status| panic!("create {chat}: {status:?}\n{}", app.log()))
+        .into_inner()
+        .sandbox
+        .expect("a sandbox")
+}
+
+async fn get(sandbox: &v1::Sandbox, path: &str) -> (u16, String) {
+    let endpoint = sandbox.endpoint.as_ref().expect("an endpoint");
+    sandboxd_testkit::http_get(&format!("{}:{}", endpoint.ip, endpoint.port), path)
+        .await
+        .unwrap()
+}
+
+/// Ids of the containers carrying a pool slot: waiting or claimed.
+async fn pooled_ids(app: &TestApp) -> BTreeSet<String> {
+    app.containers()
+        .await
+        .into_iter()
+        .filter(|c| app.label(c, "pool_slot").is_some())
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pooled_create_runs_the_command_in_the_chats_volume_with_its_environment() {
+    let app = spawn_app_with(pool_config(2)).await;
+    wait_for_pool(&app, 2).await;
+    let waiting = pooled_ids(&app).await;
+    let chat = new_chat_id();
+    let volume = volume_with_marker(&app, "chat", &chat);
+    let sandbox = create(&app, &chat, "pooled", &volume).await;
+    assert!(
+        waiting.contains(&sandbox.container_id),
+        "served by a sandbox that was waiting: {waiting:?} vs {}",
+        sandbox.container_id
+    );
+    assert_eq!(
+        metric(&app, "sandbox_pool_claims_total", r#"result="claimed""#).await,
+        1.0
+    );
+    // The first instruction saw the chat's volume; the command's writes land in it.
+    assert_eq!(
+        get(&sandbox, "/served.txt").await,
+        (200, format!("chat {chat}\n"))
+    );
+    let (status, env) = get(&sandbox, "/env.txt").await;
+    assert_eq!(status, 200);
+    for wanted in [
+        format!("SANDBOX_CHAT_ID={chat}"),
+        format!("SANDBOX_SESSION_ID={}", sandbox.session_id),
+        "SANDBOX_AGENT_ID=pooled".to_owned(),
+    ] {
+        assert!(env.lines().any(|line| line == wanted), "{wanted} in {env}");
+    }
+    let host_volume = PathBuf::from(&volume);
+    assert!(host_volume.join("served.txt").is_file() && host_volume.join("env.txt").is_file());
+
+    // The sandbox cannot unmount or remount its workspace.
+    let docker = &app.docker;
+    for attempt in [
+        vec!["/bin/busybox", "umount", "/workspace"],
+        vec!["/bin/busybox", "umount", "-l", "/workspace"],
+        vec!["/bin/busybox", "mount", "-o", "remount,ro", "/workspace"],
+    ] {
+        let _ = sandboxd_testkit::docker::exec(docker, &sandbox.container_id, &attempt).await;
+    }
+    assert_eq!(get(&sandbox, "/served.txt").await.0, 200);
+    let probe = sandboxd_testkit::docker::exec(
+        docker,
+        &sandbox.container_id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo still > /workspace/w && echo ok",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(probe.contains("ok"), "{probe}");
+    assert_eq!(
+        std::fs::read_to_string(host_volume.join("w")).unwrap(),
+        "still\n"
+    );
+
+    // Hardened exactly like a cold sandbox of the same profile.
+    let cold_chat = new_chat_id();
+    let cold_volume = volume_with_marker(&app, "cold", &cold_chat);
+    let cold = create(&app, &cold_chat, "cold", &cold_volume).await;
+    let pooled_host = hardening(&app, &sandbox.container_id).await;
+    let cold_host = hardening(&app, &cold.container_id).await;
+    assert_eq!(pooled_host, cold_host);
+
+    // Deleted like any other: container gone, slot released; the waiting ones' slots are not
+    // mounts, so only the slots root itself is left mounted.
+    let marker_chat = chat.clone();
+    app.api
+        .clone()
+        .delete_sandbox(v1::DeleteSandboxRequest { chat_id: chat })
+        .await
+        .unwrap();
+    assert!(!app.container_exists(&sandbox.container_id).await);
+    let slots = slot_mounts(&app);
+    assert!(slots.is_empty(), "{slots:?}");
+    // The volume itself is untouched by the release.
+    assert_eq!(
+        std::fs::read_to_string(host_volume.join(MARKER)).unwrap(),
+        format!("chat {marker_chat}\n")
+    );
+}
+
+/// What limits a sandbox, from `docker inspect`.
+async fn hardening(app: &TestApp, id: &str) -> BTreeMap<&'static str, String> {
+    let inspect = app.docker.inspect_container(id, None).await.unwrap();
+    let host = inspect.host_config.unwrap_or_default();
+    let config = inspect.config.unwrap_or_default();
+    BTreeMap::from([
+        ("cap_add", format!("{:?}", host.cap_add)),
+        ("cap_drop", format!("{:?}", host.cap_drop)),
+        ("security_opt", format!("{:?}", host.security_opt)),
+        ("privileged", format!("{:?}", host.privileged)),
+        ("readonly_rootfs", format!("{:?}", host.readonly_rootfs)),
+        ("memory", format!("{:?}", host.memory)),
+        ("memory_swap", format!("{:?}", host.memory_swap)),
+        ("nano_cpus", format!("{:?}", host.nano_cpus)),
+        ("pids_limit", format!("{:?}", host.pids_limit)),
+        ("init", format!("{:?}", host.init)),
+        ("runtime", format!("{:?}", host.runtime)),
+        ("network_mode", format!("{:?}", host.network_mode)),
+        ("tmpfs", format!("{:?}", host.tmpfs)),
+        ("port_bindings", format!("{:?}", host.port_bindings)),
+        ("user", format!("{:?}", config.user)),
+    ])
+}
+
+/// Slot directories mounted now (the slots root itself excluded).
+fn slot_mounts(app: &TestApp) -> Vec<PathBuf> {
+    let slots = app.scratch.path().join("pool/slots");
+    let root = slots.canonicalize().unwrap_or(slots);
+    sandboxd_testkit::pool::mounts_under(&root)
+        .into_iter()
+        .filter(|point| *point != root)
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_claims_each_get_their_own_chats_volume() {
+    let app = spawn_app_with(pool_config(8)).await;
+    wait_for_pool(&app, 8).await;
+    let chats: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let chat = new_chat_id();
+            let volume = volume_with_marker(&app, &format!("c{i}"), &chat);
+            (chat, volume)
+        })
+        .collect();
+    let created = futures::future::join_all(
+        chats
+            .iter()
+            .map(|(chat, volume)| create(&app, chat, "pooled", volume)),
+    )
+    .await;
+    for ((chat, _), sandbox) in chats.iter().zip(&created) {
+        assert_eq!(
+            get(sandbox, "/served.txt").await,
+            (200, format!("chat {chat}\n"))
+        );
+        let (_, env) = get(sandbox, "/env.txt").await;
+        assert!(env.contains(&format!("SANDBOX_CHAT_ID={chat}")), "{env}");
+    }
+    assert_eq!(
+        metric(&app, "sandbox_pool_claims_total", r#"result="claimed""#).await,
+        8.0
+    );
+    assert_eq!(slot_mounts(&app).len(), 8);
+}
+
+#[tokio::test]
+async fn an_empty_pool_falls_back_to_a_cold_create() {
+    let app = spawn_app_with(pool_config(1)).await;
+    wait_for_pool(&app, 1).await;
+    let chats: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            let chat = new_chat_id();
+            let volume = volume_with_marker(&app, &format!("c{i}"), &chat);
+            (chat, volume)
+        })
+        .collect();
+    // At once: one pooled sandbox for three creates.
+    let created = futures::future::join_all(
+        chats
+            .iter()
+            .map(|(chat, volume)| create(&app, chat, "pooled", volume)),
+    )
+    .await;
+    for ((chat, _), sandbox) in chats.iter().zip(&created) {
+        assert_eq!(
+            get(sandbox, "/served.txt").await,
+            (200, format!("chat {chat}\n"))
+        );
+    }
+    let claimed = metric(&app, "sandbox_pool_claims_total", r#"result="claimed""#).await;
+    let empty = metric(&app, "sandbox_pool_claims_total", r#"result="empty""#).await;
+    assert!(
+        claimed >= 1.0 && claimed + empty == 3.0,
+        "claimed {claimed}, empty {empty}"
+    );
+}
+
+/// At least 10 SIGKILLs while claims run, restarting each time; then, past the reconcile grace,
+/// one pass: every container but the waiting pooled ones has a session, every session's
+/// container runs, and every mounted slot is a session's. Then the sessions are deleted and the
+/// server stopped: no container and no slot mount is left.
+#[tokio::test]
+async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
+    let body = format!(
+        "{}{COMMAND}\nready_timeout = \"2s\"\npool_size = 4\n",
+        AppConfig::busybox_profile()
+    );
+    let mut config = AppConfig {
+        pool_waiter: true,
+        ..AppConfig::default()
+    }
+    .with_agent("pooled", &body);
+    config.lock_ttl = "2s".to_owned();
+    config.profile_extra = "ready_timeout = \"2s\"".to_owned();
+    config.extra_toml = "reconcile_grace = \"5s\"\nreconcile_interval = \"1h\"\n".to_owned();
+    let mut app = spawn_app_with(config).await;
+    let mut rng = StdRng::seed_from_u64(18);
+    let chats: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            let chat = new_chat_id();
+            let volume = volume_with_marker(&app, &format!("c{i}"), &chat);
+            (chat, volume)
+        })
+        .collect();
+    let kills = 10;
+    let mut answered = 0;
+    for _ in 0..kills {
+        wait_for_pool(&app, 2).await;
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (chat, volume) = chats[rng.random_range(0..chats.len())].clone();
+                let api = app.api.clone();
+                tokio::spawn(async move {
+                    api.clone()
+                        .create_sandbox(create_request(&chat, "pooled", &volume))
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        // A claim takes a few milliseconds: kill inside or right after most of them.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        app.kill9().await;
+        for call in calls {
+            answered += usize::from(call.await.unwrap_or(false));
+        }
+        app.restart().await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let report = reconcile(&app.api).await;
+    assert_eq!(report.error_count, 0, "{report:?}");
+
+    let sessions: BTreeSet<String> = all_session_containers(&app).await;
+    let mounted = slot_mounts(&app);
+    for container in app.containers().await {
+        let id = container.id.clone().unwrap_or_default();
+        let slot = app.label(&container, "pool_slot");
+        let attached = slot
+            .as_ref()
+            .is_some_and(|slot| mounted.iter().any(|m| m.ends_with(slot)));
+        let waiting = slot.is_some() && !attached;
+        assert!(
+            waiting || sessions.contains(&id),
+            "container {id} (slot {slot:?}) has no session\n{}",
+            app.log()
+        );
+    }
+    assert_eq!(mounted.len(), sessions.len(), "{mounted:?} vs {sessions:?}");
+    eprintln!(
+        "pool crash: {kills} kills, {answered} creates answered, reconcile removed {} containers and {} sessions, {} sessions left",
+        report.removed_container_ids.len(),
+        report.removed_sandboxes.len(),
+        sessions.len()
+    );
+
+    for (chat, _) in &chats {
+        let _ = app
+            .api
+            .clone()
+            .delete_sandbox(v1::DeleteSandboxRequest {
+                chat_id: chat.clone(),
+            })
+            .await;
+    }
+    app.sigterm();
+    let _ = app.wait_for_exit(Duration::from_secs(30)).await;
+    assert!(
+        app.containers().await.is_empty(),
+        "{:?}",
+        app.containers().await
+    );
+    assert!(slot_mounts(&app).is_empty(), "{:?}", slot_mounts(&app));
+}
+
+async fn all_session_containers(app: &TestApp) -> BTreeSet<String> {
+    app.api
+        .clone()
+        .list_sandboxes(v1::ListSandboxesRequest {
+            agent_id: String::new(),
+            page_size: 1000,
+            page_token: String::new(),
+            state: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sandboxes
+        .into_iter()
+        .map(|s| s.container_id)
+        .collect()
+}
