@@ -85,6 +85,9 @@ pub enum Phase {
     Memory,
     /// Cleanup passes at concurrency 1 and the default, against the engine's stops
     Cleanup,
+    /// CreateSandbox from the warm pool against a cold create of the same profile; a burst of
+    /// 32; the refill rate against the engine's sequential create+start rate
+    Pool,
 }
 
 /// The run's sizes, after `--smoke` and the defaults are applied.

@@ -380,7 +380,7 @@ impl AgentProfile {
 
 impl AgentProfile {
     /// `pool_size`: bounded, within `max_sandboxes`, and only under a runtime where the pool's
-    /// mechanisms were seen to work (`runc`; see `docs/pool-foundation.md`, surprise 9).
+    /// mechanisms were seen to work (`runc`; see `docs/design.md`, "Warm pool").
     fn validate_pool_size(&self, scope: &str) -> Result<(), InvalidProfile> {
         let err = |reason: String| InvalidProfile {
             setting: format!("{scope}.pool_size"),

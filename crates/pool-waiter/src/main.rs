@@ -11,7 +11,7 @@
 //! claim ends it with status 2, so the pool replaces the sandbox rather than guess.
 //!
 //! No NSS, no allocation-heavy work: the binary is built static and bind-mounted read-only into
-//! images that have nothing else (`+crt-static`, see `docs/pool-foundation.md`).
+//! images that have nothing else (`+crt-static`, see `docs/design.md`, "Warm pool").
 
 use std::fs::File;
 use std::io::Read;

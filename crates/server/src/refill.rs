@@ -15,6 +15,9 @@ use crate::names;
 
 /// The longest wait between two passes when no claim wakes the loop.
 const REFILL_EVERY: Duration = Duration::from_secs(1);
+/// After a claim wakes the loop, the pass waits until no claim came for this long: a burst of
+/// claims is served before the refill's engine work takes the CPU from it.
+const QUIET_AFTER_CLAIMS: Duration = Duration::from_millis(25);
 
 pub(crate) async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationToken) {
     let mut outages = OutageLog::new(names::LOOP_REFILL);
@@ -31,7 +34,12 @@ pub(crate) async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationT
         );
         tokio::select! {
             () = stop.cancelled() => break,
-            () = refill.pool().wanted() => {}
+            () = refill.pool().wanted() => {
+                while tokio::time::timeout(QUIET_AFTER_CLAIMS, refill.pool().wanted())
+                    .await
+                    .is_ok()
+                {}
+            }
             () = tokio::time::sleep(REFILL_EVERY) => {}
         }
     }

@@ -1,6 +1,6 @@
 //! The create request of a sandbox container: one hardened base for every sandbox, completed
 //! in one of two ways. A cold sandbox gets the chat's volume, the chat's identity in its env and
-//! the chat's labels. A pooled sandbox (issue 18, see `docs/pool-foundation.md`) gets an empty
+//! the chat's labels. A pooled sandbox (issue 18, see `docs/design.md`, "Warm pool") gets an empty
 //! slot bound `rslave` instead of the volume, the static waiter as its entrypoint, its claim
 //! directory, and pool labels. The identity reaches it later, in the claim.
 //!

@@ -27,6 +27,8 @@ use crate::pool::claim::ClaimChannel;
 
 /// How often a starting pooled sandbox is checked for its waiter reading the claim channel.
 const WAITING_POLL: Duration = Duration::from_millis(2);
+/// How long after a claim its container is renamed.
+const RENAME_AFTER: Duration = Duration::from_millis(500);
 /// A slot with no container is only released once older than this: younger, it may belong to
 /// a start of another call that has not created its container yet.
 const ORPHAN_SLOT_AGE: Duration = Duration::from_secs(120);
@@ -262,7 +264,8 @@ impl DockerRuntime {
     }
 
     /// Names the claimed container as a cold one is named (`sandbox-{session_id}`), off the
-    /// claim's path: operators and logs see the same names; nothing depends on it.
+    /// claim's path and a moment later (a burst of claims is not slowed by engine calls nothing
+    /// waits for): operators and logs see the same names; nothing depends on it.
     fn rename_in_background(&self, container_id: &ContainerId, spec: &NewSandbox) {
         let Some(docker) = self.client.get().cloned() else {
             return;
@@ -270,6 +273,7 @@ impl DockerRuntime {
         let container_id = container_id.clone();
         let name = format!("sandbox-{}", spec.session_id);
         tokio::spawn(async move {
+            tokio::time::sleep(RENAME_AFTER).await;
             let options = RenameContainerOptionsBuilder::default().name(&name).build();
             if let Err(error) = docker
                 .rename_container(container_id.as_str(), options)

@@ -18,6 +18,8 @@ use super::probe;
 const PROBE_BACKOFF_START: Duration = Duration::from_millis(2);
 /// First wait between probes of a claimed sandbox (its command starts within milliseconds).
 const CLAIM_PROBE_BACKOFF_START: Duration = Duration::from_micros(500);
+/// Longest wait between probes of a claimed sandbox: a claim answers within milliseconds.
+const CLAIM_PROBE_BACKOFF_MAX: Duration = Duration::from_millis(4);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// Bound on one probe attempt, so a hung connection cannot eat the whole ready timeout.
 const PROBE_ATTEMPT_MAX: Duration = Duration::from_secs(1);
@@ -61,7 +63,7 @@ pub(super) async fn wait_ready_endpoint(
         profile.effective_probe(),
         probe_addr,
         profile.ready_timeout,
-        PROBE_BACKOFF_START,
+        (PROBE_BACKOFF_START, PROBE_BACKOFF_MAX),
     )
     .await?;
     Ok(Some(endpoint))
@@ -109,7 +111,7 @@ pub(super) async fn wait_ready_claimed(
         profile.effective_probe(),
         probe_addr,
         profile.ready_timeout,
-        CLAIM_PROBE_BACKOFF_START,
+        (CLAIM_PROBE_BACKOFF_START, CLAIM_PROBE_BACKOFF_MAX),
     )
     .await
 }
@@ -121,7 +123,7 @@ async fn wait_ready(
     kind: ReadyProbe,
     addr: SocketAddr,
     ready_timeout: Duration,
-    backoff_start: Duration,
+    (backoff_start, backoff_max): (Duration, Duration),
 ) -> Result<(), RuntimeError> {
     let deadline = Instant::now() + ready_timeout;
     let mut backoff = backoff_start;
@@ -163,7 +165,7 @@ async fn wait_ready(
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(backoff.min(remaining)).await;
-        backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
+        backoff = (backoff * 2).min(backoff_max);
     }
 }
 

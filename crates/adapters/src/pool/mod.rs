@@ -1,5 +1,6 @@
 //! The host side of the warm pool's two risky mechanisms, proven on the real engine by
-//! `tests/pool_mechanisms.rs` and not wired into the runtime yet (see `docs/pool-foundation.md`):
+//! `tests/pool_mechanisms.rs` and used by the Docker runtime's pool (`docker::pooled`; see
+//! `docs/design.md`, "Warm pool"):
 //!
 //! - [`slots`]: empty directories under one `rshared` directory, each the bind source of one pooled
 //!   sandbox's mount target (`rslave`), onto which a chat's volume is bind-mounted when claimed;

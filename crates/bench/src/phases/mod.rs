@@ -10,6 +10,7 @@ mod containers;
 mod lifecycle;
 mod memory;
 mod micro;
+mod pool;
 mod runtimes;
 mod targets;
 mod throughput;
@@ -35,7 +36,7 @@ use crate::{Args, Phase, Plan, Scope};
 /// The instance every phase but cleanup measures.
 const MAIN: &str = "main";
 /// The sandboxd instances a run starts (their names suffix the run's key prefix).
-pub(crate) const INSTANCES: [&str; 3] = [MAIN, "c1", "c8"];
+pub(crate) const INSTANCES: [&str; 4] = [MAIN, "c1", "c8", pool::POOL_INSTANCE];
 /// sandboxd's default `cleanup_concurrency`.
 const DEFAULT_CLEANUP_CONCURRENCY: usize = 8;
 /// Creates in flight while preparing the cleanup sessions (not timed).
@@ -210,6 +211,10 @@ pub(crate) async fn run(
     }
     drop(channel);
     main.stop(procs::STOP_TIMEOUT).await?;
+
+    if plan.runs(Phase::Pool) {
+        pool::pool(&mut ctx, report).await?;
+    }
 
     if plan.runs(Phase::Cleanup) {
         for concurrency in [1, DEFAULT_CLEANUP_CONCURRENCY] {

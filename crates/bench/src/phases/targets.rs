@@ -2,7 +2,7 @@
 
 use super::{
     COLD, DEFAULT_CLEANUP_CONCURRENCY, DELETE, FLOOR_CREATE, FLOOR_PAUSE, FLOOR_REMOVE,
-    FLOOR_UNPAUSE, PAUSE, RESUME, REUSE, REUSE_RATE, cleanup_rate, floor_stop_rate,
+    FLOOR_UNPAUSE, PAUSE, RESUME, REUSE, REUSE_RATE, cleanup_rate, floor_stop_rate, pool,
 };
 use crate::Plan;
 use crate::report::{Report, Target};
@@ -66,6 +66,42 @@ pub(super) fn targets(plan: &Plan, report: &mut Report) {
         },
         met: match (ours, raw, sequential) {
             (Some(o), Some(r), Some(s)) => Some(o >= 0.9 * r && o > s),
+            _ => None,
+        },
+    });
+    let pooled = report.summary(pool::POOLED).map(|s| (ms(s.p50), ms(s.p99)));
+    targets.push(Target {
+        target: "CreateSandbox from the pool p50 <= 10 ms and p99 <= 25 ms".to_owned(),
+        measured: pooled.map_or_else(
+            || "-".to_owned(),
+            |(p50, p99)| format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        ),
+        met: pooled.map(|(p50, p99)| p50 <= 10.0 && p99 <= 25.0),
+    });
+    let speedup = report.value(pool::COLD_OVER_POOLED);
+    targets.push(Target {
+        target: "CreateSandbox from the pool >= 20 x faster than cold (p50)".to_owned(),
+        measured: speedup.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} x")),
+        met: speedup.map(|v| v >= 20.0),
+    });
+    let burst = report.summary(pool::POOL_BURST).map(|s| ms(s.max));
+    targets.push(Target {
+        target: "a burst of 32 creates on a pool of 32: every answer <= 100 ms".to_owned(),
+        measured: burst.map_or_else(|| "-".to_owned(), |v| format!("max {v:.1} ms")),
+        met: burst.map(|v| v <= 100.0),
+    });
+    let (refill, engine) = (
+        report.value(pool::POOL_REFILL_RATE),
+        report.value(pool::FLOOR_CREATE_START_RATE),
+    );
+    targets.push(Target {
+        target: "pool refill >= 0.9 x the engine's create+start rate".to_owned(),
+        measured: match (refill, engine) {
+            (Some(r), Some(e)) => format!("{:.3}x ({r:.2} vs {e:.2} /s)", r / e),
+            _ => "-".to_owned(),
+        },
+        met: match (refill, engine) {
+            (Some(r), Some(e)) => Some(r >= 0.9 * e),
             _ => None,
         },
     });
