@@ -211,14 +211,26 @@ async fn hardening(app: &TestApp, id: &str) -> BTreeMap<&'static str, String> {
     ])
 }
 
-/// Slot directories mounted now (the slots root itself excluded).
-fn slot_mounts(app: &TestApp) -> Vec<PathBuf> {
+/// Mounts below the slots root now (the root itself excluded): each slot is bound onto itself,
+/// and an attached volume is a second mount on the same slot.
+fn mounts_below_slots(app: &TestApp) -> Vec<PathBuf> {
     let slots = app.scratch.path().join("pool/slots");
     let root = slots.canonicalize().unwrap_or(slots);
     sandboxd_testkit::pool::mounts_under(&root)
         .into_iter()
         .filter(|point| *point != root)
         .collect()
+}
+
+/// Slots with a chat's volume attached now.
+fn slot_mounts(app: &TestApp) -> Vec<PathBuf> {
+    let mounts = mounts_below_slots(app);
+    let attached: BTreeSet<PathBuf> = mounts
+        .iter()
+        .filter(|point| mounts.iter().filter(|other| other == point).count() > 1)
+        .cloned()
+        .collect();
+    attached.into_iter().collect()
 }
 
 #[tokio::test]
@@ -342,7 +354,40 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
 
     let sessions: BTreeSet<String> = all_session_containers(&app).await;
     let mounted = slot_mounts(&app);
-    for container in app.containers().await {
+    let mut pooled_sessions = 0;
+    let containers = app.containers().await;
+    // For the failure message: each attached slot with the container that carries it, if any.
+    let owners: Vec<String> = mounted
+        .iter()
+        .map(|slot| {
+            let owner = containers.iter().find(|c| {
+                app.label(c, "pool_slot")
+                    .is_some_and(|label| slot.ends_with(&label))
+            });
+            let name = slot
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mentions: Vec<String> = std::fs::read_dir(app.scratch.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                .flat_map(|log| {
+                    log.lines()
+                        .filter(|l| l.contains(&name))
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            format!(
+                "{} -> {:?} {mentions:#?}",
+                slot.display(),
+                owner.map(|c| (c.id.clone(), c.state, c.names.clone()))
+            )
+        })
+        .collect();
+    for container in containers {
         let id = container.id.clone().unwrap_or_default();
         let slot = app.label(&container, "pool_slot");
         let attached = slot
@@ -354,10 +399,21 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
             "container {id} (slot {slot:?}) has no session\n{}",
             app.log()
         );
+        pooled_sessions += usize::from(attached && sessions.contains(&id));
     }
-    assert_eq!(mounted.len(), sessions.len(), "{mounted:?} vs {sessions:?}");
+    // Every attached slot is a session's (cold fallbacks among the sessions have none).
+    assert_eq!(
+        mounted.len(),
+        pooled_sessions,
+        "{owners:#?} vs {sessions:?}\n{}",
+        app.log()
+            .lines()
+            .filter(|line| line.contains("pool") && !line.contains("sandbox_created"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     eprintln!(
-        "pool crash: {kills} kills, {answered} creates answered, reconcile removed {} containers and {} sessions, {} sessions left",
+        "pool crash: {kills} kills, {answered} creates answered, reconcile removed {} containers and {} sessions, {} sessions left ({pooled_sessions} claimed from the pool)",
         report.removed_container_ids.len(),
         report.removed_sandboxes.len(),
         sessions.len()
@@ -379,7 +435,11 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
         "{:?}",
         app.containers().await
     );
-    assert!(slot_mounts(&app).is_empty(), "{:?}", slot_mounts(&app));
+    assert!(
+        mounts_below_slots(&app).is_empty(),
+        "{:?}",
+        mounts_below_slots(&app)
+    );
 }
 
 async fn all_session_containers(app: &TestApp) -> BTreeSet<String> {

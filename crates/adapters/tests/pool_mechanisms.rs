@@ -1,6 +1,6 @@
 //! The warm pool's two risky mechanisms on the real engine with real mounts (issue 18): a
-//! hardened sandbox whose mount target is bound (`rslave`) from an empty slot under an `rshared`
-//! directory, whose entrypoint is the static waiter (bind-mounted read-only) blocking on its
+//! hardened sandbox whose mount target is bound (`rslave`) from an empty slot (its own shared
+//! mount) under a private directory, whose entrypoint is the static waiter (bind-mounted read-only) blocking on its
 //! claim FIFO; then a chat's volume hot-attached onto the slot, the claim sent, and the command
 //! seen to run in the volume with the chat's environment.
 //!
@@ -189,7 +189,8 @@ async fn a_claimed_sandbox_serves_the_hot_attached_volume_with_the_chats_environ
     let create_to_waiting = creating.elapsed();
     let endpoint = published_port(&docker, &container, 8080).await;
 
-    // The slots root is a shared mount (its own peer group), preparing it again changes nothing.
+    // The slots root is a private mount (nothing below it propagates elsewhere), preparing it
+    // again changes nothing; the slot is a shared mount of its own peer group.
     let root_line = |table: &str| {
         let root = world.slots.root().to_str().unwrap().to_owned();
         table
@@ -200,10 +201,18 @@ async fn a_claimed_sandbox_serves_the_hot_attached_volume_with_the_chats_environ
     };
     let before = root_line(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
     assert_eq!(before.len(), 1, "{before:?}");
-    assert!(before[0].contains(" shared:"), "{before:?}");
+    assert!(!before[0].contains(" shared:"), "{before:?}");
     SlotDirectory::prepare(world.slots.root()).await.unwrap();
     let after = root_line(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
     assert_eq!(before, after);
+    let slot = world.slots.slot_path("pool-0").unwrap();
+    let slot_line = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|line| line.split(' ').nth(4) == slot.to_str())
+        .map(str::to_owned)
+        .unwrap();
+    assert!(slot_line.contains(" shared:"), "{slot_line}");
 
     // Waiting: the waiter is the only process besides init, and the mount target is the empty
     // slot, bound as a slave of the host's peer group.

@@ -98,6 +98,7 @@ impl Application {
                 reconcile: ReconcileOptions {
                     grace: config.lifecycle.reconcile_grace,
                     adoption_grace: config.lifecycle.adoption_grace,
+                    settle_pool: config.agents.iter().any(|(_, p)| p.pool_size > 0),
                     ..ReconcileOptions::default()
                 },
                 profiles,

@@ -158,7 +158,10 @@ impl AppConfig {
     /// How to start sandboxd with this configuration, its config file already written.
     #[must_use]
     pub fn launch(&self, binary: PathBuf, config_path: PathBuf, log_path: PathBuf) -> Launch {
-        let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        let mut env = vec![(
+            "RUST_LOG".to_owned(),
+            "info,sandboxd_adapters=debug".to_owned(),
+        )];
         env.extend(self.env.iter().cloned());
         Launch {
             binary,

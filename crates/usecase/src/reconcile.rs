@@ -36,6 +36,10 @@ pub struct ReconcileOptions {
     pub adoption_grace: Duration,
     /// Page size used to walk every session.
     pub page_size: usize,
+    /// Whether a profile pools: each pass then also settles the warm pool on the host
+    /// (`SandboxRuntime::recover_pool`), so a slot a crash left mounted goes with the pass that
+    /// removes its container, not only with the refill's next recovery.
+    pub settle_pool: bool,
 }
 
 impl Default for ReconcileOptions {
@@ -43,6 +47,7 @@ impl Default for ReconcileOptions {
         Self {
             grace: Duration::from_secs(60),
             adoption_grace: Duration::from_secs(10 * 60),
+            settle_pool: false,
             page_size: 500,
         }
     }
@@ -233,6 +238,13 @@ impl ReconcileSandboxes {
                     Ok(None) => {}
                     Err(error) => self.count_failure(&mut report, &error),
                 },
+            }
+        }
+        if self.options.settle_pool {
+            // Waiting pooled sandboxes are the refill's to take back; only leftovers go here.
+            match self.ports.runtime.recover_pool().await {
+                Ok(recovery) => telemetry::count_pool_released(recovery.released),
+                Err(error) => self.count_failure(&mut report, &PortError::from(error)),
             }
         }
         if let Ok(active) = self.ports.repository.count_active().await {

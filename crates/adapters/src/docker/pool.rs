@@ -128,6 +128,11 @@ impl PoolHost {
         })
     }
 
+    /// The slots some call of this process works on now.
+    pub(super) fn busy_snapshot(&self) -> HashSet<String> {
+        lock(&self.busy).clone()
+    }
+
     async fn records(&self) -> &Mutex<HashMap<ContainerId, Record>> {
         self.records
             .get_or_init(|| async {
@@ -221,26 +226,6 @@ impl PoolHost {
         })
         .await
         .unwrap_or_default()
-    }
-
-    /// Whether everything of `slot` on disk is older than `age` (a slot being started now is not).
-    pub(super) async fn is_older_than(&self, slot: &str, age: Duration) -> bool {
-        let paths = [
-            self.config.root.join("slots").join(slot),
-            self.claims_dir().join(slot),
-            self.records_dir().join(format!("{slot}.record")),
-        ];
-        tokio::task::spawn_blocking(move || {
-            paths.iter().all(|path| {
-                std::fs::symlink_metadata(path)
-                    .and_then(|meta| meta.modified())
-                    .map_or(true, |modified| {
-                        modified.elapsed().is_ok_and(|elapsed| elapsed > age)
-                    })
-            })
-        })
-        .await
-        .unwrap_or(false)
     }
 
     /// Releases everything of `slot` but its container (removed first by the caller): detach

@@ -27,11 +27,10 @@ use crate::pool::claim::ClaimChannel;
 
 /// How often a starting pooled sandbox is checked for its waiter reading the claim channel.
 const WAITING_POLL: Duration = Duration::from_millis(2);
+/// How long a release after a removal waits for another call working on the same slot.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How long after a claim its container is renamed.
 const RENAME_AFTER: Duration = Duration::from_millis(500);
-/// A slot with no container is only released once older than this: younger, it may belong to
-/// a start of another call that has not created its container yet.
-const ORPHAN_SLOT_AGE: Duration = Duration::from_secs(120);
 
 impl DockerRuntime {
     pub(super) async fn start_pooled_sandbox(
@@ -297,9 +296,23 @@ impl DockerRuntime {
         let Some(record) = self.pool.record_of(container_id).await else {
             return;
         };
-        let Some(_busy) = self.pool.mark_busy(&record.slot) else {
-            return;
+        // Another call of this process may be settling the slot (a recovery judging it): wait for
+        // it rather than leave the slot mounted until the next recovery.
+        let deadline = Instant::now() + BUSY_WAIT;
+        let _busy = loop {
+            match self.pool.mark_busy(&record.slot) {
+                Some(busy) => break busy,
+                None if Instant::now() < deadline => tokio::time::sleep(WAITING_POLL).await,
+                None => {
+                    tracing::warn!(%container_id, slot = record.slot, "sandbox_pool_release_skipped_busy");
+                    return;
+                }
+            }
         };
+        // Released meanwhile by whoever held it.
+        if self.pool.record_of(container_id).await.is_none() {
+            return;
+        }
         if let Err(error) = self.pool.release(&record.slot).await {
             tracing::warn!(%container_id, slot = record.slot, %error, "sandbox_pool_release_failed");
         }
@@ -326,7 +339,10 @@ impl DockerRuntime {
     pub(super) async fn recover(&self) -> Result<PoolRecovery, RuntimeError> {
         let docker = self.client().await?;
         let mut report = PoolRecovery::default();
-        // Read before the containers are listed: a slot made after this read is not judged.
+        // In this order: a start of this process marks its slot busy before it creates it, so a
+        // slot on disk whose container is not listed is either busy in this snapshot (a start in
+        // flight, left alone) or left by a previous process (released now).
+        let busy_before = self.pool.busy_snapshot();
         let on_disk = self.pool.known_slots().await;
         let containers = self.list_pool_containers(&docker).await?;
         let records = self.pool.all_records().await;
@@ -338,6 +354,11 @@ impl DockerRuntime {
                 continue;
             };
             let running = summary.state == Some(ContainerSummaryStateEnum::RUNNING);
+            // Being removed (a removal a killed process asked for goes on in the engine).
+            let removing = matches!(
+                summary.state,
+                Some(ContainerSummaryStateEnum::REMOVING | ContainerSummaryStateEnum::DEAD)
+            );
             let waiting = running
                 && self
                     .pool
@@ -346,29 +367,30 @@ impl DockerRuntime {
                     .and_then(|channel| channel.is_waiting().ok())
                     .unwrap_or(false);
             let attached = slots.is_attached(&slot).await.unwrap_or(false);
-            let keep = match (records.contains_key(&slot), attached, waiting) {
-                // Waiting for a claim: back into the pool.
-                (false, false, true) => {
-                    let Some(agent_id) = self
-                        .labels
-                        .decode(&summary.labels.clone().unwrap_or_default())
-                        .agent_id
-                    else {
-                        continue;
-                    };
-                    report.waiting.push(PooledSandbox {
-                        container_id: container_id.clone(),
-                        agent_id,
-                        slot: slot.clone(),
-                        endpoint: self.endpoint_of(&summary),
-                    });
-                    true
-                }
-                // Claimed: a chat's sandbox, for reconcile to judge through its record.
-                (true, true, false) => true,
-                // A claim or a start cut short, or a waiter that died.
-                _ => false,
-            };
+            let keep = !removing
+                && match (records.contains_key(&slot), attached, waiting) {
+                    // Waiting for a claim: back into the pool.
+                    (false, false, true) => {
+                        let Some(agent_id) = self
+                            .labels
+                            .decode(&summary.labels.clone().unwrap_or_default())
+                            .agent_id
+                        else {
+                            continue;
+                        };
+                        report.waiting.push(PooledSandbox {
+                            container_id: container_id.clone(),
+                            agent_id,
+                            slot: slot.clone(),
+                            endpoint: self.endpoint_of(&summary),
+                        });
+                        true
+                    }
+                    // Claimed: a chat's sandbox, for reconcile to judge through its record.
+                    (true, true, false) => true,
+                    // A claim or a start cut short, or a waiter that died.
+                    _ => false,
+                };
             if !keep {
                 let pooled = PooledSandbox {
                     container_id,
@@ -383,10 +405,10 @@ impl DockerRuntime {
             }
         }
         for slot in on_disk {
-            if seen.contains(&slot) || !is_own_slot(&self.config.key_prefix, &slot) {
-                continue;
-            }
-            if !self.pool.is_older_than(&slot, ORPHAN_SLOT_AGE).await {
+            if seen.contains(&slot)
+                || busy_before.contains(&slot)
+                || !is_own_slot(&self.config.key_prefix, &slot)
+            {
                 continue;
             }
             let Some(_busy) = self.pool.mark_busy(&slot) else {

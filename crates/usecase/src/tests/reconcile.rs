@@ -26,6 +26,7 @@ fn reconcile(world: &World) -> ReconcileSandboxes {
             grace: GRACE,
             adoption_grace: ADOPTION_GRACE,
             page_size: 2,
+            settle_pool: false,
         },
     )
 }
@@ -458,4 +459,23 @@ fn lists_the_sessions_before_the_containers() {
         matches!((first_list, containers), (Some(s), Some(c)) if s < c),
         "{calls:?}"
     );
+}
+
+#[test]
+fn a_pass_settles_the_pool_only_when_a_profile_pools() {
+    let world = World::new();
+    let plain = reconcile(&world);
+    let (report, _) = capture(plain.execute());
+    report.unwrap();
+    assert!(world.calls.calls_of("runtime.recover_pool").is_empty());
+    let pooled = ReconcileSandboxes::new(
+        world.ports.clone(),
+        ReconcileOptions {
+            settle_pool: true,
+            ..ReconcileOptions::default()
+        },
+    );
+    let (report, _) = capture(pooled.execute());
+    report.unwrap();
+    assert_eq!(world.calls.calls_of("runtime.recover_pool").len(), 1);
 }
