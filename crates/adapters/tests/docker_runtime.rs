@@ -745,3 +745,87 @@ async fn the_first_creates_of_a_deployment_arriving_together_share_one_network()
     }
     assert_eq!(world.count().await, 20);
 }
+
+/// A claimed pooled sandbox that is stopped (hibernated) and started again runs its waiter
+/// again: `start` sends the claim again, so it serves its chat's volume with its identity.
+#[tokio::test]
+async fn a_stopped_claimed_sandbox_gets_its_claim_again_when_started() {
+    let world = TestSandboxes::new();
+    let runtime = DockerRuntime::new(world.pooled_config());
+    let volume = world.volume_dir("chat");
+    std::fs::write(volume.join("index.html"), "pooled and restarted\n").unwrap();
+    let spec = new_sandbox(&volume);
+    let pooled = runtime
+        .start_pooled(&spec.agent_id, &spec.profile)
+        .await
+        .unwrap();
+    let claimed = runtime.claim(pooled, &spec).await.unwrap();
+    runtime.stop(&claimed.container_id).await.unwrap();
+    let endpoint = runtime
+        .start(&claimed.container_id, &spec.profile)
+        .await
+        .unwrap()
+        .expect("an endpoint");
+    let addr = SocketAddr::new(endpoint.ip, endpoint.port.get());
+    assert_eq!(
+        http_get(addr, "/").await,
+        (200, "pooled and restarted\n".to_owned())
+    );
+    let docker = engine().await;
+    let environ = exec(
+        &docker,
+        claimed.container_id.as_str(),
+        &["sh", "-c", "cat /proc/[0-9]*/environ | tr '\\0' '\\n'"],
+    )
+    .await;
+    assert!(
+        environ.contains(&format!("SANDBOX_CHAT_ID={}", spec.chat_id)),
+        "{environ}"
+    );
+    runtime.force_remove(&claimed.container_id).await.unwrap();
+    // Released with the removal: only the slots root is left mounted.
+    let left = world.mounts_left();
+    assert!(left.iter().all(|m| m.ends_with("pool/slots")), "{left:?}");
+}
+
+/// A pooled profile with a numeric user gets a claim FIFO that user can read; a user name (which
+/// the host cannot resolve for the image) is refused before anything starts.
+#[tokio::test]
+async fn a_pooled_profile_runs_as_its_numeric_user_and_a_user_name_is_refused() {
+    let world = TestSandboxes::new();
+    let runtime = DockerRuntime::new(world.pooled_config());
+    let volume = world.volume_dir("chat");
+    std::fs::write(volume.join("index.html"), "as 1000\n").unwrap();
+    let mut profile = web_profile();
+    profile.user = Some("1000:1000".to_owned());
+    let spec = sandbox_of("web", profile.clone(), &volume);
+    let pooled = runtime
+        .start_pooled(&spec.agent_id, &spec.profile)
+        .await
+        .unwrap();
+    let claimed = runtime.claim(pooled, &spec).await.unwrap();
+    let endpoint = claimed.endpoint.expect("an endpoint");
+    let addr = SocketAddr::new(endpoint.ip, endpoint.port.get());
+    assert_eq!(http_get(addr, "/").await, (200, "as 1000\n".to_owned()));
+    let docker = engine().await;
+    let ids = exec(
+        &docker,
+        claimed.container_id.as_str(),
+        &["ps", "-o", "user,args"],
+    )
+    .await;
+    assert!(
+        ids.lines()
+            .any(|line| line.contains("httpd") && line.trim_start().starts_with("1000")),
+        "{ids}"
+    );
+    runtime.force_remove(&claimed.container_id).await.unwrap();
+
+    profile.user = Some("nobody".to_owned());
+    let refused = runtime.start_pooled(&spec.agent_id, &profile).await;
+    assert!(
+        matches!(refused, Err(RuntimeError::Other(_))),
+        "{refused:?}"
+    );
+    assert_eq!(world.count().await, 0);
+}
