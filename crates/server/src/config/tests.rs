@@ -394,3 +394,56 @@ fn help_lists_every_setting_with_its_environment_variable() {
     }
     assert_eq!(settings().count(), 30);
 }
+
+#[test]
+fn a_pool_needs_a_static_waiter_and_absolute_pool_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("waiter.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let not_executable = dir.path().join("plain");
+    std::fs::write(&not_executable, [0x7f, b'E', b'L', b'F', 2, 1]).unwrap();
+    // This test binary is an executable, dynamically linked ELF: not usable in a sandbox.
+    let dynamic = std::env::current_exe().unwrap();
+    let pooled = "[agents.web]\nimage = \"x\"\npool_size = 2\n";
+    let cases = [
+        (pooled.to_owned(), "must be set: agents.web.pool_size"),
+        (
+            format!("pool_waiter = \"{}\"\n{pooled}", script.display()),
+            "not a 64-bit little-endian ELF",
+        ),
+        (
+            format!("pool_waiter = \"{}\"\n{pooled}", not_executable.display()),
+            "not an executable file",
+        ),
+        (
+            format!("pool_waiter = \"{}\"\n{pooled}", dynamic.display()),
+            "dynamically linked",
+        ),
+        (
+            format!(
+                "pool_waiter = \"{}\"\n{pooled}",
+                dir.path().join("missing").display()
+            ),
+            "cannot read",
+        ),
+        (
+            "pool_waiter = \"relative/waiter\"".to_owned(),
+            "pool_waiter",
+        ),
+        ("pool_root = \"relative/pool\"".to_owned(), "pool_root"),
+    ];
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (body, wanted) in cases {
+        let cli = cli_reading(write(dir.path(), &body));
+        let message = load(&cli).unwrap_err().to_string();
+        assert!(message.contains(wanted), "{body:?}: {message}");
+    }
+    // Without a pooled profile the waiter is not needed, and the default root is absolute.
+    let cli = cli_reading(write(dir.path(), "[agents.web]\nimage = \"x\"\n"));
+    let config = load(&cli).unwrap();
+    assert_eq!(
+        config.docker_config().pool.root,
+        PathBuf::from("/var/lib/sandboxd/pool")
+    );
+}
