@@ -87,7 +87,10 @@ fn newest_source() -> Option<(PathBuf, SystemTime)> {
                 }
                 continue;
             }
-            if !(name.ends_with(".rs") || name.ends_with(".proto") || name == "Cargo.toml") {
+            // A `tests.rs` is a `#[cfg(test)]` module: editing it does not relink the binary.
+            if name == "tests.rs"
+                || !(name.ends_with(".rs") || name.ends_with(".proto") || name == "Cargo.toml")
+            {
                 continue;
             }
             if let Ok(modified) = entry.metadata().and_then(|m| m.modified())
