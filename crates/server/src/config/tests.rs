@@ -380,6 +380,8 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "log_spans",
         "redis_command_timeout",
         "redis_ca_file",
+        "pool_root",
+        "pool_waiter",
     ] {
         assert!(
             help.contains(&format!("--{}", key.replace('_', "-"))),
@@ -392,7 +394,7 @@ fn help_lists_every_setting_with_its_environment_variable() {
         };
         assert!(help.contains(&env), "{env}");
     }
-    assert_eq!(settings().count(), 30);
+    assert_eq!(settings().count(), 32);
 }
 
 #[test]
