@@ -15,9 +15,11 @@ use crate::names;
 
 /// The longest wait between two passes when no claim wakes the loop.
 const REFILL_EVERY: Duration = Duration::from_secs(1);
-/// After a claim wakes the loop, the pass waits until no claim came for this long: a burst of
-/// claims is served before the refill's engine work takes the CPU from it.
+/// After a claim wakes the loop, the pass waits until no claim came for this long and none is
+/// in flight: a burst of claims is served before the refill's engine work takes the CPU from it.
 const QUIET_AFTER_CLAIMS: Duration = Duration::from_millis(25);
+/// The longest the refill defers to claims in flight (an abandoned one cannot hold it forever).
+const CLAIMS_WAIT_MAX: Duration = Duration::from_secs(2);
 
 pub(crate) async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationToken) {
     let mut outages = OutageLog::new(names::LOOP_REFILL);
@@ -35,10 +37,17 @@ pub(crate) async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationT
         tokio::select! {
             () = stop.cancelled() => break,
             () = refill.pool().wanted() => {
-                while tokio::time::timeout(QUIET_AFTER_CLAIMS, refill.pool().wanted())
-                    .await
-                    .is_ok()
-                {}
+                let deadline = tokio::time::Instant::now() + CLAIMS_WAIT_MAX;
+                loop {
+                    let quiet = tokio::time::timeout(QUIET_AFTER_CLAIMS, refill.pool().wanted())
+                        .await
+                        .is_err();
+                    if (quiet && refill.pool().claims_in_flight() == 0)
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        break;
+                    }
+                }
             }
             () = tokio::time::sleep(REFILL_EVERY) => {}
         }

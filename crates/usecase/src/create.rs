@@ -474,7 +474,7 @@ impl CreateSandbox {
         let Some(pooled) = pooled else {
             return self.ports.runtime.create(spec).await;
         };
-        let pooled = pooled.into_inner();
+        let (pooled, _in_flight) = pooled.into_inner();
         let kept = pooled.clone();
         match self.ports.runtime.claim(pooled, spec).await {
             Ok(started) => {

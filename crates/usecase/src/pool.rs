@@ -41,6 +41,9 @@ struct Inner {
     waiting: Mutex<HashMap<AgentId, VecDeque<PooledSandbox>>>,
     /// Woken on every take, so the refill starts at once rather than at its next tick.
     wanted: Notify,
+    /// Pooled sandboxes taken and not yet claimed, put back or given up: while any is, the
+    /// refill's engine work would take the CPU from a claim.
+    claiming: std::sync::atomic::AtomicUsize,
 }
 
 impl WarmPool {
@@ -60,6 +63,12 @@ impl WarmPool {
         self.inner.wanted.notified().await;
     }
 
+    /// How many taken pooled sandboxes are being claimed now.
+    #[must_use]
+    pub fn claims_in_flight(&self) -> usize {
+        self.inner.claiming.load(Ordering::SeqCst)
+    }
+
     /// The oldest waiting pooled sandbox of `agent_id`, now this caller's alone. Dropped
     /// unused (a refused or abandoned create), it goes back in line.
     pub(crate) fn take(&self, agent_id: &AgentId) -> Option<Taken> {
@@ -68,6 +77,7 @@ impl WarmPool {
         let pooled = queue.pop_front()?;
         telemetry::set_pool_ready(agent_id, queue.len());
         drop(waiting);
+        self.inner.claiming.fetch_add(1, Ordering::SeqCst);
         self.inner.wanted.notify_one();
         Some(Taken {
             pool: self.clone(),
@@ -119,20 +129,35 @@ pub(crate) struct Taken {
 }
 
 impl Taken {
-    /// The pooled sandbox, from now on the caller's to claim or discard.
-    pub(crate) fn into_inner(mut self) -> PooledSandbox {
+    /// The pooled sandbox, from now on the caller's to claim or discard, and the mark that its
+    /// claim is in flight (held until the claim ends, dropped with an abandoned one).
+    pub(crate) fn into_inner(mut self) -> (PooledSandbox, ClaimInFlight) {
+        let in_flight = ClaimInFlight(self.pool.clone());
         // Always `Some`: only `into_inner` and `drop` take it, and each runs once.
-        self.pooled
+        let pooled = self
+            .pooled
             .take()
-            .unwrap_or_else(|| unreachable!("taken twice"))
+            .unwrap_or_else(|| unreachable!("taken twice"));
+        (pooled, in_flight)
     }
 }
 
 impl Drop for Taken {
     fn drop(&mut self) {
         if let Some(pooled) = self.pooled.take() {
+            self.pool.inner.claiming.fetch_sub(1, Ordering::SeqCst);
             self.pool.put(pooled);
         }
+    }
+}
+
+/// A claim in flight; counted in [`WarmPool::claims_in_flight`] until dropped.
+#[derive(Debug)]
+pub(crate) struct ClaimInFlight(WarmPool);
+
+impl Drop for ClaimInFlight {
+    fn drop(&mut self) {
+        self.0.inner.claiming.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

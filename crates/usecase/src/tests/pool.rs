@@ -280,3 +280,23 @@ fn the_first_pass_takes_over_waiting_sandboxes_up_to_pool_size_and_discards_the_
     assert_eq!(world.runtime.waiting().len(), 2);
     assert_eq!(world.calls.calls_of("runtime.discard_pooled").len(), 2);
 }
+
+#[test]
+fn a_claim_is_in_flight_from_its_take_until_it_ends_or_goes_back() {
+    let world = pooled_world(2);
+    let create = world.create();
+    refill(&create);
+    let pool = create.refill_pool().pool().clone();
+    let agent = agent_id("default");
+    let taken = pool.take(&agent).unwrap();
+    assert_eq!(pool.claims_in_flight(), 1);
+    drop(taken);
+    assert_eq!((pool.claims_in_flight(), pool.ready(&agent)), (0, 2));
+    let (_pooled, in_flight) = pool.take(&agent).unwrap().into_inner();
+    assert_eq!((pool.claims_in_flight(), pool.ready(&agent)), (1, 1));
+    drop(in_flight);
+    assert_eq!(pool.claims_in_flight(), 0);
+    let (out, _) = capture(create.execute(create_command(new_chat(), "default", "/srv/a")));
+    assert_eq!(out.unwrap().result, CreateResult::Created);
+    assert_eq!(pool.claims_in_flight(), 0);
+}
