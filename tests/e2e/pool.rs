@@ -459,3 +459,81 @@ async fn all_session_containers(app: &TestApp) -> BTreeSet<String> {
         .map(|s| s.container_id)
         .collect()
 }
+
+/// A claimed sandbox follows the lifecycle like a cold one: paused and resumed on request, then
+/// hibernated when idle (the engine stops it) and resumed, when its waiter runs again and gets its
+/// claim again: the command serves the chat's volume with the chat's environment.
+#[tokio::test]
+async fn a_claimed_sandbox_pauses_hibernates_and_resumes_with_its_volume_and_environment() {
+    let body = format!(
+        "{}{COMMAND}\npool_size = 1\nidle_timeout = \"2s\"\non_idle = \"hibernate\"\n",
+        AppConfig::busybox_profile()
+    );
+    let config = AppConfig {
+        pool_waiter: true,
+        cleanup_interval: "500ms".to_owned(),
+        ..AppConfig::default()
+    }
+    .with_agent("pooled", &body);
+    let app = spawn_app_with(config).await;
+    wait_for_pool(&app, 1).await;
+    let chat = new_chat_id();
+    let volume = volume_with_marker(&app, "chat", &chat);
+    let sandbox = create(&app, &chat, "pooled", &volume).await;
+    assert_eq!(
+        metric(&app, "sandbox_pool_claims_total", r#"result="claimed""#).await,
+        1.0
+    );
+    let request = || v1::PauseSandboxRequest {
+        chat_id: chat.clone(),
+    };
+    let paused = app.api.clone().pause_sandbox(request()).await.unwrap();
+    assert_eq!(
+        paused.into_inner().sandbox.unwrap().state,
+        v1::SandboxState::Paused as i32
+    );
+    let resumed = app
+        .api
+        .clone()
+        .resume_sandbox(v1::ResumeSandboxRequest {
+            chat_id: chat.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sandbox
+        .unwrap();
+    assert_eq!(get(&resumed, "/served.txt").await.0, 200);
+
+    // Left alone past its idle timeout: hibernated (stopped by the engine, slot kept).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = app.live_sandbox(&chat).await;
+        if now.state == v1::SandboxState::Hibernated as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never hibernated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::remove_file(PathBuf::from(&volume).join("env.txt")).unwrap();
+    let woken = app
+        .api
+        .clone()
+        .resume_sandbox(v1::ResumeSandboxRequest {
+            chat_id: chat.clone(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("resume: {status:?}\n{}", app.log()))
+        .into_inner()
+        .sandbox
+        .unwrap();
+    assert_eq!(woken.container_id, sandbox.container_id);
+    assert_eq!(
+        get(&woken, "/served.txt").await,
+        (200, format!("chat {chat}\n"))
+    );
+    // Written again by the command's restart, with the identity the claim carried again.
+    let (status, env) = get(&woken, "/env.txt").await;
+    assert_eq!(status, 200);
+    assert!(env.contains(&format!("SANDBOX_CHAT_ID={chat}")), "{env}");
+}

@@ -23,10 +23,16 @@ use super::pool::{
 };
 use super::{DockerRuntime, RemoveOnDrop, body, create_error, ready, remove_forced};
 use crate::egress::EgressNetwork;
-use crate::pool::claim::ClaimChannel;
+use crate::pool::claim::{ClaimChannel, ClaimSendError};
+use sandboxd_pool_waiter::Claim;
 
 /// How often a starting pooled sandbox is checked for its waiter reading the claim channel.
 const WAITING_POLL: Duration = Duration::from_millis(2);
+/// How long a claim waits for a waiter that is not reading at this instant (it reopens its FIFO
+/// within microseconds of a probe) before the pooled sandbox counts as lost.
+const CLAIM_SEND_WITHIN: Duration = Duration::from_millis(50);
+/// Between two attempts to send a claim.
+const SEND_RETRY_EVERY: Duration = Duration::from_millis(1);
 /// How long a release after a removal waits for another call working on the same slot.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// How long after a claim its container is renamed.
@@ -245,12 +251,17 @@ impl DockerRuntime {
             .attach(&pooled.slot, &source)
             .await
             .map_err(|e| lost(e.to_string()))?;
-        self.pool
+        let channel = self
+            .pool
             .channel(&pooled.slot)
-            .map_err(|e| lost(e.to_string()))?
-            .send(&claim_of(identity_of_spec(spec)))
-            .await
             .map_err(|e| lost(e.to_string()))?;
+        send_when_waiting(
+            &channel,
+            &claim_of(identity_of_spec(spec)),
+            CLAIM_SEND_WITHIN,
+        )
+        .await
+        .map_err(|e| lost(e.to_string()))?;
         if let Some(endpoint) = pooled.endpoint {
             ready::wait_ready_claimed(&docker, &pooled.container_id, &spec.profile, endpoint)
                 .await
@@ -331,8 +342,14 @@ impl DockerRuntime {
         let identity = identity_of(&self.labels.decode(&record.labels))
             .ok_or_else(|| other("the claim record lacks the chat's identity"))?;
         let channel = self.pool.channel(&record.slot).map_err(other)?;
-        wait_until_waiting(&channel, profile.ready_timeout).await?;
-        channel.send(&claim_of(identity)).await.map_err(other)
+        // The waiter starts again with the container: its claim goes as soon as it reads.
+        match send_when_waiting(&channel, &claim_of(identity), profile.ready_timeout).await {
+            Ok(()) => Ok(()),
+            Err(ClaimSendError::NotWaiting(_)) => {
+                Err(RuntimeError::NotReady(profile.ready_timeout))
+            }
+            Err(error) => Err(other(error)),
+        }
     }
 
     /// Settles this deployment's slots on this host (the table in `docs/design.md`).
@@ -474,6 +491,25 @@ async fn wait_until_waiting(channel: &ClaimChannel, timeout: Duration) -> Result
             return Err(RuntimeError::NotReady(timeout));
         }
         tokio::time::sleep(WAITING_POLL).await;
+    }
+}
+
+/// Sends `claim` once the waiter reads its channel, trying again for up to `within` while nobody
+/// reads: a waiter reopens its FIFO after a probe's empty open (`ClaimChannel::is_waiting`), and a
+/// restarted one opens it a moment after its container starts.
+async fn send_when_waiting(
+    channel: &ClaimChannel,
+    claim: &Claim,
+    within: Duration,
+) -> Result<(), ClaimSendError> {
+    let deadline = Instant::now() + within;
+    loop {
+        match channel.send(claim).await {
+            Err(ClaimSendError::NotWaiting(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(SEND_RETRY_EVERY).await;
+            }
+            sent => return sent,
+        }
     }
 }
 
