@@ -233,21 +233,23 @@ fn slot_mounts(app: &TestApp) -> Vec<PathBuf> {
     attached.into_iter().collect()
 }
 
-#[tokio::test]
-async fn concurrent_claims_each_get_their_own_chats_volume() {
-    let app = spawn_app_with(pool_config(8)).await;
-    wait_for_pool(&app, 8).await;
-    let chats: Vec<(String, String)> = (0..8)
+/// `count` chats, each with a volume holding its marker.
+fn chats_with_markers(app: &TestApp, count: usize) -> Vec<(String, String)> {
+    (0..count)
         .map(|i| {
             let chat = new_chat_id();
-            let volume = volume_with_marker(&app, &format!("c{i}"), &chat);
+            let volume = volume_with_marker(app, &format!("c{i}"), &chat);
             (chat, volume)
         })
-        .collect();
+        .collect()
+}
+
+/// Creates every chat's `pooled` sandbox at once; each serves its own chat's marker.
+async fn create_all_serving(app: &TestApp, chats: &[(String, String)]) -> Vec<v1::Sandbox> {
     let created = futures::future::join_all(
         chats
             .iter()
-            .map(|(chat, volume)| create(&app, chat, "pooled", volume)),
+            .map(|(chat, volume)| create(app, chat, "pooled", volume)),
     )
     .await;
     for ((chat, _), sandbox) in chats.iter().zip(&created) {
@@ -255,6 +257,17 @@ async fn concurrent_claims_each_get_their_own_chats_volume() {
             get(sandbox, "/served.txt").await,
             (200, format!("chat {chat}\n"))
         );
+    }
+    created
+}
+
+#[tokio::test]
+async fn concurrent_claims_each_get_their_own_chats_volume() {
+    let app = spawn_app_with(pool_config(8)).await;
+    wait_for_pool(&app, 8).await;
+    let chats = chats_with_markers(&app, 8);
+    let created = create_all_serving(&app, &chats).await;
+    for ((chat, _), sandbox) in chats.iter().zip(&created) {
         let (_, env) = get(sandbox, "/env.txt").await;
         assert!(env.contains(&format!("SANDBOX_CHAT_ID={chat}")), "{env}");
     }
@@ -269,26 +282,9 @@ async fn concurrent_claims_each_get_their_own_chats_volume() {
 async fn an_empty_pool_falls_back_to_a_cold_create() {
     let app = spawn_app_with(pool_config(1)).await;
     wait_for_pool(&app, 1).await;
-    let chats: Vec<(String, String)> = (0..3)
-        .map(|i| {
-            let chat = new_chat_id();
-            let volume = volume_with_marker(&app, &format!("c{i}"), &chat);
-            (chat, volume)
-        })
-        .collect();
+    let chats = chats_with_markers(&app, 3);
     // At once: one pooled sandbox for three creates.
-    let created = futures::future::join_all(
-        chats
-            .iter()
-            .map(|(chat, volume)| create(&app, chat, "pooled", volume)),
-    )
-    .await;
-    for ((chat, _), sandbox) in chats.iter().zip(&created) {
-        assert_eq!(
-            get(sandbox, "/served.txt").await,
-            (200, format!("chat {chat}\n"))
-        );
-    }
+    create_all_serving(&app, &chats).await;
     let claimed = metric(&app, "sandbox_pool_claims_total", r#"result="claimed""#).await;
     let empty = metric(&app, "sandbox_pool_claims_total", r#"result="empty""#).await;
     assert!(
@@ -317,13 +313,7 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
     config.extra_toml = "reconcile_grace = \"5s\"\nreconcile_interval = \"1h\"\n".to_owned();
     let mut app = spawn_app_with(config).await;
     let mut rng = StdRng::seed_from_u64(18);
-    let chats: Vec<(String, String)> = (0..40)
-        .map(|i| {
-            let chat = new_chat_id();
-            let volume = volume_with_marker(&app, &format!("c{i}"), &chat);
-            (chat, volume)
-        })
-        .collect();
+    let chats = chats_with_markers(&app, 40);
     let kills = 10;
     let mut answered = 0;
     for _ in 0..kills {

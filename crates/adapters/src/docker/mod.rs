@@ -235,37 +235,10 @@ impl DockerRuntime {
         let network = EgressNetwork::of(&self.config.key_prefix, profile);
         self.ensure_network(&docker, &network).await?;
         let name = format!("sandbox-{}", spec.session_id);
-        // Armed before the create call: if this future is dropped mid-way, whatever was created
-        // under this name is removed in the background.
-        let mut guard = RemoveOnDrop::arm(docker.clone(), name.clone());
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.container_body(spec, profile, &source, &network);
-        let mut outcome = docker
-            .create_container(Some(options.clone()), body.clone())
-            .await;
-        if outcome.as_ref().is_err_and(is_network_not_found) && self.network_known(&network.name) {
-            // The network was removed since it was ensured: make it again, once.
-            self.forget_network(&network.name);
-            self.ensure_network(&docker, &network).await?;
-            outcome = docker.create_container(Some(options), body).await;
-        }
-        let created = match outcome {
-            Ok(created) => created,
-            Err(error) => {
-                // An engine answer means nothing was created (and a name conflict belongs to
-                // someone else: leave it). A transport failure may have lost the reply to a create
-                // that happened, so the guard stays armed and removes by name (404 is fine).
-                if matches!(
-                    error,
-                    bollard::errors::Error::DockerResponseServerError { .. }
-                ) {
-                    guard.disarm();
-                }
-                return Err(create_error(error, &profile.image));
-            }
-        };
-        let container_id = ContainerId::parse(&created.id)
-            .map_err(|e| other(format!("engine returned an unusable container id: {e}")))?;
+        let (container_id, mut guard) = self
+            .create_named(&docker, &name, &network, body, &profile.image)
+            .await?;
         match ready::start_and_wait_ready(
             &docker,
             &container_id,
@@ -290,6 +263,50 @@ impl DockerRuntime {
                 Err(error)
             }
         }
+    }
+
+    /// Creates the container `name` on `network` (made again, once, if it was removed since it
+    /// was ensured). The returned guard removes it by name if the caller is abandoned before it
+    /// disarms it; on an error nothing of it is left, or the guard is already removing it.
+    async fn create_named(
+        &self,
+        docker: &Docker,
+        name: &str,
+        network: &EgressNetwork,
+        body: ContainerCreateBody,
+        image: &str,
+    ) -> Result<(ContainerId, RemoveOnDrop), RuntimeError> {
+        // Armed before the create call: if this future is dropped mid-way, whatever was created
+        // under this name is removed in the background.
+        let mut guard = RemoveOnDrop::arm(docker.clone(), name.to_owned());
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let mut outcome = docker
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        if outcome.as_ref().is_err_and(is_network_not_found) && self.network_known(&network.name) {
+            // The network was removed since it was ensured: make it again, once.
+            self.forget_network(&network.name);
+            self.ensure_network(docker, network).await?;
+            outcome = docker.create_container(Some(options), body).await;
+        }
+        let created = match outcome {
+            Ok(created) => created,
+            Err(error) => {
+                // An engine answer means nothing was created (and a name conflict belongs to
+                // someone else: leave it). A transport failure may have lost the reply to a create
+                // that happened, so the guard stays armed and removes by name (404 is fine).
+                if matches!(
+                    error,
+                    bollard::errors::Error::DockerResponseServerError { .. }
+                ) {
+                    guard.disarm();
+                }
+                return Err(create_error(error, image));
+            }
+        };
+        let container_id = ContainerId::parse(&created.id)
+            .map_err(|e| other(format!("engine returned an unusable container id: {e}")))?;
+        Ok((container_id, guard))
     }
 
     async fn list_labelled(

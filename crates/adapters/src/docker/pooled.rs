@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RenameContainerOptionsBuilder,
-};
+use bollard::query_parameters::{ListContainersOptionsBuilder, RenameContainerOptionsBuilder};
 use sandboxd_domain::{AgentId, AgentProfile, ContainerId, Endpoint};
 use sandboxd_usecase::ports::{
     ClaimError, NewSandbox, PoolRecovery, PooledSandbox, RuntimeError, StartedSandbox,
@@ -21,7 +19,7 @@ use super::engine::{engine_error, other};
 use super::pool::{
     Record, ReleaseError, claim_of, identity_of, identity_of_spec, is_own_slot, new_slot_name,
 };
-use super::{DockerRuntime, RemoveOnDrop, body, create_error, ready, remove_forced};
+use super::{DockerRuntime, body, create_error, ready, remove_forced};
 use crate::egress::EgressNetwork;
 use crate::pool::claim::{ClaimChannel, ClaimSendError};
 use sandboxd_pool_waiter::Claim;
@@ -115,22 +113,9 @@ impl DockerRuntime {
             self.labels.for_pooled(agent_id, slot),
         );
         let name = format!("pool-{slot}");
-        let mut guard = RemoveOnDrop::arm(docker.clone(), name.clone());
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match docker.create_container(Some(options), request).await {
-            Ok(created) => created,
-            Err(error) => {
-                if matches!(
-                    error,
-                    bollard::errors::Error::DockerResponseServerError { .. }
-                ) {
-                    guard.disarm();
-                }
-                return Err(create_error(error, &profile.image));
-            }
-        };
-        let container_id = ContainerId::parse(&created.id)
-            .map_err(|e| other(format!("engine returned an unusable container id: {e}")))?;
+        let (container_id, mut guard) = self
+            .create_named(docker, &name, &network, request, &profile.image)
+            .await?;
         docker
             .start_container(container_id.as_str(), None)
             .await
