@@ -9,6 +9,7 @@
 
 mod admission;
 mod api;
+mod fleet;
 mod grpcurl;
 mod harness;
 mod isolation;

@@ -52,6 +52,9 @@ pub struct AppConfig {
     /// Whether profiles may pool: the static waiter is built ([`crate::pool::waiter_binary`])
     /// and named in `pool_waiter`. The pool's root is always the app's own scratch directory.
     pub pool_waiter: bool,
+    /// The address sandboxd listens on and publishes endpoints on (loopback by default; a fleet
+    /// node's own address inside its network namespace).
+    pub listen_ip: String,
 }
 
 impl Default for AppConfig {
@@ -74,6 +77,7 @@ impl Default for AppConfig {
             redis_url: None,
             wait_for_serving: true,
             pool_waiter: false,
+            listen_ip: "127.0.0.1".to_owned(),
         }
     }
 }
@@ -108,9 +112,10 @@ impl AppConfig {
         pool_root: &Path,
     ) -> String {
         let mut toml = String::new();
+        let listen = format!("{}:0", self.listen_ip);
         let settings = [
-            ("grpc_addr", "127.0.0.1:0"),
-            ("http_addr", "127.0.0.1:0"),
+            ("grpc_addr", listen.as_str()),
+            ("http_addr", listen.as_str()),
             ("redis_url", redis_url),
             ("key_prefix", prefix),
             ("session_ttl", &self.session_ttl),
@@ -120,7 +125,7 @@ impl AppConfig {
             ("cleanup_interval", &self.cleanup_interval),
             ("drain_timeout", &self.drain_timeout),
             ("stop_grace", &self.stop_grace),
-            ("publish_host_ip", "127.0.0.1"),
+            ("publish_host_ip", self.listen_ip.as_str()),
         ];
         for (key, value) in settings {
             let _ = writeln!(toml, "{key} = {}", toml_string(value));

@@ -21,6 +21,7 @@ pub mod app_config;
 pub mod binary;
 pub mod docker;
 pub mod egress;
+pub mod fleet;
 pub mod hostile;
 pub mod http;
 pub mod pool;
