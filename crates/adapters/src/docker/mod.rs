@@ -313,8 +313,16 @@ impl DockerRuntime {
         &self,
         label_filters: Vec<String>,
     ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        self.list_filtered(HashMap::from([("label", label_filters)]))
+            .await
+    }
+
+    /// The deployment's containers matching the engine's list `filters`.
+    async fn list_filtered(
+        &self,
+        filters: HashMap<&str, Vec<String>>,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
         let docker = self.client().await?;
-        let filters = HashMap::from([("label", label_filters)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -523,14 +531,17 @@ impl SandboxRuntime for DockerRuntime {
                 self.labels.chat_filter(chat_id),
             ])
             .await?;
-        // Claimed pooled sandboxes carry no chat label: their records name the chat.
+        // Claimed pooled sandboxes carry no chat label: their records name the chat, and only
+        // those containers are asked for.
         let claimed = self.pool.claimed_of_chat(chat_id, &self.labels).await;
         if !claimed.is_empty() {
-            let pooled = self.list_managed().await?;
+            let ids = claimed.iter().map(|id| id.as_str().to_owned()).collect();
             listed.extend(
-                pooled
-                    .into_iter()
-                    .filter(|c| claimed.contains(&c.container_id)),
+                self.list_filtered(HashMap::from([
+                    ("label", vec![self.labels.managed_filter()]),
+                    ("id", ids),
+                ]))
+                .await?,
             );
         }
         Ok(listed)
