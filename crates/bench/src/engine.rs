@@ -261,7 +261,8 @@ async fn http_status_line(addr: SocketAddr) -> bool {
 }
 
 /// Removes every container carrying one of `filters` (`label=value`): the run's floor containers
-/// and every sandboxd instance's. Returns how many it removed.
+/// and every sandboxd instance's, until a pass finds nothing (a create the engine finished after
+/// its killed caller had gone). Returns how many it removed.
 pub(crate) async fn sweep(docker: &Docker, filters: &[String]) -> Result<usize> {
-    Ok(docker::sweep(docker, filters).await?)
+    Ok(docker::sweep_settled(docker, filters).await?)
 }

@@ -243,23 +243,17 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// Removes every container of the run by label. A second sweep catches a create the engine
-/// finished after its (killed) caller had gone. Then the pool's mounts; the temp dir goes when
-/// `scope` drops.
+/// Removes every container of the run by label (settled: see `engine::sweep`). Then the pool's
+/// mounts; the temp dir goes when `scope` drops.
 async fn teardown(scope: &Scope) -> Result<()> {
     let docker = engine::client().await?;
     let filters = scope.label_filters();
-    let first = engine::sweep(&docker, &filters).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = engine::sweep(&docker, &filters).await?;
+    let removed = engine::sweep(&docker, &filters).await?;
     // The pool phase's slots (and any volume attached to one) are mounts under the temp dir:
     // unmounted before the directory is deleted, also after an interrupted run.
     sandboxd_testkit::pool::unmount_all_under(scope.dir.path());
-    if first + second > 0 {
-        eprintln!(
-            "sandboxd-bench: teardown removed {} container(s)",
-            first + second
-        );
+    if removed > 0 {
+        eprintln!("sandboxd-bench: teardown removed {removed} container(s)");
     }
     Ok(())
 }

@@ -73,19 +73,58 @@ pub async fn remove_forced(docker: &Docker, id: &str) -> Result<()> {
 
 /// Removes every container carrying one of `filters`, then the networks carrying it and, for a
 /// deployment's filter (`{prefix}.managed-by=sandboxd`), its packet-filter rules; returns how many
-/// containers it removed.
+/// containers it removed. One pass: see [`sweep_settled`] after killing a sandboxd.
 ///
 /// # Errors
 /// The first listing or removal the engine or `iptables` refused.
 pub async fn sweep(docker: &Docker, filters: &[String]) -> Result<usize> {
-    let removed = sweep_containers(docker, filters).await?;
+    Ok(sweep_pass(docker, filters).await?.0)
+}
+
+/// How long [`sweep_settled`] waits before it looks again.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+/// Passes [`sweep_settled`] makes at most.
+const SETTLE_PASSES: usize = 5;
+
+/// [`sweep`] again, [`SETTLE`] after the pass before, until a pass finds nothing; returns how many
+/// containers it removed. The engine finishes a create (a container, or a deployment's egress
+/// network) whose caller was killed mid-request, so one pass right after a kill can miss it, and
+/// a network removal fails while such a late container is still attached.
+///
+/// # Errors
+/// The last pass's failure, when no pass after it came back clean.
+pub async fn sweep_settled(docker: &Docker, filters: &[String]) -> Result<usize> {
+    let mut removed = 0;
+    let mut failure = None;
+    for pass in 0..SETTLE_PASSES {
+        if pass > 0 {
+            tokio::time::sleep(SETTLE).await;
+        }
+        match sweep_pass(docker, filters).await {
+            Ok((containers, networks)) => {
+                removed += containers;
+                failure = None;
+                if pass > 0 && containers + networks == 0 {
+                    break;
+                }
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    failure.map_or(Ok(removed), Err)
+}
+
+/// One sweep: (containers, networks) removed.
+async fn sweep_pass(docker: &Docker, filters: &[String]) -> Result<(usize, usize)> {
+    let containers = sweep_containers(docker, filters).await?;
+    let mut networks = 0;
     for filter in filters {
-        crate::egress::remove_networks(docker, filter).await?;
+        networks += crate::egress::remove_networks(docker, filter).await?;
         if let Some(prefix) = filter.strip_suffix(&format!(".managed-by={MANAGED_BY}")) {
             crate::egress::remove_rules(prefix).await?;
         }
     }
-    Ok(removed)
+    Ok((containers, networks))
 }
 
 async fn sweep_containers(docker: &Docker, filters: &[String]) -> Result<usize> {
@@ -128,11 +167,11 @@ where
     worker.join().ok().flatten()
 }
 
-/// [`sweep`] from synchronous code (a destructor). Failures are printed, not raised.
+/// [`sweep_settled`] from synchronous code (a destructor). Failures are printed, not raised.
 pub fn sweep_blocking(filters: Vec<String>) {
     let swept = block_on_own_thread(move || async move {
         let outcome = match engine().await {
-            Ok(docker) => sweep(&docker, &filters).await,
+            Ok(docker) => sweep_settled(&docker, &filters).await,
             Err(error) => Err(error),
         };
         outcome.map_err(|error| format!("container cleanup of {filters:?} failed: {error}"))
