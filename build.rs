@@ -1,21 +1,28 @@
-//! Compiles `proto/` into the generated types, server trait and client, with the pure-Rust `protox`
-//! (no `protoc` needed), and writes the encoded descriptor set that server reflection serves.
+//! Compiles `proto/` into the generated types, server traits and clients, with the pure-Rust
+//! `protox` (no `protoc` needed), and writes the encoded descriptor set that server reflection
+//! serves.
 
 use std::path::PathBuf;
 
 use prost::Message;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/sandbox/v1/sandbox.proto"];
-    let file_descriptors = protox::compile(protos, ["proto"])?;
+/// The public API: what reflection on the public port describes.
+const PUBLIC_PROTO: &str = "proto/sandbox/v1/sandbox.proto";
+/// The internal node API of fleet mode (`sandbox.node.v1`): generated, never described by the
+/// public port's reflection, which must not advertise a service it does not serve.
+const NODE_PROTO: &str = "proto/sandbox/node/v1/node.proto";
 
-    // `compile_fds` writes no descriptor set of its own; reflection needs one.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `compile_fds` writes no descriptor set of its own; reflection needs one, of the public
+    // files only (with their imports).
+    let public_descriptors = protox::compile([PUBLIC_PROTO], ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("sandbox_v1_descriptor.bin"),
-        file_descriptors.encode_to_vec(),
+        public_descriptors.encode_to_vec(),
     )?;
 
+    let file_descriptors = protox::compile([PUBLIC_PROTO, NODE_PROTO], ["proto"])?;
     tonic_prost_build::configure().compile_fds(file_descriptors)?;
 
     println!("cargo:rerun-if-changed=proto");

@@ -93,6 +93,70 @@ _fleet_alive() {
   [ -n "$state" ] && [ "$state" != Z ]
 }
 
+# Starts node i's dockerd in its namespace (not waiting for it); see fleet_up.
+_fleet_start_engine() {
+  local name=$1 i=$2
+  local ns=$name-n$i br=${name}b$i node_run=/run/$name/n$i node_lib=/var/lib/$name/n$i
+  # nsenter, not `ip netns exec`: the latter also remounts /sys in a new mount namespace and
+  # dockerd then fails with "Devices cgroup isn't mounted". setsid -f: not our child (no zombie
+  # to wait for), its own session (survives this shell). The sh writes its pid and execs
+  # through nohup and nsenter (which does not fork for --net) into dockerd, so launcher.pid is
+  # the dockerd's pid from the start, before dockerd writes its own pid file.
+  # shellcheck disable=SC2016
+  setsid -f sh -c 'echo $$ >"$0"; exec "$@"' "$node_run/launcher.pid" \
+    nohup nsenter --net="/run/netns/$ns" dockerd \
+    --config-file "$node_run/daemon.json" \
+    --data-root "$node_lib" \
+    --exec-root "$node_run/engine" \
+    --pidfile "$node_run/dockerd.pid" \
+    -H "unix://$(fleet_node_socket "$name" "$i")" \
+    --bridge "$br" \
+    --cgroup-parent "/$ns" \
+    --containerd-namespace "$ns" \
+    --containerd-plugins-namespace "$ns-plugins" \
+    >"$node_run/dockerd.log" 2>&1 </dev/null
+}
+
+# Waits until node i's engine answers (dies after $3, an absolute $SECONDS deadline).
+_fleet_wait_engine() {
+  local name=$1 i=$2 deadline=$3 run=/run/$1 sock pid
+  sock=$(fleet_node_socket "$name" "$i")
+  until [ -S "$sock" ] && timeout 5 docker -H "unix://$sock" info >/dev/null 2>&1; do
+    pid=$(cat "$run/n$i/launcher.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && ! _fleet_alive "$pid"; then
+      tail -n 30 "$run/n$i/dockerd.log" >&2 || true
+      die "fleet_up $name: the engine of node $i exited (log above)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 30 "$run/n$i/dockerd.log" >&2 || true
+      die "fleet_up $name: the engine of node $i did not answer within ${FLEET_UP_TIMEOUT}s (log above)"
+    fi
+    sleep 0.2
+  done
+  pid=$(cat "$run/n$i/dockerd.pid")
+  [ "$(ip netns identify "$pid")" = "$name-n$i" ] \
+    || die "fleet_up $name: dockerd $pid of node $i is not in namespace $name-n$i"
+}
+
+# Stops node i's engine as a crash would for its sandboxes (SIGKILL to dockerd and its
+# containerd: the containers die with them and stay, exited, in its data root). For node-loss tests.
+fleet_engine_kill() {
+  local name=$1 i=$2 pid
+  pid=$(cat "/run/$name/n$i/dockerd.pid" 2>/dev/null || true)
+  [ -n "$pid" ] || die "fleet_engine_kill $name $i: no dockerd pid file"
+  _fleet_node_pids "$name" "$i" | xargs -r kill -KILL 2>/dev/null || true
+  kill -KILL "$pid" 2>/dev/null || true
+  while _fleet_alive "$pid"; do sleep 0.1; done
+  rm -f "/run/$name/n$i/dockerd.pid" "$(fleet_node_socket "$name" "$i")"
+}
+
+# Starts node i's engine again after fleet_engine_kill, and waits for it.
+fleet_engine_start() {
+  local name=$1 i=$2
+  _fleet_start_engine "$name" "$i"
+  _fleet_wait_engine "$name" "$i" $((SECONDS + FLEET_UP_TIMEOUT))
+}
+
 fleet_up() {
   local name=${1:-} count=${2:-}
   _fleet_check_name "$name"
@@ -210,45 +274,13 @@ if runtimes:
 print(json.dumps(config))
 PY
 
-    # nsenter, not `ip netns exec`: the latter also remounts /sys in a new mount namespace and
-    # dockerd then fails with "Devices cgroup isn't mounted". setsid -f: not our child (no zombie
-    # to wait for), its own session (survives this shell). The sh writes its pid and execs
-    # through nohup and nsenter (which does not fork for --net) into dockerd, so launcher.pid is
-    # the dockerd's pid from the start, before dockerd writes its own pid file.
-    # shellcheck disable=SC2016
-    setsid -f sh -c 'echo $$ >"$0"; exec "$@"' "$node_run/launcher.pid" \
-      nohup nsenter --net="/run/netns/$ns" dockerd \
-      --config-file "$node_run/daemon.json" \
-      --data-root "$node_lib" \
-      --exec-root "$node_run/engine" \
-      --pidfile "$node_run/dockerd.pid" \
-      -H "unix://$(fleet_node_socket "$name" "$i")" \
-      --bridge "$br" \
-      --cgroup-parent "/$ns" \
-      --containerd-namespace "$ns" \
-      --containerd-plugins-namespace "$ns-plugins" \
-      >"$node_run/dockerd.log" 2>&1 </dev/null
+    _fleet_start_engine "$name" "$i"
   done
 
   # The engines start in parallel; wait for each.
-  local deadline=$((SECONDS + FLEET_UP_TIMEOUT)) sock pid
+  local deadline=$((SECONDS + FLEET_UP_TIMEOUT))
   for i in $(seq 1 "$count"); do
-    sock=$(fleet_node_socket "$name" "$i")
-    until [ -S "$sock" ] && timeout 5 docker -H "unix://$sock" info >/dev/null 2>&1; do
-      pid=$(cat "$run/n$i/launcher.pid" 2>/dev/null || true)
-      if [ -n "$pid" ] && ! _fleet_alive "$pid"; then
-        tail -n 30 "$run/n$i/dockerd.log" >&2 || true
-        die "fleet_up $name: the engine of node $i exited (log above)"
-      fi
-      if [ "$SECONDS" -ge "$deadline" ]; then
-        tail -n 30 "$run/n$i/dockerd.log" >&2 || true
-        die "fleet_up $name: the engine of node $i did not answer within ${FLEET_UP_TIMEOUT}s (log above)"
-      fi
-      sleep 0.2
-    done
-    pid=$(cat "$run/n$i/dockerd.pid")
-    [ "$(ip netns identify "$pid")" = "$name-n$i" ] \
-      || die "fleet_up $name: dockerd $pid of node $i is not in namespace $name-n$i"
+    _fleet_wait_engine "$name" "$i" "$deadline"
   done
   for i in $(seq 1 "$count"); do
     docker -H "unix://$(fleet_node_socket "$name" "$i")" load -q -i "$image_tar" >/dev/null \

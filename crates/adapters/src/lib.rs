@@ -5,5 +5,7 @@
 pub mod clock;
 pub mod docker;
 pub mod egress;
+pub mod fleet;
+pub mod node;
 pub mod pool;
 pub mod redis;

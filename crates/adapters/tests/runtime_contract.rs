@@ -12,6 +12,9 @@
 mod contract;
 #[path = "support/docker_engine.rs"]
 mod docker_engine;
+#[path = "support/fleet.rs"]
+#[allow(dead_code)] // the contract needs only the runtime
+mod fleet;
 
 use std::sync::Arc;
 
@@ -77,6 +80,30 @@ impl Backend for Fake {
         let dir = self.root.path().join(volume);
         std::fs::create_dir(&dir).unwrap();
         new_sandbox(&dir)
+    }
+}
+
+/// The fake behind a one-node fleet runtime (fleet mode with only this node): every id carries
+/// the node's prefix, and the contract must hold through it.
+struct OneNodeFleet {
+    fake: Fake,
+    fleet: fleet::TestFleet,
+}
+
+impl OneNodeFleet {
+    async fn new() -> TestResult<Self> {
+        let fake = Fake::new().await?;
+        let fleet = fleet::TestFleet::new(fake.runtime.clone(), Vec::new()).await;
+        Ok(Self { fake, fleet })
+    }
+}
+
+impl Backend for OneNodeFleet {
+    fn runtime(&self) -> Arc<dyn SandboxRuntime> {
+        self.fleet.runtime.clone()
+    }
+    fn spec(&self, volume: &str) -> NewSandbox {
+        self.fake.spec(volume)
     }
 }
 
@@ -433,7 +460,7 @@ async fn a_discarded_or_vanished_pooled_sandbox_is_gone_and_its_claim_lost(
     Ok(())
 }
 
-contract!(in_memory => Fake, on_docker => Docker: (
+contract!(in_memory => Fake, on_docker => Docker, in_a_fleet => OneNodeFleet: (
     a_pooled_sandbox_waits_unlisted_and_a_claim_makes_it_the_chats,
     a_discarded_or_vanished_pooled_sandbox_is_gone_and_its_claim_lost,
     a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session,

@@ -16,10 +16,12 @@ pub enum EventType {
     Deleted,
     Expired,
     Reconciled,
+    /// Its node stopped renewing its registration (fleet mode).
+    Lost,
 }
 
 impl EventType {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Created,
         Self::Replaced,
         Self::Resumed,
@@ -29,6 +31,7 @@ impl EventType {
         Self::Deleted,
         Self::Expired,
         Self::Reconciled,
+        Self::Lost,
     ];
 
     /// As stored in the log.
@@ -44,6 +47,7 @@ impl EventType {
             Self::Deleted => "deleted",
             Self::Expired => "expired",
             Self::Reconciled => "reconciled",
+            Self::Lost => "lost",
         }
     }
 
@@ -74,10 +78,12 @@ pub enum EventReason {
     Drift,
     /// An expired session removed by the CreateSandbox that replaced it.
     Replaced,
+    /// Its node's registration expired (fleet mode).
+    NodeLost,
 }
 
 impl EventReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Requested,
         Self::Idle,
         Self::MaxLifetime,
@@ -87,6 +93,7 @@ impl EventReason {
         Self::ContainerGone,
         Self::Drift,
         Self::Replaced,
+        Self::NodeLost,
     ];
 
     #[must_use]
@@ -101,6 +108,7 @@ impl EventReason {
             Self::ContainerGone => "container_gone",
             Self::Drift => "drift",
             Self::Replaced => "replaced",
+            Self::NodeLost => "node_lost",
         }
     }
 

@@ -8,6 +8,7 @@ mod egress;
 mod error;
 mod event;
 mod ids;
+mod node;
 mod profile;
 mod session;
 mod values;
@@ -16,6 +17,7 @@ pub use egress::{Cidr, Egress, PUBLIC_EXCLUDED_V4, public_excluded_v4};
 pub use error::ValidationError;
 pub use event::{EventCursor, EventNote, EventReason, EventType, SandboxEvent};
 pub use ids::{ChatId, ContainerId, SessionId};
+pub use node::{NodeId, NodeInfo};
 pub use profile::{
     AgentProfile, ByteSize, DEFAULT_PAUSED_RETENTION, IDENTITY_ENV, InvalidProfile, OnIdle,
     ReadyProbe, de_duration, de_optional_duration,

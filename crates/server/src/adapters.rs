@@ -1,5 +1,5 @@
 //! Builds the ports from the configuration: Redis session store and lease locker, Docker
-//! runtime, system clock; and the egress packet filter the Docker runtime's sandboxes run under.
+//! runtime (routed over the fleet in fleet mode), system clock; and the egress packet filter the Docker runtime's sandboxes run under.
 
 use std::sync::Arc;
 
@@ -8,24 +8,30 @@ use sandboxd_adapters::docker::DockerRuntime;
 use sandboxd_adapters::egress::EgressFirewall;
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_usecase::Ports;
+use sandboxd_usecase::ports::SandboxRuntime;
+
+use crate::fleet::Fleet;
 
 use crate::config::Config;
 
 /// Connects lazily: the server starts (and reports NOT_SERVING) while Redis or Docker is down,
-/// and becomes SERVING when both answer.
+/// and becomes SERVING when both answer. In fleet mode the runtime is the fleet's (see
+/// [`crate::fleet`]).
 ///
 /// # Errors
 /// When a backend client cannot be built from the configuration.
-pub(crate) fn connect(config: &Config) -> anyhow::Result<Ports> {
+pub(crate) fn connect(config: &Config) -> anyhow::Result<(Ports, Fleet)> {
     let store = RedisStore::connect_lazy(config.redis_config())?;
-    let runtime = DockerRuntime::new(config.docker_config());
-    Ok(Ports {
+    let local: Arc<dyn SandboxRuntime> = Arc::new(DockerRuntime::new(config.docker_config()));
+    let (fleet, runtime) = crate::fleet::build(config, &store, local)?;
+    let ports = Ports {
         repository: Arc::new(store.repository()),
         locker: Arc::new(store.locker()),
-        runtime: Arc::new(runtime),
+        runtime,
         clock: Arc::new(SystemClock),
         events: Arc::new(store.event_log()?),
-    })
+    };
+    Ok((ports, fleet))
 }
 
 /// The egress rules of the configured profiles; `None` when every profile is `open` (nothing to

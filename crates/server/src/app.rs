@@ -9,21 +9,25 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sandboxd_adapters::egress::EgressFirewall;
+use sandboxd_api::node::v1::node_runtime_server::NodeRuntimeServer;
 use sandboxd_api::v1::sandbox_service_server::SandboxServiceServer;
 use sandboxd_usecase::{
-    AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, Ports, ReconcileOptions,
+    AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, Heartbeat, Ports, ReconcileOptions,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::BearerAuth;
 use crate::cleanup::run_cleanup_loop;
 use crate::config::{Config, TlsFiles};
 use crate::drain::Drain;
+use crate::fleet::Fleet;
 use crate::grpc::{SandboxGrpcService, ServiceSettings, UseCases};
 use crate::health::{HealthPublisher, Readiness, run_checks};
+use crate::node_api::NodeApiService;
 use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::runtimes::{RuntimeCheck, RuntimeCheckError, check_at_start, check_when_engine_answers};
 
@@ -40,6 +44,8 @@ pub struct Dependencies {
     /// The egress rules, installed already, that the health loop re-checks; `None` when nothing
     /// is enforced (only `open` profiles, or in-process tests over fake ports).
     pub egress: Option<Arc<EgressFirewall>>,
+    /// Which node this is ([`Fleet::single`] unless `node_id` is set).
+    pub fleet: Fleet,
 }
 
 /// A server with its listeners bound, ready to run.
@@ -59,6 +65,8 @@ pub struct Application {
     tls: Option<TlsFiles>,
     /// Whether the profiles' runtimes were checked at build or wait for the engine to answer.
     runtime_check: RuntimeCheck,
+    /// Fleet mode: the node API's listener, bound at build like the others.
+    node_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -78,6 +86,14 @@ impl Application {
         let http_listener = TcpListener::bind(config.server.http_addr)
             .await
             .with_context(|| format!("binding http_addr {}", config.server.http_addr))?;
+        let node_listener = match &deps.fleet.node {
+            Some(node) => Some(
+                TcpListener::bind(node.grpc_addr)
+                    .await
+                    .with_context(|| format!("binding node_grpc_addr {}", node.grpc_addr))?,
+            ),
+            None => None,
+        };
         if !deps.auth.is_enabled() && !config.server.grpc_addr.ip().is_loopback() {
             tracing::warn!(grpc_addr = %config.server.grpc_addr, "auth_disabled_on_non_loopback_address");
         }
@@ -104,7 +120,11 @@ impl Application {
                 profiles,
                 event_retention: config.lifecycle.event_retention,
                 admission: AdmissionPolicy {
-                    max_sandboxes: config.admission.max_sandboxes(),
+                    // In fleet mode it is each node's capacity, which placement enforces.
+                    max_sandboxes: config
+                        .admission
+                        .max_sandboxes()
+                        .filter(|_| deps.fleet.node.is_none()),
                     max_concurrent_creates: config.admission.max_concurrent_creates(),
                     wait: config.redis.lock_wait,
                     // Longer than any create: its engine calls, its readiness wait, its save.
@@ -112,12 +132,15 @@ impl Application {
                         + config.agents.slowest_ready_timeout()
                         + config.redis.lock_ttl,
                 },
+                node_capacity: Fleet::capacity(config),
+                fleet: deps.fleet,
             },
             cleanup_interval: config.lifecycle.cleanup_interval,
             reconcile_interval: config.lifecycle.reconcile_interval,
             drain_timeout: config.server.drain_timeout,
             tls: config.server.tls_files()?,
             runtime_check,
+            node_listener,
         };
         tracing::info!(
             addr = %app.grpc_addr()?,
@@ -126,6 +149,14 @@ impl Application {
             "grpc_listening"
         );
         tracing::info!(addr = %app.http_addr()?, "http_listening");
+        if let (Some(listener), Some(node)) = (&app.node_listener, &app.settings.fleet.node) {
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                node_id = %app.settings.fleet.directory.local(),
+                advertise_addr = %node.advertise_addr,
+                "node_api_listening"
+            );
+        }
         Ok(app)
     }
 
@@ -183,6 +214,19 @@ impl Application {
 
         let reconcile_loop =
             spawn_reconcile_loop(&use_cases, self.reconcile_interval, background_stop.clone());
+        let heartbeat_loop = self.settings.fleet.node.as_ref().map(|node| {
+            tokio::spawn(crate::fleet::run_heartbeat_loop(
+                Heartbeat::new(
+                    self.ports.clone(),
+                    Arc::clone(&node.registry),
+                    self.settings.fleet.directory.clone(),
+                    node.advertise_addr.clone(),
+                    self.settings.node_capacity,
+                    node.heartbeat_ttl,
+                ),
+                background_stop.clone(),
+            ))
+        });
         let refill_loop = use_cases.refill.is_enabled().then(|| {
             tokio::spawn(crate::refill::run_refill_loop(
                 Arc::clone(&use_cases.refill),
@@ -213,6 +257,31 @@ impl Application {
                     servers_stop.clone().cancelled_owned(),
                 ),
         );
+        let node_server = match (self.node_listener, &self.settings.fleet.node) {
+            (Some(listener), Some(node)) => {
+                let auth = self.auth.clone();
+                Some(tokio::spawn(
+                    grpc_server_builder(self.tls.as_ref())?
+                        .add_service(InterceptedService::new(
+                            // Tracked by the drain like SandboxService calls: shutdown refuses
+                            // new node calls and waits for running ones.
+                            NodeRuntimeServer::new(
+                                NodeApiService::new(
+                                    Arc::clone(&node.local),
+                                    self.settings.profiles.clone(),
+                                )
+                                .with_drain(drain.clone()),
+                            ),
+                            move |request| auth.check(request),
+                        ))
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(listener).with_nodelay(Some(true)),
+                            servers_stop.clone().cancelled_owned(),
+                        ),
+                ))
+            }
+            _ => None,
+        };
         let http_server = tokio::spawn(
             axum::serve(
                 self.http_listener,
@@ -250,7 +319,7 @@ impl Application {
         use_cases.events.close();
         let finish_work = async {
             drain.wait().await;
-            for background_loop in [cleanup_loop, reconcile_loop, refill_loop]
+            for background_loop in [cleanup_loop, reconcile_loop, refill_loop, heartbeat_loop]
                 .into_iter()
                 .flatten()
             {
@@ -268,6 +337,9 @@ impl Application {
         servers_stop.cancel();
         close_server("grpc server", grpc_server).await;
         close_server("http server", http_server).await;
+        if let Some(node_server) = node_server {
+            close_server("node api server", node_server).await;
+        }
         tracing::info!("shutdown_complete");
         fatal.map_or(Ok(()), Err)
     }

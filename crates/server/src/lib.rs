@@ -10,10 +10,12 @@ pub(crate) mod background;
 pub(crate) mod cleanup;
 pub mod config;
 pub(crate) mod drain;
+pub mod fleet;
 pub mod grpc;
 pub(crate) mod health;
 pub(crate) mod http;
 pub(crate) mod names;
+pub mod node_api;
 pub(crate) mod reconcile;
 pub(crate) mod refill;
 pub(crate) mod rpc_telemetry;
@@ -56,11 +58,12 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             message = sandboxd_adapters::egress::names::EVENT_NO_PACKET_FILTER,
         ),
     }
-    let ports = adapters::connect(&config)?;
+    let (ports, fleet) = adapters::connect(&config)?;
     let app = app::Application::build(
         &config,
         app::Dependencies {
             ports,
+            fleet,
             metrics,
             auth,
             egress: egress.map(std::sync::Arc::new),

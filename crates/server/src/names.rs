@@ -19,6 +19,7 @@ pub(crate) const EGRESS_CHECK_FAILED: &str = "egress_check_failed";
 pub(crate) const LOOP_CLEANUP: &str = "cleanup";
 pub(crate) const LOOP_RECONCILE: &str = "reconcile";
 pub(crate) const LOOP_REFILL: &str = "pool_refill";
+pub(crate) const LOOP_HEARTBEAT: &str = "node_heartbeat";
 
 /// Every profile's runtime is registered with the engine (logged once, with what it has).
 pub(crate) const RUNTIMES_CHECKED: &str = "runtimes_checked";

@@ -36,6 +36,8 @@ const METHODS: &[&str] = &[
     "ResumeSandbox",
     "TouchSandbox",
     "WatchSandboxes",
+    "ListNodes",
+    "DrainNode",
 ];
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -310,3 +310,84 @@ async fn shutdown_reports_not_serving_refuses_new_calls_and_finishes_in_flight_o
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_lists_itself_and_draining_it_refuses_new_sandboxes_only() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let created = client
+        .create_sandbox(create_request("default", "/srv/a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.sandbox.unwrap().node_id, "local");
+
+    let nodes = client
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let local = &nodes[0];
+    assert_eq!(
+        (
+            local.node_id.as_str(),
+            local.active,
+            local.draining,
+            local.healthy
+        ),
+        ("local", 1, false, true)
+    );
+    assert!(local.last_heartbeat_at.is_some());
+
+    let unknown = client
+        .drain_node(v1::DrainNodeRequest {
+            node_id: "elsewhere".into(),
+            draining: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    let drained = client
+        .drain_node(v1::DrainNodeRequest {
+            node_id: "local".into(),
+            draining: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node
+        .unwrap();
+    assert!(drained.draining);
+    // The live sandbox is still served; a new chat gets none.
+    let reused = client
+        .create_sandbox(create_request("default", "/srv/a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reused.result, v1::CreateSandboxResult::Reused as i32);
+    let mut other_chat = create_request("default", "/srv/b");
+    other_chat.chat_id = "1b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10".into();
+    let refused = client.create_sandbox(other_chat.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("draining"), "{refused:?}");
+    assert_eq!(app.runtime.running().len(), 1);
+
+    client
+        .drain_node(v1::DrainNodeRequest {
+            node_id: "local".into(),
+            draining: false,
+        })
+        .await
+        .unwrap();
+    let created = client
+        .create_sandbox(other_chat)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
+    app.shutdown.cancel();
+    app.server.await.unwrap().unwrap();
+}

@@ -48,13 +48,14 @@ fn fleet_sh(script: &str) -> Result<String> {
 }
 
 impl Fleet {
-    /// Starts `count` nodes named `name` (removing the leftovers of a killed run first).
+    /// Starts `count` nodes named `name` (removing the leftovers of a killed run first); the
+    /// nodes reach each other (`FLEET_CROSS_NODE=1`: the node API goes node to node).
     ///
     /// # Errors
     /// When `fleet_up` fails (it has removed what it made).
     pub fn up(name: &str, count: usize) -> Result<Self> {
         fleet_sh(&format!("fleet_down {name} >/dev/null 2>&1 || true"))?;
-        let listed = fleet_sh(&format!("fleet_up {name} {count}"))?;
+        let listed = fleet_sh(&format!("FLEET_CROSS_NODE=1 fleet_up {name} {count}"))?;
         let mut fleet = Self {
             name: name.to_owned(),
             nodes: Vec::new(),
@@ -82,6 +83,34 @@ impl Fleet {
             return Err(Error::Failed(format!("fleet_up printed {listed:?}")));
         }
         Ok(fleet)
+    }
+}
+
+impl Fleet {
+    /// Kills `node`'s engine as a crash would (its containers die and stay, exited).
+    ///
+    /// # Errors
+    /// When `fleet_engine_kill` fails.
+    pub fn kill_engine(&self, node: &Node) -> Result<()> {
+        fleet_sh(&format!("fleet_engine_kill {} {}", self.name, node.index)).map(drop)
+    }
+
+    /// Starts `node`'s engine again and waits for it.
+    ///
+    /// # Errors
+    /// When `fleet_engine_start` fails.
+    pub fn start_engine(&self, node: &Node) -> Result<()> {
+        fleet_sh(&format!("fleet_engine_start {} {}", self.name, node.index)).map(drop)
+    }
+
+    /// Cuts (`false`) or restores (`true`) `node`'s link to the host: Redis and the other nodes
+    /// stop reaching it.
+    ///
+    /// # Errors
+    /// When `ip link` fails.
+    pub fn set_link(&self, node: &Node, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        fleet_sh(&format!("ip link set {}h{} {state}", self.name, node.index)).map(drop)
     }
 }
 
@@ -140,4 +169,40 @@ pub async fn start_node_sandboxd(
         dir.join(format!("sandboxd-n{}.log", node.index)),
     );
     SandboxdProcess::start(&launch).await
+}
+
+/// Runs `work` on a thread of its own inside network namespace `netns` (a client that must
+/// reach a node through the node's own link, as while that link is cut): every socket made on
+/// that thread belongs to the namespace. `work` builds its own current-thread runtime.
+///
+/// # Errors
+/// When the namespace cannot be entered or the thread panics.
+pub fn in_netns<T, F>(netns: &str, work: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let path = PathBuf::from("/run/netns").join(netns);
+    let worker = std::thread::spawn(move || -> Result<T> {
+        let namespace = std::fs::File::open(&path)?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&namespace),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|error| Error::Failed(format!("setns {}: {error}", path.display())))?;
+        Ok(work())
+    });
+    worker
+        .join()
+        .map_err(|_| Error::Failed("the namespace thread panicked".to_owned()))?
+}
+
+/// The settings that make a sandboxd fleet node `node_id` of `node`: its node API on the node's
+/// address (port 50052: each node has its own address), its heartbeat TTL.
+#[must_use]
+pub fn node_settings(node: &Node, ttl: &str) -> String {
+    format!(
+        "node_id = \"n{}\"\nnode_grpc_addr = \"{}:50052\"\nnode_heartbeat_ttl = \"{ttl}\"\n",
+        node.index, node.address
+    )
 }

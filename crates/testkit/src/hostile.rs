@@ -37,6 +37,7 @@ pub enum HostileRequest {
     Touch(v1::TouchSandboxRequest),
     /// Refused before the stream opens; an accepted watch is dropped at once.
     Watch(v1::WatchSandboxesRequest),
+    Drain(v1::DrainNodeRequest),
 }
 
 impl HostileRequest {
@@ -55,6 +56,7 @@ impl HostileRequest {
             Self::Resume(request) => api.resume_sandbox(request).await.map(drop),
             Self::Touch(request) => api.touch_sandbox(request).await.map(drop),
             Self::Watch(request) => api.watch_sandboxes(request).await.map(drop),
+            Self::Drain(request) => api.drain_node(request).await.map(drop),
         }
     }
 }
@@ -148,7 +150,24 @@ pub fn hostile_cases(targets: &Targets) -> Vec<HostileCase> {
     ttl_cases(targets, &mut cases);
     list_cases(targets, &mut cases);
     watch_cases(targets, &mut cases);
+    node_cases(&mut cases);
     cases
+}
+
+/// Malformed node ids on DrainNode (an unknown well-formed one is NOT_FOUND, not here).
+fn node_cases(cases: &mut Vec<HostileCase>) {
+    let huge = mib();
+    for bad in ["", "-n1", "N1", "n_1", "n/1", "n1\0", huge.as_str()] {
+        cases.push(refused(
+            format!("DrainNode node_id {bad:.40?}"),
+            HostileRequest::Drain(v1::DrainNodeRequest {
+                node_id: bad.to_owned(),
+                draining: true,
+            }),
+            "node_id",
+            DecidedBy::Request,
+        ));
+    }
 }
 
 fn mib() -> String {
@@ -398,7 +417,7 @@ fn list_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
             DecidedBy::Request,
         ));
     }
-    for state in [-1, 4, 99, i32::MAX, i32::MIN] {
+    for state in [-1, 5, 99, i32::MAX, i32::MIN] {
         cases.push(refused(
             format!("List state {state}"),
             HostileRequest::List(v1::ListSandboxesRequest {

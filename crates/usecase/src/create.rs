@@ -1,17 +1,18 @@
-//! CreateSandbox: reuse the chat's live sandbox, refuse a differing one, replace an expired one,
-//! or start a new one — all under the chat's lease.
+//! CreateSandbox: reuse the chat's live sandbox, refuse a differing one, replace an expired one
+//! (or one on a lost node), or start a new one — all under the chat's lease.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_domain::{
-    AgentId, AgentProfile, ChatId, ConflictReason, EventNote, EventReason, EventType,
+    AgentId, AgentProfile, ChatId, ConflictReason, EventNote, EventReason, EventType, NodeId,
     SandboxSession, SandboxState, SessionId, VolumePath,
 };
 use tracing::{Instrument, Span};
 
 use crate::admission::{Admission, AdmissionPolicy, Refusal};
 use crate::error::{ErrorKind, UseCaseError};
+use crate::fleet::NodeDirectory;
 use crate::lease::{Ports, with_lease};
 use crate::lifecycle::{LifecycleError, Transitions};
 use crate::pool::{RefillPool, Taken, WarmPool};
@@ -85,6 +86,10 @@ pub enum CreateSandboxError {
     /// Resuming the chat's paused or hibernated sandbox failed.
     #[error("resuming the sandbox failed")]
     Resume(#[source] LifecycleError),
+    /// This node takes no new sandbox now (drained), or in fleet mode no CreateSandbox at all
+    /// (unable to renew its registration); nothing was read or changed.
+    #[error("{0}")]
+    NodeRefuses(&'static str),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -103,6 +108,7 @@ impl UseCaseError for CreateSandboxError {
             Self::Runtime(error) => error.kind(),
             Self::Resume(error) => error.kind(),
             Self::Refused(Refusal::EngineBusy { .. }) => ErrorKind::Overloaded,
+            Self::NodeRefuses(_) => ErrorKind::Unavailable,
             Self::Refused(_) => ErrorKind::ResourceExhausted,
         }
     }
@@ -116,6 +122,7 @@ impl UseCaseError for CreateSandboxError {
             Self::Runtime(error) => error.metric_label(),
             Self::Resume(error) => error.metric_label(),
             Self::Refused(refusal) => refusal.metric_label(),
+            Self::NodeRefuses(_) => "node_refuses",
         }
     }
 
@@ -130,6 +137,7 @@ impl UseCaseError for CreateSandboxError {
             Self::Runtime(error) => error.client_message(),
             Self::Resume(error) => error.client_message(),
             Self::Refused(refusal) => refusal.to_string(),
+            Self::NodeRefuses(reason) => (*reason).to_owned(),
         }
     }
 
@@ -170,6 +178,8 @@ pub struct CreateSandbox {
     admission: Admission,
     /// Pooled sandboxes claimed instead of starting a container (empty unless a profile pools).
     pool: WarmPool,
+    /// Whether this node takes new sandboxes (drained, or fenced in fleet mode).
+    nodes: NodeDirectory,
 }
 
 impl CreateSandbox {
@@ -182,7 +192,15 @@ impl CreateSandbox {
             ttl,
             admission: Admission::new(AdmissionPolicy::default()),
             pool: WarmPool::new(),
+            nodes: NodeDirectory::single(NodeId::single()),
         }
+    }
+
+    /// This use case refusing new sandboxes while `nodes` says this node takes none.
+    #[must_use]
+    pub fn with_nodes(mut self, nodes: NodeDirectory) -> Self {
+        self.nodes = nodes;
+        self
     }
 
     /// The refill that keeps this use case's warm pool full, sharing its engine slots (so it
@@ -248,9 +266,16 @@ impl CreateSandbox {
             .profiles
             .get(&command.agent_id)
             .ok_or_else(|| CreateSandboxError::UnknownAgent(command.agent_id.clone()))?;
+        if let Some(reason) = self.nodes.fenced() {
+            return Err(CreateSandboxError::NodeRefuses(reason));
+        }
+        // A session on a lost node (fleet mode) is replaced like an expired one; the removal of
+        // its container is left to that node's reconcile when it comes back.
+        let lost = |session: &SandboxSession| self.ports.runtime.is_lost(&session.container_id);
         let touched = self.read_and_touch(command).await?;
         if let Some(session) = touched.filter(|s| {
             s.is_live_at(self.ports.clock.now())
+                && !lost(s)
                 && (s.state == SandboxState::Running
                     || s.conflict_with(&command.agent_id, &command.volume_host_path)
                         .is_some())
@@ -263,6 +288,7 @@ impl CreateSandbox {
             match current {
                 Some(session)
                     if session.is_live_at(now)
+                        && !lost(&session)
                         && session.state != SandboxState::Running
                         && session
                             .conflict_with(&command.agent_id, &command.volume_host_path)
@@ -280,7 +306,7 @@ impl CreateSandbox {
                         result: CreateResult::Resumed,
                     })
                 }
-                Some(session) if session.is_live_at(now) => {
+                Some(session) if session.is_live_at(now) && !lost(&session) => {
                     Self::reuse_or_conflict(command, session, span)
                 }
                 expired_or_none => {
@@ -346,6 +372,9 @@ impl CreateSandbox {
         expired: Option<SandboxSession>,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
+        if let Some(reason) = self.nodes.refuses_new() {
+            return Err(CreateSandboxError::NodeRefuses(reason));
+        }
         // Beyond the reference flow: refuse a forbidden volume before anything changes, so a
         // bad request never stops the chat's expired sandbox.
         self.ports

@@ -10,6 +10,7 @@ mod create;
 mod delete;
 pub mod error;
 mod extend;
+mod fleet;
 mod get;
 mod lease;
 mod lifecycle;
@@ -36,6 +37,7 @@ pub use create::{
 pub use delete::{DeleteResult, DeleteSandbox, DeleteSandboxCommand, DeleteSandboxOutput};
 pub use error::{ErrorKind, PortError, UseCaseError};
 pub use extend::{ExtendSandbox, ExtendSandboxCommand, ExtendSandboxError};
+pub use fleet::{BeatReport, Heartbeat, NodeDirectory, NodeError, Nodes};
 pub use get::{GetSandbox, GetSandboxError};
 pub use lease::Ports;
 pub use lifecycle::{LifecycleError, PauseSandbox, ResumeSandbox, TouchSandbox};

@@ -222,7 +222,12 @@ impl ReconcileSandboxes {
                 Err(error) => self.count_failure(&mut report, &error),
             }
         }
-        for session in &sessions {
+        // Another node's sessions are its own reconcile's (fleet mode): its containers are not
+        // listed here, so they would all look gone.
+        for session in sessions
+            .iter()
+            .filter(|s| self.ports.runtime.is_local(&s.container_id))
+        {
             let engine = by_container
                 .get(&session.container_id)
                 .map_or(ContainerState::Gone, |c| c.state);

@@ -131,7 +131,7 @@ fn engine_status(state: v1::SandboxState) -> &'static str {
         v1::SandboxState::Running => "running",
         v1::SandboxState::Paused => "paused",
         v1::SandboxState::Hibernated => "exited",
-        v1::SandboxState::Unspecified => "unspecified",
+        v1::SandboxState::Unspecified | v1::SandboxState::Lost => "unspecified",
     }
 }
 

@@ -13,6 +13,7 @@ mod events;
 mod keys;
 mod locker;
 pub mod names;
+mod nodes;
 mod repository;
 mod scripts;
 mod sentinel;
@@ -25,6 +26,7 @@ use sandboxd_usecase::ports::BoxError;
 pub use config::{InvalidRedisConfig, RedisConfig};
 pub use events::RedisEventLog;
 pub use locker::RedisLeaseLocker;
+pub use nodes::RedisNodeRegistry;
 pub use repository::RedisSessionRepository;
 pub use sentinel::SentinelUrlError;
 

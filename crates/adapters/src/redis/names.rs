@@ -30,6 +30,10 @@ pub mod command {
     pub const LOCK_ACQUIRE: &str = "lock_acquire";
     pub const LOCK_RENEW: &str = "lock_renew";
     pub const LOCK_RELEASE: &str = "lock_release";
+    pub const NODE_BEAT: &str = "node_beat";
+    pub const NODES: &str = "nodes";
+    pub const NODE_DRAIN: &str = "node_drain";
+    pub const NODE_CLAIM_LOSS: &str = "node_claim_loss";
 }
 
 /// `result` label values of [`LOCK_WAIT_SECONDS`].

@@ -2,8 +2,8 @@
 //! `SANDBOXD_*` environment variables, then command-line flags; validated before anything starts.
 //!
 //! The file stays flat (`grpc_addr = ...`, `[agents.<id>]` tables) while the configuration is made
-//! of sections by owner: `server`, `redis`, `lifecycle`, `docker`, `telemetry`, `admission` and
-//! `agents`, each in
+//! of sections by owner: `server`, `redis`, `lifecycle`, `docker`, `telemetry`, `admission`,
+//! `node` and `agents`, each in
 //! its own module with its defaults, its checks and the [`flags::Setting`]s from which the flags,
 //! the environment variable names and `--help` are derived. Each section is extracted from the
 //! same merged layers; a key no section declares is refused here. The one relation between
@@ -19,6 +19,7 @@ mod agents;
 mod docker;
 mod flags;
 mod lifecycle;
+mod node;
 mod redis;
 mod server;
 mod telemetry;
@@ -37,6 +38,7 @@ pub use docker::DockerSettings;
 pub use flags::Cli;
 use flags::{FLAGS_LAYER, Setting};
 pub use lifecycle::LifecycleSettings;
+pub use node::NodeSettings;
 pub use redis::RedisSettings;
 pub use server::{ServerSettings, TlsFiles};
 pub use telemetry::{LogFormat, TelemetrySettings};
@@ -77,6 +79,7 @@ pub struct Config {
     pub docker: DockerSettings,
     pub telemetry: TelemetrySettings,
     pub admission: AdmissionSettings,
+    pub node: NodeSettings,
     pub agents: AgentProfiles,
 }
 
@@ -89,6 +92,7 @@ pub(crate) fn settings() -> impl Iterator<Item = &'static Setting> {
         docker::SETTINGS,
         telemetry::SETTINGS,
         admission::SETTINGS,
+        node::SETTINGS,
     ]
     .into_iter()
     .flatten()
@@ -130,6 +134,7 @@ impl Config {
             docker: figment.extract().map_err(parse_error)?,
             telemetry: figment.extract().map_err(parse_error)?,
             admission: figment.extract().map_err(parse_error)?,
+            node: figment.extract().map_err(parse_error)?,
             agents: AgentProfiles::extract(&figment)?,
         };
         config.docker.resolve_relative_roots(&figment);
@@ -146,6 +151,7 @@ impl Config {
         self.redis.validate()?;
         self.lifecycle.validate()?;
         self.docker.validate()?;
+        self.node.validate(self.server.tls_cert_file.is_some())?;
         self.agents.validate()?;
         self.egress_plan()?;
         let pooled = self

@@ -99,6 +99,7 @@ fn every_declared_setting_is_read_by_a_section() {
             figment.extract::<DockerSettings>().err(),
             figment.extract::<TelemetrySettings>().err(),
             figment.extract::<AdmissionSettings>().err(),
+            figment.extract::<NodeSettings>().err(),
         ];
         let readers = refusals
             .iter()
@@ -241,6 +242,23 @@ fn bad_settings_are_named() {
             "agents.v6.egress_allow",
         ),
         ("[agents.a]\nimage = \"x\"\negress = \"internet\"", "egress"),
+        ("node_id = \"Node_1\"", "node_id"),
+        (
+            "node_id = \"n1\"\nnode_heartbeat_ttl = \"500ms\"",
+            "node_heartbeat_ttl",
+        ),
+        (
+            "node_id = \"n1\"\nnode_grpc_addr = \"0.0.0.0:50052\"",
+            "node_advertise_addr",
+        ),
+        (
+            "node_id = \"n1\"\nnode_advertise_addr = \"10.0.0.1\"",
+            "node_advertise_addr",
+        ),
+        (
+            "node_id = \"n1\"\nnode_tls_ca_file = \"/etc/hostname\"",
+            "node_tls_ca_file",
+        ),
     ];
     for (body, setting) in cases {
         let cli = cli_reading(write(dir.path(), body));
@@ -382,6 +400,11 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "redis_ca_file",
         "pool_root",
         "pool_waiter",
+        "node_id",
+        "node_grpc_addr",
+        "node_advertise_addr",
+        "node_heartbeat_ttl",
+        "node_tls_ca_file",
     ] {
         assert!(
             help.contains(&format!("--{}", key.replace('_', "-"))),
@@ -394,7 +417,7 @@ fn help_lists_every_setting_with_its_environment_variable() {
         };
         assert!(help.contains(&env), "{env}");
     }
-    assert_eq!(settings().count(), 32);
+    assert_eq!(settings().count(), 37);
 }
 
 #[test]
@@ -448,4 +471,22 @@ fn a_pool_needs_a_static_waiter_and_absolute_pool_paths() {
         config.docker_config().pool.root,
         PathBuf::from("/var/lib/sandboxd/pool")
     );
+}
+
+#[test]
+fn fleet_mode_is_off_without_node_id_and_takes_its_settings_with_it() {
+    let config = load(&Cli::default()).unwrap();
+    assert_eq!(config.node.node_id(), None);
+    let (_dir, cli) = cli_with_file(
+        "node_id = \"n1\"\nnode_grpc_addr = \"0.0.0.0:50052\"\nnode_advertise_addr = \"10.0.0.1:50052\"\nnode_heartbeat_ttl = \"3s\"\n",
+    );
+    let config = load(&cli).unwrap();
+    assert_eq!(
+        config.node.node_id().map(|id| id.to_string()).as_deref(),
+        Some("n1")
+    );
+    assert_eq!(config.node.advertise_addr(), "10.0.0.1:50052");
+    assert_eq!(config.node.node_heartbeat_ttl, Duration::from_secs(3));
+    let (_dir, cli) = cli_with_file("node_id = \"n2\"\nnode_grpc_addr = \"10.0.0.2:50052\"\n");
+    assert_eq!(load(&cli).unwrap().node.advertise_addr(), "10.0.0.2:50052");
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use sandboxd_api::v1;
 use sandboxd_domain::{
-    AgentId, ChatId, EventCursor, EventType, SandboxEvent, SandboxSession, SandboxState, Timestamp,
-    VolumePath,
+    AgentId, ChatId, EventCursor, EventType, NodeId, NodeInfo, SandboxEvent, SandboxSession,
+    SandboxState, Timestamp, VolumePath,
 };
+use sandboxd_usecase::NodeDirectory;
 use tonic::Status;
 
 use super::status::invalid_field;
@@ -53,16 +54,50 @@ pub fn page_size(raw: i32) -> Result<usize, Status> {
     }
 }
 
+/// The state filter of ListSandboxes: a stored state, or LOST (computed at read time from the
+/// node directory, not stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFilter {
+    All,
+    Stored(SandboxState),
+    Lost,
+}
+
+impl StateFilter {
+    /// What the store filters by.
+    pub const fn stored(self) -> Option<SandboxState> {
+        match self {
+            Self::Stored(state) => Some(state),
+            Self::All | Self::Lost => None,
+        }
+    }
+
+    /// Whether a listed session whose node is (or is not) lost is answered. A session on a lost
+    /// node is reported LOST, so a stored-state filter leaves it out.
+    pub const fn keeps(self, lost: bool) -> bool {
+        match self {
+            Self::All => true,
+            Self::Stored(_) => !lost,
+            Self::Lost => lost,
+        }
+    }
+}
+
 /// The optional state filter of ListSandboxes: UNSPECIFIED means all; an unknown number is
 /// refused.
-pub fn state_filter(raw: i32) -> Result<Option<SandboxState>, Status> {
+pub fn state_filter(raw: i32) -> Result<StateFilter, Status> {
     match v1::SandboxState::try_from(raw) {
-        Ok(v1::SandboxState::Unspecified) => Ok(None),
-        Ok(v1::SandboxState::Running) => Ok(Some(SandboxState::Running)),
-        Ok(v1::SandboxState::Paused) => Ok(Some(SandboxState::Paused)),
-        Ok(v1::SandboxState::Hibernated) => Ok(Some(SandboxState::Hibernated)),
+        Ok(v1::SandboxState::Unspecified) => Ok(StateFilter::All),
+        Ok(v1::SandboxState::Running) => Ok(StateFilter::Stored(SandboxState::Running)),
+        Ok(v1::SandboxState::Paused) => Ok(StateFilter::Stored(SandboxState::Paused)),
+        Ok(v1::SandboxState::Hibernated) => Ok(StateFilter::Stored(SandboxState::Hibernated)),
+        Ok(v1::SandboxState::Lost) => Ok(StateFilter::Lost),
         Err(_) => Err(invalid_field("state", "is not a SandboxState")),
     }
+}
+
+pub fn node_id(raw: &str) -> Result<NodeId, Status> {
+    NodeId::parse(raw).map_err(|e| invalid_field("node_id", e))
 }
 
 /// The optional chat filter of WatchSandboxes: empty means all chats.
@@ -107,7 +142,21 @@ pub fn timestamp(at: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-pub fn sandbox(session: &SandboxSession) -> v1::Sandbox {
+/// `session` as clients see it now: its node, and LOST when that node's registration lapsed.
+pub fn sandbox(session: &SandboxSession, nodes: &NodeDirectory) -> v1::Sandbox {
+    sandbox_as(
+        session,
+        nodes.node_of(&session.container_id),
+        nodes.is_lost(&session.container_id),
+    )
+}
+
+fn sandbox_as(session: &SandboxSession, node_id: &str, lost: bool) -> v1::Sandbox {
+    let state = if lost {
+        v1::SandboxState::Lost
+    } else {
+        state(session.state)
+    };
     v1::Sandbox {
         session_id: session.session_id.to_string(),
         chat_id: session.chat_id.to_string(),
@@ -120,9 +169,22 @@ pub fn sandbox(session: &SandboxSession) -> v1::Sandbox {
         }),
         created_at: Some(timestamp(session.created_at)),
         expires_at: Some(timestamp(session.expires_at)),
-        state: state(session.state).into(),
+        state: state.into(),
         last_active_at: Some(timestamp(session.last_active_at)),
         max_expires_at: session.max_expires_at.map(timestamp),
+        node_id: node_id.to_owned(),
+    }
+}
+
+pub fn node(node: &NodeInfo) -> v1::Node {
+    v1::Node {
+        node_id: node.node_id.to_string(),
+        address: node.address.clone(),
+        capacity: node.capacity,
+        active: node.active,
+        draining: node.draining,
+        healthy: node.healthy,
+        last_heartbeat_at: Some(timestamp(node.last_heartbeat_at)),
     }
 }
 
@@ -145,14 +207,21 @@ const fn event_type(kind: EventType) -> v1::SandboxEventType {
         EventType::Deleted => v1::SandboxEventType::Deleted,
         EventType::Expired => v1::SandboxEventType::Expired,
         EventType::Reconciled => v1::SandboxEventType::Reconciled,
+        EventType::Lost => v1::SandboxEventType::Lost,
     }
 }
 
-pub fn event(event: &SandboxEvent) -> v1::SandboxEvent {
+/// An event's sandbox is as it was at the event (LOST for a LOST event), not as it is now.
+pub fn event(event: &SandboxEvent, nodes: &NodeDirectory) -> v1::SandboxEvent {
+    let session = &event.session;
     v1::SandboxEvent {
         cursor: event.cursor.to_string(),
         r#type: event_type(event.kind).into(),
-        sandbox: Some(sandbox(&event.session)),
+        sandbox: Some(sandbox_as(
+            session,
+            nodes.node_of(&session.container_id),
+            event.kind == EventType::Lost,
+        )),
         occurred_at: Some(timestamp(event.occurred_at)),
         reason: event.reason.as_str().to_owned(),
     }
@@ -221,9 +290,17 @@ mod tests {
 
     #[test]
     fn state_filters_and_cursors_are_checked() {
-        assert_eq!(state_filter(0).unwrap(), None);
-        assert_eq!(state_filter(2).unwrap(), Some(SandboxState::Paused));
-        for bad in [-1, 4, 99] {
+        assert_eq!(state_filter(0).unwrap(), StateFilter::All);
+        assert_eq!(
+            state_filter(2).unwrap(),
+            StateFilter::Stored(SandboxState::Paused)
+        );
+        // LOST is computed at read time: the store lists everything, the page keeps the lost.
+        let lost = state_filter(4).unwrap();
+        assert_eq!((lost, lost.stored()), (StateFilter::Lost, None));
+        assert!(lost.keeps(true) && !lost.keeps(false));
+        assert!(!StateFilter::Stored(SandboxState::Running).keeps(true));
+        for bad in [-1, 5, 99] {
             assert_eq!(violation_field(&state_filter(bad).unwrap_err()), "state");
         }
         assert_eq!(cursor("").unwrap(), None);

@@ -15,13 +15,14 @@ use sandboxd_usecase::ports::ListQuery;
 use sandboxd_usecase::{
     AdmissionPolicy, CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox,
     CreateSandboxCommand, DeleteResult, DeleteSandbox, DeleteSandboxCommand, EventHub,
-    ExtendSandbox, ExtendSandboxCommand, GetSandbox, ListSandboxes, PauseSandbox, Ports, Profiles,
-    ReconcileOptions, ReconcileSandboxes, RefillPool, ResumeSandbox, TouchSandbox, UseCaseError,
-    WatchRequest,
+    ExtendSandbox, ExtendSandboxCommand, GetSandbox, ListSandboxes, NodeDirectory, Nodes,
+    PauseSandbox, Ports, Profiles, ReconcileOptions, ReconcileSandboxes, RefillPool, ResumeSandbox,
+    TouchSandbox, UseCaseError, WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::drain::Drain;
+use crate::fleet::Fleet;
 use status::status_for;
 
 /// What the handlers need from the configuration.
@@ -37,6 +38,10 @@ pub struct ServiceSettings {
     pub event_retention: Duration,
     /// Quotas and the engine-create bound of CreateSandbox.
     pub admission: AdmissionPolicy,
+    /// Which node this is, and the registry in fleet mode.
+    pub fleet: Fleet,
+    /// This node's capacity (its `max_sandboxes`; 0 = unbounded), as ListNodes shows it.
+    pub node_capacity: u32,
 }
 
 /// Events one watcher may fall behind the shared reader before it catches up from the store.
@@ -59,6 +64,10 @@ pub struct UseCases {
     pub events: Arc<EventHub>,
     /// Keeps `create`'s warm pool full (the app runs it when a profile pools).
     pub refill: Arc<RefillPool>,
+    /// ListNodes and DrainNode.
+    pub nodes: Nodes,
+    /// Which node runs a session, and whether it is lost (for the answers' `node_id`, `state`).
+    pub directory: NodeDirectory,
 }
 
 impl UseCases {
@@ -69,8 +78,20 @@ impl UseCases {
             settings.profiles.clone(),
             settings.session_ttl,
         )
-        .with_admission(settings.admission);
+        .with_admission(settings.admission)
+        .with_nodes(settings.fleet.directory.clone());
         Self {
+            nodes: Nodes::new(
+                ports.clone(),
+                settings.fleet.directory.clone(),
+                settings
+                    .fleet
+                    .node
+                    .as_ref()
+                    .map(|node| Arc::clone(&node.registry)),
+                settings.node_capacity,
+            ),
+            directory: settings.fleet.directory.clone(),
             refill: Arc::new(create.refill_pool()),
             create,
             get: GetSandbox::new(ports.clone()),
@@ -171,7 +192,7 @@ impl SandboxService for SandboxGrpcService {
             })
             .await?;
         Ok(Response::new(v1::CreateSandboxResponse {
-            sandbox: Some(convert::sandbox(&output.session)),
+            sandbox: Some(convert::sandbox(&output.session, &self.use_cases.directory)),
             result: create_result(output.result).into(),
         }))
     }
@@ -188,7 +209,7 @@ impl SandboxService for SandboxGrpcService {
             })
             .await?;
         Ok(Response::new(v1::GetSandboxResponse {
-            sandbox: Some(convert::sandbox(&session)),
+            sandbox: Some(convert::sandbox(&session, &self.use_cases.directory)),
         }))
     }
 
@@ -197,9 +218,10 @@ impl SandboxService for SandboxGrpcService {
         request: Request<v1::ListSandboxesRequest>,
     ) -> Result<Response<v1::ListSandboxesResponse>, Status> {
         let request = request.into_inner();
+        let filter = convert::state_filter(request.state)?;
         let query = ListQuery {
             agent_id: convert::agent_filter(&request.agent_id)?,
-            state: convert::state_filter(request.state)?,
+            state: filter.stored(),
             page_size: convert::page_size(request.page_size)?,
             page_token: convert::page_token(request.page_token),
         };
@@ -208,8 +230,15 @@ impl SandboxService for SandboxGrpcService {
                 use_cases.list.execute(query).await
             })
             .await?;
+        let directory = &self.use_cases.directory;
         Ok(Response::new(v1::ListSandboxesResponse {
-            sandboxes: page.sessions.iter().map(convert::sandbox).collect(),
+            // LOST is not stored: its page is the stored page's lost sessions (maybe fewer).
+            sandboxes: page
+                .sessions
+                .iter()
+                .filter(|session| filter.keeps(directory.is_lost(&session.container_id)))
+                .map(|session| convert::sandbox(session, directory))
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -230,7 +259,7 @@ impl SandboxService for SandboxGrpcService {
             })
             .await?;
         Ok(Response::new(v1::ExtendSandboxResponse {
-            sandbox: Some(convert::sandbox(&session)),
+            sandbox: Some(convert::sandbox(&session, &self.use_cases.directory)),
         }))
     }
 
@@ -275,10 +304,18 @@ impl SandboxService for SandboxGrpcService {
             })
             .await?;
         Ok(Response::new(v1::CleanupExpiredSandboxesResponse {
-            cleaned: report.cleaned.iter().map(convert::sandbox).collect(),
+            cleaned: report
+                .cleaned
+                .iter()
+                .map(|session| convert::sandbox(session, &self.use_cases.directory))
+                .collect(),
             error_count: i32::try_from(report.error_count).unwrap_or(i32::MAX),
             skipped_count: i32::try_from(report.skipped_count).unwrap_or(i32::MAX),
-            suspended_sandboxes: report.suspended.iter().map(convert::sandbox).collect(),
+            suspended_sandboxes: report
+                .suspended
+                .iter()
+                .map(|session| convert::sandbox(session, &self.use_cases.directory))
+                .collect(),
         }))
     }
 
@@ -291,7 +328,10 @@ impl SandboxService for SandboxGrpcService {
                 use_cases.reconcile.execute().await
             })
             .await?;
-        Ok(Response::new(reconcile::response(&report)))
+        Ok(Response::new(reconcile::response(
+            &report,
+            &self.use_cases.directory,
+        )))
     }
 
     async fn pause_sandbox(
@@ -307,7 +347,7 @@ impl SandboxService for SandboxGrpcService {
             )
             .await?;
         Ok(Response::new(v1::PauseSandboxResponse {
-            sandbox: Some(convert::sandbox(&session)),
+            sandbox: Some(convert::sandbox(&session, &self.use_cases.directory)),
         }))
     }
 
@@ -324,7 +364,7 @@ impl SandboxService for SandboxGrpcService {
             )
             .await?;
         Ok(Response::new(v1::ResumeSandboxResponse {
-            sandbox: Some(convert::sandbox(&session)),
+            sandbox: Some(convert::sandbox(&session, &self.use_cases.directory)),
         }))
     }
 
@@ -341,7 +381,7 @@ impl SandboxService for SandboxGrpcService {
             )
             .await?;
         Ok(Response::new(v1::TouchSandboxResponse {
-            sandbox: Some(convert::sandbox(&session)),
+            sandbox: Some(convert::sandbox(&session, &self.use_cases.directory)),
         }))
     }
 
@@ -364,10 +404,42 @@ impl SandboxService for SandboxGrpcService {
                 use_cases.events.watch(watch).await
             })
             .await?;
-        let stream = tokio_stream::StreamExt::map(events, |item| {
-            item.map(|event| convert::event(&event))
+        let directory = self.use_cases.directory.clone();
+        let stream = tokio_stream::StreamExt::map(events, move |item| {
+            item.map(|event| convert::event(&event, &directory))
                 .map_err(|error| status_for("WatchSandboxes", None)(error))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let nodes = self
+            .run("ListNodes", None, |use_cases| async move {
+                use_cases.nodes.list().await
+            })
+            .await?;
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes: nodes.iter().map(convert::node).collect(),
+        }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        let request = request.into_inner();
+        let node_id = convert::node_id(&request.node_id)?;
+        let draining = request.draining;
+        let node = self
+            .run("DrainNode", None, |use_cases| async move {
+                use_cases.nodes.drain(&node_id, draining).await
+            })
+            .await?;
+        Ok(Response::new(v1::DrainNodeResponse {
+            node: Some(convert::node(&node)),
+        }))
     }
 }

@@ -53,6 +53,7 @@ pub(crate) async fn serve(config: &Config, ports: Ports) -> Served {
         metrics: PrometheusBuilder::new().build_recorder().handle(),
         auth: BearerAuth::default(),
         egress: None,
+        fleet: sandboxd_server::fleet::Fleet::single(),
     };
     let app = Application::build(config, deps).await.unwrap();
     let addr = app.grpc_addr().unwrap();

@@ -1,4 +1,5 @@
-//! The ports the use cases drive: session store, per-chat lease locker, container runtime, clock.
+//! The ports the use cases drive: session store, per-chat lease locker, container runtime, clock,
+//! and (fleet mode) the node registry.
 //!
 //! Adapters implement these traits; the use cases only ever see `Arc<dyn Trait>`.
 
@@ -13,11 +14,13 @@ pub type ActiveCount = u64;
 
 mod events;
 mod locker;
+mod nodes;
 mod repository;
 mod runtime;
 
 pub use events::EventLog;
 pub use locker::{Lease, LeaseLossFlag, LifecycleLocker, LockError};
+pub use nodes::{NodeBeat, NodeRegistry};
 pub use repository::{
     Change, Limits, ListQuery, QuotaLimit, RepositoryError, Reservation, SessionPage,
     SessionRepository, StateCounts, TouchMatch,

@@ -414,4 +414,18 @@ pub trait SandboxRuntime: Send + Sync {
     /// # Errors
     /// `Unavailable` when the engine does not answer.
     async fn ping(&self) -> Result<(), RuntimeError>;
+
+    /// Whether the container runs on a node that stopped renewing its registration (fleet mode):
+    /// its sandbox may be gone and nobody can reach it. Answered from what the runtime already
+    /// knows, without a call. One engine on its own never loses its node: `false`.
+    fn is_lost(&self, _container_id: &ContainerId) -> bool {
+        false
+    }
+
+    /// Whether the container runs on this process's own engine (fleet mode: this node), the
+    /// only one [`Self::list_managed`] lists: reconcile judges only those sessions, since
+    /// another node's are that node's to judge. One engine on its own: `true`.
+    fn is_local(&self, _container_id: &ContainerId) -> bool {
+        true
+    }
 }

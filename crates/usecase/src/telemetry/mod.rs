@@ -34,6 +34,10 @@ pub mod metric {
     pub const POOL_READY: &str = "sandbox_pool_ready";
     pub const POOL_STARTS_TOTAL: &str = "sandbox_pool_starts_total";
     pub const POOL_RELEASED_TOTAL: &str = "sandbox_pool_released_total";
+    pub const NODE_HEARTBEAT_TOTAL: &str = "sandbox_node_heartbeat_total";
+    pub const NODES: &str = "sandbox_nodes";
+    pub const NODE_LOST_TOTAL: &str = "sandbox_node_lost_total";
+    pub const PLACEMENT_TOTAL: &str = "sandbox_placement_total";
 
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
@@ -133,6 +137,22 @@ pub mod metric {
             POOL_RELEASED_TOTAL,
             "Pooled sandboxes, slots and claims left half-way (a crash, a removal behind the service's back) that the pool's recovery removed.",
         ),
+        (
+            NODE_HEARTBEAT_TOTAL,
+            "Fleet mode: renewals of this node's registration by result (ok, error).",
+        ),
+        (
+            NODES,
+            "Fleet mode: registered nodes as this node last read them, by state (healthy, unhealthy, draining).",
+        ),
+        (
+            NODE_LOST_TOTAL,
+            "Fleet mode: lost nodes this node reported (one LOST event per session of each).",
+        ),
+        (
+            PLACEMENT_TOTAL,
+            "Fleet mode: new sandboxes placed, by node and result (ok, failed: the node failed the create and another was tried, none: no node accepted).",
+        ),
     ];
 }
 
@@ -229,6 +249,9 @@ pub mod event {
     pub const POOL_RECOVERED: &str = "sandbox_pool_recovered";
     pub const POOL_RECOVERY_FAILED: &str = "sandbox_pool_recovery_failed";
     pub const POOL_DISCARD_FAILED: &str = "sandbox_pool_discard_failed";
+    pub const NODE_LOST: &str = "node_lost";
+    pub const NODE_DRAINED: &str = "node_draining_set";
+    pub const NODE_COUNT_FAILED: &str = "node_count_failed";
 }
 
 // ---- spans -------------------------------------------------------------------------------
@@ -517,6 +540,27 @@ pub(crate) fn count_pool_released(released: u64) {
     if released > 0 {
         metrics::counter!(metric::POOL_RELEASED_TOTAL).increment(released);
     }
+}
+
+pub(crate) fn count_heartbeat(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(metric::NODE_HEARTBEAT_TOTAL, metric::RESULT => result).increment(1);
+}
+
+#[allow(clippy::cast_precision_loss)] // a node count
+pub(crate) fn set_nodes(nodes: &[sandboxd_domain::NodeInfo]) {
+    let healthy = nodes.iter().filter(|n| n.healthy).count();
+    let draining = nodes.iter().filter(|n| n.draining).count();
+    metrics::gauge!(metric::NODES, metric::STATE => "healthy").set(healthy as f64);
+    metrics::gauge!(metric::NODES, metric::STATE => "unhealthy")
+        .set((nodes.len() - healthy) as f64);
+    metrics::gauge!(metric::NODES, metric::STATE => "draining").set(draining as f64);
+}
+
+/// A placement on `node` (fleet mode): `ok`, `failed` (another node is tried) or `none`.
+pub fn count_placement(node: &str, result: &'static str) {
+    metrics::counter!(metric::PLACEMENT_TOTAL, "node" => node.to_owned(), metric::RESULT => result)
+        .increment(1);
 }
 
 // ---- log events --------------------------------------------------------------------------
@@ -818,3 +862,16 @@ pub(crate) fn log_reconcile_failed(error_type: &str) {
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) fn log_node_lost(node: &sandboxd_domain::NodeId, sessions: u64) {
+    metrics::counter!(metric::NODE_LOST_TOTAL).increment(1);
+    tracing::warn!(name: event::NODE_LOST, node_id = %node, sessions, message = event::NODE_LOST);
+}
+
+pub(crate) fn log_node_drained(node: &sandboxd_domain::NodeInfo) {
+    tracing::info!(name: event::NODE_DRAINED, node_id = %node.node_id, draining = node.draining, message = event::NODE_DRAINED);
+}
+
+pub(crate) fn log_node_count_failed(error: &dyn std::error::Error) {
+    tracing::warn!(name: event::NODE_COUNT_FAILED, error = %ErrorChain(error), message = event::NODE_COUNT_FAILED);
+}

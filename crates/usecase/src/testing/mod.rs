@@ -5,6 +5,7 @@
 
 mod clock;
 mod locker;
+mod nodes;
 mod repository;
 mod runtime;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use clock::ManualClock;
 pub use locker::InMemoryLocker;
+pub use nodes::InMemoryNodeRegistry;
 pub use repository::{InMemorySessionRepository, RepoOp};
 pub use runtime::{FakeRuntime, RuntimeOp};
 

@@ -69,6 +69,10 @@ pub struct FakeRuntime {
     on_create: Mutex<Option<CreateHook>>,
     /// The OCI runtimes this fake engine has; `runc` (its default) unless a test sets others.
     runtimes: Mutex<BTreeSet<String>>,
+    /// Containers on a node that stopped renewing its registration ([`SandboxRuntime::is_lost`]).
+    lost: Mutex<HashSet<ContainerId>>,
+    /// Containers of another node ([`SandboxRuntime::is_local`] is `false`).
+    foreign: Mutex<HashSet<ContainerId>>,
     next_id: AtomicU64,
     next_port: AtomicU16,
     created_total: AtomicU64,
@@ -94,6 +98,8 @@ impl FakeRuntime {
             failing_containers: Mutex::new(HashSet::new()),
             on_create: Mutex::new(None),
             runtimes: Mutex::new(BTreeSet::from([DEFAULT_RUNTIME.to_owned()])),
+            lost: Mutex::new(HashSet::new()),
+            foreign: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             next_port: AtomicU16::new(40_000),
             created_total: AtomicU64::new(0),
@@ -119,6 +125,16 @@ impl FakeRuntime {
     /// Replaces the runtimes the fake engine has (as if registered with it).
     pub fn set_runtimes<S: Into<String>>(&self, names: impl IntoIterator<Item = S>) {
         *lock(&self.runtimes) = names.into_iter().map(Into::into).collect();
+    }
+
+    /// Reports this container as on a lost node from now on (fleet mode's node loss).
+    pub fn lose(&self, container_id: ContainerId) {
+        lock(&self.lost).insert(container_id);
+    }
+
+    /// Reports this container as another node's from now on (fleet mode).
+    pub fn make_foreign(&self, container_id: ContainerId) {
+        lock(&self.foreign).insert(container_id);
     }
 
     /// Ids of the containers the fake engine has, in any state.
@@ -428,6 +444,14 @@ impl SandboxRuntime for FakeRuntime {
 
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.enter(RuntimeOp::Ping, "runtime.ping".to_owned())
+    }
+
+    fn is_lost(&self, container_id: &ContainerId) -> bool {
+        lock(&self.lost).contains(container_id)
+    }
+
+    fn is_local(&self, container_id: &ContainerId) -> bool {
+        !lock(&self.foreign).contains(container_id)
     }
 
     async fn start_pooled(

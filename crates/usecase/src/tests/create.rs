@@ -176,6 +176,29 @@ fn a_live_session_refuses_another_agent_or_volume_as_a_conflict() {
 }
 
 #[test]
+fn replaces_a_live_session_whose_node_was_lost_without_reusing_it() {
+    let world = World::new();
+    let chat = new_chat();
+    let old = world.existing_live(chat);
+    world.runtime.lose(old.container_id.clone());
+    let cmd = create_command(chat, "default", "/srv/a");
+    let (out, _cap) = capture(world.create().execute(cmd));
+    let out = out.unwrap();
+
+    assert_eq!(out.result, CreateResult::Replaced);
+    assert_ne!(out.session.session_id, old.session_id);
+    assert_ne!(out.session.container_id, old.container_id);
+    assert_eq!(world.repository.all(), vec![out.session.clone()]);
+    // The lock-free reuse path did not answer: the lease was taken and the old session deleted.
+    let calls = world.calls.calls();
+    assert!(calls.contains(&format!("locker.lock({chat})")), "{calls:?}");
+    assert!(
+        calls.contains(&format!("repository.delete({})", old.session_id)),
+        "{calls:?}"
+    );
+}
+
+#[test]
 fn replaces_an_expired_session_stopping_the_old_container_first() {
     let world = World::new();
     let chat = new_chat();

@@ -12,6 +12,7 @@ mod cleanup;
 mod create;
 mod create_failures;
 mod delete;
+mod fleet;
 mod harness;
 mod lifecycle;
 mod pool;

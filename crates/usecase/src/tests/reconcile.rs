@@ -320,6 +320,19 @@ fn deletes_sessions_whose_container_is_gone() {
 }
 
 #[test]
+fn another_nodes_sessions_are_left_to_that_node() {
+    let world = World::new();
+    let session = world.existing(new_chat(), "default", "/srv/a", Duration::from_secs(600));
+    // Its container runs on another node's engine: this engine does not list it.
+    world.runtime.remove_direct(&session.container_id);
+    world.runtime.make_foreign(session.container_id.clone());
+    let (out, _cap) = capture(reconcile(&world).execute());
+    let report = out.unwrap();
+    assert_eq!(report.removed_sessions, vec![]);
+    assert_eq!(world.repository.all(), vec![session]);
+}
+
+#[test]
 fn a_consistent_world_is_left_alone() {
     let world = World::new();
     for i in 0..5 {
