@@ -88,6 +88,9 @@ pub enum Phase {
     /// CreateSandbox from the warm pool against a cold create of the same profile; a burst of
     /// 32; the refill rate against the engine's sequential create+start rate
     Pool,
+    /// Fleet mode's hop: PauseSandbox and ResumeSandbox through the owning node and through
+    /// another node of the same fleet
+    Fleet,
 }
 
 /// The run's sizes, after `--smoke` and the defaults are applied.

@@ -36,7 +36,7 @@ pub(crate) fn instance_config(
 }
 
 /// Writes `{name}.toml` into `dir` and starts `binary` with it, its output in `{name}.log`
-/// there, and waits for its addresses.
+/// there, and waits for its addresses; `name` is also its key prefix.
 pub(crate) async fn start_sandboxd(
     binary: &Path,
     dir: &Path,
@@ -45,16 +45,30 @@ pub(crate) async fn start_sandboxd(
     redis_url: &str,
     volume_root: &Path,
 ) -> Result<SandboxdProcess> {
-    let config_path = dir.join(format!("{name}.toml"));
-    let pool_root = dir.join(format!("{name}-pool"));
+    start_sandboxd_as(binary, dir, name, name, config, redis_url, volume_root).await
+}
+
+/// [`start_sandboxd`] with files named `{file}.*` and the key prefix `prefix`: several processes
+/// of one deployment (the nodes of a fleet).
+pub(crate) async fn start_sandboxd_as(
+    binary: &Path,
+    dir: &Path,
+    file: &str,
+    prefix: &str,
+    config: &AppConfig,
+    redis_url: &str,
+    volume_root: &Path,
+) -> Result<SandboxdProcess> {
+    let config_path = dir.join(format!("{file}.toml"));
+    let pool_root = dir.join(format!("{file}-pool"));
     std::fs::write(
         &config_path,
-        config.render(redis_url, name, volume_root, &pool_root),
+        config.render(redis_url, prefix, volume_root, &pool_root),
     )?;
     let launch = config.launch(
         binary.to_path_buf(),
         config_path,
-        dir.join(format!("{name}.log")),
+        dir.join(format!("{file}.log")),
     );
     let mut process = SandboxdProcess::start(&launch).await?;
     process.quiet();

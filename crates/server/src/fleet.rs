@@ -161,6 +161,7 @@ fn remote(
 /// Beats every third of the TTL until `stop`; failures are logged once per outage (the node
 /// meanwhile stops creating: see `NodeDirectory::refuses_creates`).
 pub(crate) async fn run_heartbeat_loop(heartbeat: Heartbeat, stop: CancellationToken) {
+    sandboxd_usecase::telemetry::init_fleet_metrics();
     run_periodic(
         names::LOOP_HEARTBEAT,
         heartbeat.interval(),

@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod containers;
+mod fleet;
 mod lifecycle;
 mod memory;
 mod micro;
@@ -36,7 +37,8 @@ use crate::{Args, Phase, Plan, Scope};
 /// The instance every phase but cleanup measures.
 const MAIN: &str = "main";
 /// The sandboxd instances a run starts (their names suffix the run's key prefix).
-pub(crate) const INSTANCES: [&str; 4] = [MAIN, "c1", "c8", pool::POOL_INSTANCE];
+pub(crate) const INSTANCES: [&str; 5] =
+    [MAIN, "c1", "c8", pool::POOL_INSTANCE, fleet::FLEET_INSTANCE];
 /// sandboxd's default `cleanup_concurrency`.
 const DEFAULT_CLEANUP_CONCURRENCY: usize = 8;
 /// Creates in flight while preparing the cleanup sessions (not timed).
@@ -214,6 +216,10 @@ pub(crate) async fn run(
 
     if plan.runs(Phase::Pool) {
         pool::pool(&mut ctx, report).await?;
+    }
+
+    if plan.runs(Phase::Fleet) {
+        fleet::fleet(&mut ctx, report).await?;
     }
 
     if plan.runs(Phase::Cleanup) {

@@ -542,6 +542,12 @@ pub(crate) fn count_pool_released(released: u64) {
     }
 }
 
+/// Fleet mode's counters at zero from the start, so an alert on their increase sees the first
+/// loss (a counter that appears at 1 has no increase to show).
+pub fn init_fleet_metrics() {
+    metrics::counter!(metric::NODE_LOST_TOTAL).increment(0);
+}
+
 pub(crate) fn count_heartbeat(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     metrics::counter!(metric::NODE_HEARTBEAT_TOTAL, metric::RESULT => result).increment(1);
