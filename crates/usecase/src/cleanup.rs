@@ -228,11 +228,16 @@ impl CleanupExpiredSandboxes {
             if current.is_live_at(now) {
                 return Ok(None);
             }
-            let on_idle = self
-                .transitions
-                .profiles
-                .get(&current.agent_id)
-                .map_or(OnIdle::Delete, |profile| profile.on_idle);
+            // A sandbox on a lost node (fleet mode) cannot be paused or stopped: it is deleted,
+            // its container's removal left to its node's reconcile.
+            let on_idle = if self.ports.runtime.is_lost(&current.container_id) {
+                OnIdle::Delete
+            } else {
+                self.transitions
+                    .profiles
+                    .get(&current.agent_id)
+                    .map_or(OnIdle::Delete, |profile| profile.on_idle)
+            };
             match Action::for_session(&current, on_idle) {
                 Action::Suspend(target) => {
                     match self

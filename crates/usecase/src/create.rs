@@ -384,7 +384,13 @@ impl CreateSandbox {
         let new_session_id = SessionId::new_random();
         // Taken first: a claim starts no container, so it needs no engine slot and does not
         // queue behind cold creates.
-        let pooled = self.pool.take(&command.agent_id);
+        // Only while this node would take the sandbox itself: a claim places it here, and a
+        // draining or full fleet node must leave new sandboxes to the others.
+        let pooled = if self.nodes.takes_new_locally() {
+            self.pool.take(&command.agent_id)
+        } else {
+            None
+        };
         if pooled.is_none() && profile.pool_size > 0 {
             telemetry::count_pool_claim(&command.agent_id, metric::CLAIM_EMPTY);
         }

@@ -166,6 +166,19 @@ impl NodeDirectory {
             .then_some("this node is draining: it takes no new sandboxes")
     }
 
+    /// Whether this node takes a new sandbox itself (a claim from its own warm pool is one):
+    /// single-node mode unless drained; fleet mode while it is a placement candidate (fresh,
+    /// healthy, not draining, with room).
+    #[must_use]
+    pub fn takes_new_locally(&self) -> bool {
+        if !self.is_fleet() {
+            return !self.read().draining_local;
+        }
+        self.candidates()
+            .iter()
+            .any(|node| node.node_id == self.inner.local)
+    }
+
     /// Renewed within half the TTL: beats come every third of it, so a fresh node has missed at
     /// most one, and it stops creating well before the others may declare it lost (a full TTL).
     fn is_fresh(&self) -> bool {

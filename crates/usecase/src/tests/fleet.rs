@@ -213,3 +213,39 @@ fn in_fleet_mode_drain_goes_to_the_registry_and_unknown_nodes_are_not_found() {
     let error = out.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn a_fleet_node_claims_from_its_pool_only_while_it_takes_placements() {
+    let world = World::new().with_profile("default", |profile| profile.pool_size = 1);
+    let registry = Arc::new(InMemoryNodeRegistry::default());
+    let directory = NodeDirectory::fleet(node("n1"), TTL);
+    let create = world.create().with_nodes(directory.clone());
+    let (report, _) = capture(create.refill_pool().execute());
+    assert_eq!(report.unwrap().started, 1);
+    let (out, _) = capture(heartbeat(&world, &registry, &directory).beat());
+    out.unwrap();
+    assert!(directory.takes_new_locally());
+    let (out, _) = capture(registry.set_draining(&node("n1"), true, world.clock.now()));
+    assert!(out.unwrap().is_some());
+    let (out, _) = capture(heartbeat(&world, &registry, &directory).beat());
+    out.unwrap();
+    assert!(!directory.takes_new_locally(), "draining");
+    world.calls.clear();
+    let (out, _) = capture(create.execute(create_command(new_chat(), "default", "/srv/a")));
+    out.unwrap();
+    assert!(
+        world.calls.calls_of("runtime.claim").is_empty(),
+        "{:?}",
+        world.calls.calls()
+    );
+    assert_eq!(
+        world.calls.calls_of("runtime.create").len(),
+        1,
+        "placed, not claimed here"
+    );
+    assert_eq!(
+        world.runtime.waiting().len(),
+        1,
+        "the pooled sandbox still waits"
+    );
+}

@@ -186,6 +186,29 @@ fn an_idle_sandbox_is_paused_by_the_cleanup_and_a_create_resumes_it() {
 }
 
 #[test]
+fn an_idle_sandbox_on_a_lost_node_is_deleted_not_paused() {
+    let world = idle_world(OnIdle::Pause, None);
+    let session = created(&world, new_chat());
+    world.runtime.lose(session.container_id.clone());
+    world.clock.advance(IDLE + Duration::from_secs(1));
+    let (report, _cap) = capture(cleanup(&world).execute());
+    let report = report.unwrap();
+    assert!(report.suspended.is_empty(), "{report:?}");
+    assert_eq!(report.cleaned, vec![session.clone()]);
+    assert_eq!(report.error_count, 0);
+    assert!(world.repository.all().is_empty());
+    assert!(
+        !world
+            .calls
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("runtime.pause")),
+        "{:?}",
+        world.calls.calls()
+    );
+}
+
+#[test]
 fn a_touched_sandbox_stays_running_past_its_idle_timeout() {
     let world = idle_world(OnIdle::Pause, None);
     let chat = new_chat();
