@@ -19,6 +19,21 @@ impl std::fmt::Debug for BearerAuth {
     }
 }
 
+/// The token in `auth_token_file`, surrounding whitespace (a final newline) removed: what calls
+/// must carry, and what this node sends to the others in fleet mode.
+///
+/// # Errors
+/// When the file cannot be read or holds only whitespace.
+pub(crate) fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading auth_token_file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!("auth_token_file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
+}
+
 impl BearerAuth {
     #[must_use]
     pub fn new(token: Option<String>) -> Self {
@@ -32,12 +47,7 @@ impl BearerAuth {
     /// # Errors
     /// When the file cannot be read or holds only whitespace.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading auth_token_file {}: {e}", path.display()))?;
-        if token.trim().is_empty() {
-            anyhow::bail!("auth_token_file {} is empty", path.display());
-        }
-        Ok(Self::new(Some(token)))
+        Ok(Self::new(Some(read_token(path)?)))
     }
 
     #[must_use]

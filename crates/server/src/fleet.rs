@@ -118,11 +118,7 @@ pub(crate) fn build(
 /// token, and TLS with this node's certificate when the ports speak TLS.
 fn connector(config: &Config) -> anyhow::Result<Connect> {
     let token: Option<Arc<str>> = match &config.server.auth_token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("reading auth_token_file {}: {e}", path.display()))?;
-            Some(Arc::from(text.trim()))
-        }
+        Some(path) => Some(Arc::from(crate::auth::read_token(path)?)),
         None => None,
     };
     let tls = match (config.server.tls_files()?, &config.node.node_tls_ca_file) {

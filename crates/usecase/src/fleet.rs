@@ -111,17 +111,6 @@ impl NodeDirectory {
                 .any(|known| known.node_id.as_str() == node && !known.healthy)
     }
 
-    /// Whether `node` is registered and renewed its registration in time (this node always is).
-    #[must_use]
-    pub fn is_healthy(&self, node: &str) -> bool {
-        node == self.inner.local.as_str()
-            || self
-                .read()
-                .nodes
-                .iter()
-                .any(|known| known.node_id.as_str() == node && known.healthy)
-    }
-
     /// Every node last seen, this one included.
     #[must_use]
     pub fn nodes(&self) -> Vec<NodeInfo> {
