@@ -16,8 +16,8 @@ use sandboxd_domain::{
 };
 use sandboxd_usecase::NodeDirectory;
 use sandboxd_usecase::ports::{
-    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
-    RuntimeError, SandboxRuntime, StartedSandbox,
+    ClaimError, Clock, ContainerState, ManagedContainer, NewSandbox, NodeRegistry, PoolRecovery,
+    PooledSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
 use sandboxd_usecase::telemetry::count_placement;
 
@@ -38,6 +38,14 @@ pub struct FleetRuntime {
     remotes: Mutex<HashMap<NodeId, Remote>>,
     /// Nodes sampled per placement (the best of K).
     sample: usize,
+    /// Where to look up a node this process has not read yet; `None`: only the directory.
+    lookup: Option<Lookup>,
+}
+
+/// The registry and the clock to read it at.
+struct Lookup {
+    registry: Arc<dyn NodeRegistry>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for FleetRuntime {
@@ -72,10 +80,19 @@ impl FleetRuntime {
             connect,
             remotes: Mutex::new(HashMap::new()),
             sample: sample.max(1),
+            lookup: None,
         }
     }
 
-    fn route(&self, container_id: &ContainerId) -> Result<Route, RuntimeError> {
+    /// This runtime looking up in `registry` (as of `clock`) a node it has not read yet, instead
+    /// of answering `Unavailable` until the next beat brings it.
+    #[must_use]
+    pub fn with_lookup(mut self, registry: Arc<dyn NodeRegistry>, clock: Arc<dyn Clock>) -> Self {
+        self.lookup = Some(Lookup { registry, clock });
+        self
+    }
+
+    async fn route(&self, container_id: &ContainerId) -> Result<Route, RuntimeError> {
         let (node, engine_id) = container_id.split_node();
         let engine_id =
             ContainerId::parse(engine_id).map_err(|error| RuntimeError::Other(Box::new(error)))?;
@@ -83,20 +100,31 @@ impl FleetRuntime {
             None => Ok(Route::Local(engine_id)),
             Some(node) if node == self.directory.local().as_str() => Ok(Route::Local(engine_id)),
             Some(_) if self.directory.is_lost(container_id) => Ok(Route::Lost),
-            Some(node) => Ok(Route::Remote(self.remote(node)?, engine_id)),
+            Some(node) => Ok(Route::Remote(self.remote(node).await?, engine_id)),
         }
     }
 
-    /// The client of `node`, made at its registered address on first use.
-    fn remote(&self, node: &str) -> Result<Arc<dyn SandboxRuntime>, RuntimeError> {
-        let info = self
-            .directory
-            .nodes()
-            .into_iter()
-            .find(|known| known.node_id.as_str() == node)
-            .ok_or_else(|| {
-                RuntimeError::Unavailable(format!("node {node} is not registered").into())
-            })?;
+    /// The client of `node`, made at its registered address on first use. A node this process
+    /// has not read yet (it registered after the last beat) is looked up in the registry once.
+    async fn remote(&self, node: &str) -> Result<Arc<dyn SandboxRuntime>, RuntimeError> {
+        let known = |nodes: Vec<NodeInfo>| nodes.into_iter().find(|n| n.node_id.as_str() == node);
+        let info = match known(self.directory.nodes()) {
+            Some(info) => info,
+            None => {
+                let looked_up = match &self.lookup {
+                    Some(lookup) => lookup
+                        .registry
+                        .nodes(lookup.clock.now())
+                        .await
+                        .map_err(|error| RuntimeError::Unavailable(Box::new(error)))?,
+                    None => Vec::new(),
+                };
+                self.directory.learned(looked_up.clone());
+                known(looked_up).ok_or_else(|| {
+                    RuntimeError::Unavailable(format!("node {node} is not registered").into())
+                })?
+            }
+        };
         let mut remotes = self.remotes.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((address, client)) = remotes.get(&info.node_id)
             && *address == info.address
@@ -112,11 +140,11 @@ impl FleetRuntime {
     }
 
     /// The runtime that runs `node`'s containers.
-    fn runtime_of(&self, node: &NodeId) -> Result<Arc<dyn SandboxRuntime>, RuntimeError> {
+    async fn runtime_of(&self, node: &NodeId) -> Result<Arc<dyn SandboxRuntime>, RuntimeError> {
         if node == self.directory.local() {
             Ok(Arc::clone(&self.local))
         } else {
-            self.remote(node.as_str())
+            self.remote(node.as_str()).await
         }
     }
 
@@ -163,7 +191,7 @@ impl SandboxRuntime for FleetRuntime {
         let mut candidates = self.directory.candidates();
         let mut last_failure = None;
         while let Some(node) = self.pick(&candidates) {
-            let outcome = match self.runtime_of(&node.node_id) {
+            let outcome = match self.runtime_of(&node.node_id).await {
                 Ok(runtime) => runtime.create(spec).await,
                 Err(error) => Err(error),
             };
@@ -197,7 +225,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn remove_gracefully(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.remove_gracefully(&id).await,
             Route::Remote(runtime, id) => runtime.remove_gracefully(&id).await,
             Route::Lost => Ok(()),
@@ -205,7 +233,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn force_remove(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.force_remove(&id).await,
             Route::Remote(runtime, id) => runtime.force_remove(&id).await,
             Route::Lost => Ok(()),
@@ -213,7 +241,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn inspect(&self, container_id: &ContainerId) -> Result<ContainerState, RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.inspect(&id).await,
             Route::Remote(runtime, id) => runtime.inspect(&id).await,
             Route::Lost => Err(lost()),
@@ -243,7 +271,7 @@ impl SandboxRuntime for FleetRuntime {
             nodes
         };
         let lists = futures::future::join_all(nodes.iter().map(|node| async move {
-            let runtime = self.runtime_of(node)?;
+            let runtime = self.runtime_of(node).await?;
             Self::prefix_all(node, runtime.list_chat(chat_id).await?)
         }))
         .await;
@@ -255,7 +283,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn pause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.pause(&id).await,
             Route::Remote(runtime, id) => runtime.pause(&id).await,
             Route::Lost => Err(lost()),
@@ -263,7 +291,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn unpause(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.unpause(&id).await,
             Route::Remote(runtime, id) => runtime.unpause(&id).await,
             Route::Lost => Err(lost()),
@@ -271,7 +299,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn stop(&self, container_id: &ContainerId) -> Result<(), RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.stop(&id).await,
             Route::Remote(runtime, id) => runtime.stop(&id).await,
             Route::Lost => Err(lost()),
@@ -283,7 +311,7 @@ impl SandboxRuntime for FleetRuntime {
         container_id: &ContainerId,
         profile: &AgentProfile,
     ) -> Result<Option<Endpoint>, RuntimeError> {
-        match self.route(container_id)? {
+        match self.route(container_id).await? {
             Route::Local(id) => self.local.start(&id, profile).await,
             Route::Remote(runtime, id) => runtime.start(&id, profile).await,
             Route::Lost => Err(lost()),
@@ -311,7 +339,7 @@ impl SandboxRuntime for FleetRuntime {
         spec: &NewSandbox,
     ) -> Result<StartedSandbox, ClaimError> {
         let local = self.directory.local().clone();
-        pooled.container_id = match self.route(&pooled.container_id) {
+        pooled.container_id = match self.route(&pooled.container_id).await {
             Ok(Route::Local(id)) => id,
             Ok(_) => {
                 return Err(ClaimError::Lost(RuntimeError::Other(
@@ -329,7 +357,7 @@ impl SandboxRuntime for FleetRuntime {
     }
 
     async fn discard_pooled(&self, mut pooled: PooledSandbox) -> Result<(), RuntimeError> {
-        if let Route::Local(id) = self.route(&pooled.container_id)? {
+        if let Route::Local(id) = self.route(&pooled.container_id).await? {
             pooled.container_id = id;
             self.local.discard_pooled(pooled).await?;
         }

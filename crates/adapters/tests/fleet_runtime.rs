@@ -201,3 +201,22 @@ async fn a_lost_node_is_never_called_and_its_removals_are_left_to_it() {
         .unwrap();
     assert_eq!(node_of(&started.container_id), "n1");
 }
+
+#[tokio::test]
+async fn a_node_registered_since_the_last_beat_is_looked_up_not_refused() {
+    let (local, late) = (fake(), fake());
+    let fleet = TestFleet::new(local.clone(), Vec::new()).await;
+    // n2 registers after n1's last beat, and places a sandbox on itself.
+    fleet.register("n2", late.clone(), 0, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let on_n2 = late.create(&new_sandbox(dir.path())).await.unwrap();
+    let id = NodeId::parse("n2")
+        .unwrap()
+        .container(on_n2.container_id.as_str())
+        .unwrap();
+    fleet.runtime.pause(&id).await.unwrap();
+    assert_eq!(
+        late.inspect(&on_n2.container_id).await.unwrap(),
+        ContainerState::Paused
+    );
+}

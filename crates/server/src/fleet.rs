@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sandboxd_adapters::clock::SystemClock;
 use sandboxd_adapters::fleet::{Connect, FleetRuntime};
 use sandboxd_adapters::node::{NodeClientTls, RemoteNodeConfig, RemoteRuntime};
 use sandboxd_adapters::redis::RedisStore;
@@ -95,16 +96,18 @@ pub(crate) fn build(
     };
     let directory = NodeDirectory::fleet(node_id, config.node.node_heartbeat_ttl);
     let connect = connector(config)?;
+    let registry: Arc<dyn NodeRegistry> = Arc::new(store.node_registry());
     let runtime = FleetRuntime::new(
         Arc::clone(&local),
         directory.clone(),
         connect,
         PLACEMENT_SAMPLE,
-    );
+    )
+    .with_lookup(Arc::clone(&registry), Arc::new(SystemClock));
     let fleet = Fleet {
         directory,
         node: Some(FleetNode {
-            registry: Arc::new(store.node_registry()),
+            registry,
             local,
             grpc_addr: config.node.node_grpc_addr,
             advertise_addr: config.node.advertise_addr(),

@@ -179,6 +179,14 @@ impl NodeDirectory {
             .is_some_and(|renewed| renewed.elapsed() < ttl / 2)
     }
 
+    /// Takes `nodes` as the fleet now, read outside a beat (a lookup of a node registered since):
+    /// this node's own renewal is not implied.
+    pub fn learned(&self, nodes: Vec<NodeInfo>) {
+        if !nodes.is_empty() {
+            self.write().nodes = nodes;
+        }
+    }
+
     /// Records a renewal that answered `nodes`.
     pub(crate) fn renewed(&self, nodes: Vec<NodeInfo>, at: Instant) {
         let mut known = self.write();
