@@ -18,22 +18,8 @@ impl NodeId {
     /// [`ValidationError`] when `raw` is empty, too long, starts with a non-alphanumeric or has a
     /// character outside `[a-z0-9.-]`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let first = raw.bytes().next().ok_or(ValidationError::Empty)?;
-        if raw.len() > Self::MAX_LEN {
-            return Err(ValidationError::TooLong { max: Self::MAX_LEN });
-        }
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-            return Err(ValidationError::BadFirstChar);
-        }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-        {
-            return Err(ValidationError::BadChar {
-                allowed: "[a-z0-9.-]",
-            });
-        }
-        Ok(Self(raw.to_owned()))
+        crate::values::check_name(raw, Self::MAX_LEN, b".-", "[a-z0-9.-]")
+            .map(|()| Self(raw.to_owned()))
     }
 
     /// The name a single node answers ListNodes with when `node_id` is unset.

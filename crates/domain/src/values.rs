@@ -7,6 +7,30 @@ use std::str::FromStr;
 
 use crate::ValidationError;
 
+/// A lowercase name: 1..=`max` bytes of `[a-z0-9]` and `punctuation` (`allowed` describes them),
+/// starting with a letter or a digit.
+pub(crate) fn check_name(
+    raw: &str,
+    max: usize,
+    punctuation: &[u8],
+    allowed: &'static str,
+) -> Result<(), ValidationError> {
+    let first = raw.bytes().next().ok_or(ValidationError::Empty)?;
+    if raw.len() > max {
+        return Err(ValidationError::TooLong { max });
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(ValidationError::BadFirstChar);
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || punctuation.contains(&b))
+    {
+        return Err(ValidationError::BadChar { allowed });
+    }
+    Ok(())
+}
+
 /// The name of an agent profile: 1–63 chars of `[a-z0-9._-]`, starting alphanumeric (safe as a
 /// Docker label value, a metric label and a TOML table key).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,21 +43,7 @@ impl AgentId {
     /// [`ValidationError`] when `raw` is empty, too long, starts with a non-alphanumeric or has a
     /// character outside `[a-z0-9._-]`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let first = raw.bytes().next().ok_or(ValidationError::Empty)?;
-        if raw.len() > Self::MAX_LEN {
-            return Err(ValidationError::TooLong { max: Self::MAX_LEN });
-        }
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-            return Err(ValidationError::BadFirstChar);
-        }
-        if !raw.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        }) {
-            return Err(ValidationError::BadChar {
-                allowed: "[a-z0-9._-]",
-            });
-        }
-        Ok(Self(raw.to_owned()))
+        check_name(raw, Self::MAX_LEN, b"._-", "[a-z0-9._-]").map(|()| Self(raw.to_owned()))
     }
 
     #[must_use]
