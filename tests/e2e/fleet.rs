@@ -361,9 +361,9 @@ async fn ninety_chats_spread_over_three_nodes_and_any_node_serves_any_chat() {
             .sandbox
             .unwrap();
         assert_eq!(paused.state, v1::SandboxState::Paused as i32);
-        let engine_id = sandbox.container_id.split_once('/').unwrap().1;
+        // The engine's own id, the node apart in `node_id`.
         let inspected = fleet.engines[owner]
-            .inspect_container(engine_id, None)
+            .inspect_container(&sandbox.container_id, None)
             .await
             .unwrap();
         assert_eq!(
@@ -392,7 +392,7 @@ async fn ninety_chats_spread_over_three_nodes_and_any_node_serves_any_chat() {
         assert_eq!(deleted.result, v1::DeleteSandboxResult::Deleted as i32);
         assert!(
             fleet.engines[owner]
-                .inspect_container(engine_id, None)
+                .inspect_container(&sandbox.container_id, None)
                 .await
                 .is_err(),
             "removed from its node's engine"

@@ -92,6 +92,7 @@ async fn measure(
         std::fs::create_dir(&dir)?;
         let now = OffsetDateTime::now_utc();
         let spec = NewSandbox {
+            node_id: None,
             session_id: SessionId::new_random(),
             chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
             agent_id: agent.clone(),

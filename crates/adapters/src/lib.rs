@@ -5,7 +5,6 @@
 pub mod clock;
 pub mod docker;
 pub mod egress;
-pub mod fleet;
 pub mod node;
 pub mod pool;
 pub mod redis;

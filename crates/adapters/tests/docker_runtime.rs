@@ -17,7 +17,7 @@ use docker_engine::{
 };
 use sandboxd_adapters::docker::{DockerConfig, DockerRuntime, names};
 use sandboxd_domain::{AgentProfile, ContainerId, ValidationError, VolumePath};
-use sandboxd_usecase::ports::{ContainerState, RuntimeError, SandboxRuntime};
+use sandboxd_usecase::ports::{ContainerState, PoolRuntime, RuntimeError, SandboxRuntime};
 
 #[tokio::test]
 async fn create_starts_a_hardened_labelled_sandbox_whose_endpoint_answers_http() {

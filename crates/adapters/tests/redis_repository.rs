@@ -70,6 +70,7 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
         ("agent_id", "py"),
         ("volume_host_path", "/srv/chats/a"),
         ("container_id", "abc123"),
+        ("node_id", ""),
         ("endpoint_ip", "127.0.0.1"),
         ("endpoint_port", "40001"),
         ("created_at", "1767225600250"),
@@ -107,6 +108,54 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
         .query_async(&mut con)
         .await?;
     assert_eq!(token, lease.token());
+    locker.release(lease).await?;
+    Ok(())
+}
+
+/// A fleet session as main stored it before the node was a field (`container_id` =
+/// `<node_id>/<engine id>`, no `node_id`) still reads, by chat and by id, with its node apart;
+/// written again, it is stored in today's form.
+#[tokio::test]
+async fn a_fleet_session_stored_before_the_node_field_still_reads() -> TestResult {
+    let (server, p, store) = start_store(|_| {}).await?;
+    let (repo, locker) = (store.repository(), store.locker());
+    let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
+    let s = session(chat);
+    let lease = locker.lock(&chat).await?;
+    repo.save(&lease, &s, &note()).await?;
+    let key = format!("{p}:session:{}", s.session_id);
+    let mut con = server.connection().await?;
+    redis::pipe()
+        .cmd("HSET")
+        .arg(&key)
+        .arg("container_id")
+        .arg("node-2/abc123")
+        .cmd("HDEL")
+        .arg(&key)
+        .arg("node_id")
+        .query_async::<()>(&mut con)
+        .await?;
+    let on_node_2 = SandboxSession {
+        node_id: Some(sandboxd_domain::NodeId::parse("node-2")?),
+        ..s.clone()
+    };
+    assert_eq!(
+        repo.get_current_by_chat_id(&chat).await?,
+        Some(on_node_2.clone())
+    );
+    assert_eq!(
+        repo.get_by_session_id(&s.session_id).await?,
+        Some(on_node_2.clone())
+    );
+    repo.save(&lease, &on_node_2, &note()).await?;
+    let stored: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await?;
+    assert_eq!(
+        (stored["container_id"].as_str(), stored["node_id"].as_str()),
+        ("abc123", "node-2")
+    );
     locker.release(lease).await?;
     Ok(())
 }

@@ -19,7 +19,8 @@ use sandboxd_domain::{
 use sandboxd_usecase::testing::{CallLog, FakeRuntime, ManualClock};
 use sandboxd_usecase::{
     CleanupExpiredSandboxes, CleanupOptions, CreateResult, CreateSandbox, CreateSandboxCommand,
-    CreateSandboxError, DeleteResult, DeleteSandbox, DeleteSandboxCommand, Ports, Profiles,
+    CreateSandboxError, DeleteResult, DeleteSandbox, DeleteSandboxCommand, Engines, NodeDirectory,
+    Ports, Profiles,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -44,7 +45,11 @@ impl World {
         let ports = Ports {
             repository: Arc::new(store.repository()),
             locker: Arc::new(store.locker()),
-            runtime: runtime.clone(),
+            engines: Engines::single(
+                runtime.clone(),
+                NodeDirectory::single(sandboxd_domain::NodeId::single()),
+            ),
+            pool: Some(runtime.clone()),
             clock: clock.clone(),
             events: Arc::new(store.event_log()?),
         };

@@ -12,9 +12,6 @@
 mod contract;
 #[path = "support/docker_engine.rs"]
 mod docker_engine;
-#[path = "support/fleet.rs"]
-#[allow(dead_code)] // the contract needs only the runtime
-mod fleet;
 
 use std::sync::Arc;
 
@@ -22,20 +19,22 @@ use docker_engine::{TestSandboxes, new_sandbox};
 use sandboxd_domain::ContainerId;
 use sandboxd_testkit::TestResult;
 use sandboxd_usecase::ports::{
-    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+    ContainerState, NewSandbox, PoolRuntime, RuntimeError, SandboxLabels, SandboxRuntime,
 };
 use sandboxd_usecase::testing::{CallLog, FakeRuntime};
 
 /// What the suite needs besides the port: specs it may create.
 trait Backend {
     fn runtime(&self) -> Arc<dyn SandboxRuntime>;
+    /// The same engine's warm pool.
+    fn pool(&self) -> Arc<dyn PoolRuntime>;
     /// A spec of the `web` profile with a fresh volume the backend allows.
     fn spec(&self, volume: &str) -> NewSandbox;
 }
 
 struct Docker {
     world: TestSandboxes,
-    runtime: Arc<dyn SandboxRuntime>,
+    runtime: Arc<sandboxd_adapters::docker::DockerRuntime>,
 }
 
 impl Docker {
@@ -50,6 +49,9 @@ impl Docker {
 
 impl Backend for Docker {
     fn runtime(&self) -> Arc<dyn SandboxRuntime> {
+        self.runtime.clone()
+    }
+    fn pool(&self) -> Arc<dyn PoolRuntime> {
         self.runtime.clone()
     }
     fn spec(&self, volume: &str) -> NewSandbox {
@@ -76,34 +78,13 @@ impl Backend for Fake {
     fn runtime(&self) -> Arc<dyn SandboxRuntime> {
         self.runtime.clone()
     }
+    fn pool(&self) -> Arc<dyn PoolRuntime> {
+        self.runtime.clone()
+    }
     fn spec(&self, volume: &str) -> NewSandbox {
         let dir = self.root.path().join(volume);
         std::fs::create_dir(&dir).unwrap();
         new_sandbox(&dir)
-    }
-}
-
-/// The fake behind a one-node fleet runtime (fleet mode with only this node): every id carries
-/// the node's prefix, and the contract must hold through it.
-struct OneNodeFleet {
-    fake: Fake,
-    fleet: fleet::TestFleet,
-}
-
-impl OneNodeFleet {
-    async fn new() -> TestResult<Self> {
-        let fake = Fake::new().await?;
-        let fleet = fleet::TestFleet::new(fake.runtime.clone(), Vec::new()).await;
-        Ok(Self { fake, fleet })
-    }
-}
-
-impl Backend for OneNodeFleet {
-    fn runtime(&self) -> Arc<dyn SandboxRuntime> {
-        self.fleet.runtime.clone()
-    }
-    fn spec(&self, volume: &str) -> NewSandbox {
-        self.fake.spec(volume)
     }
 }
 
@@ -392,19 +373,20 @@ async fn a_pooled_sandbox_waits_unlisted_and_a_claim_makes_it_the_chats(
     backend: &dyn Backend,
 ) -> TestResult {
     let runtime = backend.runtime();
+    let pool = backend.pool();
     let spec = backend.spec("a");
-    let pooled = runtime
+    let pooled = pool
         .start_pooled(&spec.agent_id, &spec.profile)
         .await
         .unwrap();
     assert!(pooled.endpoint.is_some(), "published at start");
     assert!(runtime.list_managed().await.unwrap().is_empty());
     assert!(runtime.list_chat(&spec.chat_id).await.unwrap().is_empty());
-    let recovered = runtime.recover_pool().await.unwrap();
+    let recovered = pool.recover_pool().await.unwrap();
     assert_eq!(recovered.waiting, vec![pooled.clone()]);
     assert_eq!(recovered.released, 0);
 
-    let started = runtime.claim(pooled.clone(), &spec).await.unwrap();
+    let started = pool.claim(pooled.clone(), &spec).await.unwrap();
     assert_eq!(started.container_id, pooled.container_id);
     assert_eq!(started.endpoint, pooled.endpoint);
     let listed = runtime.list_chat(&spec.chat_id).await.unwrap();
@@ -415,7 +397,7 @@ async fn a_pooled_sandbox_waits_unlisted_and_a_claim_makes_it_the_chats(
         Some(spec.clone().into_session(started.clone()))
     );
     assert_eq!(runtime.list_managed().await.unwrap().len(), 1);
-    assert!(runtime.recover_pool().await.unwrap().waiting.is_empty());
+    assert!(pool.recover_pool().await.unwrap().waiting.is_empty());
 
     runtime
         .remove_gracefully(&started.container_id)
@@ -435,32 +417,33 @@ async fn a_discarded_or_vanished_pooled_sandbox_is_gone_and_its_claim_lost(
     backend: &dyn Backend,
 ) -> TestResult {
     let runtime = backend.runtime();
+    let pool = backend.pool();
     let spec = backend.spec("a");
-    let first = runtime
+    let first = pool
         .start_pooled(&spec.agent_id, &spec.profile)
         .await
         .unwrap();
-    runtime.discard_pooled(first.clone()).await.unwrap();
+    pool.discard_pooled(first.clone()).await.unwrap();
     assert_eq!(
         runtime.inspect(&first.container_id).await.unwrap(),
         ContainerState::Gone
     );
-    let second = runtime
+    let second = pool
         .start_pooled(&spec.agent_id, &spec.profile)
         .await
         .unwrap();
     runtime.force_remove(&second.container_id).await.unwrap();
-    let claimed = runtime.claim(second, &spec).await;
+    let claimed = pool.claim(second, &spec).await;
     assert!(
         matches!(claimed, Err(sandboxd_usecase::ports::ClaimError::Lost(_))),
         "{claimed:?}"
     );
     assert!(runtime.list_chat(&spec.chat_id).await.unwrap().is_empty());
-    assert!(runtime.recover_pool().await.unwrap().waiting.is_empty());
+    assert!(pool.recover_pool().await.unwrap().waiting.is_empty());
     Ok(())
 }
 
-contract!(in_memory => Fake, on_docker => Docker, in_a_fleet => OneNodeFleet: (
+contract!(in_memory => Fake, on_docker => Docker: (
     a_pooled_sandbox_waits_unlisted_and_a_claim_makes_it_the_chats,
     a_discarded_or_vanished_pooled_sandbox_is_gone_and_its_claim_lost,
     a_created_sandbox_is_listed_running_with_labels_that_rebuild_its_session,

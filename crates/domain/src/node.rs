@@ -1,13 +1,11 @@
-//! Fleet mode's values: a node's id, where a container id says which node runs it, and a node as
-//! the registry reports it.
+//! Fleet mode's values: a node's id and a node as the registry reports it.
 
 use std::fmt;
 
-use crate::{ContainerId, Timestamp, ValidationError};
+use crate::{Timestamp, ValidationError};
 
 /// The name of a sandboxd node (`node_id`): 1–63 chars of `[a-z0-9.-]`, starting alphanumeric
-/// (a Kubernetes node name fits; safe in a Redis key, a metric label and a container id's
-/// prefix, which `/` ends).
+/// (a Kubernetes node name fits; safe in a Redis key, a metric label and a container label).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(String);
 
@@ -32,32 +30,11 @@ impl NodeId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The fleet-wide id of the container `engine_id` of this node's engine: `<node_id>/<engine
-    /// id>`, so every operation on it can be routed by its prefix.
-    ///
-    /// # Errors
-    /// When the result is not a valid [`ContainerId`] (an engine id with a bad character).
-    pub fn container(&self, engine_id: &str) -> Result<ContainerId, ValidationError> {
-        ContainerId::parse(&format!("{}/{engine_id}", self.0))
-    }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl ContainerId {
-    /// The node prefix and the engine's own id: `("n1", Some-id)` for `n1/abc`; `None` for an id
-    /// made in single-node mode (no prefix), which belongs to the node that made it.
-    #[must_use]
-    pub fn split_node(&self) -> (Option<&str>, &str) {
-        match self.as_str().split_once('/') {
-            Some((node, engine_id)) => (Some(node), engine_id),
-            None => (None, self.as_str()),
-        }
     }
 }
 
@@ -102,25 +79,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_ids_are_lowercase_names_and_prefix_container_ids() {
+    fn node_ids_are_lowercase_names() {
         for refused in ["", "-n1", "N1", "n_1", "n/1", &"n".repeat(64)] {
             assert!(NodeId::parse(refused).is_err(), "{refused:?} accepted");
         }
         assert!(NodeId::parse("ip-10-0-1-23.ec2.internal").is_ok());
-        let node = NodeId::parse("node-1").map_err(|e| e.to_string());
-        let id = node
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|n| n.container("abc123").map_err(|e| e.to_string()));
-        assert_eq!(
-            id.as_ref().map(|id| id.split_node()),
-            Ok((Some("node-1"), "abc123"))
-        );
-        let bare = ContainerId::parse("abc123").map_err(|e| e.to_string());
-        assert_eq!(
-            bare.as_ref().map(|id| id.split_node()),
-            Ok((None, "abc123"))
-        );
     }
 
     #[test]

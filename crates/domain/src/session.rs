@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{AgentId, ChatId, ContainerId, Endpoint, SessionId, Timestamp, VolumePath};
+use crate::{AgentId, ChatId, ContainerId, Endpoint, NodeId, SessionId, Timestamp, VolumePath};
 
 /// Where a session is in its lifecycle. Only a running sandbox serves; the other two keep the
 /// chat's container for a resume.
@@ -52,6 +52,10 @@ pub struct SandboxSession {
     pub agent_id: AgentId,
     /// The host directory mounted into the container; a create with another one is a conflict.
     pub volume_host_path: VolumePath,
+    /// The fleet node whose engine runs the container; `None` for a sandbox made in single-node
+    /// mode, which belongs to whichever node reads it (the one node there is).
+    pub node_id: Option<NodeId>,
+    /// The engine's own id of the container, on `node_id`'s engine.
     pub container_id: ContainerId,
     /// Unset when the profile publishes no port.
     pub endpoint: Option<Endpoint>,
@@ -148,6 +152,7 @@ mod tests {
             chat_id: ChatId::parse("22222222-2222-4222-8222-222222222222")?,
             agent_id: AgentId::parse("default")?,
             volume_host_path: VolumePath::parse("/srv/a")?,
+            node_id: None,
             container_id: ContainerId::parse("c1")?,
             endpoint: None,
             created_at: datetime!(2026-01-01 00:00 UTC),

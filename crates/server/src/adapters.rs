@@ -1,5 +1,6 @@
-//! Builds the ports from the configuration: Redis session store and lease locker, Docker
-//! runtime (routed over the fleet in fleet mode), system clock; and the egress packet filter the Docker runtime's sandboxes run under.
+//! Builds the ports from the configuration: Redis session store and lease locker, the Docker
+//! runtime and its warm pool (every node's engine routed by node in fleet mode), system clock;
+//! and the egress packet filter the Docker runtime's sandboxes run under.
 
 use std::sync::Arc;
 
@@ -8,7 +9,6 @@ use sandboxd_adapters::docker::DockerRuntime;
 use sandboxd_adapters::egress::EgressFirewall;
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_usecase::Ports;
-use sandboxd_usecase::ports::SandboxRuntime;
 
 use crate::fleet::Fleet;
 
@@ -22,12 +22,13 @@ use crate::config::Config;
 /// When a backend client cannot be built from the configuration.
 pub(crate) fn connect(config: &Config) -> anyhow::Result<(Ports, Fleet)> {
     let store = RedisStore::connect_lazy(config.redis_config())?;
-    let local: Arc<dyn SandboxRuntime> = Arc::new(DockerRuntime::new(config.docker_config()));
-    let (fleet, runtime) = crate::fleet::build(config, &store, local)?;
+    let docker = Arc::new(DockerRuntime::new(config.docker_config()));
+    let (fleet, engines) = crate::fleet::build(config, &store, docker.clone())?;
     let ports = Ports {
         repository: Arc::new(store.repository()),
         locker: Arc::new(store.locker()),
-        runtime,
+        engines,
+        pool: Some(docker),
         clock: Arc::new(SystemClock),
         events: Arc::new(store.event_log()?),
     };

@@ -79,7 +79,7 @@ impl Application {
     pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
         let profiles = config.agents.by_agent_id();
         // Before binding: a server that cannot honour its profiles never listens.
-        let runtime_check = check_at_start(deps.ports.runtime.as_ref(), &profiles).await?;
+        let runtime_check = check_at_start(deps.ports.engines.local().as_ref(), &profiles).await?;
         let grpc_listener = TcpListener::bind(config.server.grpc_addr)
             .await
             .with_context(|| format!("binding grpc_addr {}", config.server.grpc_addr))?;
@@ -190,7 +190,7 @@ impl Application {
         let background_stop = CancellationToken::new();
         let runtime_check = (self.runtime_check == RuntimeCheck::Deferred).then(|| {
             tokio::spawn(check_when_engine_answers(
-                Arc::clone(&self.ports.runtime),
+                Arc::clone(self.ports.engines.local()),
                 self.settings.profiles.clone(),
                 publisher.clone(),
                 background_stop.clone(),

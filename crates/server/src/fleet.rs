@@ -1,5 +1,5 @@
-//! Fleet mode's wiring: the node directory and registry, the runtime that routes by node (this
-//! node's engine in process, others' through their node API), and the heartbeat loop. In
+//! Fleet mode's wiring: the node directory and registry, the engines the use cases route to by
+//! node (this node's in process, others' through their node API), and the heartbeat loop. In
 //! single-node mode ([`Fleet::single`]) only the directory exists, naming the one local node.
 
 use std::net::SocketAddr;
@@ -7,21 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_adapters::clock::SystemClock;
-use sandboxd_adapters::fleet::{Connect, FleetRuntime};
 use sandboxd_adapters::node::{NodeClientTls, RemoteNodeConfig, RemoteRuntime};
 use sandboxd_adapters::redis::RedisStore;
 use sandboxd_domain::{NodeId, NodeInfo};
-use sandboxd_usecase::ports::{NodeRegistry, RuntimeError, SandboxRuntime};
+use sandboxd_usecase::ports::{NodeRegistry, SandboxRuntime};
 use sandboxd_usecase::telemetry::ErrorChain;
-use sandboxd_usecase::{Heartbeat, NodeDirectory, Profiles};
+use sandboxd_usecase::{Connect, Engines, Heartbeat, NodeDirectory};
 use tokio_util::sync::CancellationToken;
 
 use crate::background::{FirstPass, run_periodic};
 use crate::config::Config;
 use crate::names;
 
-/// Nodes sampled per placement: the best of two by free capacity (the power of two choices).
-const PLACEMENT_SAMPLE: usize = 2;
 /// Bound on establishing a connection to another node.
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -66,11 +63,12 @@ impl std::fmt::Debug for Fleet {
 }
 
 impl Fleet {
-    /// Single-node mode: one local node, no registry, no node API.
+    /// Single-node mode: one local node, no registry, no node API; `directory` is the one the
+    /// ports' engines route by ([`Engines::directory`]), so both see one draining flag.
     #[must_use]
-    pub fn single() -> Self {
+    pub fn single(directory: NodeDirectory) -> Self {
         Self {
-            directory: NodeDirectory::single(NodeId::single()),
+            directory,
             node: None,
         }
     }
@@ -81,8 +79,9 @@ impl Fleet {
     }
 }
 
-/// The fleet for `config` around this node's engine `local`: in fleet mode the runtime the use
-/// cases drive is a [`FleetRuntime`]; in single-node mode it is `local` itself (no extra layer).
+/// The fleet for `config` around this node's engine `local`, and the engines the use cases route
+/// to: in single-node mode `local` alone; in fleet mode every node's, others' through their node
+/// API.
 ///
 /// # Errors
 /// When the bearer token file cannot be read.
@@ -90,20 +89,20 @@ pub(crate) fn build(
     config: &Config,
     store: &RedisStore,
     local: Arc<dyn SandboxRuntime>,
-) -> anyhow::Result<(Fleet, Arc<dyn SandboxRuntime>)> {
+) -> anyhow::Result<(Fleet, Engines)> {
     let Some(node_id) = config.node.node_id() else {
-        return Ok((Fleet::single(), local));
+        let engines = Engines::single(local, NodeDirectory::single(NodeId::single()));
+        return Ok((Fleet::single(engines.directory().clone()), engines));
     };
     let directory = NodeDirectory::fleet(node_id, config.node.node_heartbeat_ttl);
     let connect = connector(config)?;
     let registry: Arc<dyn NodeRegistry> = Arc::new(store.node_registry());
-    let runtime = FleetRuntime::new(
+    let engines = Engines::fleet(
         Arc::clone(&local),
         directory.clone(),
         connect,
-        PLACEMENT_SAMPLE,
-    )
-    .with_lookup(Arc::clone(&registry), Arc::new(SystemClock));
+        Some((Arc::clone(&registry), Arc::new(SystemClock))),
+    );
     let fleet = Fleet {
         directory,
         node: Some(FleetNode {
@@ -114,12 +113,12 @@ pub(crate) fn build(
             heartbeat_ttl: config.node.node_heartbeat_ttl,
         }),
     };
-    Ok((fleet, Arc::new(runtime)))
+    Ok((fleet, engines))
 }
 
 /// Builds the client of another node's API from its registration: the deployment's bearer
 /// token, and TLS with this node's certificate when the ports speak TLS.
-fn connector(config: &Config) -> anyhow::Result<Connect> {
+fn connector(config: &Config) -> anyhow::Result<Connect<dyn SandboxRuntime>> {
     let token: Option<Arc<str>> = match &config.server.auth_token_file {
         Some(path) => Some(Arc::from(crate::auth::read_token(path)?)),
         None => None,
@@ -144,17 +143,9 @@ fn connector(config: &Config) -> anyhow::Result<Connect> {
             connect_timeout: NODE_CONNECT_TIMEOUT,
             call_timeout,
         };
-        remote(config, &profiles)
+        let client = RemoteRuntime::new(config, profiles.clone())?;
+        Ok(Arc::new(client) as Arc<dyn SandboxRuntime>)
     }))
-}
-
-fn remote(
-    config: RemoteNodeConfig,
-    profiles: &Profiles,
-) -> Result<Arc<dyn SandboxRuntime>, RuntimeError> {
-    let client = RemoteRuntime::new(config, profiles.clone())
-        .map_err(|error| RuntimeError::Unavailable(Box::new(error)))?;
-    Ok(Arc::new(client))
 }
 
 /// Beats every third of the TTL until `stop`; failures are logged once per outage (the node

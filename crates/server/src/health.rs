@@ -181,7 +181,7 @@ async fn check_egress(firewall: &EgressFirewall, last_failure: &mut Option<Strin
 }
 
 async fn check_backends(ports: &Ports, last_redis_failure: &mut Option<String>) -> bool {
-    let pings = async { tokio::join!(ports.repository.ping(), ports.runtime.ping()) };
+    let pings = async { tokio::join!(ports.repository.ping(), ports.engines.local().ping()) };
     match tokio::time::timeout(PING_TIMEOUT, pings).await {
         Ok((Ok(()), Ok(()))) => {
             *last_redis_failure = None;

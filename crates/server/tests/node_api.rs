@@ -16,7 +16,7 @@ use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::node_api::node_runtime_server;
 use sandboxd_usecase::Profiles;
 use sandboxd_usecase::ports::{
-    ContainerState, NewSandbox, PoolRecovery, RuntimeError, SandboxLabels, SandboxRuntime,
+    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
 };
 use sandboxd_usecase::testing::{CallLog, FakeRuntime, RuntimeOp};
 use time::OffsetDateTime;
@@ -114,6 +114,7 @@ impl ServingNode {
         // Nanoseconds included: the labels must come out exactly as they went in.
         let created_at = OffsetDateTime::now_utc();
         NewSandbox {
+            node_id: None,
             session_id: SessionId::new_random(),
             chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
             profile: self.profiles.get(&agent_id).unwrap().clone(),
@@ -453,20 +454,6 @@ async fn an_unreachable_node_is_unavailable_and_building_its_client_does_not_blo
     let error = remote.ping().await.unwrap_err();
     assert!(matches!(error, RuntimeError::Unavailable(_)), "{error:?}");
     assert!(!format!("{remote:?}").contains(TOKEN));
-}
-
-#[tokio::test]
-async fn the_warm_pool_stays_on_its_node() {
-    let node = spawn_node(profiles()).await;
-    let remote = node.remote(Some(TOKEN));
-    let web = node.profiles.get(&agent("web")).unwrap().clone();
-    let error = remote.start_pooled(&agent("web"), &web).await.unwrap_err();
-    assert!(chain(&error).contains("node-local"), "{error:?}");
-    assert_eq!(
-        remote.recover_pool().await.unwrap(),
-        PoolRecovery::default()
-    );
-    assert!(node.calls.calls_of("runtime.").is_empty());
 }
 
 /// A CA and a leaf it signed for `usage`, as PEM: (CA, certificate, key).

@@ -67,7 +67,7 @@ async fn a_profile_naming_a_runtime_the_engine_lacks_stops_the_start_naming_both
         metrics: PrometheusBuilder::new().build_recorder().handle(),
         auth: BearerAuth::default(),
         egress: None,
-        fleet: sandboxd_server::fleet::Fleet::single(),
+        fleet: sandboxd_server::fleet::Fleet::single(fakes.directory.clone()),
     };
     let refused = Application::build(&config_with_runsc_profile(), deps)
         .await

@@ -230,7 +230,12 @@ impl CleanupExpiredSandboxes {
             }
             // A sandbox on a lost node (fleet mode) cannot be paused or stopped: it is deleted,
             // its container's removal left to its node's reconcile.
-            let on_idle = if self.ports.runtime.is_lost(&current.container_id) {
+            let on_idle = if self
+                .ports
+                .engines
+                .directory()
+                .is_lost(current.node_id.as_ref())
+            {
                 OnIdle::Delete
             } else {
                 self.transitions
@@ -257,12 +262,14 @@ impl CleanupExpiredSandboxes {
                     // decided by; a touch cannot land on an expired session, so only replicas'
                     // clocks apart can make it refuse, and then the session stays for
                     // reconcile, which finds its container gone.
-                    let runtime = &self.ports.runtime;
-                    if current.state == SandboxState::Running {
-                        runtime.remove_gracefully(&current.container_id).await?;
-                    } else {
+                    let engine = self.ports.engines.removing(current.node_id.as_ref());
+                    match engine.await? {
+                        Some(engine) if current.state == SandboxState::Running => {
+                            engine.remove_gracefully(&current.container_id).await?;
+                        }
                         // Frozen or stopped: nothing would handle a graceful stop.
-                        runtime.force_remove(&current.container_id).await?;
+                        Some(engine) => engine.force_remove(&current.container_id).await?,
+                        None => {}
                     }
                     let note = EventNote::new(EventType::Expired, reason, now);
                     match self

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_domain::{
-    AgentId, AgentProfile, ChatId, ConflictReason, EventNote, EventReason, EventType, NodeId,
+    AgentId, AgentProfile, ChatId, ConflictReason, EventNote, EventReason, EventType,
     SandboxSession, SandboxState, SessionId, VolumePath,
 };
 use tracing::{Instrument, Span};
@@ -178,8 +178,6 @@ pub struct CreateSandbox {
     admission: Admission,
     /// Pooled sandboxes claimed instead of starting a container (empty unless a profile pools).
     pool: WarmPool,
-    /// Whether this node takes new sandboxes (drained, or fenced in fleet mode).
-    nodes: NodeDirectory,
 }
 
 impl CreateSandbox {
@@ -192,15 +190,12 @@ impl CreateSandbox {
             ttl,
             admission: Admission::new(AdmissionPolicy::default()),
             pool: WarmPool::new(),
-            nodes: NodeDirectory::single(NodeId::single()),
         }
     }
 
-    /// This use case refusing new sandboxes while `nodes` says this node takes none.
-    #[must_use]
-    pub fn with_nodes(mut self, nodes: NodeDirectory) -> Self {
-        self.nodes = nodes;
-        self
+    /// Whether this node takes new sandboxes (drained, or fenced in fleet mode).
+    fn nodes(&self) -> &NodeDirectory {
+        self.ports.engines.directory()
     }
 
     /// The refill that keeps this use case's warm pool full, sharing its engine slots (so it
@@ -266,12 +261,12 @@ impl CreateSandbox {
             .profiles
             .get(&command.agent_id)
             .ok_or_else(|| CreateSandboxError::UnknownAgent(command.agent_id.clone()))?;
-        if let Some(reason) = self.nodes.fenced() {
+        if let Some(reason) = self.nodes().fenced() {
             return Err(CreateSandboxError::NodeRefuses(reason));
         }
         // A session on a lost node (fleet mode) is replaced like an expired one; the removal of
         // its container is left to that node's reconcile when it comes back.
-        let lost = |session: &SandboxSession| self.ports.runtime.is_lost(&session.container_id);
+        let lost = |session: &SandboxSession| self.nodes().is_lost(session.node_id.as_ref());
         let touched = self.read_and_touch(command).await?;
         if let Some(session) = touched.filter(|s| {
             s.is_live_at(self.ports.clock.now())
@@ -372,13 +367,15 @@ impl CreateSandbox {
         expired: Option<SandboxSession>,
         span: &Span,
     ) -> Result<CreateSandboxOutput, CreateSandboxError> {
-        if let Some(reason) = self.nodes.refuses_new() {
+        if let Some(reason) = self.nodes().refuses_new() {
             return Err(CreateSandboxError::NodeRefuses(reason));
         }
         // Beyond the reference flow: refuse a forbidden volume before anything changes, so a
         // bad request never stops the chat's expired sandbox.
+        // Every node has the same policy; the node that runs the sandbox checks again.
         self.ports
-            .runtime
+            .engines
+            .local()
             .validate(profile, &command.volume_host_path)
             .await?;
         let new_session_id = SessionId::new_random();
@@ -386,7 +383,7 @@ impl CreateSandbox {
         // queue behind cold creates.
         // Only while this node would take the sandbox itself: a claim places it here, and a
         // draining or full fleet node must leave new sandboxes to the others.
-        let pooled = if self.nodes.takes_new_locally() {
+        let pooled = if self.nodes().takes_new_locally() {
             self.pool.take(&command.agent_id)
         } else {
             None
@@ -446,7 +443,7 @@ impl CreateSandbox {
             pooled,
         } = new;
         // Listed before the replace stops the old container, so one listing serves both.
-        let mut containers = self.ports.runtime.list_chat(&command.chat_id).await?;
+        let mut containers = self.ports.engines.list_chat(&command.chat_id).await?;
         let result = match &expired {
             Some(old) => {
                 self.replace_expired(lease, old, new_session_id, span)
@@ -457,7 +454,12 @@ impl CreateSandbox {
         };
         if let Some(old) = &expired {
             // Removed just now by the replace: not a stray.
-            containers.retain(|c| c.container_id != old.container_id);
+            let directory = self.nodes();
+            let old_node = directory.node_of(old.node_id.as_ref());
+            containers.retain(|c| {
+                c.container_id != old.container_id
+                    || directory.node_of(c.node_id.as_ref()) != old_node
+            });
         }
         // Exactly one container per chat: whatever else carries the chat's label (a crashed
         // create's orphan, another replica's leftover) goes before the new one starts.
@@ -471,7 +473,7 @@ impl CreateSandbox {
                 tracing::field::display(&new_session_id),
             );
         }
-        let spec = NewSandbox {
+        let mut spec = NewSandbox {
             session_id: new_session_id,
             chat_id: command.chat_id,
             agent_id: command.agent_id.clone(),
@@ -479,8 +481,9 @@ impl CreateSandbox {
             volume_host_path: command.volume_host_path.clone(),
             created_at,
             expires_at,
+            node_id: None,
         };
-        let started = self.start(&spec, pooled).await?;
+        let started = self.start(&mut spec, pooled).await?;
         let new_session = spec.into_session(started);
         if result == CreateResult::Replaced {
             telemetry::record_new_session(span, &new_session);
@@ -499,19 +502,20 @@ impl CreateSandbox {
         })
     }
 
-    /// Starts the sandbox of `spec`: claims `pooled` when there is one, else (or when it turns
-    /// out unusable) starts a container.
+    /// Starts the sandbox of `spec` and records its node there: claims `pooled` (this node's)
+    /// when there is one, else (or when it turns out unusable) places a container.
     async fn start(
         &self,
-        spec: &NewSandbox,
+        spec: &mut NewSandbox,
         pooled: Option<Taken>,
     ) -> Result<StartedSandbox, RuntimeError> {
-        let Some(pooled) = pooled else {
-            return self.ports.runtime.create(spec).await;
+        let (Some(pooled), Some(runtime)) = (pooled, &self.ports.pool) else {
+            return self.ports.engines.place(spec).await;
         };
         let (pooled, _in_flight) = pooled.into_inner();
         let kept = pooled.clone();
-        match self.ports.runtime.claim(pooled, spec).await {
+        spec.node_id = self.ports.engines.local_node_id();
+        match runtime.claim(pooled, spec).await {
             Ok(started) => {
                 telemetry::count_pool_claim(&spec.agent_id, metric::CLAIM_CLAIMED);
                 Ok(started)
@@ -519,7 +523,7 @@ impl CreateSandbox {
             Err(ClaimError::Lost(error)) => {
                 telemetry::count_pool_claim(&spec.agent_id, metric::CLAIM_LOST);
                 telemetry::log_pool_claim_lost(&spec.chat_id, &kept, &error);
-                self.ports.runtime.create(spec).await
+                self.ports.engines.place(spec).await
             }
             Err(ClaimError::Failed(error)) => {
                 telemetry::count_pool_claim(&spec.agent_id, metric::CLAIM_FAILED);
@@ -541,10 +545,9 @@ impl CreateSandbox {
             tracing::field::display(&new_session_id),
         );
         telemetry::log_replaced(old);
-        self.ports
-            .runtime
-            .remove_gracefully(&old.container_id)
-            .await?;
+        if let Some(engine) = self.ports.engines.removing(old.node_id.as_ref()).await? {
+            engine.remove_gracefully(&old.container_id).await?;
+        }
         let note = EventNote::new(
             EventType::Expired,
             EventReason::Replaced,
@@ -571,12 +574,10 @@ impl CreateSandbox {
             }
             Err(save) => save,
         };
-        let compensation = self
-            .ports
-            .runtime
-            .remove_gracefully(&session.container_id)
-            .await
-            .err();
+        let compensation = match self.ports.engines.of(session.node_id.as_ref()).await {
+            Ok(engine) => engine.remove_gracefully(&session.container_id).await.err(),
+            Err(error) => Some(error),
+        };
         if let Some(stop_error) = &compensation {
             telemetry::log_compensation_failed(session, stop_error.metric_label());
         }

@@ -75,7 +75,7 @@ impl DeleteSandbox {
                     .await?
                 else {
                     // Nothing of the chat may run once a delete answers, session or not.
-                    let strays = self.ports.runtime.list_chat(&chat_id).await?;
+                    let strays = self.ports.engines.list_chat(&chat_id).await?;
                     remove_strays(&self.ports, &chat_id, strays).await?;
                     telemetry::log_delete_not_found(&chat_id);
                     return Ok(DeleteSandboxOutput {
@@ -87,12 +87,16 @@ impl DeleteSandbox {
                 };
                 let session = &*read.insert(session);
                 telemetry::record_session(&span, session);
-                self.ports
-                    .runtime
-                    .force_remove(&session.container_id)
-                    .await?;
+                if let Some(engine) = self
+                    .ports
+                    .engines
+                    .removing(session.node_id.as_ref())
+                    .await?
+                {
+                    engine.force_remove(&session.container_id).await?;
+                }
                 // Before the session goes: if this fails, a retry finds the session again.
-                let strays = self.ports.runtime.list_chat(&chat_id).await?;
+                let strays = self.ports.engines.list_chat(&chat_id).await?;
                 remove_strays(&self.ports, &chat_id, strays).await?;
                 let note = EventNote::new(
                     EventType::Deleted,

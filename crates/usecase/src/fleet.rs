@@ -8,9 +8,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use sandboxd_domain::{
-    ContainerId, EventNote, EventReason, EventType, NodeId, NodeInfo, SandboxSession,
-};
+use sandboxd_domain::{EventNote, EventReason, EventType, NodeId, NodeInfo, SandboxSession};
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::Ports;
@@ -85,30 +83,46 @@ impl NodeDirectory {
         self.inner.ttl.is_some()
     }
 
-    /// The node that runs `container_id`: its prefix, or this node for an unprefixed id (made in
-    /// single-node mode, by the node that still runs it).
+    /// The node that runs a sandbox of `node`: that node, or this one for `None` (a sandbox made
+    /// in single-node mode, by the node that still runs it).
     #[must_use]
-    pub fn node_of<'a>(&'a self, container_id: &'a ContainerId) -> &'a str {
-        container_id
-            .split_node()
-            .0
-            .unwrap_or_else(|| self.inner.local.as_str())
+    pub fn node_of<'a>(&'a self, node: Option<&'a NodeId>) -> &'a NodeId {
+        node.unwrap_or(&self.inner.local)
     }
 
-    /// Whether `container_id` runs on another node whose registration lapsed: nobody can reach
-    /// it, and its chat may be replaced elsewhere. A node this process has not seen yet (it
+    /// Whether a sandbox of `node` runs on this node's engine, the only one reconcile lists and
+    /// judges (another node's sandboxes are that node's to judge).
+    #[must_use]
+    pub fn is_local(&self, node: Option<&NodeId>) -> bool {
+        self.node_of(node) == &self.inner.local
+    }
+
+    /// Whether a sandbox of `node` runs on another node whose registration lapsed: nobody can
+    /// reach it, and its chat may be replaced elsewhere. A node this process has not seen yet (it
     /// registered after the last beat read the registry) is not lost: registrations are never
     /// deleted, so a dead node stays listed, unhealthy.
     #[must_use]
-    pub fn is_lost(&self, container_id: &ContainerId) -> bool {
-        let node = self.node_of(container_id);
+    pub fn is_lost(&self, node: Option<&NodeId>) -> bool {
+        let Some(node) = node else {
+            return false;
+        };
         self.is_fleet()
-            && node != self.inner.local.as_str()
+            && *node != self.inner.local
             && self
                 .read()
                 .nodes
                 .iter()
-                .any(|known| known.node_id.as_str() == node && !known.healthy)
+                .any(|known| known.node_id == *node && !known.healthy)
+    }
+
+    /// `node` as last seen; `None` when this process has not read it yet.
+    #[must_use]
+    pub fn find(&self, node: &NodeId) -> Option<NodeInfo> {
+        self.read()
+            .nodes
+            .iter()
+            .find(|known| known.node_id == *node)
+            .cloned()
     }
 
     /// Every node last seen, this one included.
@@ -398,7 +412,7 @@ impl Heartbeat {
         let local = self.directory.local().clone();
         // A slow engine must not delay the renewal (the others would declare this node lost):
         // the count gets a third of the interval, else the last one stands.
-        let counted = tokio::time::timeout(self.interval() / 3, self.ports.runtime.list_managed());
+        let counted = tokio::time::timeout(self.interval() / 3, self.ports.engines.list_local());
         let active = match counted.await {
             Ok(Ok(containers)) => containers.iter().filter(|c| c.state.is_alive()).count(),
             outcome => {
@@ -460,7 +474,7 @@ impl Heartbeat {
             let on_node = page
                 .sessions
                 .iter()
-                .filter(|s| s.container_id.split_node().0 == Some(node.as_str()));
+                .filter(|s| s.node_id.as_ref() == Some(node));
             for session in on_node {
                 self.append_lost(session).await?;
                 reported += 1;

@@ -6,9 +6,10 @@ use sandboxd_domain::{ChatId, SandboxSession};
 
 use crate::error::UseCaseError;
 use crate::ports::{
-    Change, Clock, EventLog, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime,
+    Change, Clock, EventLog, Lease, LifecycleLocker, LockError, PoolRuntime, RepositoryError,
     SessionRepository,
 };
+use crate::routing::Engines;
 use crate::telemetry;
 
 /// The ports a use case drives, shared by all of them.
@@ -16,7 +17,10 @@ use crate::telemetry;
 pub struct Ports {
     pub repository: Arc<dyn SessionRepository>,
     pub locker: Arc<dyn LifecycleLocker>,
-    pub runtime: Arc<dyn SandboxRuntime>,
+    /// Every node's engine, routed by a sandbox's node (this node's alone in single-node mode).
+    pub engines: Engines,
+    /// This node's warm pool; `None` when its runtime cannot pool.
+    pub pool: Option<Arc<dyn PoolRuntime>>,
     pub clock: Arc<dyn Clock>,
     /// Read by WatchSandboxes; the repository's writes append to it.
     pub events: Arc<dyn EventLog>,

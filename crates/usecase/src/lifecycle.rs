@@ -152,7 +152,8 @@ impl Transitions {
         let endpoint = match session.state {
             SandboxState::Running => session.endpoint,
             SandboxState::Paused => {
-                self.ports.runtime.unpause(&session.container_id).await?;
+                let engine = self.ports.engines.of(session.node_id.as_ref()).await?;
+                engine.unpause(&session.container_id).await?;
                 session.endpoint
             }
             SandboxState::Hibernated => {
@@ -160,10 +161,8 @@ impl Transitions {
                     .profiles
                     .get(&session.agent_id)
                     .ok_or_else(|| LifecycleError::UnknownAgent(session.agent_id.clone()))?;
-                self.ports
-                    .runtime
-                    .start(&session.container_id, profile)
-                    .await?
+                let engine = self.ports.engines.of(session.node_id.as_ref()).await?;
+                engine.start(&session.container_id, profile).await?
             }
         };
         let now = self.ports.clock.now();
@@ -204,17 +203,17 @@ impl Transitions {
         target: SandboxState,
         reason: EventReason,
     ) -> Result<Option<SandboxSession>, PortError> {
-        let (kind, engine) = match target {
-            SandboxState::Hibernated => (
-                EventType::Hibernated,
-                self.ports.runtime.stop(&session.container_id).await,
-            ),
-            _ => (
-                EventType::Paused,
-                self.ports.runtime.pause(&session.container_id).await,
-            ),
+        let engine = self.ports.engines.of(session.node_id.as_ref()).await?;
+        let kind = match target {
+            SandboxState::Hibernated => {
+                engine.stop(&session.container_id).await?;
+                EventType::Hibernated
+            }
+            _ => {
+                engine.pause(&session.container_id).await?;
+                EventType::Paused
+            }
         };
-        engine?;
         let now = self.ports.clock.now();
         let idle = reason != EventReason::Requested;
         let went_idle = if idle { session.expires_at } else { now };
@@ -269,7 +268,13 @@ impl Transitions {
     /// Puts the container back in the state `session` records after the engine call towards
     /// `attempted` could not be recorded. Best effort: reconcile repairs what this leaves.
     async fn undo(&self, session: &SandboxSession, attempted: SandboxState) {
-        let runtime = &self.ports.runtime;
+        let runtime = match self.ports.engines.of(session.node_id.as_ref()).await {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                telemetry::log_compensation_failed(session, error.metric_label());
+                return;
+            }
+        };
         let undone = match (session.state, attempted) {
             (SandboxState::Running, SandboxState::Paused) => {
                 runtime.unpause(&session.container_id).await

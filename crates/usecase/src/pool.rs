@@ -5,7 +5,7 @@
 //! The pool of one process lives in memory ([`WarmPool`]): taking a pooled sandbox out of its
 //! queue is the only claim lock needed, since every pooled sandbox was started (or adopted at
 //! start) by this process. The runtime keeps what must survive a crash (see
-//! `SandboxRuntime::recover_pool`).
+//! `PoolRuntime::recover_pool`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,10 +226,11 @@ impl RefillPool {
         }
     }
 
-    /// Whether any profile has a pool: without one the refill has nothing to do and need not run.
+    /// Whether any profile has a pool and the runtime can pool: otherwise the refill has nothing
+    /// to do and need not run.
     #[must_use]
     pub fn is_enabled(&self) -> bool {
-        self.profiles.iter().any(|(_, p)| p.pool_size > 0)
+        self.ports.pool.is_some() && self.profiles.iter().any(|(_, p)| p.pool_size > 0)
     }
 
     /// The pool this refill keeps full (CreateSandbox takes from the same one).
@@ -262,9 +263,10 @@ impl RefillPool {
 
     /// Settles the pool on the host; the first time, takes over what was left waiting.
     async fn recover(&self, report: &mut RefillReport) -> Result<(), RefillError> {
-        let recovery = self
-            .ports
-            .runtime
+        let Some(runtime) = &self.ports.pool else {
+            return Ok(());
+        };
+        let recovery = runtime
             .recover_pool()
             .await
             .inspect_err(|e| telemetry::log_pool_recovery_failed(e.metric_label()))
@@ -292,6 +294,9 @@ impl RefillPool {
 
     /// Starts the missing pooled sandboxes, one at a time.
     async fn fill(&self, report: &mut RefillReport) -> Result<(), RefillError> {
+        let Some(runtime) = &self.ports.pool else {
+            return Ok(());
+        };
         for (agent_id, profile) in self.profiles.iter() {
             while self.pool.ready(agent_id) < profile.pool_size as usize {
                 if !self.room_for_one().await? || self.backing_off(agent_id) {
@@ -305,7 +310,7 @@ impl RefillPool {
                     },
                     None => None,
                 };
-                match self.ports.runtime.start_pooled(agent_id, profile).await {
+                match runtime.start_pooled(agent_id, profile).await {
                     Ok(pooled) => {
                         telemetry::count_pool_start(agent_id, true);
                         self.succeeded(agent_id);
@@ -334,9 +339,17 @@ impl RefillPool {
     /// a restart starts its own). Failures are logged; the next start's recovery removes them.
     pub async fn discard_all(&self) {
         for pooled in self.pool.drain_all() {
-            if let Err(error) = self.ports.runtime.discard_pooled(pooled.clone()).await {
-                telemetry::log_pool_discard_failed(&pooled, error.metric_label());
-            }
+            self.discard(pooled).await;
+        }
+    }
+
+    /// Removes one waiting pooled sandbox; a failure is logged (the next recovery removes it).
+    async fn discard(&self, pooled: PooledSandbox) {
+        let Some(runtime) = &self.ports.pool else {
+            return;
+        };
+        if let Err(error) = runtime.discard_pooled(pooled.clone()).await {
+            telemetry::log_pool_discard_failed(&pooled, error.metric_label());
         }
     }
 
@@ -353,9 +366,7 @@ impl RefillPool {
                 self.pool.put(pooled);
                 adopted += 1;
             } else {
-                if let Err(error) = self.ports.runtime.discard_pooled(pooled.clone()).await {
-                    telemetry::log_pool_discard_failed(&pooled, error.metric_label());
-                }
+                self.discard(pooled).await;
                 discarded += 1;
             }
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxd_domain::{
-    ContainerId, EventNote, EventReason, EventType, SandboxSession, SandboxState, Timestamp,
+    ContainerId, EventNote, EventReason, EventType, NodeId, SandboxSession, SandboxState, Timestamp,
 };
 use tracing::{Instrument, Span};
 
@@ -37,7 +37,7 @@ pub struct ReconcileOptions {
     /// Page size used to walk every session.
     pub page_size: usize,
     /// Whether a profile pools: each pass then also settles the warm pool on the host
-    /// (`SandboxRuntime::recover_pool`), so a slot a crash left mounted goes with the pass that
+    /// (`PoolRuntime::recover_pool`), so a slot a crash left mounted goes with the pass that
     /// removes its container, not only with the refill's next recovery.
     pub settle_pool: bool,
 }
@@ -189,24 +189,29 @@ impl ReconcileSandboxes {
         // listings made its (already removed) container look like an orphan, and the pass
         // reported and counted removing it.
         let sessions = self.all_sessions().await?;
-        let containers = self.ports.runtime.list_managed().await?;
+        let containers = self.ports.engines.list_local().await?;
         span.record(telemetry::span::CONTAINER_COUNT, containers.len());
         span.record(telemetry::span::SESSION_COUNT, sessions.len());
-        let by_container: HashMap<&ContainerId, &ManagedContainer> =
-            containers.iter().map(|c| (&c.container_id, c)).collect();
-        let owned: HashMap<&ContainerId, &SandboxSession> =
-            sessions.iter().map(|s| (&s.container_id, s)).collect();
+        // Keyed by node and engine id: engine ids are only unique per engine.
+        let directory = self.ports.engines.directory();
+        let by_container: HashMap<(&NodeId, &ContainerId), &ManagedContainer> = containers
+            .iter()
+            .map(|c| ((directory.node_of(c.node_id.as_ref()), &c.container_id), c))
+            .collect();
+        let owned: HashMap<(&NodeId, &ContainerId), &SandboxSession> = sessions
+            .iter()
+            .map(|s| ((directory.node_of(s.node_id.as_ref()), &s.container_id), s))
+            .collect();
 
         let mut report = ReconcileReport::default();
-        for container in containers
-            .iter()
-            .filter(|c| !owned.contains_key(&c.container_id))
-        {
+        for container in containers.iter().filter(|c| {
+            !owned.contains_key(&(directory.node_of(c.node_id.as_ref()), &c.container_id))
+        }) {
             let judged = match container.labels.chat_id {
                 Some(_) => self.judge_under_lease(container).await,
                 // No chat, no lease: only age tells an in-flight create from an orphan.
                 None if older_than(container.labels.created_at, cutoff) => {
-                    remove_dead(&*self.ports.runtime, container)
+                    remove_dead(&**self.ports.engines.local(), container)
                         .await
                         .map(|()| Judged::Removed)
                         .map_err(PortError::from)
@@ -226,10 +231,13 @@ impl ReconcileSandboxes {
         // listed here, so they would all look gone.
         for session in sessions
             .iter()
-            .filter(|s| self.ports.runtime.is_local(&s.container_id))
+            .filter(|s| directory.is_local(s.node_id.as_ref()))
         {
             let engine = by_container
-                .get(&session.container_id)
+                .get(&(
+                    directory.node_of(session.node_id.as_ref()),
+                    &session.container_id,
+                ))
                 .map_or(ContainerState::Gone, |c| c.state);
             match Repair::needed(session.state, engine) {
                 None => {}
@@ -247,9 +255,11 @@ impl ReconcileSandboxes {
         }
         if self.options.settle_pool {
             // Waiting pooled sandboxes are the refill's to take back; only leftovers go here.
-            match self.ports.runtime.recover_pool().await {
-                Ok(recovery) => telemetry::count_pool_released(recovery.released),
-                Err(error) => self.count_failure(&mut report, &PortError::from(error)),
+            if let Some(pool) = &self.ports.pool {
+                match pool.recover_pool().await {
+                    Ok(recovery) => telemetry::count_pool_released(recovery.released),
+                    Err(error) => self.count_failure(&mut report, &PortError::from(error)),
+                }
             }
         }
         if let Ok(active) = self.ports.repository.count_active().await {
@@ -293,7 +303,12 @@ impl ReconcileSandboxes {
             return Ok(Judged::Nothing);
         };
         with_lease(&*self.ports.locker, &chat_id, async |lease| {
-            let state = self.ports.runtime.inspect(&container.container_id).await?;
+            let state = self
+                .ports
+                .engines
+                .local()
+                .inspect(&container.container_id)
+                .await?;
             if state == ContainerState::Gone {
                 return Ok(Judged::Nothing);
             }
@@ -303,7 +318,16 @@ impl ReconcileSandboxes {
                 .get_current_by_chat_id(&chat_id)
                 .await?;
             match current {
-                Some(session) if session.container_id == container.container_id => {
+                // The container was listed by this node's engine: the session owns it when it
+                // names it on this node.
+                Some(session)
+                    if session.container_id == container.container_id
+                        && self
+                            .ports
+                            .engines
+                            .directory()
+                            .is_local(session.node_id.as_ref()) =>
+                {
                     Ok(Judged::Nothing)
                 }
                 Some(_) => {
@@ -323,7 +347,7 @@ impl ReconcileSandboxes {
                         Ok(Judged::Adopted(Box::new(adopted)))
                     }
                     None => {
-                        remove_dead(&*self.ports.runtime, container).await?;
+                        remove_dead(&**self.ports.engines.local(), container).await?;
                         Ok(Judged::Removed)
                     }
                 },
@@ -349,8 +373,9 @@ impl ReconcileSandboxes {
             else {
                 return Ok(None);
             };
-            let engine = self.ports.runtime.inspect(&stored.container_id).await?;
-            let runtime = &self.ports.runtime;
+            // This node's session (only those are judged here): this node's engine.
+            let runtime = self.ports.engines.local();
+            let engine = runtime.inspect(&stored.container_id).await?;
             let note = EventNote::new(
                 EventType::Reconciled,
                 EventReason::Drift,
@@ -406,8 +431,10 @@ impl ReconcileSandboxes {
             {
                 return Ok(false);
             }
+            // This node's session (only those are judged here): this node's engine.
             self.ports
-                .runtime
+                .engines
+                .local()
                 .force_remove(&session.container_id)
                 .await?;
             let note = EventNote::new(
@@ -432,7 +459,9 @@ impl ReconcileSandboxes {
 /// The stored session is still the listed one in what a repair judges by: the same container
 /// in the same state (a touch since, which moves only its activity and expiry, changes nothing).
 fn same_sandbox(stored: &SandboxSession, listed: &SandboxSession) -> bool {
-    stored.container_id == listed.container_id && stored.state == listed.state
+    stored.node_id == listed.node_id
+        && stored.container_id == listed.container_id
+        && stored.state == listed.state
 }
 
 /// A container without a readable creation time is treated as old: it cannot be ours in flight,

@@ -24,7 +24,9 @@ pub(crate) async fn remove_strays(
     containers: Vec<ManagedContainer>,
 ) -> Result<(), RuntimeError> {
     for container in containers {
-        ports.runtime.force_remove(&container.container_id).await?;
+        if let Some(engine) = ports.engines.removing(container.node_id.as_ref()).await? {
+            engine.force_remove(&container.container_id).await?;
+        }
         telemetry::count_result(metric::RECONCILE_TOTAL, metric::REPAIR_STRAY_REMOVED);
         telemetry::log_stray_removed(chat_id, &container);
         // Watchers hear of it when the labels describe a whole session. Best effort: the

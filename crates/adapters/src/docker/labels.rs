@@ -1,10 +1,11 @@
 //! The container labels that let the engine alone tell which sandboxes exist and whose they are:
 //! `{prefix}.managed-by`, `.chat_id`, `.session_id`, `.agent_id`, `.volume_host_path`,
-//! `.created_at`, `.expires_at`. Timestamps are RFC 3339 in UTC (exact to the nanosecond).
+//! `.created_at`, `.expires_at`, and in fleet mode `.node_id`. Timestamps are RFC 3339 in UTC
+//! (exact to the nanosecond).
 
 use std::collections::HashMap;
 
-use sandboxd_domain::{AgentId, ChatId, SessionId, Timestamp, VolumePath};
+use sandboxd_domain::{AgentId, ChatId, NodeId, SessionId, Timestamp, VolumePath};
 use sandboxd_usecase::ports::{NewSandbox, SandboxLabels};
 use time::format_description::well_known::Rfc3339;
 
@@ -48,7 +49,7 @@ impl LabelKeys {
     /// Every label of a new sandbox.
     #[must_use]
     pub fn for_sandbox(&self, spec: &NewSandbox) -> HashMap<String, String> {
-        HashMap::from([
+        let mut labels = HashMap::from([
             (self.managed_by(), MANAGED_BY_VALUE.to_owned()),
             (self.key("chat_id"), spec.chat_id.to_string()),
             (self.key("session_id"), spec.session_id.to_string()),
@@ -59,7 +60,11 @@ impl LabelKeys {
             ),
             (self.key("created_at"), format_timestamp(spec.created_at)),
             (self.key("expires_at"), format_timestamp(spec.expires_at)),
-        ])
+        ]);
+        if let Some(node) = &spec.node_id {
+            labels.insert(self.key("node_id"), node.to_string());
+        }
+        labels
     }
 
     /// Every label of a pooled sandbox while it waits: managed (so sweeps and cleanup tools find
@@ -102,6 +107,7 @@ impl LabelKeys {
             volume_host_path: get("volume_host_path").and_then(|raw| VolumePath::parse(raw).ok()),
             created_at: timestamp("created_at"),
             expires_at: timestamp("expires_at"),
+            node_id: get("node_id").and_then(|raw| NodeId::parse(raw).ok()),
         }
     }
 }
@@ -130,8 +136,10 @@ mod tests {
             volume_host_path: VolumePath::parse("/srv/a").unwrap(),
             created_at: datetime!(2026-01-01 00:00:00.123456789 UTC),
             expires_at: datetime!(2026-01-01 00:30 UTC),
+            node_id: Some(NodeId::parse("n2").unwrap()),
         };
         let labels = keys.for_sandbox(&spec);
+        assert_eq!(labels["sbx.node_id"], "n2");
         assert_eq!(labels["sbx.managed-by"], "sandboxd");
         assert_eq!(labels["sbx.created_at"], "2026-01-01T00:00:00.123456789Z");
         assert_eq!(labels["sbx.expires_at"], "2026-01-01T00:30:00Z");

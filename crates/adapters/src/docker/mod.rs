@@ -36,8 +36,8 @@ use sandboxd_domain::{
     AgentId, AgentProfile, ChatId, ContainerId, Endpoint, IDENTITY_ENV, VolumePath,
 };
 use sandboxd_usecase::ports::{
-    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
-    RuntimeError, SandboxRuntime, StartedSandbox,
+    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PoolRuntime,
+    PooledSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -365,6 +365,7 @@ impl DockerRuntime {
                     .flatten()
             });
         Some(ManagedContainer {
+            node_id: labels.node_id.clone(),
             container_id,
             state: summary_state(summary.state),
             labels,
@@ -589,7 +590,10 @@ impl SandboxRuntime for DockerRuntime {
         let docker = self.client().await?;
         docker.ping().await.map(drop).map_err(engine_error)
     }
+}
 
+#[async_trait]
+impl PoolRuntime for DockerRuntime {
     async fn start_pooled(
         &self,
         agent_id: &AgentId,

@@ -1,9 +1,10 @@
 //! The runtime of another node (fleet mode): [`RemoteRuntime`] implements the runtime port over
 //! that node's internal API, `sandbox.node.v1.NodeRuntime` (`docs/fleet-design.md`, "Node API").
 //!
-//! Container ids here are the serving node's engine ids; the `<node_id>/` prefix is the router's
-//! (`FleetRuntime`) to add and strip. A create names the agent, not the profile: the serving node
-//! starts its own profile of it (every node has the same agents). The warm pool stays node-local.
+//! Container ids here are the serving node's engine ids; which node to call is the use cases'
+//! routing (`usecase::Engines`). A create names the agent, not the profile: the serving node
+//! starts its own profile of it (every node has the same agents). The warm pool stays node-local:
+//! this client implements the engine's port only, not the pool's.
 
 pub mod errors;
 pub mod wire;
@@ -19,8 +20,7 @@ use sandboxd_api::node::v1::node_runtime_client::NodeRuntimeClient;
 use sandboxd_domain::{AgentId, AgentProfile, ChatId, ContainerId, Endpoint, VolumePath};
 use sandboxd_usecase::Profiles;
 use sandboxd_usecase::ports::{
-    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
-    RuntimeError, SandboxRuntime, StartedSandbox,
+    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -138,7 +138,7 @@ type Client = NodeRuntimeClient<InterceptedService<Channel, BearerToken>>;
 /// Another node's engine, through its node API.
 ///
 /// `validate` checks nothing here: the volume policy is the same on every node and
-/// `FleetRuntime` validates with the local engine before it routes; the serving node checks
+/// CreateSandbox validates with the local engine before it places; the serving node checks
 /// again at create, and its refusal comes back as the same `VolumeInvalid`/`VolumeDenied`.
 #[derive(Clone)]
 pub struct RemoteRuntime {
@@ -259,9 +259,6 @@ impl RemoteRuntime {
             })
     }
 }
-
-/// The warm pool's operations: each node pools for the creates that land on it.
-const POOL_IS_LOCAL: &str = "the warm pool is node-local";
 
 #[async_trait]
 impl SandboxRuntime for RemoteRuntime {
@@ -405,31 +402,6 @@ impl SandboxRuntime for RemoteRuntime {
             .finish(self.call_timeout, client.runtimes(api::RuntimesRequest {}))
             .await?;
         Ok(response.runtimes.into_iter().collect())
-    }
-
-    async fn start_pooled(
-        &self,
-        _agent_id: &AgentId,
-        _profile: &AgentProfile,
-    ) -> Result<PooledSandbox, RuntimeError> {
-        Err(RuntimeError::Other(POOL_IS_LOCAL.into()))
-    }
-
-    async fn claim(
-        &self,
-        _pooled: PooledSandbox,
-        _spec: &NewSandbox,
-    ) -> Result<StartedSandbox, ClaimError> {
-        Err(ClaimError::Lost(RuntimeError::Other(POOL_IS_LOCAL.into())))
-    }
-
-    async fn discard_pooled(&self, _pooled: PooledSandbox) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Other(POOL_IS_LOCAL.into()))
-    }
-
-    /// Nothing to recover: this process pools nothing on another node.
-    async fn recover_pool(&self) -> Result<PoolRecovery, RuntimeError> {
-        Ok(PoolRecovery::default())
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {

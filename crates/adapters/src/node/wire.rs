@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sandboxd_api::node::v1 as wire;
 use sandboxd_domain::{
-    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, SessionId, Timestamp, VolumePath,
+    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, NodeId, SessionId, Timestamp, VolumePath,
 };
 use sandboxd_usecase::Profiles;
 use sandboxd_usecase::ports::{ContainerState, ManagedContainer, NewSandbox, SandboxLabels};
@@ -71,6 +71,10 @@ pub fn decode_new_sandbox(
             .map_err(|e| WireError::invalid("sandbox.volume_host_path", e))?,
         created_at: timestamp("sandbox.created_at", sandbox.created_at)?,
         expires_at: timestamp("sandbox.expires_at", sandbox.expires_at)?,
+        node_id: match sandbox.node_id.as_str() {
+            "" => None,
+            raw => Some(NodeId::parse(raw).map_err(|e| WireError::invalid("sandbox.node_id", e))?),
+        },
     })
 }
 
@@ -138,6 +142,7 @@ pub fn encode_managed(container: &ManagedContainer) -> wire::ManagedContainer {
             volume_host_path: labels.volume_host_path.as_ref().map(ToString::to_string),
             created_at: labels.created_at.map(encode_timestamp),
             expires_at: labels.expires_at.map(encode_timestamp),
+            node_id: labels.node_id.as_ref().map(ToString::to_string),
         }),
         endpoint: container.endpoint.map(encode_endpoint),
     }
@@ -162,6 +167,10 @@ pub fn encode_new_sandbox(spec: &NewSandbox) -> wire::NewSandbox {
         volume_host_path: spec.volume_host_path.to_string(),
         created_at: Some(encode_timestamp(spec.created_at)),
         expires_at: Some(encode_timestamp(spec.expires_at)),
+        node_id: spec
+            .node_id
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string),
     }
 }
 
@@ -201,7 +210,9 @@ pub fn decode_endpoint(endpoint: Option<wire::Endpoint>) -> Result<Option<Endpoi
 /// [`WireError::Field`] for a bad container id, state or endpoint.
 pub fn decode_managed(container: wire::ManagedContainer) -> Result<ManagedContainer, WireError> {
     let labels = container.labels.unwrap_or_default();
+    let node_id = labels.node_id.and_then(|raw| NodeId::parse(&raw).ok());
     Ok(ManagedContainer {
+        node_id: node_id.clone(),
         container_id: ContainerId::parse(&container.container_id)
             .map_err(|e| WireError::invalid("containers.container_id", e))?,
         state: decode_state(container.state)?,
@@ -216,6 +227,7 @@ pub fn decode_managed(container: wire::ManagedContainer) -> Result<ManagedContai
                 .and_then(|raw| VolumePath::parse(&raw).ok()),
             created_at: labels.created_at.and_then(|at| decode_timestamp(at).ok()),
             expires_at: labels.expires_at.and_then(|at| decode_timestamp(at).ok()),
+            node_id,
         },
         endpoint: decode_endpoint(container.endpoint)?,
     })
@@ -291,6 +303,7 @@ mod tests {
             volume_host_path: VolumePath::parse("/srv/chats/a").unwrap(),
             created_at,
             expires_at: created_at + Duration::from_secs(1800),
+            node_id: Some(NodeId::parse("n2").unwrap()),
         }
     }
 
@@ -350,12 +363,14 @@ mod tests {
     #[test]
     fn a_managed_container_round_trips_and_keeps_missing_labels_missing() {
         let full = ManagedContainer {
+            node_id: Some(NodeId::parse("n2").unwrap()),
             container_id: ContainerId::parse("abc123").unwrap(),
             state: ContainerState::Paused,
             labels: SandboxLabels::of(&spec()),
             endpoint: Some(Endpoint::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_001).unwrap()),
         };
         let partial = ManagedContainer {
+            node_id: None,
             container_id: ContainerId::parse("def456").unwrap(),
             state: ContainerState::Stopped,
             labels: SandboxLabels {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sandboxd_domain::{
-    AgentId, ChatId, ContainerId, Endpoint, EventCursor, EventReason, EventType, SandboxEvent,
-    SandboxSession, SandboxState, SessionId, Timestamp, VolumePath,
+    AgentId, ChatId, ContainerId, Endpoint, EventCursor, EventReason, EventType, NodeId,
+    SandboxEvent, SandboxSession, SandboxState, SessionId, Timestamp, VolumePath,
 };
 use sandboxd_usecase::ports::RepositoryError;
 
@@ -16,7 +16,12 @@ pub(crate) mod field {
     pub(crate) const CHAT_ID: &str = "chat_id";
     pub(crate) const AGENT_ID: &str = "agent_id";
     pub(crate) const VOLUME_HOST_PATH: &str = "volume_host_path";
+    /// The engine's own id; before the node became a field, a fleet node's sessions stored
+    /// `<node_id>/<engine id>` here (and no [`NODE_ID`]).
     pub(crate) const CONTAINER_ID: &str = "container_id";
+    /// The node whose engine runs the container; empty in single-node mode. Always written, so
+    /// its absence marks a session stored before it existed.
+    pub(crate) const NODE_ID: &str = "node_id";
     pub(crate) const ENDPOINT_IP: &str = "endpoint_ip";
     pub(crate) const ENDPOINT_PORT: &str = "endpoint_port";
     pub(crate) const CREATED_AT: &str = "created_at";
@@ -61,6 +66,13 @@ pub(crate) fn session_fields(session: &SandboxSession) -> Vec<(&'static str, Str
             session.volume_host_path.to_string(),
         ),
         (field::CONTAINER_ID, session.container_id.to_string()),
+        (
+            field::NODE_ID,
+            session
+                .node_id
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string),
+        ),
         (field::CREATED_AT, to_millis(session.created_at).to_string()),
         (field::EXPIRES_AT, to_millis(session.expires_at).to_string()),
         (field::STATE, session.state.as_str().to_owned()),
@@ -156,6 +168,7 @@ pub(crate) fn session_from_fields(
             format!("field {} is not milliseconds", field::IDLE_TIMEOUT_MS)
         })?)),
     };
+    let (node_id, container_id) = node_and_container(fields)?;
     Ok(SandboxSession {
         session_id: SessionId::parse(get(fields, field::SESSION_ID)?)
             .map_err(bad(field::SESSION_ID))?,
@@ -163,8 +176,8 @@ pub(crate) fn session_from_fields(
         agent_id: AgentId::parse(get(fields, field::AGENT_ID)?).map_err(bad(field::AGENT_ID))?,
         volume_host_path: VolumePath::parse(get(fields, field::VOLUME_HOST_PATH)?)
             .map_err(bad(field::VOLUME_HOST_PATH))?,
-        container_id: ContainerId::parse(get(fields, field::CONTAINER_ID)?)
-            .map_err(bad(field::CONTAINER_ID))?,
+        node_id,
+        container_id,
         endpoint,
         created_at,
         expires_at: millis(fields, field::EXPIRES_AT)?,
@@ -173,6 +186,36 @@ pub(crate) fn session_from_fields(
         max_expires_at: optional_millis(field::MAX_EXPIRES_AT)?,
         idle_timeout,
     })
+}
+
+/// The node and the engine's container id of a stored session. A session stored before the
+/// node was a field has no `node_id`: a fleet node wrote `<node_id>/<engine id>` as its
+/// container id, a single node the engine id alone.
+fn node_and_container(
+    fields: &HashMap<String, String>,
+) -> Result<(Option<NodeId>, ContainerId), String> {
+    let raw = fields
+        .get(field::CONTAINER_ID)
+        .ok_or_else(|| format!("field {} missing", field::CONTAINER_ID))?;
+    let container = |raw: &str| {
+        ContainerId::parse(raw).map_err(|error| format!("field {}: {error}", field::CONTAINER_ID))
+    };
+    match fields.get(field::NODE_ID).map(String::as_str) {
+        Some("") => Ok((None, container(raw)?)),
+        Some(node) => {
+            let node = NodeId::parse(node)
+                .map_err(|error| format!("field {}: {error}", field::NODE_ID))?;
+            Ok((Some(node), container(raw)?))
+        }
+        None => match raw.split_once('/') {
+            Some((node, engine_id)) => {
+                let node = NodeId::parse(node)
+                    .map_err(|error| format!("field {} prefix: {error}", field::CONTAINER_ID))?;
+                Ok((Some(node), container(engine_id)?))
+            }
+            None => Ok((None, container(raw)?)),
+        },
+    }
 }
 
 /// Rebuilds an event from its log entry id and fields.
@@ -284,6 +327,7 @@ mod tests {
             chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
             agent_id: AgentId::parse("default").unwrap(),
             volume_host_path: VolumePath::parse("/srv/chats/a").unwrap(),
+            node_id: None,
             container_id: ContainerId::parse("abc123").unwrap(),
             endpoint,
             created_at: datetime!(2026-01-01 00:00:00.123 UTC),
@@ -293,6 +337,75 @@ mod tests {
             max_expires_at: Some(datetime!(2026-01-02 00:00:00 UTC)),
             idle_timeout: Some(Duration::from_secs(900)),
         }
+    }
+
+    /// A session hash exactly as main wrote it before the node was a field: a fleet node's
+    /// container id carried its node as a prefix, and there was no `node_id` field.
+    fn stored_before_the_node_field(container_id: &str) -> HashMap<String, String> {
+        [
+            ("session_id", "0b0e4a8e-54f1-4f7e-9c1e-3b7b5f2f6a10"),
+            ("chat_id", "1c1f5b9f-65a2-4a8f-8d2f-4c8c6a3a7b21"),
+            ("agent_id", "default"),
+            ("volume_host_path", "/srv/chats/a"),
+            ("container_id", container_id),
+            ("created_at", "1767225600000"),
+            ("expires_at", "1767227400000"),
+            ("state", "running"),
+            ("last_active_at", "1767225600000"),
+            ("endpoint_ip", "127.0.0.1"),
+            ("endpoint_port", "40001"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn a_fleet_session_stored_with_a_node_prefix_reads_as_node_and_engine_id() {
+        let engine_id = "3f4e5d6c7b8a".repeat(4);
+        let fleet = session_from_fields(&stored_before_the_node_field(&format!(
+            "node-2/{engine_id}"
+        )))
+        .unwrap();
+        assert_eq!(fleet.node_id, Some(NodeId::parse("node-2").unwrap()));
+        assert_eq!(fleet.container_id.as_str(), engine_id);
+        let single = session_from_fields(&stored_before_the_node_field("abc123")).unwrap();
+        assert_eq!(single.node_id, None);
+        assert_eq!(single.container_id.as_str(), "abc123");
+        // Written again, it is stored in today's form and reads back the same.
+        let rewritten: HashMap<String, String> = session_fields(&fleet)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(rewritten["container_id"], engine_id);
+        assert_eq!(rewritten["node_id"], "node-2");
+        assert_eq!(session_from_fields(&rewritten).unwrap(), fleet);
+    }
+
+    #[test]
+    fn the_node_field_is_always_written_so_a_namespaced_engine_id_is_not_read_as_a_node() {
+        let pod = SandboxSession {
+            container_id: ContainerId::parse("sandboxes/sandbox-abc").unwrap(),
+            ..session(None)
+        };
+        let fields: HashMap<String, String> = session_fields(&pod)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(fields["node_id"], "");
+        assert_eq!(session_from_fields(&fields).unwrap(), pod);
+        let placed = SandboxSession {
+            node_id: Some(NodeId::parse("n1").unwrap()),
+            ..pod
+        };
+        let fields: HashMap<String, String> = session_fields(&placed)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(session_from_fields(&fields).unwrap(), placed);
+        let mut bad = fields;
+        bad.insert("node_id".to_owned(), "N/1".to_owned());
+        assert!(session_from_fields(&bad).unwrap_err().contains("node_id"));
     }
 
     #[test]

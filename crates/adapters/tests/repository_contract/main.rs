@@ -180,6 +180,7 @@ pub(crate) fn new_chat() -> ChatId {
 pub(crate) fn session(chat: ChatId, agent_name: &str, expires_at: Timestamp) -> SandboxSession {
     let session_id = SessionId::new_random();
     SandboxSession {
+        node_id: None,
         session_id,
         chat_id: chat,
         agent_id: agent(agent_name),

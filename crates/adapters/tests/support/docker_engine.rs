@@ -138,6 +138,7 @@ pub(crate) fn new_sandbox(volume: &Path) -> NewSandbox {
 pub(crate) fn sandbox_of(agent_id: &str, profile: AgentProfile, volume: &Path) -> NewSandbox {
     let now = OffsetDateTime::now_utc();
     NewSandbox {
+        node_id: None,
         session_id: SessionId::new_random(),
         chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
         agent_id: agent(agent_id),

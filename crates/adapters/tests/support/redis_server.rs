@@ -55,6 +55,7 @@ pub(crate) async fn start_store(
 /// stored and do not look at its fields.
 pub(crate) fn session_in(chat: ChatId, container: &str) -> SandboxSession {
     SandboxSession {
+        node_id: None,
         session_id: SessionId::new_random(),
         chat_id: chat,
         agent_id: AgentId::parse("default").expect("agent"),

@@ -289,6 +289,7 @@ fn fake_session(index: usize, root: &Path) -> Result<SandboxSession> {
     let now = time::OffsetDateTime::now_utc();
     let volume = root.join(format!("fake-{index}"));
     Ok(SandboxSession {
+        node_id: None,
         session_id: SessionId::new_random(),
         chat_id: ChatId::from_uuid(uuid::Uuid::new_v4()),
         agent_id: AgentId::parse("default")?,

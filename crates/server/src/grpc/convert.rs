@@ -146,8 +146,8 @@ pub fn timestamp(at: Timestamp) -> prost_types::Timestamp {
 pub fn sandbox(session: &SandboxSession, nodes: &NodeDirectory) -> v1::Sandbox {
     sandbox_as(
         session,
-        nodes.node_of(&session.container_id),
-        nodes.is_lost(&session.container_id),
+        nodes.node_of(session.node_id.as_ref()).as_str(),
+        nodes.is_lost(session.node_id.as_ref()),
     )
 }
 
@@ -219,7 +219,7 @@ pub fn event(event: &SandboxEvent, nodes: &NodeDirectory) -> v1::SandboxEvent {
         r#type: event_type(event.kind).into(),
         sandbox: Some(sandbox_as(
             session,
-            nodes.node_of(&session.container_id),
+            nodes.node_of(session.node_id.as_ref()).as_str(),
             event.kind == EventType::Lost,
         )),
         occurred_at: Some(timestamp(event.occurred_at)),

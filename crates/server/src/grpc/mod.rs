@@ -78,8 +78,7 @@ impl UseCases {
             settings.profiles.clone(),
             settings.session_ttl,
         )
-        .with_admission(settings.admission)
-        .with_nodes(settings.fleet.directory.clone());
+        .with_admission(settings.admission);
         Self {
             nodes: Nodes::new(
                 ports.clone(),
@@ -236,7 +235,7 @@ impl SandboxService for SandboxGrpcService {
             sandboxes: page
                 .sessions
                 .iter()
-                .filter(|session| filter.keeps(directory.is_lost(&session.container_id)))
+                .filter(|session| filter.keeps(directory.is_lost(session.node_id.as_ref())))
                 .map(|session| convert::sandbox(session, directory))
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

@@ -48,12 +48,13 @@ pub(crate) fn quiet_config(agents: &[&str]) -> Config {
 /// Builds the application from `config` over `ports`, without authentication, and serves it
 /// until `shutdown` is cancelled.
 pub(crate) async fn serve(config: &Config, ports: Ports) -> Served {
+    let fleet = sandboxd_server::fleet::Fleet::single(ports.engines.directory().clone());
     let deps = Dependencies {
         ports,
         metrics: PrometheusBuilder::new().build_recorder().handle(),
         auth: BearerAuth::default(),
         egress: None,
-        fleet: sandboxd_server::fleet::Fleet::single(),
+        fleet,
     };
     let app = Application::build(config, deps).await.unwrap();
     let addr = app.grpc_addr().unwrap();

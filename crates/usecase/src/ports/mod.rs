@@ -15,19 +15,21 @@ pub type ActiveCount = u64;
 mod events;
 mod locker;
 mod nodes;
+mod pool;
 mod repository;
 mod runtime;
 
 pub use events::EventLog;
 pub use locker::{Lease, LeaseLossFlag, LifecycleLocker, LockError};
 pub use nodes::{NodeBeat, NodeRegistry};
+pub use pool::{ClaimError, PoolRecovery, PoolRuntime, PooledSandbox};
 pub use repository::{
     Change, Limits, ListQuery, QuotaLimit, RepositoryError, Reservation, SessionPage,
     SessionRepository, StateCounts, TouchMatch,
 };
 pub use runtime::{
-    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
-    RuntimeError, SandboxLabels, SandboxRuntime, StartedSandbox,
+    ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+    StartedSandbox,
 };
 
 /// Time as the use cases see it; a port so tests can decide expiry.

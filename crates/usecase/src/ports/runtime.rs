@@ -1,9 +1,12 @@
-//! The container runtime port: start, remove, inspect and list sandboxes on an engine.
+//! The container runtime port: start, remove, inspect and list sandboxes on one engine.
 //!
-//! Engine-neutral: nothing here names Docker. A runtime is an adapter that passes the runtime
-//! contract suite (`crates/adapters/tests/runtime_contract.rs`); see `docs/design.md`, "Adding a
-//! runtime". A new operation (pause, a network policy, ...) is a new method here with its own
-//! `# Errors`, implemented by every runtime; existing methods and callers stay as they are.
+//! Engine-neutral: nothing here names Docker, and nothing here knows of nodes (the use cases
+//! route to the engine of a session's node: `crate::routing`). A runtime is an adapter that
+//! passes the runtime contract suite (`crates/adapters/tests/runtime_contract.rs`); see
+//! `docs/design.md`, "Adding a runtime". A new operation (pause, a network policy, ...) is a new
+//! method here with its own `# Errors`, implemented by every runtime; existing methods and
+//! callers stay as they are. The warm pool is a capability of its own (`super::pool`), which a
+//! runtime that cannot pool does not implement.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sandboxd_domain::{
-    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, SandboxSession, SandboxState, SessionId,
-    Timestamp, VolumePath,
+    AgentId, AgentProfile, ChatId, ContainerId, Endpoint, NodeId, SandboxSession, SandboxState,
+    SessionId, Timestamp, VolumePath,
 };
 
 use super::BoxError;
@@ -98,6 +101,9 @@ pub struct NewSandbox {
     pub volume_host_path: VolumePath,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    /// The node it is placed on (set by the placement; `None` in single-node mode), which the
+    /// runtime writes into the labels so an adopted sandbox keeps its node.
+    pub node_id: Option<NodeId>,
 }
 
 impl NewSandbox {
@@ -113,6 +119,7 @@ impl NewSandbox {
             chat_id: self.chat_id,
             agent_id: self.agent_id,
             volume_host_path: self.volume_host_path,
+            node_id: self.node_id,
             container_id: started.container_id,
             endpoint: started.endpoint,
             created_at: self.created_at,
@@ -172,6 +179,8 @@ pub struct SandboxLabels {
     pub volume_host_path: Option<VolumePath>,
     pub created_at: Option<Timestamp>,
     pub expires_at: Option<Timestamp>,
+    /// The node it was placed on; `None` in single-node mode (no label written).
+    pub node_id: Option<NodeId>,
 }
 
 impl SandboxLabels {
@@ -185,52 +194,17 @@ impl SandboxLabels {
             volume_host_path: Some(spec.volume_host_path.clone()),
             created_at: Some(spec.created_at),
             expires_at: Some(spec.expires_at),
+            node_id: spec.node_id.clone(),
         }
     }
-}
-
-/// A sandbox started ahead of any chat, waiting for its claim (the warm pool, issue 18): hardened
-/// like a cold one, with an empty slot where the chat's volume will be and nothing of a chat yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PooledSandbox {
-    pub container_id: ContainerId,
-    pub agent_id: AgentId,
-    /// The runtime's name for its slot (and whatever else it keeps per pooled sandbox): one
-    /// plain path component, unique per host.
-    pub slot: String,
-    /// Where it will serve once claimed (published at start, so a claim needs no lookup).
-    pub endpoint: Option<Endpoint>,
-}
-
-/// Why a claim did not give a sandbox. Either way the pooled sandbox is gone (claimed once or
-/// discarded) and the chat's volume is untouched.
-#[derive(Debug, thiserror::Error)]
-pub enum ClaimError {
-    /// The pooled sandbox was unusable (its waiter gone, its container vanished, the engine
-    /// failed on it before the claim was sent): the caller falls back to a cold create.
-    #[error("the pooled sandbox was lost")]
-    Lost(#[source] RuntimeError),
-    /// The request fails as a cold create would (volume refused, the command not ready in time):
-    /// no fallback.
-    #[error(transparent)]
-    Failed(RuntimeError),
-}
-
-/// What [`SandboxRuntime::recover_pool`] found and did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PoolRecovery {
-    /// Pooled sandboxes still waiting for a claim, to be taken back into the pool.
-    pub waiting: Vec<PooledSandbox>,
-    /// Pooled sandboxes, slots or claims left half-way (a crash, a container removed behind the
-    /// service's back) that were removed.
-    pub released: u64,
-    /// Slots that could not be settled now (a mount still busy): retried by the next pass.
-    pub unsettled: u64,
 }
 
 /// A container the runtime found carrying this deployment's labels (for reconciliation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedContainer {
+    /// The node whose engine runs it: set by the routing for the node it asked (fleet mode),
+    /// else what its label says.
+    pub node_id: Option<NodeId>,
     pub container_id: ContainerId,
     pub state: ContainerState,
     pub labels: SandboxLabels,
@@ -260,6 +234,7 @@ impl ManagedContainer {
             chat_id: labels.chat_id?,
             agent_id: labels.agent_id.clone()?,
             volume_host_path: labels.volume_host_path.clone()?,
+            node_id: self.node_id.clone(),
             container_id: self.container_id.clone(),
             endpoint: self.endpoint,
             created_at: labels.created_at?,
@@ -369,63 +344,9 @@ pub trait SandboxRuntime: Send + Sync {
     /// `Unavailable` when the engine does not answer; `Other`.
     async fn runtimes(&self) -> Result<BTreeSet<String>, RuntimeError>;
 
-    /// Starts a sandbox of `profile` for `agent_id` that waits for a claim (a [`PooledSandbox`]),
-    /// and returns once it waits. On any failure nothing is left.
-    ///
-    /// # Errors
-    /// `ImageNotFound`, `NotReady` (it never started waiting), `Unavailable`, `Other` (also for
-    /// a runtime or profile that cannot be pooled).
-    async fn start_pooled(
-        &self,
-        agent_id: &AgentId,
-        profile: &AgentProfile,
-    ) -> Result<PooledSandbox, RuntimeError>;
-
-    /// Gives `pooled` (of `spec`'s agent) to the chat of `spec`: its volume at the mount target,
-    /// its identity in the command's environment, its labels for reconcile and
-    /// [`Self::list_chat`]; returns once the endpoint is ready, as [`Self::create`] does. From
-    /// then on it is the chat's sandbox, removed like any other (which releases its slot).
-    ///
-    /// # Errors
-    /// `Lost` or `Failed` (see [`ClaimError`]); nothing of `pooled` is left either way.
-    async fn claim(
-        &self,
-        pooled: PooledSandbox,
-        spec: &NewSandbox,
-    ) -> Result<StartedSandbox, ClaimError>;
-
-    /// Removes a waiting pooled sandbox at once, with whatever it holds. Gone is success.
-    ///
-    /// # Errors
-    /// `Unavailable`/`Other`.
-    async fn discard_pooled(&self, pooled: PooledSandbox) -> Result<(), RuntimeError>;
-
-    /// Settles this process's pool after a crash or a removal behind its back: keeps pooled
-    /// sandboxes still waiting (returned), keeps claimed ones (they are chats' sandboxes, for
-    /// reconcile), and removes what a claim or a release left half-way. Pooled sandboxes being
-    /// started or claimed by this process are left alone.
-    ///
-    /// # Errors
-    /// `Unavailable`/`Other`; a slot that cannot be settled now is counted, not an error.
-    async fn recover_pool(&self) -> Result<PoolRecovery, RuntimeError>;
-
     /// Cheap liveness check for health reporting.
     ///
     /// # Errors
     /// `Unavailable` when the engine does not answer.
     async fn ping(&self) -> Result<(), RuntimeError>;
-
-    /// Whether the container runs on a node that stopped renewing its registration (fleet mode):
-    /// its sandbox may be gone and nobody can reach it. Answered from what the runtime already
-    /// knows, without a call. One engine on its own never loses its node: `false`.
-    fn is_lost(&self, _container_id: &ContainerId) -> bool {
-        false
-    }
-
-    /// Whether the container runs on this process's own engine (fleet mode: this node), the
-    /// only one [`Self::list_managed`] lists: reconcile judges only those sessions, since
-    /// another node's are that node's to judge. One engine on its own: `true`.
-    fn is_local(&self, _container_id: &ContainerId) -> bool {
-        true
-    }
 }

@@ -569,6 +569,14 @@ pub fn count_placement(node: &str, result: &'static str) {
         .increment(1);
 }
 
+/// A node (or the hop to it) failed a placement; another node is tried.
+pub fn log_placement_failed(
+    node: &sandboxd_domain::NodeId,
+    cause: &(dyn std::error::Error + 'static),
+) {
+    tracing::warn!(node_id = %node, error = %ErrorChain(cause), "placement_failed");
+}
+
 // ---- log events --------------------------------------------------------------------------
 
 /// The fields of every session log event: `{chat_id, session_id, container_id}`.

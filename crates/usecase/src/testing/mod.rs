@@ -12,7 +12,9 @@ mod runtime;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sandboxd_domain::{NodeId, NodeInfo, Timestamp};
 
 pub use clock::ManualClock;
 pub use locker::InMemoryLocker;
@@ -20,7 +22,8 @@ pub use nodes::InMemoryNodeRegistry;
 pub use repository::{InMemorySessionRepository, RepoOp};
 pub use runtime::{FakeRuntime, RuntimeOp};
 
-use crate::Ports;
+use crate::ports::SandboxRuntime;
+use crate::{Engines, NodeDirectory, Ports};
 
 /// Every fake, sharing one [`CallLog`]: the world a use-case or server test runs in.
 #[derive(Debug, Clone)]
@@ -30,7 +33,12 @@ pub struct Fakes {
     pub repository: Arc<InMemorySessionRepository>,
     pub runtime: Arc<FakeRuntime>,
     pub clock: Arc<ManualClock>,
+    /// Single-node by default; [`Self::in_fleet`] makes the fakes one node of a fleet.
+    pub directory: NodeDirectory,
 }
+
+/// The heartbeat TTL of [`Fakes::in_fleet`]'s directory.
+const FLEET_TTL: Duration = Duration::from_secs(30);
 
 impl Default for Fakes {
     fn default() -> Self {
@@ -54,20 +62,70 @@ impl Fakes {
             calls,
             locker,
             repository,
+            directory: NodeDirectory::single(NodeId::single()),
         }
+    }
+
+    /// The fakes as node `local` of a fleet, freshly renewed and alone in it until
+    /// [`Self::set_nodes`]; every other node's engine is the same fake (one table of containers).
+    #[must_use]
+    pub fn in_fleet(local: &str) -> Self {
+        let fakes = Self {
+            directory: NodeDirectory::fleet(node_id(local), FLEET_TTL),
+            ..Self::default()
+        };
+        fakes.set_nodes(&[(local, true)]);
+        fakes
+    }
+
+    /// The fleet as this node's last beat read it: each `(node, healthy)`, this node renewed now.
+    pub fn set_nodes(&self, nodes: &[(&str, bool)]) {
+        let nodes = nodes
+            .iter()
+            .map(|(node, healthy)| NodeInfo {
+                node_id: node_id(node),
+                address: format!("{node}:50052"),
+                capacity: 0,
+                active: 0,
+                draining: false,
+                healthy: *healthy,
+                last_heartbeat_at: Timestamp::UNIX_EPOCH,
+            })
+            .collect();
+        self.directory.renewed(nodes, Instant::now());
     }
 
     /// The ports over these fakes, as the use cases take them.
     #[must_use]
     pub fn ports(&self) -> Ports {
+        let local: Arc<dyn SandboxRuntime> = self.runtime.clone();
+        let engines = if self.directory.is_fleet() {
+            let remote = Arc::clone(&local);
+            Engines::fleet(
+                local,
+                self.directory.clone(),
+                Arc::new(move |_| Ok(Arc::clone(&remote))),
+                None,
+            )
+        } else {
+            Engines::single(local, self.directory.clone())
+        };
         Ports {
             repository: self.repository.clone(),
             locker: self.locker.clone(),
-            runtime: self.runtime.clone(),
+            engines,
+            pool: Some(self.runtime.clone()),
             clock: self.clock.clone(),
             events: self.repository.clone(),
         }
     }
+}
+
+/// A node id the fakes use; panics on a malformed one (a test's typo).
+#[must_use]
+#[allow(clippy::expect_used)]
+pub fn node_id(raw: &str) -> NodeId {
+    NodeId::parse(raw).expect("a test's node id")
 }
 
 /// Calls made to the fakes, in order, as `"port.method(arg)"` strings.

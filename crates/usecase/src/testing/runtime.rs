@@ -10,8 +10,8 @@ use sandboxd_domain::{AgentId, AgentProfile, ChatId, ContainerId, Endpoint, Volu
 
 use super::{CallLog, InjectedFailures, lock};
 use crate::ports::{
-    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PooledSandbox,
-    RuntimeError, SandboxLabels, SandboxRuntime, StartedSandbox,
+    ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PoolRuntime,
+    PooledSandbox, RuntimeError, SandboxLabels, SandboxRuntime, StartedSandbox,
 };
 
 /// Runtime methods, for failure injection.
@@ -69,10 +69,6 @@ pub struct FakeRuntime {
     on_create: Mutex<Option<CreateHook>>,
     /// The OCI runtimes this fake engine has; `runc` (its default) unless a test sets others.
     runtimes: Mutex<BTreeSet<String>>,
-    /// Containers on a node that stopped renewing its registration ([`SandboxRuntime::is_lost`]).
-    lost: Mutex<HashSet<ContainerId>>,
-    /// Containers of another node ([`SandboxRuntime::is_local`] is `false`).
-    foreign: Mutex<HashSet<ContainerId>>,
     next_id: AtomicU64,
     next_port: AtomicU16,
     created_total: AtomicU64,
@@ -98,8 +94,6 @@ impl FakeRuntime {
             failing_containers: Mutex::new(HashSet::new()),
             on_create: Mutex::new(None),
             runtimes: Mutex::new(BTreeSet::from([DEFAULT_RUNTIME.to_owned()])),
-            lost: Mutex::new(HashSet::new()),
-            foreign: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             next_port: AtomicU16::new(40_000),
             created_total: AtomicU64::new(0),
@@ -125,16 +119,6 @@ impl FakeRuntime {
     /// Replaces the runtimes the fake engine has (as if registered with it).
     pub fn set_runtimes<S: Into<String>>(&self, names: impl IntoIterator<Item = S>) {
         *lock(&self.runtimes) = names.into_iter().map(Into::into).collect();
-    }
-
-    /// Reports this container as on a lost node from now on (fleet mode's node loss).
-    pub fn lose(&self, container_id: ContainerId) {
-        lock(&self.lost).insert(container_id);
-    }
-
-    /// Reports this container as another node's from now on (fleet mode).
-    pub fn make_foreign(&self, container_id: ContainerId) {
-        lock(&self.foreign).insert(container_id);
     }
 
     /// Ids of the containers the fake engine has, in any state.
@@ -213,6 +197,7 @@ impl FakeRuntime {
             .iter()
             .filter(|(_, container)| !container.is_waiting() && matches(&container.labels))
             .map(|(id, container)| ManagedContainer {
+                node_id: container.labels.node_id.clone(),
                 container_id: id.clone(),
                 state: container.state,
                 labels: container.labels.clone(),
@@ -445,15 +430,10 @@ impl SandboxRuntime for FakeRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.enter(RuntimeOp::Ping, "runtime.ping".to_owned())
     }
+}
 
-    fn is_lost(&self, container_id: &ContainerId) -> bool {
-        lock(&self.lost).contains(container_id)
-    }
-
-    fn is_local(&self, container_id: &ContainerId) -> bool {
-        !lock(&self.foreign).contains(container_id)
-    }
-
+#[async_trait]
+impl PoolRuntime for FakeRuntime {
     async fn start_pooled(
         &self,
         agent_id: &AgentId,

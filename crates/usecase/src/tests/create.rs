@@ -177,10 +177,10 @@ fn a_live_session_refuses_another_agent_or_volume_as_a_conflict() {
 
 #[test]
 fn replaces_a_live_session_whose_node_was_lost_without_reusing_it() {
-    let world = World::new();
+    let mut world = World::new();
     let chat = new_chat();
     let old = world.existing_live(chat);
-    world.runtime.lose(old.container_id.clone());
+    let old = world.on_lost_node(&old);
     let cmd = create_command(chat, "default", "/srv/a");
     let (out, _cap) = capture(world.create().execute(cmd));
     let out = out.unwrap();

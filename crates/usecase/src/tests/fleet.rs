@@ -65,7 +65,7 @@ fn a_fleet_node_is_fenced_until_it_renews_and_then_refuses_nothing() {
     // A CreateSandbox on a fenced node is refused before anything is read.
     let fenced = NodeDirectory::fleet(node("n1"), TTL);
     world.calls.clear();
-    let (out, _) = capture(world.create().with_nodes(fenced).execute(create_command(
+    let (out, _) = capture(world.create_in(&fenced).execute(create_command(
         new_chat(),
         "default",
         "/srv/a",
@@ -104,15 +104,18 @@ fn placement_candidates_are_healthy_not_draining_with_room() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["n1", "n3", "n4"]);
-    let lost = world.existing_live(new_chat());
-    let on_n6 = node("n6").container(lost.container_id.as_str()).unwrap();
-    let on_n3 = node("n3").container("abc").unwrap();
-    assert!(directory.is_lost(&on_n6));
-    assert!(!directory.is_lost(&on_n3));
+    assert!(directory.is_lost(Some(&node("n6"))));
+    assert!(!directory.is_lost(Some(&node("n3"))));
     assert!(
-        !directory.is_lost(&lost.container_id),
-        "unprefixed ids are this node's"
+        !directory.is_lost(Some(&node("n1"))),
+        "this node is never lost"
     );
+    assert!(
+        !directory.is_lost(None),
+        "a sandbox made in single-node mode is this node's"
+    );
+    assert!(directory.is_local(None));
+    assert!(!directory.is_local(Some(&node("n6"))));
 }
 
 #[test]
@@ -123,7 +126,7 @@ fn a_lost_node_is_reported_once_with_one_lost_event_per_session() {
     let mut on_n2 = Vec::new();
     for _ in 0..2 {
         let mut session = world.existing_live(new_chat());
-        session.container_id = node("n2").container(session.container_id.as_str()).unwrap();
+        session.node_id = Some(node("n2"));
         world.repository.insert(session.clone());
         on_n2.push(session);
     }
@@ -179,12 +182,11 @@ fn a_single_node_lists_itself_and_drains_only_itself() {
     assert!(out.unwrap().draining);
     assert!(directory.refuses_new().is_some());
     assert_eq!(directory.fenced(), None, "draining is not fencing");
-    let (out, _) = capture(
-        world
-            .create()
-            .with_nodes(directory.clone())
-            .execute(create_command(new_chat(), "default", "/srv/a")),
-    );
+    let (out, _) = capture(world.create_in(&directory).execute(create_command(
+        new_chat(),
+        "default",
+        "/srv/a",
+    )));
     assert!(matches!(out, Err(CreateSandboxError::NodeRefuses(_))));
     let (out, _) = capture(nodes.drain(&NodeId::single(), false));
     assert!(!out.unwrap().draining);
@@ -219,7 +221,8 @@ fn a_fleet_node_claims_from_its_pool_only_while_it_takes_placements() {
     let world = World::new().with_profile("default", |profile| profile.pool_size = 1);
     let registry = Arc::new(InMemoryNodeRegistry::default());
     let directory = NodeDirectory::fleet(node("n1"), TTL);
-    let create = world.create().with_nodes(directory.clone());
+    register(&world, &registry, "n2", 5, 0);
+    let create = world.create_in(&directory);
     let (report, _) = capture(create.refill_pool().execute());
     assert_eq!(report.unwrap().started, 1);
     let (out, _) = capture(heartbeat(&world, &registry, &directory).beat());
@@ -232,7 +235,11 @@ fn a_fleet_node_claims_from_its_pool_only_while_it_takes_placements() {
     assert!(!directory.takes_new_locally(), "draining");
     world.calls.clear();
     let (out, _) = capture(create.execute(create_command(new_chat(), "default", "/srv/a")));
-    out.unwrap();
+    assert_eq!(
+        out.unwrap().session.node_id,
+        Some(node("n2")),
+        "placed on the other node"
+    );
     assert!(
         world.calls.calls_of("runtime.claim").is_empty(),
         "{:?}",

@@ -23,7 +23,8 @@ use crate::testing::{
     RuntimeOp,
 };
 use crate::{
-    CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput, Ports, Profiles,
+    CreateSandbox, CreateSandboxCommand, CreateSandboxError, CreateSandboxOutput, NodeDirectory,
+    Ports, Profiles,
 };
 
 pub(crate) const TTL: Duration = Duration::from_secs(30 * 60);
@@ -322,6 +323,7 @@ impl World {
             repository,
             runtime,
             clock,
+            directory: _,
         } = fakes;
         let profiles = Profiles::new(
             ["default", "python", "other"]
@@ -362,6 +364,39 @@ impl World {
         CreateSandbox::new(self.ports.clone(), self.profiles.clone(), TTL)
     }
 
+    /// This world's ports routed by `directory` (a node of a fleet, or a drained single node):
+    /// every node's engine is this world's fake.
+    pub(crate) fn ports_in(&self, directory: &NodeDirectory) -> Ports {
+        Fakes {
+            calls: self.calls.clone(),
+            locker: self.locker.clone(),
+            repository: self.repository.clone(),
+            runtime: self.runtime.clone(),
+            clock: self.clock.clone(),
+            directory: directory.clone(),
+        }
+        .ports()
+    }
+
+    /// [`Self::create`] on the node `directory` describes.
+    pub(crate) fn create_in(&self, directory: &NodeDirectory) -> CreateSandbox {
+        CreateSandbox::new(self.ports_in(directory), self.profiles.clone(), TTL)
+    }
+
+    /// This world as node `n1` of a fleet whose node `gone` stopped renewing, with `session`
+    /// moved onto `gone`; returns the moved session. Use cases built after this see the fleet.
+    pub(crate) fn on_lost_node(&mut self, session: &SandboxSession) -> SandboxSession {
+        let fakes = Fakes::in_fleet("n1");
+        fakes.set_nodes(&[("n1", true), ("gone", false)]);
+        self.ports = self.ports_in(&fakes.directory);
+        let moved = SandboxSession {
+            node_id: Some(crate::testing::node_id("gone")),
+            ..session.clone()
+        };
+        self.repository.insert(moved.clone());
+        moved
+    }
+
     /// Runs a create of agent `default` on `/srv/a` for `chat`, capturing its telemetry.
     pub(crate) fn create_default(
         &self,
@@ -395,6 +430,7 @@ impl World {
             volume_host_path: volume_path(volume),
             created_at,
             expires_at,
+            node_id: None,
         }
     }
 
@@ -475,6 +511,7 @@ impl World {
             chat_id: chat,
             agent_id: agent_id(agent),
             volume_host_path: volume_path(volume),
+            node_id: None,
             container_id: container_id.clone(),
             endpoint: None,
             created_at: self.clock.now() - TTL,

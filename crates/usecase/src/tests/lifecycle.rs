@@ -187,9 +187,9 @@ fn an_idle_sandbox_is_paused_by_the_cleanup_and_a_create_resumes_it() {
 
 #[test]
 fn an_idle_sandbox_on_a_lost_node_is_deleted_not_paused() {
-    let world = idle_world(OnIdle::Pause, None);
+    let mut world = idle_world(OnIdle::Pause, None);
     let session = created(&world, new_chat());
-    world.runtime.lose(session.container_id.clone());
+    let session = world.on_lost_node(&session);
     world.clock.advance(IDLE + Duration::from_secs(1));
     let (report, _cap) = capture(cleanup(&world).execute());
     let report = report.unwrap();

@@ -18,4 +18,5 @@ mod lifecycle;
 mod pool;
 mod reads;
 mod reconcile;
+mod routing;
 mod watch;

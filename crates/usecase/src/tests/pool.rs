@@ -69,7 +69,7 @@ fn the_refill_fills_the_pool_and_a_create_claims_instead_of_starting() {
     assert_eq!(world.runtime.waiting().len(), 2);
     assert_eq!(create.refill_pool().pool().ready(&agent_id("default")), 2);
     // Waiting pooled sandboxes are the pool's: no listing shows them to reconcile.
-    let (listed, _) = capture(world.ports.runtime.list_managed());
+    let (listed, _) = capture(world.ports.engines.list_local());
     assert!(listed.unwrap().is_empty());
 
     world.calls.clear();
@@ -94,7 +94,7 @@ fn the_refill_fills_the_pool_and_a_create_claims_instead_of_starting() {
     );
     assert_eq!(cap.gauge(metric::POOL_READY), Some(1.0));
     // Claimed, it is the chat's sandbox: listed for the chat, stored as the session.
-    let (listed, _) = capture(world.ports.runtime.list_chat(&chat));
+    let (listed, _) = capture(world.ports.engines.list_chat(&chat));
     let listed = listed.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].container_id, out.session.container_id);
@@ -257,15 +257,13 @@ fn the_first_pass_takes_over_waiting_sandboxes_up_to_pool_size_and_discards_the_
     let before = world.create();
     capture(before.refill_pool().execute()).0.unwrap();
     let (_, _) = capture(async {
-        world
-            .ports
-            .runtime
-            .start_pooled(
-                &agent_id("python"),
-                &sandboxd_domain::AgentProfile::new("python:local"),
-            )
-            .await
-            .unwrap()
+        crate::ports::PoolRuntime::start_pooled(
+            &*world.runtime,
+            &agent_id("python"),
+            &sandboxd_domain::AgentProfile::new("python:local"),
+        )
+        .await
+        .unwrap()
     });
     let smaller = crate::Profiles::new(world.profiles.iter().map(|(id, profile)| {
         let mut profile = profile.clone();

@@ -7,7 +7,7 @@ use crate::telemetry::{event, metric, span};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sandboxd_domain::{ContainerId, SandboxState, SessionId};
+use sandboxd_domain::{ContainerId, SandboxSession, SandboxState, SessionId};
 
 use super::harness::*;
 use crate::ports::{
@@ -321,11 +321,18 @@ fn deletes_sessions_whose_container_is_gone() {
 
 #[test]
 fn another_nodes_sessions_are_left_to_that_node() {
-    let world = World::new();
+    let mut world = World::new();
     let session = world.existing(new_chat(), "default", "/srv/a", Duration::from_secs(600));
     // Its container runs on another node's engine: this engine does not list it.
     world.runtime.remove_direct(&session.container_id);
-    world.runtime.make_foreign(session.container_id.clone());
+    let fleet = crate::testing::Fakes::in_fleet("n1");
+    fleet.set_nodes(&[("n1", true), ("n2", true)]);
+    world.ports = world.ports_in(&fleet.directory);
+    let session = SandboxSession {
+        node_id: Some(crate::testing::node_id("n2")),
+        ..session
+    };
+    world.repository.insert(session.clone());
     let (out, _cap) = capture(reconcile(&world).execute());
     let report = out.unwrap();
     assert_eq!(report.removed_sessions, vec![]);
