@@ -1,6 +1,9 @@
-//! Startup and shutdown of the whole server: binds both listeners, serves gRPC (SandboxService,
-//! health, reflection v1 and v1alpha) and HTTP, runs the health checker and cleanup loop, and on
-//! cancellation drains in order under time bounds.
+//! Startup and shutdown of the whole server: binds the listeners, serves gRPC (SandboxService,
+//! health, reflection v1 and v1alpha), HTTP and in fleet mode the node API, and runs up to seven
+//! background tasks: the health checks, the event reader behind WatchSandboxes, the cleanup and
+//! reconcile loops (unless their interval is 0s), the warm pool's refill loop (when a profile
+//! pools), the heartbeat loop (fleet mode) and a runtime check deferred until the engine answers.
+//! On cancellation it drains in order under time bounds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
-//! The shared shape of the server's background loops (cleanup, reconcile): one pass per period,
-//! selecting against the shutdown token between passes (a running pass is allowed to finish), and
-//! failures logged once per outage — an `outage started` / `outage ended` pair — instead of once
-//! per tick while Redis or Docker stays down.
+//! The shared shape of the server's periodic loops (cleanup, reconcile, the fleet heartbeat): one
+//! pass per period, selecting against the shutdown token between passes (a running pass is
+//! allowed to finish), and failures logged once per outage — an `outage started` / `outage ended`
+//! pair — instead of once per tick while Redis or Docker stays down. The warm pool's refill loop,
+//! woken by claims rather than a period, shares only the outage log ([`OutageLog`]).
 
 use std::future::Future;
 use std::time::Duration;

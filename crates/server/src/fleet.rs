@@ -149,7 +149,8 @@ fn connector(config: &Config) -> anyhow::Result<Connect<dyn SandboxRuntime>> {
 }
 
 /// Beats every third of the TTL until `stop`; failures are logged once per outage (the node
-/// meanwhile stops creating: see `NodeDirectory::refuses_creates`).
+/// meanwhile stops creating once its registration is no longer fresh: see
+/// [`NodeDirectory::fenced`]).
 pub(crate) async fn run_heartbeat_loop(heartbeat: Heartbeat, stop: CancellationToken) {
     sandboxd_usecase::telemetry::init_fleet_metrics();
     run_periodic(

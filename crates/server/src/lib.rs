@@ -1,5 +1,6 @@
 //! The `sandboxd` server: configuration, the gRPC handlers over the use cases, health,
-//! reflection, the operations HTTP port, the cleanup loop and graceful shutdown.
+//! reflection, the operations HTTP port, fleet mode's node API, the background loops and
+//! graceful shutdown.
 //!
 //! `main.rs` only wires these together; tests build an [`app::Application`] from in-memory ports.
 

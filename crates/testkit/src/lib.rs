@@ -2,19 +2,23 @@
 //! share, so they cannot drift apart.
 //!
 //! - [`redis`]: a throwaway `redis-server` on a free port, killed with its handle (and with the
-//!   test binary, by pdeathsig), stoppable and restartable for outage tests.
+//!   test binary, by pdeathsig), stoppable and restartable for outage tests, with extra
+//!   arguments (TLS, replicas, ACL users); a `redis-sentinel` ([`Sentinel`]) for failover tests.
 //! - [`docker`]: the local engine, the sandbox image, and containers listed and removed by label.
 //! - [`egress`]: a deployment's bridge networks and packet-filter rules, found and removed.
 //! - [`process`]: one spawned `sandboxd` process: its log, addresses, signals and memory.
 //! - [`app`]: `spawn_app()`, a whole test world around one `sandboxd` (Redis, prefix, volume
-//!   root, clients) that removes everything it started when dropped; `start_refused()` for a
-//!   configuration sandboxd must refuse at start.
+//!   root, clients) that removes everything it started when dropped, and its [`Peer`]s (more
+//!   processes on the same Redis and prefix); `start_refused()` for a configuration sandboxd
+//!   must refuse at start.
 //! - [`app_config`]: what a test may change in that `sandboxd`'s configuration.
 //! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
+//! - [`fleet`]: several Docker engines in network namespaces (`scripts/lib/fleet.sh`) and a
+//!   `sandboxd` fleet node started inside one, for the fleet tests.
 //! - [`hostile`]: the one table of hostile requests with the code and field each must get.
 //! - [`pool`]: the static pool waiter, built once, and the removal of the mounts a pool test left.
-//! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz` and sandbox endpoints, and the
-//!   samples of one metric.
+//! - [`http`]: a minimal HTTP/1.0 GET for `/metrics`, `/healthz`, `/readyz` and sandbox
+//!   endpoints, and the samples of one metric.
 
 pub mod app;
 pub mod app_config;

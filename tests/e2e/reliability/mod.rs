@@ -1,8 +1,8 @@
 //! Reliability end to end (issue 8): concurrency on one chat and across two sandboxd processes,
 //! SIGKILL during creates, Redis and Docker outages, lease expiry during a slow create, hostile
 //! input, Redis losing every session while the sandboxes run (adoption), a minute of chaos
-//! (`--ignored --exact reliability::chaos::...`, run by scripts/test-extra) and a bounded soak
-//! (`cargo test --test e2e -- --ignored soak`, run nowhere).
+//! and a bounded soak of create/delete cycles (`--ignored --exact reliability::chaos::...` and
+//! `reliability::soak::...`, both run by scripts/test-extra).
 //!
 //! The invariant checked after each run: the containers carrying the test's label are exactly
 //! the containers of the sessions in Redis (same count as `sandbox_active_count` after a final

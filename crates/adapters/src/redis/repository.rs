@@ -76,8 +76,6 @@ impl RedisSessionRepository {
         }
     }
 
-    /// The lease flag is checked first: an operation that already knows its lease is gone must
-    /// not even try (the script's token check covers the lease that expired silently).
     /// The keys the save and delete scripts take, in their order. The lock is the one of the
     /// session's own chat: a lease can only ever write its chat's sessions.
     fn session_write_keys<'i>(
@@ -113,6 +111,8 @@ impl RedisSessionRepository {
         }
     }
 
+    /// The lease flag is checked first: an operation that already knows its lease is gone must
+    /// not even try (the script's token check covers the lease that expired silently).
     fn refuse_lost(lease: &Lease) -> Result<(), RepositoryError> {
         if lease.is_lost() {
             Err(RepositoryError::LeaseLost)

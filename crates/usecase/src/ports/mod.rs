@@ -1,5 +1,5 @@
 //! The ports the use cases drive: session store, per-chat lease locker, container runtime, clock,
-//! and (fleet mode) the node registry.
+//! lifecycle event log, and (fleet mode) the node registry.
 //!
 //! Adapters implement these traits; the use cases only ever see `Arc<dyn Trait>`.
 
