@@ -1,5 +1,7 @@
 //! Running a step under a chat's lease, and the ports bundle every use case is built from.
 
+mod telemetry;
+
 use std::sync::Arc;
 
 use sandboxd_domain::{ChatId, SandboxSession};
@@ -9,7 +11,6 @@ use crate::ports::{
     Change, Clock, EventLog, Lease, LifecycleLocker, LockError, RepositoryError, SandboxRuntime,
     SessionRepository,
 };
-use crate::telemetry;
 
 /// The ports a use case drives, shared by all of them.
 #[derive(Clone)]
