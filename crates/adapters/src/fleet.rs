@@ -19,7 +19,7 @@ use sandboxd_usecase::ports::{
     ClaimError, Clock, ContainerState, ManagedContainer, NewSandbox, NodeRegistry, PoolRecovery,
     PooledSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
 };
-use sandboxd_usecase::telemetry::count_placement;
+use sandboxd_usecase::telemetry::{count_placement, event};
 
 /// Builds the runtime that reaches a node's API at its registered address.
 pub type Connect =
@@ -208,9 +208,10 @@ impl SandboxRuntime for FleetRuntime {
                 Err(RuntimeError::Unavailable(cause)) => {
                     count_placement(node.node_id.as_str(), "failed");
                     tracing::warn!(
+                        name: event::PLACEMENT_FAILED,
+                        message = event::PLACEMENT_FAILED,
                         node_id = %node.node_id,
                         error = %sandboxd_usecase::telemetry::ErrorChain(cause.as_ref()),
-                        "placement_failed"
                     );
                     candidates.retain(|other| other.node_id != node.node_id);
                     last_failure = Some(RuntimeError::Unavailable(cause));

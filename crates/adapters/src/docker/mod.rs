@@ -42,9 +42,11 @@ use containers::container_state;
 use engine::{engine_error, is_network_not_found, is_not_found, is_removal_in_progress, other};
 use labels::LabelKeys;
 use names::{
-    LABEL_OPERATION, LABEL_RESULT, OPERATION_CLAIM, OPERATION_CREATE, OPERATION_DELETE,
-    OPERATION_PAUSE, OPERATION_START, OPERATION_START_POOLED, OPERATION_STOP, OPERATION_STOP_KEEP,
-    OPERATION_UNPAUSE, RESULT_ERROR, RESULT_OK, RUNTIME_DURATION_SECONDS,
+    EVENT_CLEANUP_AFTER_ABANDONED_CREATE_FAILED, EVENT_CLEANUP_AFTER_FAILED_CREATE_FAILED,
+    EVENT_CONTAINER_READY, EVENT_DOCKER_INFO_FAILED, LABEL_OPERATION, LABEL_RESULT,
+    OPERATION_CLAIM, OPERATION_CREATE, OPERATION_DELETE, OPERATION_PAUSE, OPERATION_START,
+    OPERATION_START_POOLED, OPERATION_STOP, OPERATION_STOP_KEEP, OPERATION_UNPAUSE, RESULT_ERROR,
+    RESULT_OK, RUNTIME_DURATION_SECONDS,
 };
 use volume::{VolumePolicy, VolumeRefusal};
 
@@ -123,7 +125,11 @@ impl DockerRuntime {
                         let _ = self.engine_root_dir.set(PathBuf::from(dir));
                     }
                     Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "docker_info_failed"),
+                    Err(error) => tracing::warn!(
+                        name: EVENT_DOCKER_INFO_FAILED,
+                        message = EVENT_DOCKER_INFO_FAILED,
+                        %error,
+                    ),
                 }
                 Ok(docker)
             })
@@ -248,7 +254,12 @@ impl DockerRuntime {
             }
             Err(error) => {
                 if let Err(cleanup) = remove_forced(&docker, container_id.as_str()).await {
-                    tracing::warn!(%container_id, error = %cleanup, "sandbox_cleanup_after_failed_create_failed");
+                    tracing::warn!(
+                        name: EVENT_CLEANUP_AFTER_FAILED_CREATE_FAILED,
+                        message = EVENT_CLEANUP_AFTER_FAILED_CREATE_FAILED,
+                        %container_id,
+                        error = %cleanup,
+                    );
                 } else {
                     guard.disarm();
                 }
@@ -318,10 +329,11 @@ impl SandboxRuntime for DockerRuntime {
         record(OPERATION_CREATE, result.is_ok(), started);
         if let Ok(sandbox) = &result {
             tracing::debug!(
+                name: EVENT_CONTAINER_READY,
+                message = EVENT_CONTAINER_READY,
                 container_id = %sandbox.container_id,
                 session_id = %spec.session_id,
                 elapsed_ms = started.elapsed().as_millis(),
-                "sandbox_container_ready"
             );
         }
         result
@@ -547,7 +559,12 @@ impl Drop for RemoveOnDrop {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(error) = remove_forced(&docker, &container).await {
-                    tracing::warn!(container, %error, "sandbox_cleanup_after_abandoned_create_failed");
+                    tracing::warn!(
+                        name: EVENT_CLEANUP_AFTER_ABANDONED_CREATE_FAILED,
+                        message = EVENT_CLEANUP_AFTER_ABANDONED_CREATE_FAILED,
+                        container,
+                        %error,
+                    );
                 }
             });
         }

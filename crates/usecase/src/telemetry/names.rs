@@ -246,4 +246,6 @@ pub mod event {
     pub const NODE_LOST: &str = "node_lost";
     pub const NODE_DRAINED: &str = "node_draining_set";
     pub const NODE_COUNT_FAILED: &str = "node_count_failed";
+    /// Fleet mode: a node failed a create and another is tried (beside `sandbox_placement_total`).
+    pub const PLACEMENT_FAILED: &str = "placement_failed";
 }
