@@ -187,4 +187,6 @@ pub(crate) fn log_reconcile_failed(error_type: &str) {
 }
 
 #[cfg(test)]
+mod event_calls;
+#[cfg(test)]
 pub(crate) mod tests;
