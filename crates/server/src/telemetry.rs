@@ -2,7 +2,8 @@
 //! `RUST_LOG`), the OpenTelemetry layer with OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //! set, and the Prometheus recorder behind the `metrics` facade with HELP text on every metric.
 //!
-//! Every metric, span and field name the server itself emits is in [`names`].
+//! Every metric, span and field name the server itself emits is in [`names`]; every log event
+//! name, this file's included, is in `crate::names`.
 
 use std::io::IsTerminal;
 use std::time::Duration;
