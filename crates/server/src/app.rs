@@ -30,6 +30,7 @@ use crate::drain::Drain;
 use crate::fleet::Fleet;
 use crate::grpc::{SandboxGrpcService, ServiceSettings, UseCases};
 use crate::health::{HealthPublisher, Readiness, run_checks};
+use crate::names;
 use crate::node_api::NodeApiService;
 use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::runtimes::{RuntimeCheck, RuntimeCheckError, check_at_start, check_when_engine_answers};
@@ -98,7 +99,11 @@ impl Application {
             None => None,
         };
         if !deps.auth.is_enabled() && !config.server.grpc_addr.ip().is_loopback() {
-            tracing::warn!(grpc_addr = %config.server.grpc_addr, "auth_disabled_on_non_loopback_address");
+            tracing::warn!(
+                name: names::AUTH_DISABLED_ON_NON_LOOPBACK_ADDRESS,
+                message = names::AUTH_DISABLED_ON_NON_LOOPBACK_ADDRESS,
+                grpc_addr = %config.server.grpc_addr,
+            );
         }
         let app = Self {
             grpc_listener,
@@ -146,18 +151,24 @@ impl Application {
             node_listener,
         };
         tracing::info!(
+            name: names::GRPC_LISTENING,
+            message = names::GRPC_LISTENING,
             addr = %app.grpc_addr()?,
             tls = app.tls.is_some(),
             mutual_tls = app.tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some()),
-            "grpc_listening"
         );
-        tracing::info!(addr = %app.http_addr()?, "http_listening");
+        tracing::info!(
+            name: names::HTTP_LISTENING,
+            message = names::HTTP_LISTENING,
+            addr = %app.http_addr()?,
+        );
         if let (Some(listener), Some(node)) = (&app.node_listener, &app.settings.fleet.node) {
             tracing::info!(
+                name: names::NODE_API_LISTENING,
+                message = names::NODE_API_LISTENING,
                 addr = %listener.local_addr()?,
                 node_id = %app.settings.fleet.directory.local(),
                 advertise_addr = %node.advertise_addr,
-                "node_api_listening"
             );
         }
         Ok(app)
@@ -314,7 +325,11 @@ impl Application {
             return outcome.and(Err(anyhow::anyhow!("a server stopped unexpectedly")));
         }
 
-        tracing::info!(in_flight = drain.in_flight(), "shutdown_started");
+        tracing::info!(
+            name: names::SHUTDOWN_STARTED,
+            message = names::SHUTDOWN_STARTED,
+            in_flight = drain.in_flight(),
+        );
         publisher.set_draining().await;
         drain.start();
         background_stop.cancel();
@@ -333,7 +348,11 @@ impl Application {
             .await
             .is_err()
         {
-            tracing::warn!(in_flight = drain.in_flight(), "shutdown_drain_timed_out");
+            tracing::warn!(
+                name: names::SHUTDOWN_DRAIN_TIMED_OUT,
+                message = names::SHUTDOWN_DRAIN_TIMED_OUT,
+                in_flight = drain.in_flight(),
+            );
         }
         let _ = health_checks.await;
         let _ = event_reader.await;
@@ -343,7 +362,7 @@ impl Application {
         if let Some(node_server) = node_server {
             close_server("node api server", node_server).await;
         }
-        tracing::info!("shutdown_complete");
+        tracing::info!(name: names::SHUTDOWN_COMPLETE, message = names::SHUTDOWN_COMPLETE);
         fatal.map_or(Ok(()), Err)
     }
 }
@@ -424,13 +443,21 @@ async fn close_server<E: std::error::Error + Send + Sync + 'static>(
     match tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, server).await {
         Ok(outcome) => {
             if let Err(error) = flatten(name, outcome) {
-                tracing::warn!(error = format!("{error:#}"), "server_close_failed");
+                tracing::warn!(
+                    name: names::SERVER_CLOSE_FAILED,
+                    message = names::SERVER_CLOSE_FAILED,
+                    error = format!("{error:#}"),
+                );
             }
         }
         Err(_elapsed) => {
             // Long-lived streams (health watches) would otherwise hold the exit forever.
             abort.abort();
-            tracing::info!(server = name, "server_connections_closed_forcibly");
+            tracing::info!(
+                name: names::SERVER_CONNECTIONS_CLOSED_FORCIBLY,
+                message = names::SERVER_CONNECTIONS_CLOSED_FORCIBLY,
+                server = name,
+            );
         }
     }
 }

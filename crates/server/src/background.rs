@@ -87,23 +87,21 @@ impl OutageLog {
             (Ok(()), Some(outage)) => {
                 let failed_passes = outage.failed_passes;
                 tracing::info!(
-                    name: "background_outage_ended",
+                    name: names::BACKGROUND_OUTAGE_ENDED,
+                    message = names::BACKGROUND_OUTAGE_ENDED,
                     r#loop = self.loop_name,
                     failed_passes,
                     duration_ms = u64::try_from(outage.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "{}",
-                    names::BACKGROUND_OUTAGE_ENDED
                 );
                 self.current = None;
                 Logged::OutageEnded { failed_passes }
             }
             (Err(error), None) => {
                 tracing::warn!(
-                    name: "background_outage_started",
+                    name: names::BACKGROUND_OUTAGE_STARTED,
+                    message = names::BACKGROUND_OUTAGE_STARTED,
                     r#loop = self.loop_name,
                     error = %error,
-                    "{}",
-                    names::BACKGROUND_OUTAGE_STARTED
                 );
                 self.current = Some(Outage {
                     started: Instant::now(),
@@ -114,11 +112,11 @@ impl OutageLog {
             (Err(error), Some(outage)) => {
                 outage.failed_passes += 1;
                 tracing::debug!(
+                    name: names::BACKGROUND_PASS_STILL_FAILING,
+                    message = names::BACKGROUND_PASS_STILL_FAILING,
                     r#loop = self.loop_name,
                     error = %error,
                     failed_passes = outage.failed_passes,
-                    "{}",
-                    names::BACKGROUND_PASS_STILL_FAILING
                 );
                 Logged::Nothing
             }

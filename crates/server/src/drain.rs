@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 use tracing::Instrument as _;
 
+use crate::names;
+
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
     tracker: TaskTracker,
@@ -39,7 +41,12 @@ impl Drain {
         match self.tracker.spawn(work.in_current_span()).await {
             Ok(outcome) => outcome,
             Err(join_error) => {
-                tracing::error!(rpc, error = %join_error, "rpc_task_failed");
+                tracing::error!(
+                    name: names::RPC_TASK_FAILED,
+                    message = names::RPC_TASK_FAILED,
+                    rpc,
+                    error = %join_error,
+                );
                 Err(Status::internal("internal error"))
             }
         }

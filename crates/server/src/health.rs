@@ -87,9 +87,9 @@ impl HealthPublisher {
         let was_up = self.readiness.backends_up.swap(up, Ordering::SeqCst);
         if was_up != up {
             if up {
-                tracing::info!("backends_up");
+                tracing::info!(name: names::BACKENDS_UP, message = names::BACKENDS_UP);
             } else {
-                tracing::warn!("backends_down");
+                tracing::warn!(name: names::BACKENDS_DOWN, message = names::BACKENDS_DOWN);
             }
         }
         self.publish().await;
@@ -151,7 +151,11 @@ async fn init_active_count(ports: &Ports) -> bool {
             true
         }
         Err(error) => {
-            tracing::debug!(error = %error, "active_count_unavailable");
+            tracing::debug!(
+                name: names::ACTIVE_COUNT_UNAVAILABLE,
+                message = names::ACTIVE_COUNT_UNAVAILABLE,
+                error = %error,
+            );
             false
         }
     }
@@ -194,14 +198,22 @@ async fn check_backends(ports: &Ports, last_redis_failure: &mut Option<String>) 
                 Err(error) => {
                     let reason = ErrorChain(&error).to_string();
                     if last_redis_failure.as_ref() != Some(&reason) {
-                        tracing::warn!(error = %reason, "redis_unreachable");
+                        tracing::warn!(
+                            name: names::REDIS_UNREACHABLE,
+                            message = names::REDIS_UNREACHABLE,
+                            error = %reason,
+                        );
                         *last_redis_failure = Some(reason);
                     }
                 }
                 Ok(()) => *last_redis_failure = None,
             }
             if let Err(error) = docker {
-                tracing::debug!(error = %error, "docker_ping_failed");
+                tracing::debug!(
+                    name: names::DOCKER_PING_FAILED,
+                    message = names::DOCKER_PING_FAILED,
+                    error = %error,
+                );
             }
             false
         }

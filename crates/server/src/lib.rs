@@ -15,7 +15,7 @@ pub mod fleet;
 pub mod grpc;
 pub(crate) mod health;
 pub(crate) mod http;
-pub(crate) mod names;
+pub mod names;
 pub mod node_api;
 pub(crate) mod reconcile;
 pub(crate) mod refill;
@@ -38,12 +38,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         None => auth::BearerAuth::default(),
     };
     tracing::info!(
+        name: names::SANDBOXD_STARTING,
+        message = names::SANDBOXD_STARTING,
         redis_url = %config.redis.redis_url_redacted(),
         key_prefix = %config.redis.key_prefix,
         agents = ?config.agents.names().collect::<Vec<_>>(),
         allowed_volume_roots = ?config.docker.allowed_volume_roots,
         auth = auth.is_enabled(),
-        "sandboxd_starting"
     );
     let egress = adapters::egress_firewall(&config)?;
     match &egress {

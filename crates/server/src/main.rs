@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use sandboxd_server::config::{Cli, Config};
+use sandboxd_server::names;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,7 +28,11 @@ async fn main() -> ExitCode {
     let exit = match sandboxd_server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "sandboxd_failed");
+            tracing::error!(
+                name: names::SANDBOXD_FAILED,
+                message = names::SANDBOXD_FAILED,
+                error = format!("{error:#}"),
+            );
             ExitCode::FAILURE
         }
     };

@@ -19,6 +19,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::drain::Drain;
 use crate::grpc::status::{StatusContext, invalid_field, to_status};
+use crate::names;
 
 /// The node API over this node's runtime.
 #[derive(Clone)]
@@ -92,7 +93,11 @@ fn request_status(error: WireError) -> Status {
         WireError::Field { field, problem } => invalid_field(field, problem),
         WireError::UnknownAgent(agent_id) => {
             let message = format!("agent {agent_id} is not configured on this node");
-            tracing::warn!(agent_id = %agent_id, "node_api_unknown_agent");
+            tracing::warn!(
+                name: names::NODE_API_UNKNOWN_AGENT,
+                message = names::NODE_API_UNKNOWN_AGENT,
+                agent_id = %agent_id,
+            );
             Status::with_error_details(
                 Code::FailedPrecondition,
                 message.clone(),

@@ -28,11 +28,11 @@ pub(crate) async fn run_reconcile_loop(
                 .map_err(|error| ErrorChain(&error).to_string())?;
             if !report.removed_containers.is_empty() || !report.removed_sessions.is_empty() {
                 tracing::info!(
+                    name: names::RECONCILE_PASS_REPAIRED,
+                    message = names::RECONCILE_PASS_REPAIRED,
                     removed_containers = report.removed_containers.len(),
                     removed_sessions = report.removed_sessions.len(),
                     error_count = report.error_count,
-                    "{}",
-                    names::RECONCILE_PASS_REPAIRED
                 );
             }
             Ok(())

@@ -15,7 +15,7 @@ use sandboxd_usecase::{Profiles, UnregisteredRuntime};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{CHECK_INTERVAL, HealthPublisher};
-use crate::names::{RUNTIMES_CHECK_DEFERRED, RUNTIMES_CHECKED};
+use crate::names::{RUNTIMES_CHECK_DEFERRED, RUNTIMES_CHECK_FAILED, RUNTIMES_CHECKED};
 
 /// How long the check at start waits for the engine before it defers: `engine_timeout` (30 s by
 /// default) would hold the start far longer than a health check waits for the same engine.
@@ -90,7 +90,11 @@ pub(crate) async fn check_when_engine_answers(
                 return Ok(());
             }
             // Health reports the engine as down meanwhile; the next tick asks again.
-            Ok(Err(error)) => tracing::debug!(%error, "runtimes_check_failed"),
+            Ok(Err(error)) => tracing::debug!(
+                name: RUNTIMES_CHECK_FAILED,
+                message = RUNTIMES_CHECK_FAILED,
+                %error,
+            ),
             Err(_elapsed) => {}
         }
         tokio::select! {

@@ -2,11 +2,13 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::names;
+
 /// Cancels `token` on the first SIGTERM or SIGINT.
 pub(crate) fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         let signal = wait_for_signal().await;
-        tracing::info!(signal, "shutdown_signal");
+        tracing::info!(name: names::SHUTDOWN_SIGNAL, message = names::SHUTDOWN_SIGNAL, signal);
         token.cancel();
     });
 }
@@ -14,7 +16,11 @@ pub(crate) fn cancel_on_signals(token: CancellationToken) {
 async fn wait_for_signal() -> &'static str {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %error, "ctrl_c_handler_failed");
+            tracing::error!(
+                name: names::CTRL_C_HANDLER_FAILED,
+                message = names::CTRL_C_HANDLER_FAILED,
+                error = %error,
+            );
             std::future::pending::<()>().await;
         }
     };
@@ -25,7 +31,11 @@ async fn wait_for_signal() -> &'static str {
                 signal.recv().await;
             }
             Err(error) => {
-                tracing::error!(error = %error, "sigterm_handler_failed");
+                tracing::error!(
+                    name: names::SIGTERM_HANDLER_FAILED,
+                    message = names::SIGTERM_HANDLER_FAILED,
+                    error = %error,
+                );
                 std::future::pending::<()>().await;
             }
         }

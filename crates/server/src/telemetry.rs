@@ -2,7 +2,8 @@
 //! `RUST_LOG`), the OpenTelemetry layer with OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //! set, and the Prometheus recorder behind the `metrics` facade with HELP text on every metric.
 //!
-//! Every metric, span and field name the server itself emits is in [`names`].
+//! Every metric, span and field name the server itself emits is in [`names`]; every log event
+//! name, this file's included, is in `crate::names`.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -83,11 +84,22 @@ impl TracingGuard {
         });
         match tokio::time::timeout(TRACE_FLUSH_TIMEOUT + Duration::from_millis(500), flush).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => tracing::warn!(error = %error, "trace_export_shutdown_failed"),
+            Ok(Ok(Err(error))) => tracing::warn!(
+                name: crate::names::TRACE_EXPORT_SHUTDOWN_FAILED,
+                message = crate::names::TRACE_EXPORT_SHUTDOWN_FAILED,
+                error = %error,
+            ),
             Ok(Err(join_error)) => {
-                tracing::warn!(error = %join_error, "trace_export_shutdown_failed");
+                tracing::warn!(
+                    name: crate::names::TRACE_EXPORT_SHUTDOWN_FAILED,
+                    message = crate::names::TRACE_EXPORT_SHUTDOWN_FAILED,
+                    error = %join_error,
+                );
             }
-            Err(_elapsed) => tracing::warn!("trace_export_shutdown_timed_out"),
+            Err(_elapsed) => tracing::warn!(
+                name: crate::names::TRACE_EXPORT_SHUTDOWN_TIMED_OUT,
+                message = crate::names::TRACE_EXPORT_SHUTDOWN_TIMED_OUT,
+            ),
         }
     }
 }
@@ -131,7 +143,12 @@ pub fn init_tracing(format: LogFormat, log_spans: bool) -> anyhow::Result<Tracin
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))?;
     if let Some(endpoint) = otlp_endpoint() {
-        tracing::info!(endpoint = %endpoint, service_name = %service_name(), "trace_export_enabled");
+        tracing::info!(
+            name: crate::names::TRACE_EXPORT_ENABLED,
+            message = crate::names::TRACE_EXPORT_ENABLED,
+            endpoint = %endpoint,
+            service_name = %service_name(),
+        );
     }
     Ok(TracingGuard { provider })
 }

@@ -2,6 +2,8 @@
 //! checked by an atomic reservation in the store before the engine starts anything, and the
 //! bound on engine creates in flight in this process.
 
+mod telemetry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::lease::Ports;
 use crate::ports::{Limits, QuotaLimit, RepositoryError, Reservation};
-use crate::telemetry;
 
 /// What a deployment admits; the default admits everything and costs no round trip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

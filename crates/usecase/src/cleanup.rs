@@ -3,6 +3,8 @@
 //! A running sandbox that expired gets its profile's `on_idle` (removed, paused or hibernated);
 //! a suspended one past its retention, and any past its hard cap, is removed.
 
+mod telemetry;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,7 +16,7 @@ use crate::lease::{Ports, with_lease};
 use crate::lifecycle::Transitions;
 use crate::ports::{Change, RepositoryError};
 use crate::profiles::Profiles;
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CleanupOptions {

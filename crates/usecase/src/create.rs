@@ -1,6 +1,8 @@
 //! CreateSandbox: reuse the chat's live sandbox, refuse a differing one, replace an expired one
 //! (or one on a lost node), or start a new one — all under the chat's lease.
 
+mod telemetry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use crate::ports::{
 };
 use crate::profiles::Profiles;
 use crate::repair::remove_strays;
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateSandboxCommand {

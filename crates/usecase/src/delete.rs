@@ -1,6 +1,8 @@
 //! DeleteSandbox: remove the chat's container, any stray container of the chat, and its session,
 //! under its lease: when it answers, nothing of the chat runs.
 
+mod telemetry;
+
 use sandboxd_domain::{
     ChatId, ContainerId, EventNote, EventReason, EventType, SandboxSession, SessionId,
 };
@@ -10,7 +12,7 @@ use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::Change;
 use crate::repair::remove_strays;
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteSandboxCommand {

@@ -2,6 +2,8 @@
 //! runs (placement by load: the best of two sampled nodes by free capacity), a chat's containers
 //! on every node, and this node's own containers, each marked with the node that reported it.
 
+mod telemetry;
+
 use std::sync::Arc;
 
 use rand::seq::IndexedRandom;
@@ -9,7 +11,6 @@ use sandboxd_domain::{ChatId, NodeId, NodeInfo};
 
 use crate::ports::{ManagedContainer, NewSandbox, RuntimeError, SandboxRuntime, StartedSandbox};
 use crate::routing::Engines;
-use crate::telemetry;
 
 /// Nodes sampled per placement: the best of two by free capacity (the power of two choices).
 const PLACEMENT_SAMPLE: usize = 2;

@@ -1,5 +1,7 @@
 //! ExtendSandbox: push a live session's expiry to now + ttl (bounded by max_ttl) under its lease.
 
+mod telemetry;
+
 use std::time::Duration;
 
 use sandboxd_domain::{ChatId, EventNote, EventReason, EventType, SandboxSession};
@@ -8,7 +10,7 @@ use tracing::Instrument;
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Change, LockError, RepositoryError};
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtendSandboxCommand {

@@ -5,6 +5,8 @@
 //! In single-node mode the directory holds the one local node: it is never lost, and draining it
 //! refuses new sandboxes.
 
+mod telemetry;
+
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,6 @@ use sandboxd_domain::{EventNote, EventReason, EventType, NodeId, NodeInfo, Sandb
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::Ports;
 use crate::ports::{ListQuery, NodeBeat, NodeRegistry, RepositoryError};
-use crate::telemetry;
 
 /// Sessions read per page when a lost node's sessions are reported.
 const LOST_WALK_PAGE: usize = 1000;

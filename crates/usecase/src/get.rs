@@ -1,12 +1,14 @@
 //! GetSandbox: the chat's current session, live or expired-but-not-yet-cleaned.
 
+mod telemetry;
+
 use sandboxd_domain::{ChatId, SandboxSession};
 use tracing::Instrument;
 
 use crate::error::{ErrorKind, UseCaseError};
 use crate::lease::Ports;
 use crate::ports::RepositoryError;
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GetSandboxError {

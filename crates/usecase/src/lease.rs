@@ -1,5 +1,7 @@
 //! Running a step under a chat's lease, and the ports bundle every use case is built from.
 
+mod telemetry;
+
 use std::sync::Arc;
 
 use sandboxd_domain::{ChatId, SandboxSession};
@@ -10,7 +12,6 @@ use crate::ports::{
     SessionRepository,
 };
 use crate::routing::Engines;
-use crate::telemetry;
 
 /// The ports a use case drives, shared by all of them.
 #[derive(Clone)]

@@ -1,8 +1,9 @@
 //! sandboxd use cases and the ports they drive.
 //!
 //! Depends on the domain only. Telemetry goes through the `tracing` and `metrics` facades, with
-//! every name in [`telemetry`]. Each use case is a struct built from [`Ports`] whose `execute`
-//! states its flow and ends in one `telemetry::finish`; `docs/design.md` describes each.
+//! every name in [`telemetry`] and each use case's spans and log lines in its own `telemetry`
+//! submodule. Each use case is a struct built from [`Ports`] whose `execute` states its flow and
+//! ends in one `telemetry::finish`; `docs/design.md` describes each.
 
 mod admission;
 mod cleanup;

@@ -8,6 +8,8 @@
 //! never names a state its container is not in for longer than the compensation; if that fails
 //! too, reconcile repairs the drift.
 
+mod telemetry;
+
 use std::time::Duration;
 
 use sandboxd_domain::{
@@ -20,7 +22,7 @@ use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Change, Lease, LockError, RepositoryError, RuntimeError};
 use crate::profiles::Profiles;
-use crate::telemetry::{self, metric, span};
+use telemetry::{metric, span};
 
 /// Why a pause, resume or touch did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,13 @@
 //! ListSandboxes: one page of sessions, optionally of one agent, with a stable page token.
 
+mod telemetry;
+
 use tracing::Instrument;
 
 use crate::error::PortError;
 use crate::lease::Ports;
 use crate::ports::{ListQuery, SessionPage};
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, Clone)]
 pub struct ListSandboxes {

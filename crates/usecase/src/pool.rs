@@ -7,6 +7,8 @@
 //! start) by this process. The runtime keeps what must survive a crash (see
 //! `PoolRuntime::recover_pool`).
 
+mod telemetry;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +22,6 @@ use crate::error::UseCaseError;
 use crate::lease::Ports;
 use crate::ports::{PooledSandbox, RuntimeError};
 use crate::profiles::Profiles;
-use crate::telemetry;
 
 /// First wait after a failed start of a profile's pooled sandbox; doubled per failure.
 const BACKOFF_START: Duration = Duration::from_secs(1);

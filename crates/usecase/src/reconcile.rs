@@ -11,6 +11,8 @@
 //! old session is deleted. A process killed at any point therefore leaves at worst a container
 //! without a session (adopted here) or a session without a running container (deleted here).
 
+mod telemetry;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,7 @@ use crate::error::{PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Change, ContainerState, ListQuery, ManagedContainer};
 use crate::repair::{adopt, remove_dead, remove_strays};
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcileOptions {

@@ -3,13 +3,15 @@
 //! a dead container. Each is counted in `sandbox_reconcile_total` and logged with its reason,
 //! whoever makes it (create, delete or reconcile).
 
+mod telemetry;
+
 use std::time::Duration;
 
 use sandboxd_domain::{ChatId, EventNote, EventReason, EventType, SandboxSession};
 
 use crate::lease::Ports;
 use crate::ports::{Lease, ManagedContainer, RepositoryError, RuntimeError, SandboxRuntime};
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 /// Removes every one of `containers` (the chat's, as `list_chat` gave them): the orphan of a
 /// crashed create, a container another replica lost track of, a stale lease holder's unsaved

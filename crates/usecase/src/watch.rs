@@ -7,6 +7,8 @@
 //! (the catch-up read sees it). A watcher that falls behind the broadcast's buffer catches up
 //! from the log by its own cursor again, so a slow watcher loses nothing and slows no other.
 
+mod telemetry;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,7 +20,7 @@ use tracing::Instrument;
 
 use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::ports::{Clock, EventLog, RepositoryError};
-use crate::telemetry::{self, metric};
+use telemetry::metric;
 
 /// Events read from the log per call.
 const PAGE: usize = 256;

@@ -35,6 +35,32 @@ pub const RESULT_ERROR: &str = "error";
 /// running unserved until the next stop or removal).
 pub const EVENT_STOP_AFTER_FAILED_START_FAILED: &str = "sandbox_stop_after_failed_start_failed";
 
+/// Event: the engine's `info` failed while connecting, so its root directory stays unknown
+/// (warn).
+pub const EVENT_DOCKER_INFO_FAILED: &str = "docker_info_failed";
+/// Event: a created sandbox serves its endpoint (debug), with the time it took.
+pub const EVENT_CONTAINER_READY: &str = "sandbox_container_ready";
+/// Event: a create that failed could not remove its container (warn); reconcile removes it.
+pub const EVENT_CLEANUP_AFTER_FAILED_CREATE_FAILED: &str =
+    "sandbox_cleanup_after_failed_create_failed";
+/// Event: a create abandoned by its caller could not remove its container (warn); reconcile
+/// removes it.
+pub const EVENT_CLEANUP_AFTER_ABANDONED_CREATE_FAILED: &str =
+    "sandbox_cleanup_after_abandoned_create_failed";
+/// Event: a pool slot could not be released (warn); the next pool recovery releases it.
+pub const EVENT_POOL_RELEASE_FAILED: &str = "sandbox_pool_release_failed";
+/// Event: a removed claimed sandbox's slot stayed busy past the wait (warn); the next pool
+/// recovery releases it.
+pub const EVENT_POOL_RELEASE_SKIPPED_BUSY: &str = "sandbox_pool_release_skipped_busy";
+/// Event: a claim that failed could not discard its pooled sandbox (warn).
+pub const EVENT_POOL_CLEANUP_AFTER_FAILED_CLAIM_FAILED: &str =
+    "sandbox_pool_cleanup_after_failed_claim_failed";
+/// Event: a claimed sandbox kept its pool name (debug); nothing depends on the name.
+pub const EVENT_POOL_RENAME_FAILED: &str = "sandbox_pool_rename_failed";
+/// Event: an `allowed_volume_roots` entry does not resolve and is skipped (warn). A sentence,
+/// unlike the other names, kept as it was because log queries may match it.
+pub const EVENT_VOLUME_ROOT_UNRESOLVED: &str = "allowed volume root does not resolve";
+
 /// Value of the `{prefix}.managed-by` label on every container this service starts.
 pub const MANAGED_BY_VALUE: &str = "sandboxd";
 

@@ -16,6 +16,10 @@ use sandboxd_usecase::ports::{
 use tokio::time::Instant;
 
 use super::engine::{engine_error, other};
+use super::names::{
+    EVENT_POOL_CLEANUP_AFTER_FAILED_CLAIM_FAILED, EVENT_POOL_RELEASE_FAILED,
+    EVENT_POOL_RELEASE_SKIPPED_BUSY, EVENT_POOL_RENAME_FAILED,
+};
 use super::pool::{
     Record, ReleaseError, claim_of, identity_of, identity_of_spec, is_own_slot, new_slot_name,
 };
@@ -67,7 +71,12 @@ impl DockerRuntime {
         if started.is_err()
             && let Err(error) = self.pool.release(&slot).await
         {
-            tracing::warn!(slot, %error, "sandbox_pool_release_failed");
+            tracing::warn!(
+                name: EVENT_POOL_RELEASE_FAILED,
+                message = EVENT_POOL_RELEASE_FAILED,
+                slot,
+                %error,
+            );
         }
         started
     }
@@ -201,7 +210,13 @@ impl DockerRuntime {
             }
             Err(error) => {
                 if let Err(cleanup) = self.discard(&pooled).await {
-                    tracing::warn!(container_id = %pooled.container_id, slot = pooled.slot, error = %cleanup, "sandbox_pool_cleanup_after_failed_claim_failed");
+                    tracing::warn!(
+                        name: EVENT_POOL_CLEANUP_AFTER_FAILED_CLAIM_FAILED,
+                        message = EVENT_POOL_CLEANUP_AFTER_FAILED_CLAIM_FAILED,
+                        container_id = %pooled.container_id,
+                        slot = pooled.slot,
+                        error = %cleanup,
+                    );
                 }
                 drop(busy);
                 Err(error)
@@ -274,7 +289,12 @@ impl DockerRuntime {
                 .rename_container(container_id.as_str(), options)
                 .await
             {
-                tracing::debug!(%container_id, %error, "sandbox_pool_rename_failed");
+                tracing::debug!(
+                    name: EVENT_POOL_RENAME_FAILED,
+                    message = EVENT_POOL_RENAME_FAILED,
+                    %container_id,
+                    %error,
+                );
             }
         });
     }
@@ -300,7 +320,12 @@ impl DockerRuntime {
                 Some(busy) => break busy,
                 None if Instant::now() < deadline => tokio::time::sleep(WAITING_POLL).await,
                 None => {
-                    tracing::warn!(%container_id, slot = record.slot, "sandbox_pool_release_skipped_busy");
+                    tracing::warn!(
+                        name: EVENT_POOL_RELEASE_SKIPPED_BUSY,
+                        message = EVENT_POOL_RELEASE_SKIPPED_BUSY,
+                        %container_id,
+                        slot = record.slot,
+                    );
                     return;
                 }
             }
@@ -310,7 +335,13 @@ impl DockerRuntime {
             return;
         }
         if let Err(error) = self.pool.release(&record.slot).await {
-            tracing::warn!(%container_id, slot = record.slot, %error, "sandbox_pool_release_failed");
+            tracing::warn!(
+                name: EVENT_POOL_RELEASE_FAILED,
+                message = EVENT_POOL_RELEASE_FAILED,
+                %container_id,
+                slot = record.slot,
+                %error,
+            );
         }
     }
 

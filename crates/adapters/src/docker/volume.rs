@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use sandboxd_domain::VolumePath;
 
+use super::names::EVENT_VOLUME_ROOT_UNRESOLVED;
+
 /// Host paths never mountable, nor any directory that contains them: mounting `/var` would expose
 /// `/var/lib/docker` and `/var/run/docker.sock`, i.e. the whole host.
 const PROTECTED_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/etc", "/var/lib/docker", "/boot"];
@@ -126,7 +128,12 @@ impl VolumePolicy {
             .filter_map(|root| match std::fs::canonicalize(root) {
                 Ok(canonical) => Some((root.clone(), canonical)),
                 Err(error) => {
-                    tracing::warn!(root = %root.display(), %error, "allowed volume root does not resolve");
+                    tracing::warn!(
+                        name: EVENT_VOLUME_ROOT_UNRESOLVED,
+                        message = EVENT_VOLUME_ROOT_UNRESOLVED,
+                        root = %root.display(),
+                        %error,
+                    );
                     None
                 }
             })

@@ -105,17 +105,31 @@ async fn renew_until_lost(
         {
             Ok(1) => valid_until = sent_at + ttl,
             Ok(_) => {
-                tracing::warn!(lock_key = %key, "lease_lost token_gone");
+                tracing::warn!(
+                    name: names::EVENT_LEASE_LOST_TOKEN_GONE,
+                    message = names::EVENT_LEASE_LOST_TOKEN_GONE,
+                    lock_key = %key,
+                );
                 lost.mark_lost();
                 return;
             }
             Err(error) => {
                 // Another try fits before the key could expire: keep the lease for now.
                 if Instant::now() + interval + client.timeout() < valid_until {
-                    tracing::debug!(lock_key = %key, error = %error, "lease_renewal_retry");
+                    tracing::debug!(
+                        name: names::EVENT_LEASE_RENEWAL_RETRY,
+                        message = names::EVENT_LEASE_RENEWAL_RETRY,
+                        lock_key = %key,
+                        error = %error,
+                    );
                     continue;
                 }
-                tracing::warn!(lock_key = %key, error = %error, "lease_lost renewal_failed");
+                tracing::warn!(
+                    name: names::EVENT_LEASE_LOST_RENEWAL_FAILED,
+                    message = names::EVENT_LEASE_LOST_RENEWAL_FAILED,
+                    lock_key = %key,
+                    error = %error,
+                );
                 lost.mark_lost();
                 return;
             }

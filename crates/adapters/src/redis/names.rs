@@ -1,4 +1,4 @@
-//! Every metric name and label value the Redis adapters emit, in one place.
+//! Every metric name, label value and log event name the Redis adapters emit, in one place.
 
 /// Histogram of one Redis round trip, labelled by [`LABEL_COMMAND`] (an operation name below).
 pub const REDIS_COMMAND_DURATION_SECONDS: &str = "sandbox_redis_command_duration_seconds";
@@ -42,6 +42,13 @@ pub mod lock_result {
     pub const BUSY: &str = "busy";
     pub const ERROR: &str = "error";
 }
+
+/// Event: a renewal found the lease's token gone (warn): another holder may act on the chat.
+pub const EVENT_LEASE_LOST_TOKEN_GONE: &str = "lease_lost token_gone";
+/// Event: a renewal failed and another fits before the key could expire (debug).
+pub const EVENT_LEASE_RENEWAL_RETRY: &str = "lease_renewal_retry";
+/// Event: renewals failed until the key could expire (warn): the lease counts as lost.
+pub const EVENT_LEASE_LOST_RENEWAL_FAILED: &str = "lease_lost renewal_failed";
 
 /// HELP text of the histograms above, for the exporter's `describe_histogram` calls.
 pub const DESCRIPTIONS: &[(&str, &str)] = &[

@@ -10,6 +10,8 @@ use sandboxd_usecase::{ErrorKind, UseCaseError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::names;
+
 /// `ErrorInfo.domain` of every error this service describes.
 pub const ERROR_DOMAIN: &str = "sandboxd";
 /// `ErrorInfo.reason` of a create that meets a differing live sandbox.
@@ -113,11 +115,21 @@ pub fn to_status(error: &dyn UseCaseError, context: StatusContext<'_>) -> Status
             ErrorDetails::with_retry_info(Some(ABORTED_RETRY_DELAY)),
         ),
         ErrorKind::Unavailable => {
-            tracing::warn!(rpc, error = %ErrorChain(error), "rpc_unavailable");
+            tracing::warn!(
+                name: names::RPC_UNAVAILABLE,
+                message = names::RPC_UNAVAILABLE,
+                rpc,
+                error = %ErrorChain(error),
+            );
             Status::unavailable(message)
         }
         ErrorKind::Internal => {
-            tracing::error!(rpc, error = %ErrorChain(error), "rpc_internal_error");
+            tracing::error!(
+                name: names::RPC_INTERNAL_ERROR,
+                message = names::RPC_INTERNAL_ERROR,
+                rpc,
+                error = %ErrorChain(error),
+            );
             Status::internal(message)
         }
     }

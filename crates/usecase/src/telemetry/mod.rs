@@ -1,258 +1,19 @@
-//! Every metric, span and log name the use cases emit, in one place.
+//! The use cases' shared telemetry: every name they emit (`names`, re-exported as [`metric`],
+//! [`span`] and [`event`]), the span skeletons and session fields every use case shares, the
+//! outcome recording (`finish`), and the gauges and log lines more than one use case writes.
 //!
-//! Names are the API's fixed telemetry contract (docs/design.md §7), with Prometheus spelling for metrics
-//! (`sandbox.create.total` -> `sandbox_create_total`, label `error.type` -> `error_type`).
-//! Span fields must be declared when a span is created, so each use case's span is built here
-//! with every attribute it may later record.
+//! Each use case builds its own span and writes its own log lines in its `telemetry`
+//! submodule (`create/telemetry.rs`, ...), which re-exports everything here, so a use case
+//! reaches all its telemetry through one path and this module depends on no use case.
 
-use sandboxd_domain::{ChatId, SandboxSession, SandboxState};
+use sandboxd_domain::{SandboxSession, SandboxState};
 
 use crate::error::UseCaseError;
 use tracing::Span;
-use tracing::field::Empty;
 
-/// Metric names and label keys.
-pub mod metric {
-    pub const CREATE_TOTAL: &str = "sandbox_create_total";
-    pub const DELETE_TOTAL: &str = "sandbox_delete_total";
-    pub const CLEANUP_TOTAL: &str = "sandbox_cleanup_total";
-    pub const CLEANUP_ERROR_TOTAL: &str = "sandbox_cleanup_error_total";
-    pub const ACTIVE_COUNT: &str = "sandbox_active_count";
-    pub const GET_TOTAL: &str = "sandbox_get_total";
-    pub const LIST_TOTAL: &str = "sandbox_list_total";
-    pub const EXTEND_TOTAL: &str = "sandbox_extend_total";
-    pub const RECONCILE_TOTAL: &str = "sandbox_reconcile_total";
-    pub const RECONCILE_ERROR_TOTAL: &str = "sandbox_reconcile_error_total";
-    pub const PAUSE_TOTAL: &str = "sandbox_pause_total";
-    pub const RESUME_TOTAL: &str = "sandbox_resume_total";
-    pub const TOUCH_TOTAL: &str = "sandbox_touch_total";
-    pub const SESSIONS: &str = "sandbox_sessions";
-    pub const WATCHERS: &str = "sandbox_watchers";
-    pub const WATCH_TOTAL: &str = "sandbox_watch_total";
-    pub const EVENTS_DELIVERED_TOTAL: &str = "sandbox_events_delivered_total";
-    pub const POOL_CLAIMS_TOTAL: &str = "sandbox_pool_claims_total";
-    pub const POOL_READY: &str = "sandbox_pool_ready";
-    pub const POOL_STARTS_TOTAL: &str = "sandbox_pool_starts_total";
-    pub const POOL_RELEASED_TOTAL: &str = "sandbox_pool_released_total";
-    pub const NODE_HEARTBEAT_TOTAL: &str = "sandbox_node_heartbeat_total";
-    pub const NODES: &str = "sandbox_nodes";
-    pub const NODE_LOST_TOTAL: &str = "sandbox_node_lost_total";
-    pub const PLACEMENT_TOTAL: &str = "sandbox_placement_total";
+mod names;
 
-    pub const RESULT: &str = "result";
-    pub const REASON: &str = "reason";
-    pub const ERROR_TYPE: &str = "error_type";
-    pub const STATE: &str = "state";
-    pub const AGENT: &str = "agent";
-
-    /// `result` values of `sandbox_pool_claims_total`: served from the pool; no pooled sandbox
-    /// was ready (cold create); the pooled sandbox was unusable (cold create); the claim failed
-    /// as a cold create would have (no fallback).
-    pub const CLAIM_CLAIMED: &str = "claimed";
-    pub const CLAIM_EMPTY: &str = "empty";
-    pub const CLAIM_LOST: &str = "lost";
-    pub const CLAIM_FAILED: &str = "failed";
-
-    /// `result` values of `sandbox_reconcile_total`: the repairs, by reason.
-    pub const REPAIR_CONTAINER_REMOVED: &str = "container_removed";
-    pub const REPAIR_SESSION_REMOVED: &str = "session_removed";
-    pub const REPAIR_ADOPTED: &str = "adopted";
-    pub const REPAIR_STRAY_REMOVED: &str = "stray_removed";
-    pub const REPAIR_DRIFT: &str = "drift_repaired";
-
-    /// `reason` of a cleanup error raised by the listing itself, not by one session.
-    pub const REASON_LIST_EXPIRED: &str = "list_expired";
-
-    /// Every metric with its help text, for the exporter's `describe_*` calls.
-    pub const DESCRIPTIONS: &[(&str, &str)] = &[
-        (
-            CREATE_TOTAL,
-            "CreateSandbox outcomes by result (created, reused, replaced, resumed, conflict, quota_exceeded, engine_busy, error) and conflict reason.",
-        ),
-        (
-            DELETE_TOTAL,
-            "DeleteSandbox outcomes by result (deleted, not_found, error).",
-        ),
-        (
-            CLEANUP_TOTAL,
-            "Expired sandboxes removed by the cleanup pass.",
-        ),
-        (
-            CLEANUP_ERROR_TOTAL,
-            "Cleanup failures by error type; reason=list_expired when the listing itself failed.",
-        ),
-        (ACTIVE_COUNT, "Sessions in the store after the last write."),
-        (
-            GET_TOTAL,
-            "GetSandbox outcomes by result (found, not_found, error).",
-        ),
-        (LIST_TOTAL, "ListSandboxes calls by result (ok, error)."),
-        (
-            RECONCILE_TOTAL,
-            "Repairs by result: container_removed (dead or unlabelled container), session_removed (session whose container is gone), adopted (session rebuilt from a live container's labels), stray_removed (a chat's container other than its session's), drift_repaired (engine state brought back in line with the session's).",
-        ),
-        (
-            RECONCILE_ERROR_TOTAL,
-            "Reconciliation failures by error type.",
-        ),
-        (
-            EXTEND_TOTAL,
-            "ExtendSandbox outcomes by result (extended, not_found, expired, invalid, error).",
-        ),
-        (
-            PAUSE_TOTAL,
-            "PauseSandbox and idle pauses/hibernations by result (paused, hibernated, already_paused, not_found, expired, hibernated_refused, changed, error).",
-        ),
-        (
-            RESUME_TOTAL,
-            "ResumeSandbox and resuming creates by result (resumed, already_running, not_found, expired, error).",
-        ),
-        (
-            TOUCH_TOTAL,
-            "TouchSandbox outcomes by result (touched, not_found, not_running, expired, error).",
-        ),
-        (
-            SESSIONS,
-            "Stored sessions by state (running, paused, hibernated), refreshed by every cleanup and reconcile pass.",
-        ),
-        (WATCHERS, "WatchSandboxes streams open in this process."),
-        (
-            WATCH_TOTAL,
-            "WatchSandboxes streams opened, by result (opened, cursor_expired, error).",
-        ),
-        (EVENTS_DELIVERED_TOTAL, "Lifecycle events sent to watchers."),
-        (
-            POOL_CLAIMS_TOTAL,
-            "Creates of pooled profiles by agent and result: claimed (served from the warm pool), empty (none ready: cold create), lost (the pooled sandbox was unusable: cold create), failed (the claim failed as a cold create would).",
-        ),
-        (
-            POOL_READY,
-            "Pooled sandboxes waiting for a claim in this process, by agent.",
-        ),
-        (
-            POOL_STARTS_TOTAL,
-            "Pooled sandboxes started by the refill, by agent and result (ok, error).",
-        ),
-        (
-            POOL_RELEASED_TOTAL,
-            "Pooled sandboxes, slots and claims left half-way (a crash, a removal behind the service's back) that the pool's recovery removed.",
-        ),
-        (
-            NODE_HEARTBEAT_TOTAL,
-            "Fleet mode: renewals of this node's registration by result (ok, error).",
-        ),
-        (
-            NODES,
-            "Fleet mode: registered nodes as this node last read them, by state (healthy, unhealthy, draining).",
-        ),
-        (
-            NODE_LOST_TOTAL,
-            "Fleet mode: lost nodes this node reported (one LOST event per session of each).",
-        ),
-        (
-            PLACEMENT_TOTAL,
-            "Fleet mode: new sandboxes placed, by node and result (ok, failed: the node failed the create and another was tried, none: no node accepted).",
-        ),
-    ];
-}
-
-/// Span names and attribute keys.
-pub mod span {
-    pub const CREATE: &str = "usecase.create_sandbox";
-    pub const DELETE: &str = "usecase.delete_sandbox";
-    pub const CLEANUP_PASS: &str = "usecase.cleanup_expired_sandboxes";
-    pub const CLEANUP_ONE: &str = "usecase.cleanup_expired_sandbox";
-    pub const GET: &str = "usecase.get_sandbox";
-    pub const LIST: &str = "usecase.list_sandboxes";
-    pub const EXTEND: &str = "usecase.extend_sandbox";
-    pub const RECONCILE: &str = "usecase.reconcile_sandboxes";
-    pub const PAUSE: &str = "usecase.pause_sandbox";
-    pub const RESUME: &str = "usecase.resume_sandbox";
-    pub const TOUCH: &str = "usecase.touch_sandbox";
-    pub const WATCH: &str = "usecase.watch_sandboxes";
-
-    pub const CHAT_ID: &str = "chat.id";
-    pub const AGENT_ID: &str = "agent.id";
-    pub const VOLUME_HOST_PATH: &str = "volume.host_path";
-    pub const SESSION_ID: &str = "session.id";
-    pub const CONTAINER_ID: &str = "container.id";
-    pub const SESSION_AGENT_ID: &str = "sandbox.session_agent.id";
-    pub const SESSION_VOLUME_HOST_PATH: &str = "sandbox.session_volume.host_path";
-    pub const ENDPOINT_IP: &str = "sandbox.endpoint.ip";
-    pub const ENDPOINT_PORT: &str = "sandbox.endpoint.port";
-    pub const RESULT: &str = "sandbox.result";
-    pub const CONFLICT_REASON: &str = "sandbox.conflict.reason";
-    pub const PREVIOUS_SESSION_ID: &str = "sandbox.previous_session.id";
-    pub const PREVIOUS_CONTAINER_ID: &str = "sandbox.previous_container.id";
-    pub const PREVIOUS_AGENT_ID: &str = "sandbox.previous_agent.id";
-    pub const PREVIOUS_VOLUME_HOST_PATH: &str = "sandbox.previous_volume.host_path";
-    pub const NEW_SESSION_ID: &str = "sandbox.new_session.id";
-    pub const NEW_CONTAINER_ID: &str = "sandbox.new_container.id";
-    pub const NEW_AGENT_ID: &str = "sandbox.new_agent.id";
-    pub const NEW_VOLUME_HOST_PATH: &str = "sandbox.new_volume.host_path";
-    pub const EXPIRED_COUNT: &str = "sandbox.expired_count";
-    pub const CLEANED_COUNT: &str = "sandbox.cleaned_count";
-    pub const ERROR_COUNT: &str = "sandbox.error_count";
-    pub const SKIPPED_COUNT: &str = "sandbox.skipped_count";
-    pub const PAGE_SIZE: &str = "sandbox.page_size";
-    pub const RETURNED_COUNT: &str = "sandbox.returned_count";
-    pub const TTL_MS: &str = "sandbox.ttl_ms";
-    pub const EXPIRES_AT: &str = "sandbox.expires_at";
-    pub const CONTAINER_COUNT: &str = "sandbox.container_count";
-    pub const SESSION_COUNT: &str = "sandbox.session_count";
-    pub const REMOVED_CONTAINERS: &str = "sandbox.removed_containers";
-    pub const REMOVED_SESSIONS: &str = "sandbox.removed_sessions";
-    pub const ADOPTED_SESSIONS: &str = "sandbox.adopted_sessions";
-    pub const REPAIRED_SESSIONS: &str = "sandbox.repaired_sessions";
-    pub const SUSPENDED_COUNT: &str = "sandbox.suspended_count";
-    pub const STATE: &str = "sandbox.state";
-    pub const AFTER: &str = "sandbox.watch.after";
-    /// What `record_error` sets: the error's type label, message and an error status.
-    pub const ERROR_TYPE: &str = "error.type";
-    pub const EXCEPTION_MESSAGE: &str = "exception.message";
-    pub const OTEL_STATUS_CODE: &str = "otel.status_code";
-}
-
-/// Log event names (the event's metadata name and its message).
-pub mod event {
-    pub const SANDBOX_CREATED: &str = "sandbox_created";
-    pub const SANDBOX_REUSED: &str = "sandbox_reused";
-    pub const SANDBOX_REPLACED: &str = "sandbox_replaced";
-    pub const SANDBOX_CONFLICT: &str = "sandbox_conflict";
-    pub const SANDBOX_DELETED: &str = "sandbox_deleted";
-    pub const SANDBOX_DELETE_NOT_FOUND: &str = "sandbox_delete_not_found";
-    pub const SANDBOX_DELETE_FAILED: &str = "sandbox_delete_failed";
-    pub const SANDBOX_CLEANED: &str = "sandbox_cleaned";
-    pub const SANDBOX_CLEAN_FAILED: &str = "sandbox_clean_failed";
-    pub const SANDBOX_STALE_INDEX_REMOVED: &str = "sandbox_stale_index_removed";
-    pub const SANDBOX_EXTENDED: &str = "sandbox_extended";
-    pub const SANDBOX_EXTEND_FAILED: &str = "sandbox_extend_failed";
-    pub const SANDBOX_COMPENSATION_FAILED: &str = "sandbox_compensation_failed";
-    pub const LEASE_RELEASE_FAILED: &str = "lease_release_failed";
-    pub const SANDBOX_ORPHAN_CONTAINER_REMOVED: &str = "sandbox_orphan_container_removed";
-    pub const SANDBOX_ORPHAN_SESSION_REMOVED: &str = "sandbox_orphan_session_removed";
-    pub const SANDBOX_RECONCILE_FAILED: &str = "sandbox_reconcile_failed";
-    pub const SANDBOX_ADOPTED: &str = "sandbox_adopted";
-    pub const SANDBOX_STRAY_CONTAINER_REMOVED: &str = "sandbox_stray_container_removed";
-    pub const SANDBOX_PAUSED: &str = "sandbox_paused";
-    pub const SANDBOX_HIBERNATED: &str = "sandbox_hibernated";
-    pub const SANDBOX_RESUMED: &str = "sandbox_resumed";
-    pub const SANDBOX_TOUCHED: &str = "sandbox_touched";
-    pub const SANDBOX_LIFECYCLE_REFUSED: &str = "sandbox_lifecycle_refused";
-    pub const SANDBOX_DRIFT_REPAIRED: &str = "sandbox_drift_repaired";
-    pub const SANDBOX_CREATE_REFUSED: &str = "sandbox_create_refused";
-    pub const RESERVATION_RELEASE_FAILED: &str = "reservation_release_failed";
-    pub const SANDBOX_WATCH_LAGGED: &str = "sandbox_watch_lagged";
-    pub const EVENT_READER_FAILED: &str = "event_reader_failed";
-    pub const POOL_CLAIM_LOST: &str = "sandbox_pool_claim_lost";
-    pub const POOL_START_FAILED: &str = "sandbox_pool_start_failed";
-    pub const POOL_RECOVERED: &str = "sandbox_pool_recovered";
-    pub const POOL_RECOVERY_FAILED: &str = "sandbox_pool_recovery_failed";
-    pub const POOL_DISCARD_FAILED: &str = "sandbox_pool_discard_failed";
-    pub const NODE_LOST: &str = "node_lost";
-    pub const NODE_DRAINED: &str = "node_draining_set";
-    pub const NODE_COUNT_FAILED: &str = "node_count_failed";
-}
+pub use names::{event, metric, span};
 
 // ---- spans -------------------------------------------------------------------------------
 
@@ -262,120 +23,30 @@ macro_rules! usecase_span {
     ($($fields:tt)*) => {
         tracing::info_span!(
             $($fields)*
-            sandbox.result = Empty,
-            error.type = Empty,
-            exception.message = Empty,
-            otel.status_code = Empty,
+            sandbox.result = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         )
     };
 }
+pub(crate) use usecase_span;
 
 /// A span that may describe one session (see [`record_session`]).
 macro_rules! session_span {
     ($($fields:tt)*) => {
-        usecase_span!(
+        $crate::telemetry::usecase_span!(
             $($fields)*
-            session.id = Empty,
-            container.id = Empty,
-            sandbox.session_agent.id = Empty,
-            sandbox.session_volume.host_path = Empty,
-            sandbox.endpoint.ip = Empty,
-            sandbox.endpoint.port = Empty,
+            session.id = tracing::field::Empty,
+            container.id = tracing::field::Empty,
+            sandbox.session_agent.id = tracing::field::Empty,
+            sandbox.session_volume.host_path = tracing::field::Empty,
+            sandbox.endpoint.ip = tracing::field::Empty,
+            sandbox.endpoint.port = tracing::field::Empty,
         )
     };
 }
-
-pub(crate) fn create_span(chat_id: &ChatId, agent_id: &str, volume: &str) -> Span {
-    session_span!(
-        span::CREATE,
-        chat.id = %chat_id,
-        agent.id = agent_id,
-        volume.host_path = volume,
-        sandbox.conflict.reason = Empty,
-        sandbox.previous_session.id = Empty,
-        sandbox.previous_container.id = Empty,
-        sandbox.previous_agent.id = Empty,
-        sandbox.previous_volume.host_path = Empty,
-        sandbox.new_session.id = Empty,
-        sandbox.new_container.id = Empty,
-        sandbox.new_agent.id = Empty,
-        sandbox.new_volume.host_path = Empty,
-    )
-}
-
-pub(crate) fn delete_span(chat_id: &ChatId) -> Span {
-    session_span!(span::DELETE, chat.id = %chat_id,)
-}
-
-pub(crate) fn get_span(chat_id: &ChatId) -> Span {
-    session_span!(span::GET, chat.id = %chat_id,)
-}
-
-pub(crate) fn extend_span(chat_id: &ChatId, ttl_ms: u128) -> Span {
-    session_span!(
-        span::EXTEND,
-        chat.id = %chat_id,
-        sandbox.ttl_ms = u64::try_from(ttl_ms).unwrap_or(u64::MAX),
-        sandbox.expires_at = Empty,
-    )
-}
-
-/// PauseSandbox, ResumeSandbox, TouchSandbox: `name` is one of their span names.
-pub(crate) fn lifecycle_span(name: &'static str, chat_id: &ChatId) -> Span {
-    // `info_span!` wants a literal name: one arm per operation.
-    match name {
-        span::PAUSE => session_span!(span::PAUSE, chat.id = %chat_id, sandbox.state = Empty,),
-        span::RESUME => session_span!(span::RESUME, chat.id = %chat_id, sandbox.state = Empty,),
-        _ => session_span!(span::TOUCH, chat.id = %chat_id, sandbox.state = Empty,),
-    }
-}
-
-pub(crate) fn watch_span(after: Option<&str>) -> Span {
-    usecase_span!(span::WATCH, sandbox.watch.after = after,)
-}
-
-pub(crate) fn cleanup_pass_span() -> Span {
-    usecase_span!(
-        span::CLEANUP_PASS,
-        sandbox.expired_count = Empty,
-        sandbox.cleaned_count = Empty,
-        sandbox.suspended_count = Empty,
-        sandbox.error_count = Empty,
-        sandbox.skipped_count = Empty,
-    )
-}
-
-pub(crate) fn cleanup_one_span(parent: &Span, session: &SandboxSession) -> Span {
-    usecase_span!(
-        parent: parent,
-        span::CLEANUP_ONE,
-        chat.id = %session.chat_id,
-        session.id = %session.session_id,
-        container.id = %session.container_id,
-    )
-}
-
-pub(crate) fn list_span(agent_id: Option<&str>, page_size: usize) -> Span {
-    usecase_span!(
-        span::LIST,
-        agent.id = agent_id,
-        sandbox.page_size = page_size,
-        sandbox.returned_count = Empty,
-    )
-}
-
-pub(crate) fn reconcile_span() -> Span {
-    usecase_span!(
-        span::RECONCILE,
-        sandbox.container_count = Empty,
-        sandbox.session_count = Empty,
-        sandbox.removed_containers = Empty,
-        sandbox.removed_sessions = Empty,
-        sandbox.adopted_sessions = Empty,
-        sandbox.repaired_sessions = Empty,
-        sandbox.error_count = Empty,
-    )
-}
+pub(crate) use session_span;
 
 /// The attributes of the session a span is about.
 pub(crate) fn record_session(span: &Span, session: &SandboxSession) {
@@ -393,30 +64,6 @@ pub(crate) fn record_session(span: &Span, session: &SandboxSession) {
         span.record(span::ENDPOINT_IP, tracing::field::display(endpoint.ip));
         span.record(span::ENDPOINT_PORT, endpoint.port.get());
     }
-}
-
-/// The attributes of the expired session a create replaces.
-pub(crate) fn record_previous_session(span: &Span, session: &SandboxSession) {
-    span.record(
-        span::PREVIOUS_SESSION_ID,
-        tracing::field::display(&session.session_id),
-    );
-    span.record(span::PREVIOUS_CONTAINER_ID, session.container_id.as_str());
-    span.record(span::PREVIOUS_AGENT_ID, session.agent_id.as_str());
-    span.record(
-        span::PREVIOUS_VOLUME_HOST_PATH,
-        session.volume_host_path.as_str(),
-    );
-}
-
-/// The attributes of the session that replaces it.
-pub(crate) fn record_new_session(span: &Span, session: &SandboxSession) {
-    span.record(span::NEW_CONTAINER_ID, session.container_id.as_str());
-    span.record(span::NEW_AGENT_ID, session.agent_id.as_str());
-    span.record(
-        span::NEW_VOLUME_HOST_PATH,
-        session.volume_host_path.as_str(),
-    );
 }
 
 pub(crate) fn record_result(span: &Span, result: &str) {
@@ -476,28 +123,6 @@ pub(crate) fn count_result(name: &'static str, result: &'static str) {
     metrics::counter!(name, metric::RESULT => result).increment(1);
 }
 
-pub(crate) fn count_conflict(reason: &'static str) {
-    metrics::counter!(metric::CREATE_TOTAL, metric::RESULT => "conflict", metric::REASON => reason)
-        .increment(1);
-}
-
-pub(crate) fn count_cleanup_error(error_type: &'static str, reason: Option<&'static str>) {
-    match reason {
-        Some(reason) => metrics::counter!(
-            metric::CLEANUP_ERROR_TOTAL,
-            metric::ERROR_TYPE => error_type,
-            metric::REASON => reason
-        )
-        .increment(1),
-        None => metrics::counter!(metric::CLEANUP_ERROR_TOTAL, metric::ERROR_TYPE => error_type)
-            .increment(1),
-    }
-}
-
-pub(crate) fn count_reconcile_error(error_type: &'static str) {
-    metrics::counter!(metric::RECONCILE_ERROR_TOTAL, metric::ERROR_TYPE => error_type).increment(1);
-}
-
 #[allow(clippy::cast_precision_loss)] // a gauge is f64; session counts stay far below 2^52
 pub fn set_active_count(count: u64) {
     metrics::gauge!(metric::ACTIVE_COUNT).set(count as f64);
@@ -509,31 +134,6 @@ pub(crate) fn set_state_counts(counts: &crate::ports::StateCounts) {
         metrics::gauge!(metric::SESSIONS, metric::STATE => state.as_str())
             .set(counts.of(state) as f64);
     }
-}
-
-#[allow(clippy::cast_precision_loss)] // as above
-pub(crate) fn set_watchers(count: usize) {
-    metrics::gauge!(metric::WATCHERS).set(count as f64);
-}
-
-pub(crate) fn count_events_delivered(count: usize) {
-    metrics::counter!(metric::EVENTS_DELIVERED_TOTAL).increment(count as u64);
-}
-
-pub(crate) fn count_pool_claim(agent_id: &sandboxd_domain::AgentId, result: &'static str) {
-    metrics::counter!(metric::POOL_CLAIMS_TOTAL, metric::AGENT => agent_id.to_string(), metric::RESULT => result)
-        .increment(1);
-}
-
-#[allow(clippy::cast_precision_loss)] // as above
-pub(crate) fn set_pool_ready(agent_id: &sandboxd_domain::AgentId, ready: usize) {
-    metrics::gauge!(metric::POOL_READY, metric::AGENT => agent_id.to_string()).set(ready as f64);
-}
-
-pub(crate) fn count_pool_start(agent_id: &sandboxd_domain::AgentId, ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    metrics::counter!(metric::POOL_STARTS_TOTAL, metric::AGENT => agent_id.to_string(), metric::RESULT => result)
-        .increment(1);
 }
 
 pub(crate) fn count_pool_released(released: u64) {
@@ -548,41 +148,12 @@ pub fn init_fleet_metrics() {
     metrics::counter!(metric::NODE_LOST_TOTAL).increment(0);
 }
 
-pub(crate) fn count_heartbeat(ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    metrics::counter!(metric::NODE_HEARTBEAT_TOTAL, metric::RESULT => result).increment(1);
-}
-
-#[allow(clippy::cast_precision_loss)] // a node count
-pub(crate) fn set_nodes(nodes: &[sandboxd_domain::NodeInfo]) {
-    let healthy = nodes.iter().filter(|n| n.healthy).count();
-    let draining = nodes.iter().filter(|n| n.draining).count();
-    metrics::gauge!(metric::NODES, metric::STATE => "healthy").set(healthy as f64);
-    metrics::gauge!(metric::NODES, metric::STATE => "unhealthy")
-        .set((nodes.len() - healthy) as f64);
-    metrics::gauge!(metric::NODES, metric::STATE => "draining").set(draining as f64);
-}
-
-/// A placement on `node` (fleet mode): `ok`, `failed` (another node is tried) or `none`.
-pub fn count_placement(node: &str, result: &'static str) {
-    metrics::counter!(metric::PLACEMENT_TOTAL, "node" => node.to_owned(), metric::RESULT => result)
-        .increment(1);
-}
-
-/// A node (or the hop to it) failed a placement; another node is tried.
-pub fn log_placement_failed(
-    node: &sandboxd_domain::NodeId,
-    cause: &(dyn std::error::Error + 'static),
-) {
-    tracing::warn!(node_id = %node, error = %ErrorChain(cause), "placement_failed");
-}
-
 // ---- log events --------------------------------------------------------------------------
 
 /// The fields of every session log event: `{chat_id, session_id, container_id}`.
 macro_rules! session_event {
     ($level:ident, $name:expr, $session:expr $(, $key:ident = $value:expr)*) => {{
-        let session: &SandboxSession = $session;
+        let session: &sandboxd_domain::SandboxSession = $session;
         tracing::$level!(
             name: $name,
             chat_id = %session.chat_id,
@@ -593,116 +164,7 @@ macro_rules! session_event {
         );
     }};
 }
-
-pub(crate) fn log_created(session: &SandboxSession) {
-    session_event!(info, event::SANDBOX_CREATED, session);
-}
-
-pub(crate) fn log_reused(session: &SandboxSession) {
-    session_event!(info, event::SANDBOX_REUSED, session);
-}
-
-pub(crate) fn log_replaced(old: &SandboxSession) {
-    session_event!(info, event::SANDBOX_REPLACED, old);
-}
-
-pub(crate) fn log_deleted(session: &SandboxSession) {
-    session_event!(info, event::SANDBOX_DELETED, session);
-}
-
-pub(crate) fn log_cleaned(session: &SandboxSession) {
-    session_event!(info, event::SANDBOX_CLEANED, session);
-}
-
-/// An unreachable Redis or engine fails every session of every pass alike: that is logged once
-/// per outage by the caller's loop, so here it is only a debug line (other failures stay errors).
-pub(crate) fn log_clean_failed(session: &SandboxSession, error_type: &str, unavailable: bool) {
-    if unavailable {
-        session_event!(
-            debug,
-            event::SANDBOX_CLEAN_FAILED,
-            session,
-            error = error_type
-        );
-    } else {
-        session_event!(
-            error,
-            event::SANDBOX_CLEAN_FAILED,
-            session,
-            error = error_type
-        );
-    }
-}
-
-pub(crate) fn log_stale_index_removed(listed: &SandboxSession) {
-    session_event!(info, event::SANDBOX_STALE_INDEX_REMOVED, listed);
-}
-
-pub(crate) fn log_extended(session: &SandboxSession) {
-    session_event!(
-        info,
-        event::SANDBOX_EXTENDED,
-        session,
-        expires_at = tracing::field::display(session.expires_at)
-    );
-}
-
-pub(crate) struct ConflictLog<'a> {
-    pub chat_id: &'a ChatId,
-    pub session: &'a SandboxSession,
-    pub requested_agent_id: &'a str,
-    pub requested_volume_host_path: &'a str,
-    pub reason: &'a str,
-}
-
-pub(crate) fn log_conflict(c: &ConflictLog<'_>) {
-    tracing::warn!(
-        name: event::SANDBOX_CONFLICT,
-        chat_id = %c.chat_id,
-        session_id = %c.session.session_id,
-        container_id = %c.session.container_id,
-        requested_agent_id = c.requested_agent_id,
-        session_agent_id = c.session.agent_id.as_str(),
-        requested_volume_host_path = c.requested_volume_host_path,
-        session_volume_host_path = c.session.volume_host_path.as_str(),
-        reason = c.reason,
-        message = event::SANDBOX_CONFLICT,
-    );
-}
-
-pub(crate) fn log_delete_not_found(chat_id: &ChatId) {
-    tracing::info!(name: event::SANDBOX_DELETE_NOT_FOUND, chat_id = %chat_id, message = event::SANDBOX_DELETE_NOT_FOUND);
-}
-
-/// The fields of a failed delete: chat and error, plus the session when it had been read.
-pub(crate) fn log_delete_failed(
-    chat_id: &ChatId,
-    session: Option<&SandboxSession>,
-    error_type: &str,
-) {
-    match session {
-        Some(session) => {
-            session_event!(
-                error,
-                event::SANDBOX_DELETE_FAILED,
-                session,
-                error = error_type
-            )
-        }
-        None => tracing::error!(
-            name: event::SANDBOX_DELETE_FAILED,
-            chat_id = %chat_id,
-            error = error_type,
-            message = event::SANDBOX_DELETE_FAILED,
-        ),
-    }
-}
-
-/// A refused extend (not found, expired, bad ttl): the client's mistake, worth a warning with
-/// the chat. Port failures are logged where they are handled, by the server.
-pub(crate) fn log_extend_refused(chat_id: &ChatId, error_type: &str) {
-    tracing::warn!(name: event::SANDBOX_EXTEND_FAILED, chat_id = %chat_id, error = error_type, message = event::SANDBOX_EXTEND_FAILED);
-}
+pub(crate) use session_event;
 
 /// A compensation stop that failed leaves a container with no session: the reconciler's job.
 pub(crate) fn log_compensation_failed(session: &SandboxSession, error_type: &str) {
@@ -714,178 +176,11 @@ pub(crate) fn log_compensation_failed(session: &SandboxSession, error_type: &str
     );
 }
 
-pub(crate) fn log_release_failed(chat_id: &ChatId, error_type: &str) {
-    tracing::warn!(name: event::LEASE_RELEASE_FAILED, chat_id = %chat_id, error = error_type, message = event::LEASE_RELEASE_FAILED);
-}
-
-pub(crate) fn log_orphan_session_removed(session: &SandboxSession) {
-    session_event!(warn, event::SANDBOX_ORPHAN_SESSION_REMOVED, session);
-}
-
-pub(crate) fn log_orphan_container_removed(container: &crate::ports::ManagedContainer) {
-    tracing::warn!(
-        name: event::SANDBOX_ORPHAN_CONTAINER_REMOVED,
-        container_id = %container.container_id,
-        state = container.state.as_str(),
-        chat_id = container.labels.chat_id.map(tracing::field::display),
-        session_id = container.labels.session_id.map(tracing::field::display),
-        message = event::SANDBOX_ORPHAN_CONTAINER_REMOVED,
-    );
-}
-
-/// A session rebuilt from its live container's labels (its store lost it).
-pub(crate) fn log_adopted(session: &SandboxSession) {
-    session_event!(
-        warn,
-        event::SANDBOX_ADOPTED,
-        session,
-        expires_at = tracing::field::display(session.expires_at)
-    );
-}
-
-/// A container of `chat_id` other than its session's, removed under the chat's lease.
-pub(crate) fn log_stray_removed(chat_id: &ChatId, container: &crate::ports::ManagedContainer) {
-    tracing::warn!(
-        name: event::SANDBOX_STRAY_CONTAINER_REMOVED,
-        chat_id = %chat_id,
-        container_id = %container.container_id,
-        state = container.state.as_str(),
-        session_id = container.labels.session_id.map(tracing::field::display),
-        message = event::SANDBOX_STRAY_CONTAINER_REMOVED,
-    );
-}
-
-/// A pause (requested or idle) or hibernation that took effect.
-pub(crate) fn log_suspended(session: &SandboxSession, reason: &str) {
-    if session.state == SandboxState::Hibernated {
-        session_event!(info, event::SANDBOX_HIBERNATED, session, reason = reason);
-    } else {
-        session_event!(info, event::SANDBOX_PAUSED, session, reason = reason);
-    }
-}
-
-pub(crate) fn log_resumed(session: &SandboxSession) {
-    session_event!(
-        info,
-        event::SANDBOX_RESUMED,
-        session,
-        endpoint = session.endpoint.map(tracing::field::display)
-    );
-}
-
-/// Touches are the hot path of an agent's heartbeat: debug only.
-pub(crate) fn log_touched(session: &SandboxSession) {
-    session_event!(debug, event::SANDBOX_TOUCHED, session);
-}
-
-/// A pause, resume or touch refused for the chat's state (not found, expired, wrong state).
-pub(crate) fn log_lifecycle_refused(operation: &'static str, chat_id: &ChatId, result: &str) {
-    tracing::warn!(
-        name: event::SANDBOX_LIFECYCLE_REFUSED,
-        chat_id = %chat_id,
-        operation = operation,
-        result = result,
-        message = event::SANDBOX_LIFECYCLE_REFUSED,
-    );
-}
-
-/// The engine's state differed from the session's; `repair` says what was done.
-pub(crate) fn log_drift_repaired(session: &SandboxSession, engine: &str, repair: &str) {
-    session_event!(
-        warn,
-        event::SANDBOX_DRIFT_REPAIRED,
-        session,
-        state = session.state.as_str(),
-        engine_state = engine,
-        repair = repair
-    );
-}
-
-/// A create that admission refused: a full quota or no engine slot in time.
-pub(crate) fn log_refused(chat_id: &ChatId, refusal: &crate::admission::Refusal) {
-    tracing::warn!(
-        name: event::SANDBOX_CREATE_REFUSED,
-        chat_id = %chat_id,
-        limit = refusal.setting(),
-        reason = %refusal,
-        message = event::SANDBOX_CREATE_REFUSED,
-    );
-}
-
-/// A reservation not given back holds its slot until it expires.
-pub(crate) fn log_reservation_release_failed(
-    session_id: &sandboxd_domain::SessionId,
-    error_type: &str,
-) {
-    tracing::warn!(
-        name: event::RESERVATION_RELEASE_FAILED,
-        session_id = %session_id,
-        error = error_type,
-        message = event::RESERVATION_RELEASE_FAILED,
-    );
-}
-
-/// A watcher fell behind the shared reader and catches up from the store on its own.
-pub(crate) fn log_watch_lagged(missed: u64) {
-    tracing::debug!(name: event::SANDBOX_WATCH_LAGGED, missed = missed, message = event::SANDBOX_WATCH_LAGGED);
-}
-
-/// The process's event reader could not read the log; it retries (logged once per outage).
-pub(crate) fn log_event_reader_failed(error_type: &str) {
-    tracing::warn!(name: event::EVENT_READER_FAILED, error = error_type, message = event::EVENT_READER_FAILED);
-}
-
-/// A pooled sandbox could not be claimed and the create fell back to a cold start.
-pub(crate) fn log_pool_claim_lost(
-    chat_id: &ChatId,
-    pooled: &crate::ports::PooledSandbox,
-    error: &dyn std::error::Error,
-) {
-    tracing::warn!(name: event::POOL_CLAIM_LOST, chat_id = %chat_id, container_id = %pooled.container_id, agent_id = %pooled.agent_id, error = %ErrorChain(error), message = event::POOL_CLAIM_LOST);
-}
-
-/// The refill could not start a pooled sandbox; it backs off for this agent.
-pub(crate) fn log_pool_start_failed(
-    agent_id: &sandboxd_domain::AgentId,
-    error_type: &str,
-    error: &dyn std::error::Error,
-    retry_in: std::time::Duration,
-) {
-    tracing::warn!(name: event::POOL_START_FAILED, agent_id = %agent_id, error_type = error_type, error = %ErrorChain(error), retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX), message = event::POOL_START_FAILED);
-}
-
-pub(crate) fn log_pool_recovered(
-    report: &crate::ports::PoolRecovery,
-    adopted: usize,
-    discarded: usize,
-) {
-    tracing::info!(name: event::POOL_RECOVERED, adopted = adopted, discarded = discarded, released = report.released, unsettled = report.unsettled, message = event::POOL_RECOVERED);
-}
-
-pub(crate) fn log_pool_recovery_failed(error_type: &str) {
-    tracing::warn!(name: event::POOL_RECOVERY_FAILED, error = error_type, message = event::POOL_RECOVERY_FAILED);
-}
-
-pub(crate) fn log_pool_discard_failed(pooled: &crate::ports::PooledSandbox, error_type: &str) {
-    tracing::warn!(name: event::POOL_DISCARD_FAILED, container_id = %pooled.container_id, agent_id = %pooled.agent_id, error = error_type, message = event::POOL_DISCARD_FAILED);
-}
-
 pub(crate) fn log_reconcile_failed(error_type: &str) {
     tracing::error!(name: event::SANDBOX_RECONCILE_FAILED, error = error_type, message = event::SANDBOX_RECONCILE_FAILED);
 }
 
 #[cfg(test)]
-mod tests;
-
-pub(crate) fn log_node_lost(node: &sandboxd_domain::NodeId, sessions: u64) {
-    metrics::counter!(metric::NODE_LOST_TOTAL).increment(1);
-    tracing::warn!(name: event::NODE_LOST, node_id = %node, sessions, message = event::NODE_LOST);
-}
-
-pub(crate) fn log_node_drained(node: &sandboxd_domain::NodeInfo) {
-    tracing::info!(name: event::NODE_DRAINED, node_id = %node.node_id, draining = node.draining, message = event::NODE_DRAINED);
-}
-
-pub(crate) fn log_node_count_failed(error: &dyn std::error::Error) {
-    tracing::warn!(name: event::NODE_COUNT_FAILED, error = %ErrorChain(error), message = event::NODE_COUNT_FAILED);
-}
+mod event_calls;
+#[cfg(test)]
+pub(crate) mod tests;
