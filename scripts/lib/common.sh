@@ -133,6 +133,21 @@ reload_dockerd() {
   kill -HUP "$pid" || die "kill -HUP $pid failed"
 }
 
+restart_docker() {
+  # Stops the default engine (its pid file names it, so other tests' engines are left alone) and
+  # starts it again: the only way to clear an engine's stale network state.
+  local pid=""
+  [ -r /var/run/docker.pid ] && pid=$(cat /var/run/docker.pid)
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || die "no default dockerd to restart"
+  kill "$pid"
+  for _ in $(seq 1 60); do
+    [ -d "/proc/$pid" ] || break
+    sleep 0.5
+  done
+  [ -d "/proc/$pid" ] && die "dockerd ($pid) did not stop within 30s"
+  ensure_docker
+}
+
 SANDBOX_IMAGE="${SANDBOX_IMAGE:-sandboxd/busybox:local}"
 
 ensure_sandbox_image() {

@@ -119,10 +119,14 @@ async fn sweep_pass(docker: &Docker, filters: &[String]) -> Result<(usize, usize
     let containers = sweep_containers(docker, filters).await?;
     let mut networks = 0;
     for filter in filters {
-        networks += crate::egress::remove_networks(docker, filter).await?;
+        let removed = crate::egress::remove_networks(docker, filter).await;
+        // The rules go even when a network stays (Docker 20.10 can keep a stale endpoint count
+        // on a network no container is attached to, moby#42119): a stuck network must not
+        // leave its packet filter behind too.
         if let Some(prefix) = filter.strip_suffix(&format!(".managed-by={MANAGED_BY}")) {
             crate::egress::remove_rules(prefix).await?;
         }
+        networks += removed?;
     }
     Ok((containers, networks))
 }
