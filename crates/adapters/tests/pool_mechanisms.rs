@@ -21,7 +21,7 @@ use bollard::Docker;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StopContainerOptionsBuilder};
 use docker_engine::{TestSandboxes, agent, engine, exec, web_profile};
 use sandboxd_adapters::docker::body::{HostSide, PooledMounts, pooled};
-use sandboxd_adapters::docker::labels::LabelKeys;
+use sandboxd_adapters::docker::LabelKeys;
 use sandboxd_adapters::pool::claim::{ClaimChannel, FIFO_NAME};
 use sandboxd_adapters::pool::slots::{SlotDirectory, SlotError};
 use sandboxd_pool_waiter::Claim;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sandboxd_adapters::docker::labels::LabelKeys;
+use sandboxd_adapters::docker::LabelKeys;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::report::Report;

@@ -39,6 +39,10 @@ use crate::runtimes::{RuntimeCheck, RuntimeCheckError, check_at_start, check_whe
 /// close before the listeners are dropped.
 const CONNECTION_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// After the drain's grace, how long the streams it ends get to close (ending one is a single
+/// last item, so this bounds only a client too slow to take it).
+const STREAMS_END_BOUND: Duration = Duration::from_secs(1);
+
 /// What the application is built from besides the configuration.
 #[derive(Debug)]
 pub struct Dependencies {
@@ -354,6 +358,10 @@ impl Application {
                 in_flight = drain.in_flight(),
             );
         }
+        // The grace is over: streams still open end now (their clients get UNAVAILABLE and
+        // reconnect elsewhere), so their connections can close.
+        drain.end_streams();
+        let _ = tokio::time::timeout(STREAMS_END_BOUND, drain.wait()).await;
         let _ = health_checks.await;
         let _ = event_reader.await;
         servers_stop.cancel();

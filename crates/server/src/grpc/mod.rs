@@ -169,8 +169,7 @@ const fn create_result(result: CreateResult) -> v1::CreateSandboxResult {
 }
 
 /// The stream WatchSandboxes answers with.
-type EventStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::SandboxEvent, Status>> + Send>>;
+type EventStream = crate::drain::TrackedStream<v1::SandboxEvent>;
 
 #[tonic::async_trait]
 impl SandboxService for SandboxGrpcService {
@@ -396,8 +395,8 @@ impl SandboxService for SandboxGrpcService {
             chat_id: convert::chat_filter(&request.chat_id)?,
             agent_id: convert::agent_filter(&request.agent_id)?,
         };
-        // Opening is a tracked call (refused once draining); the stream then runs until the
-        // hub closes in the drain, or the client goes away.
+        // Opening is a tracked call (refused once draining); the stream is tracked too, and runs
+        // until the hub closes in the drain, the drain's grace ends it, or the client goes away.
         let events = self
             .run("WatchSandboxes", None, |use_cases| async move {
                 use_cases.events.watch(watch).await
@@ -408,7 +407,7 @@ impl SandboxService for SandboxGrpcService {
             item.map(|event| convert::event(&event, &directory))
                 .map_err(|error| status_for("WatchSandboxes", None)(error))
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.drain.stream(stream)?))
     }
 
     async fn list_nodes(
