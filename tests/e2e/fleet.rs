@@ -506,7 +506,12 @@ async fn four_random_clients_for_a_minute_keep_one_container_per_chat_across_the
         .collect();
     let mut recorded: Vec<(String, String)> = sessions
         .iter()
-        .map(|s| (s.chat_id.clone(), format!("{}/{}", s.node_id, s.container_id)))
+        .map(|s| {
+            (
+                s.chat_id.clone(),
+                format!("{}/{}", s.node_id, s.container_id),
+            )
+        })
         .collect();
     containers.sort();
     recorded.sort();

@@ -38,9 +38,9 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 pub use config::{DockerConfig, PoolConfig};
-pub use labels::LabelKeys;
 use containers::container_state;
 use engine::{engine_error, is_network_not_found, is_not_found, is_removal_in_progress, other};
+pub use labels::LabelKeys;
 use names::{
     EVENT_CLEANUP_AFTER_ABANDONED_CREATE_FAILED, EVENT_CLEANUP_AFTER_FAILED_CREATE_FAILED,
     EVENT_CONTAINER_READY, EVENT_DOCKER_INFO_FAILED, LABEL_OPERATION, LABEL_RESULT,
