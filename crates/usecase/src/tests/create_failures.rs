@@ -8,7 +8,7 @@ use std::time::Duration;
 use sandboxd_domain::ChatId;
 
 use super::harness::*;
-use crate::ports::{RepositoryError, RuntimeError};
+use crate::ports::{RepositoryError, RuntimeError, VolumeRefusal};
 use crate::testing::{RepoOp, RuntimeOp};
 use crate::{CreateSandboxError, ErrorKind, UseCaseError};
 
@@ -235,7 +235,7 @@ fn a_refused_volume_on_replace_leaves_the_expired_sandbox_untouched() {
     let old = world.existing_expired(chat, "default", "/srv/a");
     world.runtime.fail_next(
         RuntimeOp::Validate,
-        RuntimeError::VolumeDenied("outside the roots"),
+        RuntimeError::VolumeDenied(VolumeRefusal::OutsideAllowedRoots),
     );
     assert_plain_error(
         &world,
