@@ -288,12 +288,13 @@ impl NodeRuntime for NodeApiService {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use sandboxd_usecase::ports::VolumeRefusal;
 
     #[test]
     fn a_runtime_error_keeps_its_kinds_code_and_names_its_variant() {
         let status = runtime_status(
             "Test",
-            &RuntimeError::VolumeDenied("is not under an allowed volume root"),
+            &RuntimeError::VolumeDenied(VolumeRefusal::OutsideAllowedRoots),
         );
         assert_eq!(status.code(), Code::PermissionDenied);
         let info = status.get_details_error_info().unwrap();
@@ -301,7 +302,7 @@ mod tests {
         assert_eq!(info.domain, ERROR_DOMAIN);
         assert_eq!(
             info.metadata.get("reason").map(String::as_str),
-            Some("is not under an allowed volume root")
+            Some("outside_allowed_roots")
         );
         assert!(
             status.get_details_bad_request().is_some(),

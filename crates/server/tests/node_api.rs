@@ -16,7 +16,7 @@ use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::node_api::node_runtime_server;
 use sandboxd_usecase::Profiles;
 use sandboxd_usecase::ports::{
-    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
+    ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime, VolumeRefusal,
 };
 use sandboxd_usecase::testing::{CallLog, FakeRuntime, RuntimeOp};
 use time::OffsetDateTime;
@@ -245,23 +245,26 @@ async fn every_runtime_error_arrives_as_the_same_variant() {
 
     node.fake.fail_next(
         RuntimeOp::Create,
-        RuntimeError::VolumeInvalid("does not exist"),
-    );
-    let error = remote.create(&node.spec("web")).await.unwrap_err();
-    assert!(
-        matches!(error, RuntimeError::VolumeInvalid("does not exist")),
-        "{error:?}"
-    );
-
-    node.fake.fail_next(
-        RuntimeOp::Create,
-        RuntimeError::VolumeDenied("is not under an allowed volume root"),
+        RuntimeError::VolumeInvalid(VolumeRefusal::DoesNotExist),
     );
     let error = remote.create(&node.spec("web")).await.unwrap_err();
     assert!(
         matches!(
             error,
-            RuntimeError::VolumeDenied("is not under an allowed volume root")
+            RuntimeError::VolumeInvalid(VolumeRefusal::DoesNotExist)
+        ),
+        "{error:?}"
+    );
+
+    node.fake.fail_next(
+        RuntimeOp::Create,
+        RuntimeError::VolumeDenied(VolumeRefusal::OutsideAllowedRoots),
+    );
+    let error = remote.create(&node.spec("web")).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RuntimeError::VolumeDenied(VolumeRefusal::OutsideAllowedRoots)
         ),
         "{error:?}"
     );

@@ -13,7 +13,7 @@ use sandboxd_domain::{
 use tracing::{Instrument, Span};
 
 use crate::admission::{Admission, AdmissionPolicy, Refusal};
-use crate::error::{ErrorKind, UseCaseError};
+use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::fleet::NodeDirectory;
 use crate::lease::{Ports, with_lease};
 use crate::lifecycle::{LifecycleError, Transitions};
@@ -92,12 +92,28 @@ pub enum CreateSandboxError {
     /// (unable to renew its registration); nothing was read or changed.
     #[error("{0}")]
     NodeRefuses(&'static str),
+    /// A port failed; its kind, label and message are the port error's.
     #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    Repository(#[from] RepositoryError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Port(#[from] PortError),
+}
+
+// A port call's own error becomes `Port` through `?`.
+impl From<LockError> for CreateSandboxError {
+    fn from(error: LockError) -> Self {
+        Self::Port(error.into())
+    }
+}
+
+impl From<RepositoryError> for CreateSandboxError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Port(error.into())
+    }
+}
+
+impl From<RuntimeError> for CreateSandboxError {
+    fn from(error: RuntimeError) -> Self {
+        Self::Port(error.into())
+    }
 }
 
 impl UseCaseError for CreateSandboxError {
@@ -105,9 +121,8 @@ impl UseCaseError for CreateSandboxError {
         match self {
             Self::UnknownAgent(_) => ErrorKind::InvalidArgument { field: "agent_id" },
             Self::Conflict { reason, .. } => ErrorKind::Conflict { reason: *reason },
-            Self::SaveFailed { save, .. } | Self::Repository(save) => save.kind(),
-            Self::Lock(error) => error.kind(),
-            Self::Runtime(error) => error.kind(),
+            Self::SaveFailed { save, .. } => save.kind(),
+            Self::Port(error) => error.kind(),
             Self::Resume(error) => error.kind(),
             Self::Refused(Refusal::EngineBusy { .. }) => ErrorKind::Overloaded,
             Self::NodeRefuses(_) => ErrorKind::Unavailable,
@@ -119,9 +134,8 @@ impl UseCaseError for CreateSandboxError {
         match self {
             Self::UnknownAgent(_) => "unknown_agent",
             Self::Conflict { .. } => "conflict",
-            Self::SaveFailed { save, .. } | Self::Repository(save) => save.metric_label(),
-            Self::Lock(error) => error.metric_label(),
-            Self::Runtime(error) => error.metric_label(),
+            Self::SaveFailed { save, .. } => save.metric_label(),
+            Self::Port(error) => error.metric_label(),
             Self::Resume(error) => error.metric_label(),
             Self::Refused(refusal) => refusal.metric_label(),
             Self::NodeRefuses(_) => "node_refuses",
@@ -134,9 +148,8 @@ impl UseCaseError for CreateSandboxError {
             Self::Conflict { reason, .. } => {
                 format!("the chat has a live sandbox with a different {reason}")
             }
-            Self::SaveFailed { save, .. } | Self::Repository(save) => save.client_message(),
-            Self::Lock(error) => error.client_message(),
-            Self::Runtime(error) => error.client_message(),
+            Self::SaveFailed { save, .. } => save.client_message(),
+            Self::Port(error) => error.client_message(),
             Self::Resume(error) => error.client_message(),
             Self::Refused(refusal) => refusal.to_string(),
             Self::NodeRefuses(reason) => (*reason).to_owned(),
@@ -223,8 +236,7 @@ impl CreateSandbox {
     /// # Errors
     /// `UnknownAgent` when no profile is configured for the agent id (nothing read or changed);
     /// `Conflict` when the chat's live sandbox differs; `SaveFailed` when the new session could
-    /// not be stored; `Lock`, `Repository`, `Runtime` for port failures (including a refused
-    /// agent or volume).
+    /// not be stored; `Port` for port failures (including a refused volume).
     pub async fn execute(
         &self,
         command: CreateSandboxCommand,

@@ -72,7 +72,8 @@ pub(crate) const fn generic_message(kind: ErrorKind) -> &'static str {
 }
 
 /// A failure of one of the ports, as every use case can meet it; the whole error type of the use
-/// cases that have no refusals of their own (delete, list, cleanup, reconcile).
+/// cases that have no refusals of their own (delete, list, cleanup, reconcile), and the `Port`
+/// variant of every other use case's error, so the delegation below is written once.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     #[error(transparent)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sandboxd_domain::{ChatId, EventNote, EventReason, EventType, SandboxSession};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, UseCaseError};
+use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::{Ports, with_lease};
 use crate::ports::{Change, LockError, RepositoryError};
 use telemetry::metric;
@@ -31,10 +31,22 @@ pub enum ExtendSandboxError {
     /// Expired sessions are replaced by CreateSandbox, not revived.
     #[error("the sandbox of chat {0} has expired")]
     Expired(ChatId),
+    /// A port failed; its kind, label and message are the port error's.
     #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    Repository(#[from] RepositoryError),
+    Port(#[from] PortError),
+}
+
+// A port call's own error becomes `Port` through `?`.
+impl From<LockError> for ExtendSandboxError {
+    fn from(error: LockError) -> Self {
+        Self::Port(error.into())
+    }
+}
+
+impl From<RepositoryError> for ExtendSandboxError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Port(error.into())
+    }
 }
 
 impl UseCaseError for ExtendSandboxError {
@@ -45,8 +57,7 @@ impl UseCaseError for ExtendSandboxError {
             }
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Expired(_) => ErrorKind::FailedPrecondition,
-            Self::Lock(error) => error.kind(),
-            Self::Repository(error) => error.kind(),
+            Self::Port(error) => error.kind(),
         }
     }
 
@@ -56,8 +67,7 @@ impl UseCaseError for ExtendSandboxError {
             | Self::BeyondMaxLifetime { .. }
             | Self::NotFound(_)
             | Self::Expired(_) => self.result_label(),
-            Self::Lock(error) => error.metric_label(),
-            Self::Repository(error) => error.metric_label(),
+            Self::Port(error) => error.metric_label(),
         }
     }
 
@@ -70,8 +80,7 @@ impl UseCaseError for ExtendSandboxError {
             ),
             Self::NotFound(chat_id) => format!("chat {chat_id} has no sandbox"),
             Self::Expired(chat_id) => format!("the sandbox of chat {chat_id} has expired"),
-            Self::Lock(error) => error.client_message(),
-            Self::Repository(error) => error.client_message(),
+            Self::Port(error) => error.client_message(),
         }
     }
 
@@ -81,7 +90,7 @@ impl UseCaseError for ExtendSandboxError {
             Self::InvalidTtl { .. } | Self::BeyondMaxLifetime { .. } => "invalid",
             Self::NotFound(_) => "not_found",
             Self::Expired(_) => "expired",
-            Self::Lock(_) | Self::Repository(_) => "error",
+            Self::Port(_) => "error",
         }
     }
 }
@@ -104,7 +113,7 @@ impl ExtendSandbox {
     }
 
     /// # Errors
-    /// `InvalidTtl` (nothing touched), `NotFound`, `Expired`, `Lock`, `Repository`.
+    /// `InvalidTtl` (nothing touched), `NotFound`, `Expired`, `Port` (the lock or the store).
     pub async fn execute(
         &self,
         command: ExtendSandboxCommand,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sandboxd_domain::{EventNote, EventReason, EventType, NodeId, NodeInfo, SandboxSession};
 
-use crate::error::{ErrorKind, UseCaseError};
+use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::Ports;
 use crate::ports::{ListQuery, NodeBeat, NodeRegistry, RepositoryError};
 
@@ -229,36 +229,44 @@ impl NodeDirectory {
 pub enum NodeError {
     #[error("no node {0} is registered")]
     NotFound(NodeId),
+    /// A port failed; its kind, label and message are the port error's.
     #[error(transparent)]
-    Repository(#[from] RepositoryError),
+    Port(#[from] PortError),
+}
+
+// A port call's own error becomes `Port` through `?`.
+impl From<RepositoryError> for NodeError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Port(error.into())
+    }
 }
 
 impl UseCaseError for NodeError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Repository(error) => error.kind(),
+            Self::Port(error) => error.kind(),
         }
     }
 
     fn metric_label(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "not_found",
-            Self::Repository(error) => error.metric_label(),
+            Self::Port(error) => error.metric_label(),
         }
     }
 
     fn client_message(&self) -> String {
         match self {
             Self::NotFound(_) => "no node with this node_id is registered".to_owned(),
-            Self::Repository(error) => error.client_message(),
+            Self::Port(error) => error.client_message(),
         }
     }
 
     fn result_label(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "not_found",
-            Self::Repository(_) => "error",
+            Self::Port(_) => "error",
         }
     }
 }

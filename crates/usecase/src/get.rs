@@ -5,7 +5,7 @@ mod telemetry;
 use sandboxd_domain::{ChatId, SandboxSession};
 use tracing::Instrument;
 
-use crate::error::{ErrorKind, UseCaseError};
+use crate::error::{ErrorKind, PortError, UseCaseError};
 use crate::lease::Ports;
 use crate::ports::RepositoryError;
 use telemetry::metric;
@@ -14,36 +14,44 @@ use telemetry::metric;
 pub enum GetSandboxError {
     #[error("chat {0} has no sandbox")]
     NotFound(ChatId),
+    /// A port failed; its kind, label and message are the port error's.
     #[error(transparent)]
-    Repository(#[from] RepositoryError),
+    Port(#[from] PortError),
+}
+
+// A port call's own error becomes `Port` through `?`.
+impl From<RepositoryError> for GetSandboxError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Port(error.into())
+    }
 }
 
 impl UseCaseError for GetSandboxError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Repository(error) => error.kind(),
+            Self::Port(error) => error.kind(),
         }
     }
 
     fn metric_label(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "not_found",
-            Self::Repository(error) => error.metric_label(),
+            Self::Port(error) => error.metric_label(),
         }
     }
 
     fn client_message(&self) -> String {
         match self {
             Self::NotFound(chat_id) => format!("chat {chat_id} has no sandbox"),
-            Self::Repository(error) => error.client_message(),
+            Self::Port(error) => error.client_message(),
         }
     }
 
     fn result_label(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "not_found",
-            Self::Repository(_) => "error",
+            Self::Port(_) => "error",
         }
     }
 }
@@ -63,7 +71,7 @@ impl GetSandbox {
     /// wholly or not at all, since writes are atomic).
     ///
     /// # Errors
-    /// `NotFound` when the chat has no session; `Repository` when the store fails.
+    /// `NotFound` when the chat has no session; `Port` when the store fails.
     pub async fn execute(&self, chat_id: ChatId) -> Result<SandboxSession, GetSandboxError> {
         let span = telemetry::get_span(&chat_id);
         let outcome = async {

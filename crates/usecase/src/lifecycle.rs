@@ -41,21 +41,27 @@ pub enum LifecycleError {
     /// A hibernated sandbox's profile is no longer configured: it cannot be started again.
     #[error("no agent profile {0} is configured to start the sandbox with")]
     UnknownAgent(AgentId),
+    /// A port failed; its kind, label and message are the port error's.
     #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    Repository(#[from] RepositoryError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Port(#[from] PortError),
 }
 
-impl From<PortError> for LifecycleError {
-    fn from(error: PortError) -> Self {
-        match error {
-            PortError::Lock(error) => Self::Lock(error),
-            PortError::Repository(error) => Self::Repository(error),
-            PortError::Runtime(error) => Self::Runtime(error),
-        }
+// A port call's own error becomes `Port` through `?`.
+impl From<LockError> for LifecycleError {
+    fn from(error: LockError) -> Self {
+        Self::Port(error.into())
+    }
+}
+
+impl From<RepositoryError> for LifecycleError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Port(error.into())
+    }
+}
+
+impl From<RuntimeError> for LifecycleError {
+    fn from(error: RuntimeError) -> Self {
+        Self::Port(error.into())
     }
 }
 
@@ -66,9 +72,7 @@ impl UseCaseError for LifecycleError {
             Self::Expired(_) | Self::WrongState { .. } | Self::UnknownAgent(_) => {
                 ErrorKind::FailedPrecondition
             }
-            Self::Lock(error) => error.kind(),
-            Self::Repository(error) => error.kind(),
-            Self::Runtime(error) => error.kind(),
+            Self::Port(error) => error.kind(),
         }
     }
 
@@ -76,9 +80,7 @@ impl UseCaseError for LifecycleError {
         match self {
             Self::NotFound(_) | Self::Expired(_) | Self::WrongState { .. } => self.result_label(),
             Self::UnknownAgent(_) => "unknown_agent",
-            Self::Lock(error) => error.metric_label(),
-            Self::Repository(error) => error.metric_label(),
-            Self::Runtime(error) => error.metric_label(),
+            Self::Port(error) => error.metric_label(),
         }
     }
 
@@ -96,9 +98,7 @@ impl UseCaseError for LifecycleError {
             Self::UnknownAgent(_) => {
                 "the sandbox's agent profile is no longer configured; delete it instead".to_owned()
             }
-            Self::Lock(error) => error.client_message(),
-            Self::Repository(error) => error.client_message(),
-            Self::Runtime(error) => error.client_message(),
+            Self::Port(error) => error.client_message(),
         }
     }
 
@@ -374,7 +374,7 @@ impl PauseSandbox {
     }
 
     /// # Errors
-    /// `NotFound`, `Expired`, `WrongState` (hibernated), `Lock`, `Repository`, `Runtime`.
+    /// `NotFound`, `Expired`, `WrongState` (hibernated), `Port`.
     pub async fn execute(&self, chat_id: ChatId) -> Result<SandboxSession, LifecycleError> {
         let span = telemetry::lifecycle_span(span::PAUSE, &chat_id);
         let ports = &self.transitions.ports;
@@ -421,7 +421,7 @@ impl ResumeSandbox {
     }
 
     /// # Errors
-    /// `NotFound`, `Expired`, `UnknownAgent`, `Lock`, `Repository`, `Runtime`.
+    /// `NotFound`, `Expired`, `UnknownAgent`, `Port`.
     pub async fn execute(&self, chat_id: ChatId) -> Result<SandboxSession, LifecycleError> {
         let span = telemetry::lifecycle_span(span::RESUME, &chat_id);
         let ports = &self.transitions.ports;
@@ -460,7 +460,7 @@ impl TouchSandbox {
     }
 
     /// # Errors
-    /// `NotFound`, `WrongState` (paused or hibernated: resume it), `Expired`, `Repository`.
+    /// `NotFound`, `WrongState` (paused or hibernated: resume it), `Expired`, `Port` (the store).
     pub async fn execute(&self, chat_id: ChatId) -> Result<SandboxSession, LifecycleError> {
         let span = telemetry::lifecycle_span(span::TOUCH, &chat_id);
         let outcome = async {

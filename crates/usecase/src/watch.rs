@@ -39,8 +39,16 @@ pub enum WatchError {
     /// The cursor lies ahead of every event the log could hold: no event ever carried it.
     #[error("the cursor lies in the future")]
     CursorAhead,
+    /// A port failed; its kind, label and message are the port error's.
     #[error(transparent)]
-    Repository(#[from] RepositoryError),
+    Port(#[from] PortError),
+}
+
+// A port call's own error becomes `Port` through `?`.
+impl From<RepositoryError> for WatchError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Port(error.into())
+    }
 }
 
 impl UseCaseError for WatchError {
@@ -48,7 +56,7 @@ impl UseCaseError for WatchError {
         match self {
             Self::CursorExpired => ErrorKind::OutOfRange,
             Self::CursorAhead => ErrorKind::InvalidArgument { field: "after" },
-            Self::Repository(error) => error.kind(),
+            Self::Port(error) => error.kind(),
         }
     }
 
@@ -56,7 +64,7 @@ impl UseCaseError for WatchError {
         match self {
             Self::CursorExpired => "cursor_expired",
             Self::CursorAhead => "cursor_ahead",
-            Self::Repository(error) => error.metric_label(),
+            Self::Port(error) => error.metric_label(),
         }
     }
 
@@ -68,7 +76,7 @@ impl UseCaseError for WatchError {
             Self::CursorAhead => {
                 "lies in the future: pass the cursor of an event you received".to_owned()
             }
-            Self::Repository(error) => error.client_message(),
+            Self::Port(error) => error.client_message(),
         }
     }
 
@@ -76,7 +84,7 @@ impl UseCaseError for WatchError {
         match self {
             Self::CursorExpired => "cursor_expired",
             Self::CursorAhead => "cursor_ahead",
-            Self::Repository(_) => "error",
+            Self::Port(_) => "error",
         }
     }
 }
@@ -189,7 +197,7 @@ impl EventHub {
     /// order, until the hub closes or the log fails (the last item is then the error).
     ///
     /// # Errors
-    /// `CursorExpired` for a cursor older than the retention; `Repository` when the log cannot
+    /// `CursorExpired` for a cursor older than the retention; `Port` when the log cannot
     /// be read to find the present.
     pub async fn watch(
         self: &Arc<Self>,

@@ -32,7 +32,7 @@ use sandboxd_domain::{
 };
 use sandboxd_usecase::ports::{
     ClaimError, ContainerState, ManagedContainer, NewSandbox, PoolRecovery, PoolRuntime,
-    PooledSandbox, RuntimeError, SandboxRuntime, StartedSandbox,
+    PooledSandbox, RuntimeError, SandboxRuntime, StartedSandbox, VolumeRefusal,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -48,7 +48,7 @@ use names::{
     OPERATION_START_POOLED, OPERATION_STOP, OPERATION_STOP_KEEP, OPERATION_UNPAUSE, RESULT_ERROR,
     RESULT_OK, RUNTIME_DURATION_SECONDS,
 };
-use volume::{VolumePolicy, VolumeRefusal};
+use volume::VolumePolicy;
 
 use crate::egress::EgressNetwork;
 
@@ -144,16 +144,9 @@ impl DockerRuntime {
         // Canonicalisation walks the filesystem: keep it off the async workers.
         // Known once connected; `create` connects before checking, `validate` uses what is known.
         let engine_root_dir = self.engine_root_dir.get().cloned();
-        let checked = tokio::task::spawn_blocking(move || {
-            policy.check_with(&volume, engine_root_dir.as_deref())
-        })
-        .await
-        .map_err(|e| other(format!("volume check task failed: {e}")))?;
-        match checked {
-            Ok(source) => Ok(source),
-            Err(VolumeRefusal::Denied(reason)) => Err(RuntimeError::VolumeDenied(reason)),
-            Err(VolumeRefusal::Invalid(reason)) => Err(RuntimeError::VolumeInvalid(reason)),
-        }
+        tokio::task::spawn_blocking(move || policy.check_with(&volume, engine_root_dir.as_deref()))
+            .await
+            .map_err(|e| other(format!("volume check task failed: {e}")))?
     }
 
     fn stop_grace_secs(&self) -> i32 {
@@ -228,7 +221,7 @@ impl DockerRuntime {
         let source = self.check(&spec.volume_host_path).await?;
         let source = source
             .to_str()
-            .ok_or(RuntimeError::VolumeInvalid("resolves to a non-UTF-8 path"))?
+            .ok_or(RuntimeError::VolumeInvalid(VolumeRefusal::NonUtf8Path))?
             .to_owned();
         let network = EgressNetwork::of(&self.config.key_prefix, profile);
         self.ensure_network(&docker, &network).await?;

@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use sandboxd_domain::VolumePath;
+use sandboxd_usecase::ports::{RuntimeError, VolumeRefusal};
 
 use super::names::EVENT_VOLUME_ROOT_UNRESOLVED;
 
@@ -13,18 +14,6 @@ use super::names::EVENT_VOLUME_ROOT_UNRESOLVED;
 const PROTECTED_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/etc", "/var/lib/docker", "/boot"];
 /// Where Docker's socket usually is; the configured one is added to these.
 const DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
-
-/// Why a volume was refused; maps onto `RuntimeError::{VolumeDenied, VolumeInvalid}`.
-/// Messages never echo paths: they may reach clients.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VolumeRefusal {
-    /// Policy: outside every allowed root, a symlink leaving them, or a protected path.
-    #[error("{0}")]
-    Denied(&'static str),
-    /// Malformed for this host: missing, not a directory, unreadable.
-    #[error("{0}")]
-    Invalid(&'static str),
-}
 
 /// The allowed roots and protected paths, as configured (resolved again on every check, so a root
 /// that is itself a symlink, or that appears after start, is handled).
@@ -64,9 +53,10 @@ impl VolumePolicy {
     /// filesystem is touched, so clients cannot probe which host paths exist.
     ///
     /// # Errors
-    /// [`VolumeRefusal::Denied`] for policy, [`VolumeRefusal::Invalid`] for a missing or
-    /// non-directory path.
-    pub fn check(&self, volume: &VolumePath) -> Result<PathBuf, VolumeRefusal> {
+    /// [`RuntimeError::VolumeDenied`] for policy (outside every allowed root, a symlink leaving
+    /// them, or a protected path), [`RuntimeError::VolumeInvalid`] for a missing, unreadable or
+    /// non-directory path. The reasons never echo the path: they may reach clients.
+    pub fn check(&self, volume: &VolumePath) -> Result<PathBuf, RuntimeError> {
         self.check_with(volume, None)
     }
 
@@ -79,44 +69,38 @@ impl VolumePolicy {
         &self,
         volume: &VolumePath,
         engine_root_dir: Option<&Path>,
-    ) -> Result<PathBuf, VolumeRefusal> {
+    ) -> Result<PathBuf, RuntimeError> {
+        use RuntimeError::{VolumeDenied, VolumeInvalid};
         let requested = Path::new(volume.as_str());
         let roots = self.resolved_roots();
         if roots.is_empty() {
-            return Err(VolumeRefusal::Denied(
-                "no allowed volume roots are configured",
-            ));
+            return Err(VolumeDenied(VolumeRefusal::NoAllowedRoots));
         }
         let lexically_inside = roots.iter().any(|(raw, canonical)| {
             strictly_below(requested, raw) || strictly_below(requested, canonical)
         });
         if !lexically_inside {
-            return Err(VolumeRefusal::Denied("is not under an allowed volume root"));
+            return Err(VolumeDenied(VolumeRefusal::OutsideAllowedRoots));
         }
         let canonical = std::fs::canonicalize(requested).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => VolumeRefusal::Invalid("does not exist"),
-            io::ErrorKind::PermissionDenied => VolumeRefusal::Invalid("cannot be resolved"),
-            _ => VolumeRefusal::Invalid("cannot be resolved"),
+            io::ErrorKind::NotFound => VolumeInvalid(VolumeRefusal::DoesNotExist),
+            _ => VolumeInvalid(VolumeRefusal::CannotBeResolved),
         })?;
         if !roots
             .iter()
             .any(|(_, root)| strictly_below(&canonical, root))
         {
-            return Err(VolumeRefusal::Denied(
-                "resolves outside the allowed volume roots",
-            ));
+            return Err(VolumeDenied(VolumeRefusal::ResolvesOutsideAllowedRoots));
         }
         if self.is_protected(&canonical)
             || engine_root_dir.is_some_and(|dir| overlaps(&canonical, dir))
         {
-            return Err(VolumeRefusal::Denied(
-                "is or contains a protected host path",
-            ));
+            return Err(VolumeDenied(VolumeRefusal::ProtectedPath));
         }
         match std::fs::metadata(&canonical) {
             Ok(meta) if meta.is_dir() => Ok(canonical),
-            Ok(_) => Err(VolumeRefusal::Invalid("is not a directory")),
-            Err(_) => Err(VolumeRefusal::Invalid("cannot be read")),
+            Ok(_) => Err(VolumeInvalid(VolumeRefusal::NotADirectory)),
+            Err(_) => Err(VolumeInvalid(VolumeRefusal::CannotBeRead)),
         }
     }
 
@@ -182,8 +166,8 @@ mod tests {
         std::fs::create_dir(&chat).unwrap();
         let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
         assert_eq!(
-            policy.check(&volume(&chat)),
-            Ok(std::fs::canonicalize(&chat).unwrap())
+            policy.check(&volume(&chat)).unwrap(),
+            std::fs::canonicalize(&chat).unwrap()
         );
     }
 
@@ -193,7 +177,7 @@ mod tests {
         let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
         assert!(matches!(
             policy.check(&volume(root.path())),
-            Err(VolumeRefusal::Denied(_))
+            Err(RuntimeError::VolumeDenied(_))
         ));
     }
 
@@ -203,7 +187,7 @@ mod tests {
         let policy = VolumePolicy::new(vec![], None);
         assert!(matches!(
             policy.check(&volume(root.path())),
-            Err(VolumeRefusal::Denied(_))
+            Err(RuntimeError::VolumeDenied(_))
         ));
     }
 
@@ -220,7 +204,7 @@ mod tests {
         ] {
             let refusal = policy.check(&VolumePath::parse(path).unwrap());
             assert!(
-                matches!(refusal, Err(VolumeRefusal::Denied(_))),
+                matches!(refusal, Err(RuntimeError::VolumeDenied(_))),
                 "{path}: {refusal:?}"
             );
         }
@@ -237,11 +221,11 @@ mod tests {
         let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
         assert!(matches!(
             policy.check(&volume(&root.path().join("escape"))),
-            Err(VolumeRefusal::Denied(_))
+            Err(RuntimeError::VolumeDenied(_))
         ));
         assert_eq!(
-            policy.check(&volume(&root.path().join("alias"))),
-            Ok(std::fs::canonicalize(&inside).unwrap())
+            policy.check(&volume(&root.path().join("alias"))).unwrap(),
+            std::fs::canonicalize(&inside).unwrap()
         );
     }
 
@@ -250,14 +234,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("file"), b"x").unwrap();
         let policy = VolumePolicy::new(vec![root.path().to_path_buf()], None);
-        assert_eq!(
+        assert!(matches!(
             policy.check(&volume(&root.path().join("missing"))),
-            Err(VolumeRefusal::Invalid("does not exist"))
-        );
-        assert_eq!(
+            Err(RuntimeError::VolumeInvalid(VolumeRefusal::DoesNotExist))
+        ));
+        assert!(matches!(
             policy.check(&volume(&root.path().join("file"))),
-            Err(VolumeRefusal::Invalid("is not a directory"))
-        );
+            Err(RuntimeError::VolumeInvalid(VolumeRefusal::NotADirectory))
+        ));
         assert!(
             !root.path().join("missing").exists(),
             "policy must never create directories"
@@ -273,7 +257,7 @@ mod tests {
         ] {
             let refusal = policy.check(&VolumePath::parse(path).unwrap());
             assert!(
-                matches!(refusal, Err(VolumeRefusal::Denied(_))),
+                matches!(refusal, Err(RuntimeError::VolumeDenied(_))),
                 "{path}: {refusal:?}"
             );
         }
@@ -291,7 +275,7 @@ mod tests {
         for path in [&chat, &data] {
             assert!(matches!(
                 policy.check_with(&volume(path), Some(&engine_root)),
-                Err(VolumeRefusal::Denied(_))
+                Err(RuntimeError::VolumeDenied(_))
             ));
         }
     }
@@ -305,7 +289,10 @@ mod tests {
             VolumePolicy::new(vec![root.path().to_path_buf()], None).with_protected(pool.clone());
         for path in [pool.clone(), pool.join("slots"), pool.join("slots/one")] {
             assert!(
-                matches!(policy.check(&volume(&path)), Err(VolumeRefusal::Denied(_))),
+                matches!(
+                    policy.check(&volume(&path)),
+                    Err(RuntimeError::VolumeDenied(_))
+                ),
                 "{}",
                 path.display()
             );
@@ -323,7 +310,7 @@ mod tests {
         let policy = VolumePolicy::new(vec![root.path().to_path_buf()], Some(socket));
         assert!(matches!(
             policy.check(&volume(&sockets)),
-            Err(VolumeRefusal::Denied(_))
+            Err(RuntimeError::VolumeDenied(_))
         ));
     }
 }

@@ -1,6 +1,7 @@
 //! [`RuntimeError`] across the node API: the serving node puts the variant in a
 //! `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`]), the client restores the same variant from
-//! it, so `Vanished`, `NotReady`, `VolumeDenied` ... keep their meaning across the hop.
+//! it, so `Vanished`, `NotReady`, `VolumeDenied` ... keep their meaning across the hop. A
+//! volume refusal travels as its reason's code ([`VolumeRefusal::code`]), never as prose.
 //!
 //! The status code itself follows the error's kind (the server's one mapping); only the
 //! ErrorInfo is read back. A status without it did not come from the engine: the transport, a
@@ -9,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sandboxd_usecase::ports::RuntimeError;
+use sandboxd_usecase::ports::{RuntimeError, VolumeRefusal};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -24,46 +25,26 @@ pub const REASON_NOT_READY: &str = "NOT_READY";
 pub const REASON_UNAVAILABLE: &str = "UNAVAILABLE";
 pub const REASON_OTHER: &str = "OTHER";
 
-/// Metadata key of the fixed phrase of `VOLUME_INVALID` and `VOLUME_DENIED`.
+/// Metadata key of the [`VolumeRefusal::code`] of `VOLUME_INVALID` and `VOLUME_DENIED`.
 pub const META_REASON: &str = "reason";
 /// Metadata key of the image of `IMAGE_NOT_FOUND`.
 pub const META_IMAGE: &str = "image";
 /// Metadata key of the readiness timeout of `NOT_READY`, in whole milliseconds.
 pub const META_TIMEOUT_MS: &str = "timeout_ms";
 
-/// The volume policy's phrases (`crates/adapters/src/docker/volume.rs` and the Docker runtime),
-/// so a refusal keeps its exact wording across the hop: the variants carry `&'static str`, and
-/// a phrase off the wire can only become one by matching a known phrase.
-const VOLUME_DENIED_PHRASES: &[&str] = &[
-    "no allowed volume roots are configured",
-    "is not under an allowed volume root",
-    "resolves outside the allowed volume roots",
-    "is or contains a protected host path",
-];
-const VOLUME_INVALID_PHRASES: &[&str] = &[
-    "does not exist",
-    "cannot be resolved",
-    "is not a directory",
-    "cannot be read",
-    "resolves to a non-UTF-8 path",
-];
-/// What a refusal says when the serving node used a phrase this node does not know (another
-/// version): still the right variant, so still the right status for the client.
-const VOLUME_DENIED_FALLBACK: &str = "is refused by the serving node's volume policy";
-const VOLUME_INVALID_FALLBACK: &str = "is not usable on the serving node";
-
 /// The ErrorInfo reason and metadata of `error`.
 #[must_use]
 pub fn error_info(error: &RuntimeError) -> (&'static str, HashMap<String, String>) {
     let one = |key: &str, value: String| HashMap::from([(key.to_owned(), value)]);
     match error {
-        RuntimeError::VolumeInvalid(phrase) => (
+        RuntimeError::VolumeInvalid(refusal) => (
             REASON_VOLUME_INVALID,
-            one(META_REASON, (*phrase).to_owned()),
+            one(META_REASON, refusal.code().to_owned()),
         ),
-        RuntimeError::VolumeDenied(phrase) => {
-            (REASON_VOLUME_DENIED, one(META_REASON, (*phrase).to_owned()))
-        }
+        RuntimeError::VolumeDenied(refusal) => (
+            REASON_VOLUME_DENIED,
+            one(META_REASON, refusal.code().to_owned()),
+        ),
         RuntimeError::ImageNotFound(image) => {
             (REASON_IMAGE_NOT_FOUND, one(META_IMAGE, image.clone()))
         }
@@ -134,17 +115,20 @@ pub fn runtime_error(node: &str, status: Status) -> RuntimeError {
         };
     };
     let meta = |key: &str| info.metadata.get(key).map(String::as_str);
+    // A code this node does not know (a newer serving node) keeps the variant, so the client
+    // still gets the right status, with a generic reason.
+    let refusal = |unknown: VolumeRefusal| {
+        meta(META_REASON)
+            .and_then(VolumeRefusal::from_code)
+            .unwrap_or(unknown)
+    };
     match info.reason.as_str() {
-        REASON_VOLUME_INVALID => RuntimeError::VolumeInvalid(known_phrase(
-            VOLUME_INVALID_PHRASES,
-            meta(META_REASON),
-            VOLUME_INVALID_FALLBACK,
-        )),
-        REASON_VOLUME_DENIED => RuntimeError::VolumeDenied(known_phrase(
-            VOLUME_DENIED_PHRASES,
-            meta(META_REASON),
-            VOLUME_DENIED_FALLBACK,
-        )),
+        REASON_VOLUME_INVALID => {
+            RuntimeError::VolumeInvalid(refusal(VolumeRefusal::UnusableOnServingNode))
+        }
+        REASON_VOLUME_DENIED => {
+            RuntimeError::VolumeDenied(refusal(VolumeRefusal::DeniedByServingNode))
+        }
         REASON_IMAGE_NOT_FOUND => {
             RuntimeError::ImageNotFound(meta(META_IMAGE).unwrap_or_default().to_owned())
         }
@@ -168,18 +152,10 @@ fn answered(node: &str, status: &Status) -> NodeCallError {
     }
 }
 
-fn known_phrase(
-    known: &[&'static str],
-    sent: Option<&str>,
-    fallback: &'static str,
-) -> &'static str {
-    sent.and_then(|sent| known.iter().copied().find(|phrase| *phrase == sent))
-        .unwrap_or(fallback)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use sandboxd_usecase::UseCaseError;
     use tonic_types::ErrorDetails;
 
     use super::*;
@@ -197,8 +173,8 @@ mod tests {
     #[test]
     fn every_variant_comes_back_as_itself() {
         let cases = [
-            RuntimeError::VolumeInvalid("is not a directory"),
-            RuntimeError::VolumeDenied("is or contains a protected host path"),
+            RuntimeError::VolumeInvalid(VolumeRefusal::NotADirectory),
+            RuntimeError::VolumeDenied(VolumeRefusal::ProtectedPath),
             RuntimeError::ImageNotFound("img:local".to_owned()),
             RuntimeError::Vanished,
             RuntimeError::NotReady(Duration::from_millis(1500)),
@@ -213,11 +189,71 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_phrase_keeps_the_variant_with_a_generic_phrase() {
-        let status = sent(&RuntimeError::VolumeDenied("a phrase of a newer node"));
+    fn every_volume_refusal_comes_back_as_itself() {
+        for refusal in VolumeRefusal::ALL {
+            assert!(matches!(
+                runtime_error("n2", sent(&RuntimeError::VolumeDenied(refusal))),
+                RuntimeError::VolumeDenied(back) if back == refusal
+            ));
+            assert!(matches!(
+                runtime_error("n2", sent(&RuntimeError::VolumeInvalid(refusal))),
+                RuntimeError::VolumeInvalid(back) if back == refusal
+            ));
+        }
+    }
+
+    #[test]
+    fn the_refusal_travels_as_its_code() {
+        let (reason, metadata) = error_info(&RuntimeError::VolumeDenied(
+            VolumeRefusal::OutsideAllowedRoots,
+        ));
+        assert_eq!(reason, REASON_VOLUME_DENIED);
+        assert_eq!(
+            metadata.get(META_REASON).map(String::as_str),
+            Some("outside_allowed_roots")
+        );
+    }
+
+    #[test]
+    fn an_unknown_or_missing_code_keeps_the_variant_with_a_generic_reason() {
+        let from_newer_node = |reason: &str, metadata: HashMap<String, String>| {
+            runtime_error(
+                "n2",
+                Status::with_error_details(
+                    Code::Internal,
+                    "x",
+                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+                ),
+            )
+        };
+        let unknown = || HashMap::from([(META_REASON.to_owned(), "a_newer_reason".to_owned())]);
+        let denied = from_newer_node(REASON_VOLUME_DENIED, unknown());
+        assert!(
+            matches!(
+                denied,
+                RuntimeError::VolumeDenied(VolumeRefusal::DeniedByServingNode)
+            ),
+            "{denied:?}"
+        );
+        assert_eq!(
+            denied.client_message(),
+            "volume_host_path is not allowed: is refused by the serving node's volume policy"
+        );
+        let invalid = from_newer_node(REASON_VOLUME_INVALID, unknown());
+        assert!(
+            matches!(
+                invalid,
+                RuntimeError::VolumeInvalid(VolumeRefusal::UnusableOnServingNode)
+            ),
+            "{invalid:?}"
+        );
+        assert_eq!(
+            invalid.client_message(),
+            "volume_host_path is not usable: is not usable on the serving node"
+        );
         assert!(matches!(
-            runtime_error("n2", status),
-            RuntimeError::VolumeDenied(VOLUME_DENIED_FALLBACK)
+            from_newer_node(REASON_VOLUME_DENIED, HashMap::new()),
+            RuntimeError::VolumeDenied(VolumeRefusal::DeniedByServingNode)
         ));
     }
 

@@ -142,7 +142,7 @@ mod tests {
 
     use super::*;
     use sandboxd_domain::{ChatId, ConflictReason, SandboxState, SessionId};
-    use sandboxd_usecase::ports::{LockError, RepositoryError, RuntimeError};
+    use sandboxd_usecase::ports::{LockError, RepositoryError, RuntimeError, VolumeRefusal};
     use sandboxd_usecase::{
         CreateSandboxError, ExtendSandboxError, GetSandboxError, LifecycleError, PortError,
         Refusal, WatchError,
@@ -193,7 +193,7 @@ mod tests {
             ),
             (
                 Box::new(PortError::from(RuntimeError::VolumeDenied(
-                    "outside the allowed roots",
+                    VolumeRefusal::OutsideAllowedRoots,
                 ))),
                 Code::PermissionDenied,
             ),

@@ -29,7 +29,7 @@ pub use repository::{
 };
 pub use runtime::{
     ContainerState, ManagedContainer, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime,
-    StartedSandbox,
+    StartedSandbox, VolumeRefusal,
 };
 
 /// Time as the use cases see it; a port so tests can decide expiry.

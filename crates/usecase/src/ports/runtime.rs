@@ -24,14 +24,13 @@ use crate::error::{ErrorKind, UseCaseError, generic_message};
 /// Failures of the container runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The volume path is malformed for this host (e.g. does not exist, not a directory); the
-    /// reason is a fixed phrase, safe for clients.
+    /// The volume path is malformed for this host (e.g. does not exist, not a directory).
     #[error("volume_host_path is not usable: {0}")]
-    VolumeInvalid(&'static str),
+    VolumeInvalid(VolumeRefusal),
     /// The volume path is refused by policy (outside the allowed roots, a forbidden path); the
-    /// reason is a fixed phrase that does not reveal whether the path exists.
+    /// reason does not reveal whether the path exists.
     #[error("volume_host_path is not allowed: {0}")]
-    VolumeDenied(&'static str),
+    VolumeDenied(VolumeRefusal),
     /// The profile's image is not present on the engine (nothing can be pulled).
     #[error("image {0} not found on the engine")]
     ImageNotFound(String),
@@ -84,6 +83,100 @@ impl UseCaseError for RuntimeError {
             Self::VolumeDenied(reason) => format!("volume_host_path is not allowed: {reason}"),
             other => generic_message(other.kind()).to_owned(),
         }
+    }
+}
+
+/// Why a volume was refused: a fixed reason, never the path, so it is safe for clients. Its
+/// [`code`](Self::code) is what crosses the node API, so a new variant goes into
+/// [`ALL`](Self::ALL) too, or it cannot come back from another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeRefusal {
+    /// No allowed volume root is configured (or none resolves).
+    NoAllowedRoots,
+    /// The path, as written, is not strictly under an allowed root.
+    OutsideAllowedRoots,
+    /// The path is under a root as written, but a symlink takes it outside.
+    ResolvesOutsideAllowedRoots,
+    /// The path is, contains or lies under a protected host path (`/etc`, the engine's data,
+    /// the warm pool's root, ...).
+    ProtectedPath,
+    DoesNotExist,
+    /// The path could not be canonicalised (permissions, a loop, ...).
+    CannotBeResolved,
+    NotADirectory,
+    /// The resolved directory's metadata could not be read.
+    CannotBeRead,
+    /// The resolved path is not UTF-8, so the engine cannot be given it.
+    NonUtf8Path,
+    /// A refusal by policy under a code this node does not know (a newer serving node): still
+    /// a denial, so the client's status stays right.
+    DeniedByServingNode,
+    /// An unusable path under a code this node does not know (a newer serving node).
+    UnusableOnServingNode,
+}
+
+impl VolumeRefusal {
+    /// Every reason, for [`Self::from_code`].
+    pub const ALL: [Self; 11] = [
+        Self::NoAllowedRoots,
+        Self::OutsideAllowedRoots,
+        Self::ResolvesOutsideAllowedRoots,
+        Self::ProtectedPath,
+        Self::DoesNotExist,
+        Self::CannotBeResolved,
+        Self::NotADirectory,
+        Self::CannotBeRead,
+        Self::NonUtf8Path,
+        Self::DeniedByServingNode,
+        Self::UnusableOnServingNode,
+    ];
+
+    /// The phrase a client reads after `volume_host_path is not usable: ` or `is not allowed: `.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAllowedRoots => "no allowed volume roots are configured",
+            Self::OutsideAllowedRoots => "is not under an allowed volume root",
+            Self::ResolvesOutsideAllowedRoots => "resolves outside the allowed volume roots",
+            Self::ProtectedPath => "is or contains a protected host path",
+            Self::DoesNotExist => "does not exist",
+            Self::CannotBeResolved => "cannot be resolved",
+            Self::NotADirectory => "is not a directory",
+            Self::CannotBeRead => "cannot be read",
+            Self::NonUtf8Path => "resolves to a non-UTF-8 path",
+            Self::DeniedByServingNode => "is refused by the serving node's volume policy",
+            Self::UnusableOnServingNode => "is not usable on the serving node",
+        }
+    }
+
+    /// A stable name of the reason, for the wire: the phrase may be reworded, the code not.
+    #[must_use]
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::NoAllowedRoots => "no_allowed_roots",
+            Self::OutsideAllowedRoots => "outside_allowed_roots",
+            Self::ResolvesOutsideAllowedRoots => "resolves_outside_allowed_roots",
+            Self::ProtectedPath => "protected_path",
+            Self::DoesNotExist => "does_not_exist",
+            Self::CannotBeResolved => "cannot_be_resolved",
+            Self::NotADirectory => "not_a_directory",
+            Self::CannotBeRead => "cannot_be_read",
+            Self::NonUtf8Path => "non_utf8_path",
+            Self::DeniedByServingNode => "denied_by_serving_node",
+            Self::UnusableOnServingNode => "unusable_on_serving_node",
+        }
+    }
+
+    /// The reason of `code`; `None` for a code this version does not know.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.code() == code)
+    }
+}
+
+impl std::fmt::Display for VolumeRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -349,4 +442,44 @@ pub trait SandboxRuntime: Send + Sync {
     /// # Errors
     /// `Unavailable` when the engine does not answer.
     async fn ping(&self) -> Result<(), RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_volume_refusal_comes_back_from_its_code() {
+        for reason in VolumeRefusal::ALL {
+            assert_eq!(VolumeRefusal::from_code(reason.code()), Some(reason));
+            assert!(
+                reason
+                    .code()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{reason:?}"
+            );
+        }
+        let codes: HashSet<_> = VolumeRefusal::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), VolumeRefusal::ALL.len(), "codes are unique");
+        assert_eq!(VolumeRefusal::from_code("a_reason_of_a_newer_node"), None);
+        assert_eq!(VolumeRefusal::from_code("is not a directory"), None);
+    }
+
+    #[test]
+    fn a_volume_refusal_tells_the_client_its_fixed_phrase() {
+        let denied = RuntimeError::VolumeDenied(VolumeRefusal::OutsideAllowedRoots);
+        assert_eq!(
+            denied.client_message(),
+            "volume_host_path is not allowed: is not under an allowed volume root"
+        );
+        assert_eq!(denied.to_string(), denied.client_message());
+        let invalid = RuntimeError::VolumeInvalid(VolumeRefusal::NotADirectory);
+        assert_eq!(
+            invalid.client_message(),
+            "volume_host_path is not usable: is not a directory"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use crate::pool::{RefillPool, WarmPool};
 use crate::ports::RuntimeError;
 use crate::telemetry::{event, metric};
 use crate::testing::RuntimeOp;
-use crate::{AdmissionPolicy, CreateResult, CreateSandboxError, RefillReport};
+use crate::{AdmissionPolicy, CreateResult, CreateSandboxError, PortError, RefillReport};
 
 /// A world whose `default` agent pools `size` sandboxes.
 fn pooled_world(size: u32) -> World {
@@ -159,7 +159,7 @@ fn a_failed_claim_fails_the_create_as_a_cold_one_would_and_leaves_nothing() {
     assert!(
         matches!(
             error,
-            CreateSandboxError::Runtime(RuntimeError::NotReady(_))
+            CreateSandboxError::Port(PortError::Runtime(RuntimeError::NotReady(_)))
         ),
         "{error:?}"
     );

@@ -12,6 +12,7 @@ use sandboxd_domain::{ContainerId, NodeId};
 use super::harness::*;
 use crate::ports::{
     Clock, ContainerState, NewSandbox, NodeBeat, NodeRegistry, RuntimeError, SandboxRuntime,
+    VolumeRefusal,
 };
 use crate::testing::{CallLog, FakeRuntime, InMemoryNodeRegistry, RuntimeOp, node_id};
 use crate::{Engines, Heartbeat, NodeDirectory};
@@ -193,7 +194,7 @@ async fn a_node_that_fails_the_create_is_left_for_another() {
     for engine in [&broken, &local] {
         engine.fail_next(
             RuntimeOp::Create,
-            RuntimeError::VolumeDenied("outside the allowed roots"),
+            RuntimeError::VolumeDenied(VolumeRefusal::OutsideAllowedRoots),
         );
     }
     let error = fleet.place().await.unwrap_err();
