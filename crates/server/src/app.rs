@@ -1,9 +1,9 @@
 //! Startup and shutdown of the whole server: binds the listeners, serves gRPC (SandboxService,
-//! health, reflection v1 and v1alpha), HTTP and in fleet mode the node API, and runs up to seven
-//! background tasks: the health checks, the event reader behind WatchSandboxes, the cleanup and
-//! reconcile loops (unless their interval is 0s), the warm pool's refill loop (when a profile
-//! pools), the heartbeat loop (fleet mode) and a runtime check deferred until the engine answers.
-//! On cancellation it drains in order under time bounds.
+//! health, reflection v1 and v1alpha), HTTP and in fleet mode the node API, and registers up to
+//! seven background tasks with one [`Background`]: the health checks, the event reader behind
+//! WatchSandboxes, the cleanup and reconcile passes (unless their interval is 0s), the warm
+//! pool's refill (when a profile pools), the heartbeat (fleet mode) and a runtime check deferred
+//! until the engine answers. On cancellation it drains in order under time bounds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::BearerAuth;
-use crate::cleanup::run_cleanup_loop;
+use crate::background::Background;
 use crate::config::{Config, TlsFiles};
 use crate::drain::Drain;
 use crate::fleet::Fleet;
@@ -33,7 +33,7 @@ use crate::health::{HealthPublisher, Readiness, run_checks};
 use crate::names;
 use crate::node_api::NodeApiService;
 use crate::rpc_telemetry::RpcTelemetryLayer;
-use crate::runtimes::{RuntimeCheck, RuntimeCheckError, check_at_start, check_when_engine_answers};
+use crate::runtimes::{RuntimeCheck, check_at_start, check_when_engine_answers};
 
 /// After the calls drained, how long open connections (health watches, idle clients) get to
 /// close before the listeners are dropped.
@@ -205,35 +205,35 @@ impl Application {
         });
         let publisher = HealthPublisher::new(health_reporter, Arc::clone(&readiness)).await;
 
-        let background_stop = CancellationToken::new();
-        let runtime_check = (self.runtime_check == RuntimeCheck::Deferred).then(|| {
-            tokio::spawn(check_when_engine_answers(
-                Arc::clone(self.ports.engines.local()),
-                self.settings.profiles.clone(),
-                publisher.clone(),
-                background_stop.clone(),
-            ))
+        let (mut background, mut fatal) = Background::new();
+        if self.runtime_check == RuntimeCheck::Deferred {
+            let engine = Arc::clone(self.ports.engines.local());
+            let (profiles, publisher) = (self.settings.profiles.clone(), publisher.clone());
+            background.fallible(names::TASK_RUNTIME_CHECK, |stop| {
+                check_when_engine_answers(engine, profiles, publisher, stop)
+            });
+        }
+        let (ports, egress, checks) = (self.ports.clone(), self.egress.clone(), publisher.clone());
+        background.task(names::TASK_HEALTH_CHECKS, |stop| {
+            run_checks(ports, egress, checks, stop)
         });
-        let health_checks = tokio::spawn(run_checks(
-            self.ports.clone(),
-            self.egress.clone(),
-            publisher.clone(),
-            background_stop.clone(),
-        ));
         let use_cases = Arc::new(UseCases::new(&self.ports, &self.settings));
-        let event_reader = tokio::spawn(Arc::clone(&use_cases.events).run_reader());
-        let cleanup_loop = (!self.cleanup_interval.is_zero()).then(|| {
-            tokio::spawn(run_cleanup_loop(
-                CleanupExpiredSandboxes::clone(&use_cases.cleanup),
-                self.cleanup_interval,
-                background_stop.clone(),
-            ))
-        });
-
-        let reconcile_loop =
-            spawn_reconcile_loop(&use_cases, self.reconcile_interval, background_stop.clone());
-        let heartbeat_loop = self.settings.fleet.node.as_ref().map(|node| {
-            tokio::spawn(crate::fleet::run_heartbeat_loop(
+        // Ends when the hub closes, first thing in the drain.
+        let events = Arc::clone(&use_cases.events);
+        background.task(names::TASK_EVENT_READER, |_| events.run_reader());
+        crate::cleanup::register(
+            &mut background,
+            CleanupExpiredSandboxes::clone(&use_cases.cleanup),
+            self.cleanup_interval,
+        );
+        crate::reconcile::register(
+            &mut background,
+            use_cases.reconcile.clone(),
+            self.reconcile_interval,
+        );
+        if let Some(node) = &self.settings.fleet.node {
+            crate::fleet::register_heartbeat(
+                &mut background,
                 Heartbeat::new(
                     self.ports.clone(),
                     Arc::clone(&node.registry),
@@ -242,15 +242,9 @@ impl Application {
                     self.settings.node_capacity,
                     node.heartbeat_ttl,
                 ),
-                background_stop.clone(),
-            ))
-        });
-        let refill_loop = use_cases.refill.is_enabled().then(|| {
-            tokio::spawn(crate::refill::run_refill_loop(
-                Arc::clone(&use_cases.refill),
-                background_stop.clone(),
-            ))
-        });
+            );
+        }
+        crate::refill::register(&mut background, &use_cases.refill);
 
         let drain = Drain::new();
         let sandbox_service = SandboxGrpcService::new(Arc::clone(&use_cases), drain.clone());
@@ -311,12 +305,12 @@ impl Application {
 
         let mut grpc_server = grpc_server;
         let mut http_server = http_server;
-        let mut fatal = None;
+        let mut failure = None;
         let early_exit = tokio::select! {
             () = shutdown.cancelled() => None,
-            error = failure_of(runtime_check) => {
+            error = fatal.next() => {
                 // Drained like a shutdown (calls may have been served meanwhile), then reported.
-                fatal = Some(error);
+                failure = Some(error);
                 None
             }
             outcome = &mut grpc_server => Some(flatten("grpc server", outcome)),
@@ -324,7 +318,7 @@ impl Application {
         };
         if let Some(outcome) = early_exit {
             // A server died on its own: stop the rest and report why.
-            background_stop.cancel();
+            background.stop();
             servers_stop.cancel();
             return outcome.and(Err(anyhow::anyhow!("a server stopped unexpectedly")));
         }
@@ -336,17 +330,12 @@ impl Application {
         );
         publisher.set_draining().await;
         drain.start();
-        background_stop.cancel();
+        background.stop();
         // Watches end now, cleanly, so their connections can close.
         use_cases.events.close();
         let finish_work = async {
             drain.wait().await;
-            for background_loop in [cleanup_loop, reconcile_loop, refill_loop, heartbeat_loop]
-                .into_iter()
-                .flatten()
-            {
-                let _ = background_loop.await;
-            }
+            background.join().await;
         };
         if tokio::time::timeout(self.drain_timeout, finish_work)
             .await
@@ -362,8 +351,6 @@ impl Application {
         // reconnect elsewhere), so their connections can close.
         drain.end_streams();
         let _ = tokio::time::timeout(STREAMS_END_BOUND, drain.wait()).await;
-        let _ = health_checks.await;
-        let _ = event_reader.await;
         servers_stop.cancel();
         close_server("grpc server", grpc_server).await;
         close_server("http server", http_server).await;
@@ -371,36 +358,8 @@ impl Application {
             close_server("node api server", node_server).await;
         }
         tracing::info!(name: names::SHUTDOWN_COMPLETE, message = names::SHUTDOWN_COMPLETE);
-        fatal.map_or(Ok(()), Err)
+        failure.map_or(Ok(()), Err)
     }
-}
-
-/// The error of the deferred runtime check; never resolves when there is none, or it passed.
-async fn failure_of(check: Option<JoinHandle<Result<(), RuntimeCheckError>>>) -> anyhow::Error {
-    let Some(check) = check else {
-        return std::future::pending().await;
-    };
-    match check.await {
-        Ok(Ok(())) => std::future::pending().await,
-        Ok(Err(error)) => anyhow::Error::new(error),
-        Err(join_error) => anyhow::Error::new(join_error).context("the runtime check panicked"),
-    }
-}
-
-/// The reconcile loop (first pass right away, in the background: readiness does not wait for
-/// it), unless `interval` is zero.
-fn spawn_reconcile_loop(
-    use_cases: &UseCases,
-    interval: Duration,
-    stop: CancellationToken,
-) -> Option<JoinHandle<()>> {
-    (!interval.is_zero()).then(|| {
-        tokio::spawn(crate::reconcile::run_reconcile_loop(
-            use_cases.reconcile.clone(),
-            interval,
-            stop,
-        ))
-    })
 }
 
 /// The gRPC server, speaking TLS (mutual when a client CA is set) when configured.

@@ -1,16 +1,133 @@
-//! The shared shape of the server's periodic loops (cleanup, reconcile, the fleet heartbeat): one
-//! pass per period, selecting against the shutdown token between passes (a running pass is
-//! allowed to finish), and failures logged once per outage — an `outage started` / `outage ended`
-//! pair — instead of once per tick while Redis or Docker stays down. The warm pool's refill loop,
-//! woken by claims rather than a period, shares only the outage log ([`OutageLog`]).
+//! The server's background work, started through one path ([`Background`]) and stopped in one
+//! order. Periodic passes (cleanup, reconcile, the fleet heartbeat) share one loop: one pass per
+//! period, selecting against the shutdown token between passes (a running pass is allowed to
+//! finish), and failures logged once per outage — an `outage started` / `outage ended` pair —
+//! instead of once per tick while Redis or Docker stays down. Tasks with a loop of their own (the
+//! refill, woken by claims; the health checks; the event reader; the deferred runtime check) are
+//! registered the same way and share the outage log ([`OutageLog`]) where they have outages.
 
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::names;
+
+/// Every background task of the server: registered here, stopped together by [`Self::stop`] and
+/// joined by [`Self::join`] in the order they were registered (the shutdown order).
+#[derive(Debug)]
+pub(crate) struct Background {
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// Where a task whose failure must end the server reports it ([`Fatal`]).
+    fatal: mpsc::UnboundedSender<anyhow::Error>,
+}
+
+/// The failures of [`Background::fallible`] tasks, for the server to end on.
+#[derive(Debug)]
+pub(crate) struct Fatal(mpsc::UnboundedReceiver<anyhow::Error>);
+
+impl Fatal {
+    /// The first failure; never resolves when there is none.
+    pub(crate) async fn next(&mut self) -> anyhow::Error {
+        match self.0.recv().await {
+            Some(error) => error,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Background {
+    pub(crate) fn new() -> (Self, Fatal) {
+        let (fatal, failures) = mpsc::unbounded_channel();
+        let background = Self {
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+            fatal,
+        };
+        (background, Fatal(failures))
+    }
+
+    /// Runs `pass` every `interval` (see [`run_periodic`]); an interval of zero registers
+    /// nothing (the setting's way to turn a loop off).
+    pub(crate) fn periodic<F, Fut>(
+        &mut self,
+        loop_name: &'static str,
+        interval: Duration,
+        first: FirstPass,
+        pass: F,
+    ) where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        if interval.is_zero() {
+            return;
+        }
+        let stop = self.stop.clone();
+        self.spawn(
+            loop_name,
+            run_periodic(loop_name, interval, first, stop, pass),
+        );
+    }
+
+    /// A task with a loop of its own, given the token that stops it.
+    pub(crate) fn task<Fut>(
+        &mut self,
+        name: &'static str,
+        make: impl FnOnce(CancellationToken) -> Fut,
+    ) where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let task = make(self.stop.clone());
+        self.spawn(name, task);
+    }
+
+    /// A task whose failure ends the server: it is reported through [`Fatal`].
+    pub(crate) fn fallible<Fut, E>(
+        &mut self,
+        name: &'static str,
+        make: impl FnOnce(CancellationToken) -> Fut,
+    ) where
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<anyhow::Error>,
+    {
+        let task = make(self.stop.clone());
+        let fatal = self.fatal.clone();
+        self.spawn(name, async move {
+            if let Err(error) = task.await {
+                // The receiver lives as long as the server; a send after it is gone has nobody
+                // left to stop.
+                let _ = fatal.send(error.into());
+            }
+        });
+    }
+
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push((name, tokio::spawn(task)));
+    }
+
+    /// Tells every task to stop (a running pass finishes).
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for every task, in the order they were registered; a task that panicked is logged.
+    pub(crate) async fn join(self) {
+        for (name, task) in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(
+                    name: names::BACKGROUND_TASK_FAILED,
+                    message = names::BACKGROUND_TASK_FAILED,
+                    task = name,
+                    error = %error,
+                );
+            }
+        }
+    }
+}
 
 /// When the first pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,5 +321,65 @@ mod tests {
         assert_eq!(passes.load(Ordering::SeqCst), 1);
         stop.cancel();
         assert!(task.await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_builder_runs_passes_and_tasks_and_stops_them_all() {
+        let (mut background, _fatal) = Background::new();
+        let passes = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&passes);
+        background.periodic(
+            "counted",
+            Duration::from_secs(1),
+            FirstPass::AtStart,
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            },
+        );
+        let disabled = Arc::new(AtomicUsize::new(0));
+        let never = Arc::clone(&disabled);
+        background.periodic("off", Duration::ZERO, FirstPass::AtStart, move || {
+            never.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        });
+        let ended = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&ended);
+        background.task("own loop", move |stop| async move {
+            stop.cancelled().await;
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(
+            background.tasks.len(),
+            2,
+            "an interval of zero registers nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(passes.load(Ordering::SeqCst), 3);
+        background.stop();
+        tokio::time::timeout(Duration::from_secs(1), background.join())
+            .await
+            .unwrap_or_else(|_| panic!("the tasks did not stop"));
+        assert_eq!(ended.load(Ordering::SeqCst), 1, "the task saw the stop");
+        assert_eq!(disabled.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fallible_tasks_failure_is_fatal_and_a_panic_does_not_stop_the_join() {
+        let (mut background, mut fatal) = Background::new();
+        background.task("panics", |_| async { panic!("bug") });
+        background.fallible("fails", |_| async {
+            Err(anyhow::anyhow!("runtime missing"))
+        });
+        background.fallible("passes", |_| async { Ok::<(), anyhow::Error>(()) });
+        let error = tokio::time::timeout(Duration::from_secs(1), fatal.next())
+            .await
+            .unwrap_or_else(|_| panic!("no failure reported"));
+        assert_eq!(error.to_string(), "runtime missing");
+        tokio::time::timeout(Duration::from_secs(1), background.join())
+            .await
+            .unwrap_or_else(|_| panic!("the join stopped at the panicked task"));
+        let quiet = tokio::time::timeout(Duration::from_millis(50), fatal.next()).await;
+        assert!(quiet.is_err(), "one failure, one report");
     }
 }

@@ -13,9 +13,8 @@ use sandboxd_domain::{NodeId, NodeInfo};
 use sandboxd_usecase::ports::{NodeRegistry, SandboxRuntime};
 use sandboxd_usecase::telemetry::ErrorChain;
 use sandboxd_usecase::{Connect, Engines, Heartbeat, NodeDirectory};
-use tokio_util::sync::CancellationToken;
 
-use crate::background::{FirstPass, run_periodic};
+use crate::background::{Background, FirstPass};
 use crate::config::Config;
 use crate::names;
 
@@ -151,20 +150,21 @@ fn connector(config: &Config) -> anyhow::Result<Connect<dyn SandboxRuntime>> {
 /// Beats every third of the TTL until `stop`; failures are logged once per outage (the node
 /// meanwhile stops creating once its registration is no longer fresh: see
 /// [`NodeDirectory::fenced`]).
-pub(crate) async fn run_heartbeat_loop(heartbeat: Heartbeat, stop: CancellationToken) {
+pub(crate) fn register_heartbeat(background: &mut Background, heartbeat: Heartbeat) {
     sandboxd_usecase::telemetry::init_fleet_metrics();
-    run_periodic(
+    background.periodic(
         names::LOOP_HEARTBEAT,
         heartbeat.interval(),
         FirstPass::AtStart,
-        stop,
-        || async {
-            heartbeat
-                .beat()
-                .await
-                .map(drop)
-                .map_err(|error| ErrorChain(&error).to_string())
+        move || {
+            let heartbeat = heartbeat.clone();
+            async move {
+                heartbeat
+                    .beat()
+                    .await
+                    .map(drop)
+                    .map_err(|error| ErrorChain(&error).to_string())
+            }
         },
-    )
-    .await;
+    );
 }

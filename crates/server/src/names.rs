@@ -61,6 +61,8 @@ pub const BACKGROUND_OUTAGE_STARTED: &str = "background_outage_started";
 pub const BACKGROUND_OUTAGE_ENDED: &str = "background_outage_ended";
 /// A failing pass inside an outage that was already logged (debug level only).
 pub const BACKGROUND_PASS_STILL_FAILING: &str = "background_pass_still_failing";
+/// A background task ended by a panic (its work stops; the server goes on).
+pub const BACKGROUND_TASK_FAILED: &str = "background_task_failed";
 /// A reconcile pass repaired something (removed orphans); quiet passes log nothing.
 pub const RECONCILE_PASS_REPAIRED: &str = "reconcile_pass_repaired";
 
@@ -69,6 +71,11 @@ pub const LOOP_CLEANUP: &str = "cleanup";
 pub const LOOP_RECONCILE: &str = "reconcile";
 pub const LOOP_REFILL: &str = "pool_refill";
 pub const LOOP_HEARTBEAT: &str = "node_heartbeat";
+/// Names of the background tasks with a loop of their own (the `task` field of
+/// `background_task_failed`).
+pub const TASK_HEALTH_CHECKS: &str = "health_checks";
+pub const TASK_EVENT_READER: &str = "event_reader";
+pub const TASK_RUNTIME_CHECK: &str = "runtime_check";
 
 // ---- shutdown ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ use sandboxd_usecase::RefillPool;
 use sandboxd_usecase::telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::OutageLog;
+use crate::background::{Background, OutageLog};
 use crate::names;
 
 /// The longest wait between two passes when no claim wakes the loop.
@@ -21,7 +21,15 @@ const QUIET_AFTER_CLAIMS: Duration = Duration::from_millis(25);
 /// The longest the refill defers to claims in flight (an abandoned one cannot hold it forever).
 const CLAIMS_WAIT_MAX: Duration = Duration::from_secs(2);
 
-pub(crate) async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationToken) {
+/// Registers the refill loop, when a profile pools and the runtime can.
+pub(crate) fn register(background: &mut Background, refill: &Arc<RefillPool>) {
+    if refill.is_enabled() {
+        let refill = Arc::clone(refill);
+        background.task(names::LOOP_REFILL, |stop| run_refill_loop(refill, stop));
+    }
+}
+
+async fn run_refill_loop(refill: Arc<RefillPool>, stop: CancellationToken) {
     let mut outages = OutageLog::new(names::LOOP_REFILL);
     loop {
         // A pass may start many sandboxes one after another: a shutdown does not wait for it (an
