@@ -2,27 +2,34 @@
 //! reflection, the operations HTTP port, fleet mode's node API, the background loops and
 //! graceful shutdown.
 //!
-//! `main.rs` only wires these together; tests build an [`app::Application`] from in-memory ports.
+//! `main.rs` only wires these together; tests build an [`Application`] from in-memory ports. The
+//! crate exports what those two need and nothing else.
 
 pub(crate) mod adapters;
-pub mod app;
+mod app;
 pub mod auth;
 pub(crate) mod background;
 pub(crate) mod cleanup;
 pub mod config;
 pub(crate) mod drain;
-pub mod fleet;
-pub mod grpc;
+mod fleet;
+mod grpc;
 pub(crate) mod health;
 pub(crate) mod http;
 pub mod names;
-pub mod node_api;
+mod node_api;
 pub(crate) mod reconcile;
 pub(crate) mod refill;
 pub(crate) mod rpc_telemetry;
 pub(crate) mod runtimes;
 pub(crate) mod shutdown;
 pub mod telemetry;
+
+pub use app::{Application, Dependencies};
+pub use fleet::Fleet;
+/// The request parsing the handlers share, for the validator fuzz tests.
+pub use grpc::convert;
+pub use node_api::node_runtime_server;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sandboxd_server::grpc::convert;
+use sandboxd_server::convert;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 

@@ -13,7 +13,7 @@ use sandboxd_api::node::v1 as api;
 use sandboxd_api::node::v1::node_runtime_client::NodeRuntimeClient;
 use sandboxd_domain::{AgentId, AgentProfile, ChatId, ContainerId, SessionId, VolumePath};
 use sandboxd_server::auth::BearerAuth;
-use sandboxd_server::node_api::node_runtime_server;
+use sandboxd_server::node_runtime_server;
 use sandboxd_usecase::Profiles;
 use sandboxd_usecase::ports::{
     ContainerState, NewSandbox, RuntimeError, SandboxLabels, SandboxRuntime, VolumeRefusal,

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use in_process::{Served, quiet_config, serve};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sandboxd_domain::AgentProfile;
-use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::Config;
+use sandboxd_server::{Application, Dependencies};
 use sandboxd_usecase::ports::RuntimeError;
 use sandboxd_usecase::testing::{Fakes, RuntimeOp};
 use tonic::transport::Channel;
@@ -67,7 +67,7 @@ async fn a_profile_naming_a_runtime_the_engine_lacks_stops_the_start_naming_both
         metrics: PrometheusBuilder::new().build_recorder().handle(),
         auth: BearerAuth::default(),
         egress: None,
-        fleet: sandboxd_server::fleet::Fleet::single(fakes.directory.clone()),
+        fleet: sandboxd_server::Fleet::single(fakes.directory.clone()),
     };
     let refused = Application::build(&config_with_runsc_profile(), deps)
         .await

@@ -4,7 +4,7 @@
 
 pub mod convert;
 mod reconcile;
-pub mod status;
+pub(crate) mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use status::status_for;
 
 /// What the handlers need from the configuration.
 #[derive(Debug, Clone)]
-pub struct ServiceSettings {
+pub(crate) struct ServiceSettings {
     pub session_ttl: Duration,
     pub max_ttl: Duration,
     pub cleanup: CleanupOptions,
@@ -49,7 +49,7 @@ const WATCH_BUFFER: usize = 1024;
 
 /// The use cases behind the RPCs, built once from the ports.
 #[derive(Debug, Clone)]
-pub struct UseCases {
+pub(crate) struct UseCases {
     pub create: CreateSandbox,
     pub get: GetSandbox,
     pub list: ListSandboxes,
@@ -72,7 +72,7 @@ pub struct UseCases {
 
 impl UseCases {
     #[must_use]
-    pub fn new(ports: &Ports, settings: &ServiceSettings) -> Self {
+    pub(crate) fn new(ports: &Ports, settings: &ServiceSettings) -> Self {
         let create = CreateSandbox::new(
             ports.clone(),
             settings.profiles.clone(),
@@ -126,14 +126,14 @@ impl UseCases {
 }
 
 #[derive(Debug, Clone)]
-pub struct SandboxGrpcService {
+pub(crate) struct SandboxGrpcService {
     use_cases: Arc<UseCases>,
     drain: Drain,
 }
 
 impl SandboxGrpcService {
     #[must_use]
-    pub fn new(use_cases: Arc<UseCases>, drain: Drain) -> Self {
+    pub(crate) fn new(use_cases: Arc<UseCases>, drain: Drain) -> Self {
         Self { use_cases, drain }
     }
 

@@ -13,11 +13,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::names;
 
 /// `ErrorInfo.domain` of every error this service describes.
-pub const ERROR_DOMAIN: &str = "sandboxd";
+pub(crate) const ERROR_DOMAIN: &str = "sandboxd";
 /// `ErrorInfo.reason` of a create that meets a differing live sandbox.
-pub const REASON_SANDBOX_CONFLICT: &str = "SANDBOX_CONFLICT";
+pub(crate) const REASON_SANDBOX_CONFLICT: &str = "SANDBOX_CONFLICT";
 /// `ResourceInfo.resource_type` of a missing sandbox.
-pub const RESOURCE_TYPE_SANDBOX: &str = "sandbox.v1.Sandbox";
+pub(crate) const RESOURCE_TYPE_SANDBOX: &str = "sandbox.v1.Sandbox";
 /// Retry hint for lock contention: about one typical create.
 const ABORTED_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The retry delay suggested when engine creates are at their bound: about one create's time.
@@ -25,14 +25,14 @@ const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// What the mapping needs besides the error: which RPC failed and which chat it was about.
 #[derive(Debug, Clone, Copy)]
-pub struct StatusContext<'a> {
+pub(crate) struct StatusContext<'a> {
     pub rpc: &'static str,
     /// The chat the request named, for `ResourceInfo`; `None` for RPCs without one.
     pub chat_id: Option<&'a str>,
 }
 
 /// A request field that did not parse: INVALID_ARGUMENT with a `BadRequest` violation naming it.
-pub fn invalid_field(field: &str, description: impl fmt::Display) -> Status {
+pub(crate) fn invalid_field(field: &str, description: impl fmt::Display) -> Status {
     let description = description.to_string();
     Status::with_error_details(
         Code::InvalidArgument,
@@ -42,7 +42,7 @@ pub fn invalid_field(field: &str, description: impl fmt::Display) -> Status {
 }
 
 /// The `map_err` of every handler: a use-case error becomes its status in this RPC's context.
-pub fn status_for<'a, E: UseCaseError>(
+pub(crate) fn status_for<'a, E: UseCaseError>(
     rpc: &'static str,
     chat_id: Option<&'a str>,
 ) -> impl FnOnce(E) -> Status + 'a {
@@ -50,7 +50,7 @@ pub fn status_for<'a, E: UseCaseError>(
 }
 
 /// Maps a use-case error to its status by its [`ErrorKind`].
-pub fn to_status(error: &dyn UseCaseError, context: StatusContext<'_>) -> Status {
+pub(crate) fn to_status(error: &dyn UseCaseError, context: StatusContext<'_>) -> Status {
     let rpc = context.rpc;
     let message = error.client_message();
     match error.kind() {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sandboxd_domain::AgentProfile;
-use sandboxd_server::app::{Application, Dependencies};
 use sandboxd_server::auth::BearerAuth;
 use sandboxd_server::config::{Config, LifecycleSettings, ServerSettings};
+use sandboxd_server::{Application, Dependencies};
 use sandboxd_usecase::Ports;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,7 @@ pub(crate) fn quiet_config(agents: &[&str]) -> Config {
 /// Builds the application from `config` over `ports`, without authentication, and serves it
 /// until `shutdown` is cancelled.
 pub(crate) async fn serve(config: &Config, ports: Ports) -> Served {
-    let fleet = sandboxd_server::fleet::Fleet::single(ports.engines.directory().clone());
+    let fleet = sandboxd_server::Fleet::single(ports.engines.directory().clone());
     let deps = Dependencies {
         ports,
         metrics: PrometheusBuilder::new().build_recorder().handle(),
