@@ -4,7 +4,7 @@
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, new_chat_id, spawn_app_with};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -17,18 +17,9 @@ async fn create_all(
     chats: &[String],
 ) -> Vec<Result<v1::CreateSandboxResponse, tonic::Status>> {
     let calls = chats.iter().enumerate().map(|(i, chat)| {
-        let mut client = clients[i % clients.len()].clone();
-        let request = v1::CreateSandboxRequest {
-            chat_id: chat.clone(),
-            agent_id: "default".to_owned(),
-            volume_host_path: app.new_volume(&format!("q{i}")),
-        };
-        async move {
-            client
-                .create_sandbox(request)
-                .await
-                .map(tonic::Response::into_inner)
-        }
+        let client = &clients[i % clients.len()];
+        let volume = app.new_volume(&format!("q{i}"));
+        async move { client.create(chat, "default", &volume).await }
     });
     futures::future::join_all(calls).await
 }
@@ -78,13 +69,7 @@ async fn twenty_concurrent_creates_against_max_sandboxes_5_start_exactly_5() {
         .map(|(chat, _)| chat)
         .collect();
     for chat in &admitted[..2] {
-        app.api
-            .clone()
-            .delete_sandbox(v1::DeleteSandboxRequest {
-                chat_id: (*chat).clone(),
-            })
-            .await
-            .unwrap();
+        app.delete(chat).await.unwrap();
     }
     let more: Vec<String> = (0..3).map(|_| new_chat_id()).collect();
     let answers = create_all(&app, std::slice::from_ref(&app.api), &more).await;

@@ -10,71 +10,9 @@ use sandboxd_api::v1;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use sandboxd_testkit::{AppConfig, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with};
-
-fn create_request(chat_id: &str, agent_id: &str, volume: &str) -> v1::CreateSandboxRequest {
-    v1::CreateSandboxRequest {
-        chat_id: chat_id.to_owned(),
-        agent_id: agent_id.to_owned(),
-        volume_host_path: volume.to_owned(),
-    }
-}
-
-async fn create(app: &TestApp, chat_id: &str, agent_id: &str, volume: &str) -> (v1::Sandbox, i32) {
-    let response = app
-        .api
-        .clone()
-        .create_sandbox(create_request(chat_id, agent_id, volume))
-        .await
-        .unwrap_or_else(|status| panic!("create {chat_id}: {status:?}"))
-        .into_inner();
-    (response.sandbox.expect("a sandbox"), response.result)
-}
-
-async fn get(app: &TestApp, chat_id: &str) -> Result<v1::Sandbox, tonic::Status> {
-    app.api
-        .clone()
-        .get_sandbox(v1::GetSandboxRequest {
-            chat_id: chat_id.to_owned(),
-        })
-        .await
-        .map(|response| response.into_inner().sandbox.expect("a sandbox"))
-}
-
-async fn extend(
-    app: &TestApp,
-    chat_id: &str,
-    ttl: Option<Duration>,
-) -> Result<v1::Sandbox, tonic::Status> {
-    app.api
-        .clone()
-        .extend_sandbox(v1::ExtendSandboxRequest {
-            chat_id: chat_id.to_owned(),
-            ttl: ttl.map(|ttl| prost_types::Duration::try_from(ttl).unwrap()),
-        })
-        .await
-        .map(|response| response.into_inner().sandbox.expect("a sandbox"))
-}
-
-async fn delete(app: &TestApp, chat_id: &str) -> v1::DeleteSandboxResponse {
-    app.api
-        .clone()
-        .delete_sandbox(v1::DeleteSandboxRequest {
-            chat_id: chat_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn cleanup(app: &TestApp) -> v1::CleanupExpiredSandboxesResponse {
-    app.api
-        .clone()
-        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
+use sandboxd_testkit::{
+    AppConfig, Created, SandboxRequests, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with,
+};
 
 fn unix_ms(at: &prost_types::Timestamp) -> i64 {
     at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
@@ -120,7 +58,7 @@ async fn create_serves_http_then_reuses_and_refuses_conflicts() {
     )
     .unwrap();
 
-    let (sandbox, result) = create(&app, &chat, "default", &volume).await;
+    let Created { sandbox, result } = app.create_ok(&chat, "default", &volume).await;
     assert_eq!(result, v1::CreateSandboxResult::Created as i32);
     assert_eq!(sandbox.chat_id, chat);
     assert_eq!(sandbox.agent_id, "default");
@@ -169,7 +107,10 @@ async fn create_serves_http_then_reuses_and_refuses_conflicts() {
     assert_eq!(score, Some(unix_ms(sandbox.expires_at.as_ref().unwrap())));
 
     // The same call again: the same session.
-    let (again, result) = create(&app, &chat, "default", &volume).await;
+    let Created {
+        sandbox: again,
+        result,
+    } = app.create_ok(&chat, "default", &volume).await;
     assert_eq!(result, v1::CreateSandboxResult::Reused as i32);
     assert_eq!(again.session_id, sandbox.session_id);
     assert_eq!(again.container_id, sandbox.container_id);
@@ -181,12 +122,7 @@ async fn create_serves_http_then_reuses_and_refuses_conflicts() {
         ("default", other_volume.as_str(), "volume_host_path"),
         ("other", other_volume.as_str(), "agent_id,volume_host_path"),
     ] {
-        let status = app
-            .api
-            .clone()
-            .create_sandbox(create_request(&chat, agent, volume))
-            .await
-            .unwrap_err();
+        let status = app.create(&chat, agent, volume).await.unwrap_err();
         assert_eq!(conflict_fields(&status), fields);
     }
     // Nothing was created or replaced by the refused calls.
@@ -194,10 +130,7 @@ async fn create_serves_http_then_reuses_and_refuses_conflicts() {
         app.container_ids().await,
         BTreeSet::from([sandbox.container_id.clone()])
     );
-    assert_eq!(
-        get(&app, &chat).await.unwrap().session_id,
-        sandbox.session_id
-    );
+    assert_eq!(app.get(&chat).await.unwrap().session_id, sandbox.session_id);
 }
 
 #[tokio::test]
@@ -209,15 +142,18 @@ async fn an_expired_sandbox_cannot_be_extended_and_is_replaced_by_create() {
     .await;
     let chat = new_chat_id();
     let volume = app.new_volume("chat");
-    let (old, _) = create(&app, &chat, "default", &volume).await;
+    let old = app.create_ok(&chat, "default", &volume).await.sandbox;
     wait_until_expired(&old).await;
 
     // Expired but not yet cleaned: still visible, no longer extendable.
-    assert_eq!(get(&app, &chat).await.unwrap().session_id, old.session_id);
-    let status = extend(&app, &chat, None).await.unwrap_err();
+    assert_eq!(app.get(&chat).await.unwrap().session_id, old.session_id);
+    let status = app.extend(&chat, None).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
 
-    let (new, result) = create(&app, &chat, "default", &volume).await;
+    let Created {
+        sandbox: new,
+        result,
+    } = app.create_ok(&chat, "default", &volume).await;
     assert_eq!(result, v1::CreateSandboxResult::Replaced as i32);
     assert_ne!(new.session_id, old.session_id);
     assert_ne!(new.container_id, old.container_id);
@@ -230,7 +166,7 @@ async fn an_expired_sandbox_cannot_be_extended_and_is_replaced_by_create() {
     let keys = app.redis_keys().await;
     assert!(!keys.contains(&app.key(&format!("session:{}", old.session_id))));
     assert!(keys.contains(&app.key(&format!("session:{}", new.session_id))));
-    assert_eq!(get(&app, &chat).await.unwrap().session_id, new.session_id);
+    assert_eq!(app.get(&chat).await.unwrap().session_id, new.session_id);
 }
 
 #[tokio::test]
@@ -238,14 +174,17 @@ async fn get_returns_the_chats_sandbox_or_not_found() {
     let app = spawn_app().await;
     let chat = new_chat_id();
 
-    let status = get(&app, &chat).await.unwrap_err();
+    let status = app.get(&chat).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let resource = status.get_details_resource_info().expect("ResourceInfo");
     assert_eq!(resource.resource_type, "sandbox.v1.Sandbox");
     assert!(resource.resource_name.contains(&chat), "{resource:?}");
 
-    let (created, _) = create(&app, &chat, "other", &app.new_volume("v")).await;
-    let got = get(&app, &chat).await.unwrap();
+    let created = app
+        .create_ok(&chat, "other", &app.new_volume("v"))
+        .await
+        .sandbox;
+    let got = app.get(&chat).await.unwrap();
     assert_eq!(got, created);
 }
 
@@ -264,8 +203,8 @@ async fn list_pages_through_every_session_once_and_filters_by_agent() {
     for batch in plan.chunks(5) {
         let creates = batch
             .iter()
-            .map(|(chat, agent, volume)| create(&app, chat, agent, volume));
-        for (sandbox, result) in futures::future::join_all(creates).await {
+            .map(|(chat, agent, volume)| app.create_ok(chat, agent, volume));
+        for Created { sandbox, result } in futures::future::join_all(creates).await {
             assert_eq!(result, v1::CreateSandboxResult::Created as i32);
             if sandbox.agent_id == "other" {
                 expected_other.insert(sandbox.session_id.clone());
@@ -307,17 +246,14 @@ async fn list_all(app: &TestApp, agent_id: &str, page_size: i32) -> Vec<Vec<Stri
     let mut page_token = String::new();
     loop {
         let page = app
-            .api
-            .clone()
-            .list_sandboxes(v1::ListSandboxesRequest {
+            .list(v1::ListSandboxesRequest {
                 agent_id: agent_id.to_owned(),
                 page_size,
                 page_token: page_token.clone(),
                 state: 0,
             })
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         if !agent_id.is_empty() {
             assert!(page.sandboxes.iter().all(|s| s.agent_id == agent_id));
         }
@@ -351,11 +287,15 @@ async fn extend_moves_the_expiry_within_max_ttl() {
     })
     .await;
     let chat = new_chat_id();
-    let (created, _) = create(&app, &chat, "default", &app.new_volume("v")).await;
+    let created = app
+        .create_ok(&chat, "default", &app.new_volume("v"))
+        .await
+        .sandbox;
     let created_expiry = unix_ms(created.expires_at.as_ref().unwrap());
 
     let before = now_ms();
-    let extended = extend(&app, &chat, Some(Duration::from_secs(3600)))
+    let extended = app
+        .extend(&chat, Some(Duration::from_secs(3600)))
         .await
         .unwrap();
     let expiry = unix_ms(extended.expires_at.as_ref().unwrap());
@@ -376,7 +316,7 @@ async fn extend_moves_the_expiry_within_max_ttl() {
 
     // No ttl: the configured session_ttl from now (which may shorten the lease).
     let before = now_ms();
-    let reset = extend(&app, &chat, None).await.unwrap();
+    let reset = app.extend(&chat, None).await.unwrap();
     let expiry = unix_ms(reset.expires_at.as_ref().unwrap());
     assert!(
         expiry >= before + 600_000 && expiry <= now_ms() + 600_000,
@@ -384,10 +324,11 @@ async fn extend_moves_the_expiry_within_max_ttl() {
     );
 
     // Exactly max_ttl is allowed, a millisecond more is not.
-    extend(&app, &chat, Some(Duration::from_secs(7200)))
+    app.extend(&chat, Some(Duration::from_secs(7200)))
         .await
         .unwrap();
-    let status = extend(&app, &chat, Some(Duration::from_millis(7_200_001)))
+    let status = app
+        .extend(&chat, Some(Duration::from_millis(7_200_001)))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -398,7 +339,7 @@ async fn extend_moves_the_expiry_within_max_ttl() {
     assert_eq!(violations[0].field, "ttl");
 
     // A chat without a sandbox.
-    let status = extend(&app, &new_chat_id(), None).await.unwrap_err();
+    let status = app.extend(&new_chat_id(), None).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
@@ -406,10 +347,13 @@ async fn extend_moves_the_expiry_within_max_ttl() {
 async fn delete_removes_the_container_and_the_keys_then_reports_not_found() {
     let app = spawn_app().await;
     let chat = new_chat_id();
-    let (sandbox, _) = create(&app, &chat, "default", &app.new_volume("v")).await;
+    let sandbox = app
+        .create_ok(&chat, "default", &app.new_volume("v"))
+        .await
+        .sandbox;
     assert!(!app.redis_keys().await.is_empty());
 
-    let deleted = delete(&app, &chat).await;
+    let deleted = app.delete(&chat).await.unwrap();
     assert_eq!(deleted.result, v1::DeleteSandboxResult::Deleted as i32);
     assert_eq!(deleted.session_id, sandbox.session_id);
     assert_eq!(deleted.container_id, sandbox.container_id);
@@ -419,9 +363,9 @@ async fn delete_removes_the_container_and_the_keys_then_reports_not_found() {
     // only the event log, which keeps the creation and the deletion for the retention.
     let events = app.key("events");
     assert_eq!(app.redis_keys().await, BTreeSet::from([events]));
-    assert_eq!(get(&app, &chat).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(app.get(&chat).await.unwrap_err().code(), Code::NotFound);
 
-    let again = delete(&app, &chat).await;
+    let again = app.delete(&chat).await.unwrap();
     assert_eq!(again.result, v1::DeleteSandboxResult::NotFound as i32);
     assert_eq!(
         (again.session_id.as_str(), again.container_id.as_str()),
@@ -435,13 +379,17 @@ async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
     let chats: Vec<String> = (0..3).map(|_| new_chat_id()).collect();
     let mut sandboxes = Vec::new();
     for (i, chat) in chats.iter().enumerate() {
-        let (sandbox, _) = create(&app, chat, "default", &app.new_volume(&format!("v{i}"))).await;
+        let sandbox = app
+            .create_ok(chat, "default", &app.new_volume(&format!("v{i}")))
+            .await
+            .sandbox;
         sandboxes.push(sandbox);
     }
     // Every sandbox starts with the long default TTL, so a slow create cannot expire one early;
     // the first two are then shortened to expire now, the third lives on.
     for (chat, sandbox) in chats[..2].iter().zip(sandboxes.iter_mut()) {
-        *sandbox = extend(&app, chat, Some(Duration::from_millis(200)))
+        *sandbox = app
+            .extend(chat, Some(Duration::from_millis(200)))
             .await
             .unwrap();
     }
@@ -450,7 +398,7 @@ async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
         wait_until_expired(sandbox).await;
     }
 
-    let report = cleanup(&app).await;
+    let report = app.cleanup().await.unwrap();
     assert_eq!((report.error_count, report.skipped_count), (0, 0));
     let cleaned: BTreeSet<String> = report.cleaned.into_iter().map(|s| s.session_id).collect();
     let expired: BTreeSet<String> = sandboxes[..2]
@@ -462,7 +410,7 @@ async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
     for sandbox in &sandboxes[..2] {
         assert!(!app.container_exists(&sandbox.container_id).await);
         assert_eq!(
-            get(&app, &sandbox.chat_id).await.unwrap_err().code(),
+            app.get(&sandbox.chat_id).await.unwrap_err().code(),
             Code::NotFound
         );
     }
@@ -481,6 +429,6 @@ async fn cleanup_rpc_removes_expired_sandboxes_and_their_containers() {
     assert!(keys.contains(&app.key(&format!("session:{}", kept.session_id))));
 
     // A second pass has nothing to do.
-    let report = cleanup(&app).await;
+    let report = app.cleanup().await.unwrap();
     assert!(report.cleaned.is_empty());
 }

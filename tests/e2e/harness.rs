@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use sandboxd_api::v1;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use sandboxd_testkit::{new_chat_id, spawn_app};
+use sandboxd_testkit::{SandboxRequests, new_chat_id, spawn_app};
 
 #[tokio::test]
 async fn spawned_server_is_serving_and_cleans_up_after_itself() {
@@ -21,16 +20,9 @@ async fn spawned_server_is_serving_and_cleans_up_after_itself() {
     assert_eq!(status, 200, "{body}");
 
     let created = app
-        .api
-        .clone()
-        .create_sandbox(v1::CreateSandboxRequest {
-            chat_id: new_chat_id(),
-            agent_id: "default".to_owned(),
-            volume_host_path: app.new_volume("smoke"),
-        })
+        .create(&new_chat_id(), "default", &app.new_volume("smoke"))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let container_id = created.sandbox.unwrap().container_id;
     assert_eq!(app.container_ids().await.len(), 1);
 

@@ -11,9 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
-
-use crate::reliability::{create_request, reconcile};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, new_chat_id, spawn_app_with};
 
 /// Written by the test into each chat's volume before its create.
 const MARKER: &str = "marker";
@@ -71,17 +69,6 @@ async fn wait_for_pool(app: &TestApp, ready: usize) {
     }
 }
 
-async fn create(app: &TestApp, chat: &str, agent: &str, volume: &str) -> v1::Sandbox {
-    app.api
-        .clone()
-        .create_sandbox(create_request(chat, agent, volume))
-        .await
-        .unwrap_or_else(|status| panic!("create {chat}: {status:?}\n{}", app.log()))
-        .into_inner()
-        .sandbox
-        .expect("a sandbox")
-}
-
 async fn get(sandbox: &v1::Sandbox, path: &str) -> (u16, String) {
     let endpoint = sandbox.endpoint.as_ref().expect("an endpoint");
     sandboxd_testkit::http_get(&format!("{}:{}", endpoint.ip, endpoint.port), path)
@@ -106,7 +93,7 @@ async fn a_pooled_create_runs_the_command_in_the_chats_volume_with_its_environme
     let waiting = pooled_ids(&app).await;
     let chat = new_chat_id();
     let volume = volume_with_marker(&app, "chat", &chat);
-    let sandbox = create(&app, &chat, "pooled", &volume).await;
+    let sandbox = app.create_ok(&chat, "pooled", &volume).await.sandbox;
     assert!(
         waiting.contains(&sandbox.container_id),
         "served by a sandbox that was waiting: {waiting:?} vs {}",
@@ -164,26 +151,24 @@ async fn a_pooled_create_runs_the_command_in_the_chats_volume_with_its_environme
     // Hardened exactly like a cold sandbox of the same profile.
     let cold_chat = new_chat_id();
     let cold_volume = volume_with_marker(&app, "cold", &cold_chat);
-    let cold = create(&app, &cold_chat, "cold", &cold_volume).await;
+    let cold = app
+        .create_ok(&cold_chat, "cold", &cold_volume)
+        .await
+        .sandbox;
     let pooled_host = hardening(&app, &sandbox.container_id).await;
     let cold_host = hardening(&app, &cold.container_id).await;
     assert_eq!(pooled_host, cold_host);
 
     // Deleted like any other: container gone, slot released; the waiting ones' slots are not
     // mounts, so only the slots root itself is left mounted.
-    let marker_chat = chat.clone();
-    app.api
-        .clone()
-        .delete_sandbox(v1::DeleteSandboxRequest { chat_id: chat })
-        .await
-        .unwrap();
+    app.delete(&chat).await.unwrap();
     assert!(!app.container_exists(&sandbox.container_id).await);
     let slots = slot_mounts(&app);
     assert!(slots.is_empty(), "{slots:?}");
     // The volume itself is untouched by the release.
     assert_eq!(
         std::fs::read_to_string(host_volume.join(MARKER)).unwrap(),
-        format!("chat {marker_chat}\n")
+        format!("chat {chat}\n")
     );
 }
 
@@ -246,12 +231,15 @@ fn chats_with_markers(app: &TestApp, count: usize) -> Vec<(String, String)> {
 
 /// Creates every chat's `pooled` sandbox at once; each serves its own chat's marker.
 async fn create_all_serving(app: &TestApp, chats: &[(String, String)]) -> Vec<v1::Sandbox> {
-    let created = futures::future::join_all(
+    let created: Vec<v1::Sandbox> = futures::future::join_all(
         chats
             .iter()
-            .map(|(chat, volume)| create(app, chat, "pooled", volume)),
+            .map(|(chat, volume)| app.create_ok(chat, "pooled", volume)),
     )
-    .await;
+    .await
+    .into_iter()
+    .map(|created| created.sandbox)
+    .collect();
     for ((chat, _), sandbox) in chats.iter().zip(&created) {
         assert_eq!(
             get(sandbox, "/served.txt").await,
@@ -322,12 +310,7 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
             .map(|_| {
                 let (chat, volume) = chats[rng.random_range(0..chats.len())].clone();
                 let api = app.api.clone();
-                tokio::spawn(async move {
-                    api.clone()
-                        .create_sandbox(create_request(&chat, "pooled", &volume))
-                        .await
-                        .is_ok()
-                })
+                tokio::spawn(async move { api.create(&chat, "pooled", &volume).await.is_ok() })
             })
             .collect();
         // A claim takes a few milliseconds: kill inside or right after most of them.
@@ -339,7 +322,7 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
         app.restart().await;
     }
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let report = reconcile(&app.api).await;
+    let report = app.reconcile().await.expect("reconcile");
     assert_eq!(report.error_count, 0, "{report:?}");
 
     let sessions: BTreeSet<String> = all_session_containers(&app).await;
@@ -410,13 +393,7 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
     );
 
     for (chat, _) in &chats {
-        let _ = app
-            .api
-            .clone()
-            .delete_sandbox(v1::DeleteSandboxRequest {
-                chat_id: chat.clone(),
-            })
-            .await;
+        let _ = app.delete(chat).await;
     }
     app.sigterm();
     let _ = app.wait_for_exit(Duration::from_secs(30)).await;
@@ -433,18 +410,9 @@ async fn sigkill_during_claims_then_restart_and_reconcile_leave_no_orphan() {
 }
 
 async fn all_session_containers(app: &TestApp) -> BTreeSet<String> {
-    app.api
-        .clone()
-        .list_sandboxes(v1::ListSandboxesRequest {
-            agent_id: String::new(),
-            page_size: 1000,
-            page_token: String::new(),
-            state: 0,
-        })
+    app.all_sandboxes()
         .await
         .unwrap()
-        .into_inner()
-        .sandboxes
         .into_iter()
         .map(|s| s.container_id)
         .collect()
@@ -469,30 +437,14 @@ async fn a_claimed_sandbox_pauses_hibernates_and_resumes_with_its_volume_and_env
     wait_for_pool(&app, 1).await;
     let chat = new_chat_id();
     let volume = volume_with_marker(&app, "chat", &chat);
-    let sandbox = create(&app, &chat, "pooled", &volume).await;
+    let sandbox = app.create_ok(&chat, "pooled", &volume).await.sandbox;
     assert_eq!(
         metric(&app, "sandbox_pool_claims_total", r#"result="claimed""#).await,
         1.0
     );
-    let request = || v1::PauseSandboxRequest {
-        chat_id: chat.clone(),
-    };
-    let paused = app.api.clone().pause_sandbox(request()).await.unwrap();
-    assert_eq!(
-        paused.into_inner().sandbox.unwrap().state,
-        v1::SandboxState::Paused as i32
-    );
-    let resumed = app
-        .api
-        .clone()
-        .resume_sandbox(v1::ResumeSandboxRequest {
-            chat_id: chat.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sandbox
-        .unwrap();
+    let paused = app.pause(&chat).await.unwrap();
+    assert_eq!(paused.state, v1::SandboxState::Paused as i32);
+    let resumed = app.resume(&chat).await.unwrap();
     assert_eq!(get(&resumed, "/served.txt").await.0, 200);
 
     // Left alone past its idle timeout: hibernated (stopped by the engine, slot kept).
@@ -507,16 +459,9 @@ async fn a_claimed_sandbox_pauses_hibernates_and_resumes_with_its_volume_and_env
     }
     std::fs::remove_file(PathBuf::from(&volume).join("env.txt")).unwrap();
     let woken = app
-        .api
-        .clone()
-        .resume_sandbox(v1::ResumeSandboxRequest {
-            chat_id: chat.clone(),
-        })
+        .resume(&chat)
         .await
-        .unwrap_or_else(|status| panic!("resume: {status:?}\n{}", app.log()))
-        .into_inner()
-        .sandbox
-        .unwrap();
+        .unwrap_or_else(|status| panic!("resume: {status:?}\n{}", app.log()));
     assert_eq!(woken.container_id, sandbox.container_id);
     assert_eq!(
         get(&woken, "/served.txt").await,

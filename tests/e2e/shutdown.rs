@@ -7,7 +7,9 @@ use sandboxd_api::v1;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use sandboxd_testkit::{AppConfig, http_get, new_chat_id, sandbox_image, spawn_app_with};
+use sandboxd_testkit::{
+    AppConfig, SandboxRequests, http_get, new_chat_id, sandbox_image, spawn_app_with,
+};
 
 /// A profile whose httpd starts two seconds late: the ready probe keeps CreateSandbox in flight
 /// long enough to signal the process in the middle of it.
@@ -23,14 +25,13 @@ fn slow_profile() -> String {
 async fn sigterm_during_a_create_finishes_it_reports_not_serving_and_exits_zero() {
     let mut app = spawn_app_with(AppConfig::default().with_agent("slow", &slow_profile())).await;
     let chat = new_chat_id();
-    let request = v1::CreateSandboxRequest {
-        chat_id: chat.clone(),
-        agent_id: "slow".to_owned(),
-        volume_host_path: app.new_volume("slow"),
-    };
-    let mut client = app.new_client().await;
+    let volume = app.new_volume("slow");
+    let client = app.new_client().await;
     let started = Instant::now();
-    let in_flight = tokio::spawn(async move { client.create_sandbox(request).await });
+    let in_flight = {
+        let chat = chat.clone();
+        tokio::spawn(async move { client.create(&chat, "slow", &volume).await })
+    };
 
     // The container exists but the call has not returned: the create is in flight.
     app.wait_for_a_container().await;
@@ -46,19 +47,13 @@ async fn sigterm_during_a_create_finishes_it_reports_not_serving_and_exits_zero(
         "NOT_SERVING must be reported while the create is still running"
     );
     // New calls are refused while draining; clients retry elsewhere.
-    let refused = app
-        .api
-        .clone()
-        .get_sandbox(v1::GetSandboxRequest { chat_id: chat })
-        .await
-        .unwrap_err();
+    let refused = app.get(&chat).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 
     let created = in_flight
         .await
         .unwrap()
-        .expect("the in-flight create completes")
-        .into_inner();
+        .expect("the in-flight create completes");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
     let endpoint = created.sandbox.unwrap().endpoint.unwrap();

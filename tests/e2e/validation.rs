@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sandboxd_testkit::hostile::{self, hostile_cases};
-use sandboxd_testkit::{TestApp, spawn_app};
+use sandboxd_testkit::{SandboxRequests, TestApp, spawn_app};
 
 /// The Redis keys under the test's prefix and the containers with its label.
 async fn state_snapshot(app: &TestApp) -> (BTreeSet<String>, BTreeSet<String>) {

@@ -215,20 +215,6 @@ impl TestApp {
         format!("http://{}", self.http_addr)
     }
 
-    /// The chat's sandbox through GetSandbox; panics (with the server log) when there is none.
-    pub async fn live_sandbox(&self, chat_id: &str) -> sandboxd_api::v1::Sandbox {
-        self.api
-            .clone()
-            .get_sandbox(sandboxd_api::v1::GetSandboxRequest {
-                chat_id: chat_id.to_owned(),
-            })
-            .await
-            .unwrap_or_else(|status| panic!("get {chat_id}: {status:?}\n{}", self.log()))
-            .into_inner()
-            .sandbox
-            .unwrap_or_else(|| panic!("get {chat_id}: no sandbox in the response"))
-    }
-
     /// A fresh client on its own connection (the shared `api` is fine for most tests).
     pub async fn new_client(&self) -> SandboxServiceClient<Channel> {
         SandboxServiceClient::new(connect(&self.process).await)

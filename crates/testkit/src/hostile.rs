@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::SandboxRequests as _;
+
 /// Where a refusal is decided, so a test can send the cases its stack can decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecidedBy {
@@ -501,28 +503,16 @@ fn watch_cases(targets: &Targets, cases: &mut Vec<HostileCase>) {
 /// a forged one). `max_ttl` must be the app's.
 pub async fn setup(app: &crate::TestApp, max_ttl: Duration) -> Targets {
     let live_chat = crate::new_chat_id();
-    app.api
-        .clone()
-        .create_sandbox(v1::CreateSandboxRequest {
-            chat_id: live_chat.clone(),
-            agent_id: "default".to_owned(),
-            volume_host_path: app.new_volume("live"),
-        })
-        .await
-        .unwrap_or_else(|status| panic!("creating the live sandbox: {status:?}\n{}", app.log()));
+    app.create_ok(&live_chat, "default", &app.new_volume("live"))
+        .await;
     prepare_volume_root(app.volume_root.path()).expect("preparing the volume root");
     let issued = app
-        .api
-        .clone()
-        .list_sandboxes(v1::ListSandboxesRequest {
-            agent_id: String::new(),
+        .list(v1::ListSandboxesRequest {
             page_size: 1,
-            page_token: String::new(),
-            state: 0,
+            ..Default::default()
         })
         .await
         .expect("listing")
-        .into_inner()
         .next_page_token;
     let page_token = if issued.is_empty() {
         forged_token(&live_chat)

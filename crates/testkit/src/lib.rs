@@ -12,6 +12,8 @@
 //!   processes on the same Redis and prefix); `start_refused()` for a configuration sandboxd
 //!   must refuse at start.
 //! - [`app_config`]: what a test may change in that `sandboxd`'s configuration.
+//! - [`requests`]: the sandbox API's calls with typed arguments (`app.create(chat, agent,
+//!   volume)`, `app.get(chat)`, ...) on a [`TestApp`], a [`Peer`] or a bare client.
 //! - [`binary`]: the `sandboxd` binary under test, refused when older than its sources.
 //! - [`fleet`]: several Docker engines in network namespaces (`scripts/lib/fleet.sh`) and a
 //!   `sandboxd` fleet node started inside one, for the fleet tests.
@@ -31,6 +33,7 @@ pub mod http;
 pub mod pool;
 pub mod process;
 pub mod redis;
+pub mod requests;
 
 pub use app::{Peer, TestApp, spawn_app, spawn_app_with, start_refused};
 pub use app_config::{AppConfig, new_chat_id};
@@ -38,6 +41,7 @@ pub use binary::workspace_root;
 pub use docker::{LabelGuard, sandbox_image};
 pub use http::{http_get, metric_samples};
 pub use redis::{RedisServer, Sentinel};
+pub use requests::{Created, SandboxRequests};
 
 /// The result of a test or helper that reports failures as errors rather than panics.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use futures::future::join_all;
-use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, http_get, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{
+    AppConfig, SandboxRequests, TestApp, http_get, new_chat_id, spawn_app_with,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -190,18 +191,9 @@ struct Sandbox {
 
 async fn create_sandbox(app: &TestApp, agent: &str, volume: &str) -> Sandbox {
     let created = app
-        .api
-        .clone()
-        .create_sandbox(v1::CreateSandboxRequest {
-            chat_id: new_chat_id(),
-            agent_id: agent.to_owned(),
-            volume_host_path: app.new_volume(volume),
-        })
+        .create_ok(&new_chat_id(), agent, &app.new_volume(volume))
         .await
-        .unwrap_or_else(|status| panic!("create {agent}: {status:?}\n{}", app.log()))
-        .into_inner()
-        .sandbox
-        .unwrap();
+        .sandbox;
     let endpoint = created.endpoint.unwrap();
     let inspected = app
         .docker

@@ -16,7 +16,8 @@ use bollard::models::{HostConfig, Mount, PortBinding};
 use sandboxd_api::v1;
 use sandboxd_testkit::app_config::toml_string;
 use sandboxd_testkit::{
-    AppConfig, TestApp, http_get, new_chat_id, sandbox_image, spawn_app_with, start_refused,
+    AppConfig, SandboxRequests, TestApp, http_get, new_chat_id, sandbox_image, spawn_app_with,
+    start_refused,
 };
 
 /// The agent whose profile runs under gVisor; `default` is the same profile under runc.
@@ -66,21 +67,6 @@ async fn require_runsc(docker: &Docker) {
     );
 }
 
-async fn create(app: &TestApp, agent_id: &str, volume: &str) -> v1::Sandbox {
-    app.api
-        .clone()
-        .create_sandbox(v1::CreateSandboxRequest {
-            chat_id: new_chat_id(),
-            agent_id: agent_id.to_owned(),
-            volume_host_path: volume.to_owned(),
-        })
-        .await
-        .unwrap_or_else(|status| panic!("create {agent_id}: {status:?}\n{}", app.log()))
-        .into_inner()
-        .sandbox
-        .expect("a sandbox")
-}
-
 async fn exec(app: &TestApp, container: &str, cmd: &[&str]) -> String {
     tokio::time::timeout(
         EXEC_TIMEOUT,
@@ -95,7 +81,7 @@ async fn exec(app: &TestApp, container: &str, cmd: &[&str]) -> String {
 async fn a_runsc_sandbox_runs_on_gvisors_kernel_serves_on_loopback_and_writes_its_volume() {
     let app = spawn_gvisor_app().await;
     let volume = app.new_volume("gvisor");
-    let sandbox = create(&app, GVISOR, &volume).await;
+    let sandbox = app.create_ok(&new_chat_id(), GVISOR, &volume).await.sandbox;
     let container = sandbox.container_id.as_str();
 
     let inspected = app.docker.inspect_container(container, None).await.unwrap();
@@ -145,7 +131,10 @@ async fn a_runsc_sandbox_runs_on_gvisors_kernel_serves_on_loopback_and_writes_it
 #[tokio::test]
 async fn a_runsc_sandbox_pauses_and_resumes_through_the_engines_freezer() {
     let app = spawn_gvisor_app().await;
-    let sandbox = create(&app, GVISOR, &app.new_volume("paused")).await;
+    let sandbox = app
+        .create_ok(&new_chat_id(), GVISOR, &app.new_volume("paused"))
+        .await
+        .sandbox;
     let state = |app: &TestApp, id: String| {
         let docker = app.docker.clone();
         async move {
@@ -156,16 +145,9 @@ async fn a_runsc_sandbox_pauses_and_resumes_through_the_engines_freezer() {
     let chat_id = sandbox.chat_id.clone();
 
     let paused = app
-        .api
-        .clone()
-        .pause_sandbox(v1::PauseSandboxRequest {
-            chat_id: chat_id.clone(),
-        })
+        .pause(&chat_id)
         .await
-        .unwrap_or_else(|status| panic!("pause: {status:?}\n{}", app.log()))
-        .into_inner()
-        .sandbox
-        .expect("a sandbox");
+        .unwrap_or_else(|status| panic!("pause: {status:?}\n{}", app.log()));
     assert_eq!(paused.state, v1::SandboxState::Paused as i32);
     assert_eq!(
         state(&app, sandbox.container_id.clone()).await,
@@ -173,14 +155,9 @@ async fn a_runsc_sandbox_pauses_and_resumes_through_the_engines_freezer() {
     );
 
     let resumed = app
-        .api
-        .clone()
-        .resume_sandbox(v1::ResumeSandboxRequest { chat_id })
+        .resume(&chat_id)
         .await
-        .unwrap_or_else(|status| panic!("resume: {status:?}\n{}", app.log()))
-        .into_inner()
-        .sandbox
-        .expect("a sandbox");
+        .unwrap_or_else(|status| panic!("resume: {status:?}\n{}", app.log()));
     assert_eq!(resumed.state, v1::SandboxState::Running as i32);
     assert_eq!(
         state(&app, sandbox.container_id.clone()).await,
@@ -254,8 +231,14 @@ impl Hardening {
 #[tokio::test]
 async fn a_runsc_sandbox_is_confined_exactly_like_a_runc_sandbox_of_the_same_profile() {
     let app = spawn_gvisor_app().await;
-    let runc = create(&app, "default", &app.new_volume("runc")).await;
-    let runsc = create(&app, GVISOR, &app.new_volume("runsc")).await;
+    let runc = app
+        .create_ok(&new_chat_id(), "default", &app.new_volume("runc"))
+        .await
+        .sandbox;
+    let runsc = app
+        .create_ok(&new_chat_id(), GVISOR, &app.new_volume("runsc"))
+        .await
+        .sandbox;
 
     let (runc_hardening, runc_runtime) = Hardening::of(&app.docker, &runc.container_id).await;
     let (runsc_hardening, runsc_runtime) = Hardening::of(&app.docker, &runsc.container_id).await;

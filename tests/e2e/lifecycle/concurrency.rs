@@ -12,14 +12,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use sandboxd_api::v1;
-use sandboxd_testkit::{new_chat_id, spawn_app_with};
+use sandboxd_testkit::{SandboxRequests, TestApp, new_chat_id, spawn_app_with};
 use tokio::sync::Barrier;
 use tonic::Code;
 
 use super::watch::{Watch, WatchFilter};
-use super::{
-    Api, assert_engine_agrees, create, get, lifecycle_config, now_ms, pause, resume, state, unix_ms,
-};
+use super::{Api, assert_engine_agrees, lifecycle_config, now_ms, state, unix_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Call {
@@ -44,7 +42,7 @@ fn calls_for(with_deletes: bool, rng: &mut StdRng) -> Vec<Call> {
 }
 
 /// Waits until the idle `sandboxes` have expired and runs the cleanup pass that hibernates them.
-async fn hibernate(api: &Api, sandboxes: &[v1::Sandbox]) {
+async fn hibernate(app: &TestApp, sandboxes: &[v1::Sandbox]) {
     let latest = sandboxes
         .iter()
         .map(|sandbox| unix_ms(sandbox.expires_at.as_ref()))
@@ -53,12 +51,7 @@ async fn hibernate(api: &Api, sandboxes: &[v1::Sandbox]) {
     if let Ok(wait) = u64::try_from(latest - now_ms() + 150) {
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
-    let report = api
-        .clone()
-        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = app.cleanup().await.unwrap();
     assert_eq!(
         report.suspended_sandboxes.len(),
         sandboxes.len(),
@@ -107,15 +100,9 @@ fn assert_event_chain(chat: &str, events: &[v1::SandboxEvent], last: Option<v1::
 
 async fn send(api: &Api, chat_id: &str, call: Call) -> Code {
     let outcome = match call {
-        Call::Pause => pause(api, chat_id).await.map(drop),
-        Call::Resume => resume(api, chat_id).await.map(drop),
-        Call::Delete => api
-            .clone()
-            .delete_sandbox(v1::DeleteSandboxRequest {
-                chat_id: chat_id.to_owned(),
-            })
-            .await
-            .map(drop),
+        Call::Pause => api.pause(chat_id).await.map(drop),
+        Call::Resume => api.resume(chat_id).await.map(drop),
+        Call::Delete => api.delete(chat_id).await.map(drop),
     };
     outcome.err().map_or(Code::Ok, |status| status.code())
 }
@@ -141,12 +128,12 @@ async fn racing_pause_resume_and_delete_leave_each_session_and_container_agreein
         for (index, chat) in chats.iter().enumerate() {
             let agent = if index < 2 { "default" } else { "sleeper" };
             let volume = app.new_volume(&format!("r{round}c{index}"));
-            let created = create(&app, chat, agent, &volume).await;
+            let created = app.create_ok(chat, agent, &volume).await;
             if index >= 2 {
-                sleepers.push(created.sandbox.expect("a sandbox"));
+                sleepers.push(created.sandbox);
             }
         }
-        hibernate(&app.api, &sleepers).await;
+        hibernate(&app, &sleepers).await;
         let mut plan = Vec::new();
         for (index, chat) in chats.iter().enumerate() {
             for call in calls_for(index % 2 == 1, &mut rng) {
@@ -184,7 +171,7 @@ async fn racing_pause_resume_and_delete_leave_each_session_and_container_agreein
         let events = watch.take_until_quiet(Duration::from_millis(500)).await;
         let mut kept = BTreeSet::new();
         for chat in &chats {
-            let current = get(&app.api, chat).await;
+            let current = app.get(chat).await;
             assert_event_chain(chat, &events, current.as_ref().ok().map(state));
             match current {
                 Ok(sandbox) => {
@@ -205,26 +192,14 @@ async fn racing_pause_resume_and_delete_leave_each_session_and_container_agreein
         }
         // No stray: the engine has exactly the sessions' containers.
         assert_eq!(app.container_ids().await, kept, "round {round}");
-        let report = app
-            .api
-            .clone()
-            .reconcile_sandboxes(v1::ReconcileSandboxesRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let report = app.reconcile().await.unwrap();
         assert_eq!(
             report,
             v1::ReconcileSandboxesResponse::default(),
             "nothing to repair after round {round}"
         );
         for chat in &chats {
-            app.api
-                .clone()
-                .delete_sandbox(v1::DeleteSandboxRequest {
-                    chat_id: chat.clone(),
-                })
-                .await
-                .unwrap();
+            app.delete(chat).await.unwrap();
         }
     }
     assert!(app.container_ids().await.is_empty());

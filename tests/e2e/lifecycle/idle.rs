@@ -6,13 +6,13 @@
 use std::time::{Duration, Instant};
 
 use sandboxd_api::v1;
-use sandboxd_testkit::{docker, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{SandboxRequests, docker, new_chat_id, spawn_app_with};
 use tonic::Code;
 
 use super::watch::{Seen, Watch, WatchFilter};
 use super::{
-    assert_engine_agrees, assert_refused, assert_serves, create, get, lifecycle_config, list_chats,
-    now_ms, resume, serving_volume, state, touch, unix_ms, wait_for_state,
+    assert_engine_agrees, assert_refused, assert_serves, lifecycle_config, list_chats, now_ms,
+    serving_volume, state, unix_ms, wait_for_state,
 };
 
 const PAUSING: &str = "idle_timeout = \"3s\"\non_idle = \"pause\"";
@@ -32,16 +32,16 @@ async fn an_idle_sandbox_is_paused_and_create_resumes_it_while_a_touched_one_run
     let busy_volume = serving_volume(&app, "busy");
     let mut idle_events = Watch::open(&app, "", WatchFilter::Chat(idle_chat.clone())).await;
 
-    let created = create(&app, &idle_chat, "napper", &idle_volume).await;
+    let created = app.create_ok(&idle_chat, "napper", &idle_volume).await;
     assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
-    let sandbox = created.sandbox.expect("a sandbox");
+    let sandbox = created.sandbox;
     assert_eq!(state(&sandbox), v1::SandboxState::Running);
     assert!(sandbox.max_expires_at.is_none(), "no max_lifetime, no cap");
     let created_ms = unix_ms(sandbox.created_at.as_ref());
     assert_eq!(unix_ms(sandbox.last_active_at.as_ref()), created_ms);
     assert_eq!(unix_ms(sandbox.expires_at.as_ref()), created_ms + 3000);
     assert_serves(&sandbox).await;
-    let busy = create(&app, &busy_chat, "napper", &busy_volume).await;
+    let busy = app.create_ok(&busy_chat, "napper", &busy_volume).await;
     let busy_started = Instant::now();
 
     // Touched every second for 6 s (twice the idle timeout), in the background.
@@ -50,7 +50,7 @@ async fn an_idle_sandbox_is_paused_and_create_resumes_it_while_a_touched_one_run
     let toucher = tokio::spawn(async move {
         let mut answers = Vec::new();
         while busy_started.elapsed() < Duration::from_secs(6) {
-            answers.push(touch(&api, &chat).await);
+            answers.push(api.touch(&chat).await);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         answers
@@ -75,13 +75,11 @@ async fn an_idle_sandbox_is_paused_and_create_resumes_it_while_a_touched_one_run
     );
     assert_engine_agrees(&app, &paused).await;
     assert_eq!(
-        list_chats(&app.api, v1::SandboxState::Paused)
-            .await
-            .unwrap(),
+        list_chats(&app, v1::SandboxState::Paused).await.unwrap(),
         vec![idle_chat.clone()]
     );
     // Activity is refused on a paused sandbox: it must be resumed.
-    let refused = touch(&app.api, &idle_chat).await.unwrap_err();
+    let refused = app.touch(&idle_chat).await.unwrap_err();
     assert_refused(&refused, Code::FailedPrecondition, None);
 
     for (index, answer) in toucher.await.unwrap().into_iter().enumerate() {
@@ -89,19 +87,16 @@ async fn an_idle_sandbox_is_paused_and_create_resumes_it_while_a_touched_one_run
         assert_eq!(state(&touched), v1::SandboxState::Running, "touch #{index}");
     }
     assert!(busy_started.elapsed() >= Duration::from_secs(6));
-    let still_running = get(&app.api, &busy_chat).await.unwrap();
+    let still_running = app.get(&busy_chat).await.unwrap();
     assert_eq!(state(&still_running), v1::SandboxState::Running);
-    assert_eq!(
-        still_running.session_id,
-        busy.sandbox.expect("a sandbox").session_id
-    );
+    assert_eq!(still_running.session_id, busy.sandbox.session_id);
     assert_engine_agrees(&app, &still_running).await;
 
     // The idle one comes back through CreateSandbox: RESUMED, same session and container.
-    let again = create(&app, &idle_chat, "napper", &idle_volume).await;
+    let again = app.create_ok(&idle_chat, "napper", &idle_volume).await;
     assert_eq!(again.result, v1::CreateSandboxResult::Resumed as i32);
     assert_eq!(again.result, 4, "the wire value of RESUMED");
-    let resumed = again.sandbox.expect("a sandbox");
+    let resumed = again.sandbox;
     assert_eq!(resumed.session_id, sandbox.session_id);
     assert_eq!(resumed.container_id, sandbox.container_id);
     assert_eq!(state(&resumed), v1::SandboxState::Running);
@@ -137,24 +132,16 @@ async fn max_lifetime_ends_a_sandbox_however_often_it_is_touched() {
     let chat = new_chat_id();
     let mut watch = Watch::open(&app, "", WatchFilter::Chat(chat.clone())).await;
 
-    let sandbox = create(&app, &chat, "capped", &serving_volume(&app, "capped"))
+    let sandbox = app
+        .create_ok(&chat, "capped", &serving_volume(&app, "capped"))
         .await
-        .sandbox
-        .expect("a sandbox");
+        .sandbox;
     let created_ms = unix_ms(sandbox.created_at.as_ref());
     let cap_ms = unix_ms(sandbox.max_expires_at.as_ref());
     assert_eq!(cap_ms, created_ms + 6000);
 
     let beyond = app
-        .api
-        .clone()
-        .extend_sandbox(v1::ExtendSandboxRequest {
-            chat_id: chat.clone(),
-            ttl: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-        })
+        .extend(&chat, Some(Duration::from_secs(3600)))
         .await
         .unwrap_err();
     assert_refused(&beyond, Code::InvalidArgument, Some("ttl"));
@@ -169,7 +156,7 @@ async fn max_lifetime_ends_a_sandbox_however_often_it_is_touched() {
             "still there after {WITHIN:?}\n{}",
             app.log()
         );
-        match touch(&app.api, &chat).await {
+        match app.touch(&chat).await {
             Ok(touched) => {
                 assert_eq!(state(&touched), v1::SandboxState::Running);
                 assert!(unix_ms(touched.expires_at.as_ref()) <= cap_ms);
@@ -215,10 +202,10 @@ async fn a_hibernated_sandbox_keeps_its_filesystem_and_resume_starts_it_serving(
     let app = spawn_app_with(lifecycle_config("500ms", &[("sleeper", hibernating)])).await;
     let chat = new_chat_id();
     let mut watch = Watch::open(&app, "", WatchFilter::Chat(chat.clone())).await;
-    let sandbox = create(&app, &chat, "sleeper", &serving_volume(&app, "sleeper"))
+    let sandbox = app
+        .create_ok(&chat, "sleeper", &serving_volume(&app, "sleeper"))
         .await
-        .sandbox
-        .expect("a sandbox");
+        .sandbox;
     let container = sandbox.container_id.clone();
     let written = docker::exec(
         &app.docker,
@@ -251,13 +238,13 @@ async fn a_hibernated_sandbox_keeps_its_filesystem_and_resume_starts_it_serving(
         "stopped, not removed"
     );
     assert_eq!(
-        list_chats(&app.api, v1::SandboxState::Hibernated)
+        list_chats(&app, v1::SandboxState::Hibernated)
             .await
             .unwrap(),
         vec![chat.clone()]
     );
 
-    let resumed = resume(&app.api, &chat).await.unwrap();
+    let resumed = app.resume(&chat).await.unwrap();
     // Activity, so the 3 s idle timeout starts again from here: the checks below fit in it.
     assert_eq!(state(&resumed), v1::SandboxState::Running);
     assert_eq!(resumed.session_id, sandbox.session_id);
@@ -269,7 +256,7 @@ async fn a_hibernated_sandbox_keeps_its_filesystem_and_resume_starts_it_serving(
         .unwrap();
     assert_eq!(kept.trim(), "kept-across-hibernation");
     // The answer carried the endpoint of now; GetSandbox agrees.
-    let current = get(&app.api, &chat).await.unwrap();
+    let current = app.get(&chat).await.unwrap();
     assert_eq!(current.endpoint, resumed.endpoint);
     println!(
         "hibernate: endpoint port before {:?}, after resume {:?}",
@@ -304,10 +291,10 @@ async fn a_paused_sandbox_is_removed_after_its_paused_retention() {
     let app = spawn_app_with(lifecycle_config("500ms", &[("brief", brief)])).await;
     let chat = new_chat_id();
     let mut watch = Watch::open(&app, "", WatchFilter::Chat(chat.clone())).await;
-    let sandbox = create(&app, &chat, "brief", &app.new_volume("brief"))
+    let sandbox = app
+        .create_ok(&chat, "brief", &app.new_volume("brief"))
         .await
-        .sandbox
-        .expect("a sandbox");
+        .sandbox;
     let paused = wait_for_state(&app, &chat, v1::SandboxState::Paused, WITHIN).await;
     assert_eq!(
         unix_ms(paused.expires_at.as_ref()),
@@ -315,7 +302,7 @@ async fn a_paused_sandbox_is_removed_after_its_paused_retention() {
     );
 
     let started = Instant::now();
-    while get(&app.api, &chat).await.is_ok() {
+    while app.get(&chat).await.is_ok() {
         assert!(started.elapsed() < WITHIN, "never removed\n{}", app.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
-use sandboxd_testkit::{AppConfig, TestApp, http_get};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, http_get};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -51,70 +51,15 @@ fn serving_volume(app: &TestApp, name: &str) -> String {
     volume
 }
 
-fn create_request(chat_id: &str, agent_id: &str, volume: &str) -> v1::CreateSandboxRequest {
-    v1::CreateSandboxRequest {
-        chat_id: chat_id.to_owned(),
-        agent_id: agent_id.to_owned(),
-        volume_host_path: volume.to_owned(),
-    }
-}
-
-/// CreateSandbox that must succeed: the response (sandbox and result).
-async fn create(
-    app: &TestApp,
-    chat_id: &str,
-    agent_id: &str,
-    volume: &str,
-) -> v1::CreateSandboxResponse {
-    app.api
-        .clone()
-        .create_sandbox(create_request(chat_id, agent_id, volume))
-        .await
-        .unwrap_or_else(|status| panic!("create {chat_id}: {status:?}\n{}", app.log()))
-        .into_inner()
-}
-
-async fn pause(api: &Api, chat_id: &str) -> Result<v1::Sandbox, Status> {
-    let request = v1::PauseSandboxRequest {
-        chat_id: chat_id.to_owned(),
-    };
-    let response = api.clone().pause_sandbox(request).await?;
-    Ok(response.into_inner().sandbox.expect("a sandbox"))
-}
-
-async fn resume(api: &Api, chat_id: &str) -> Result<v1::Sandbox, Status> {
-    let request = v1::ResumeSandboxRequest {
-        chat_id: chat_id.to_owned(),
-    };
-    let response = api.clone().resume_sandbox(request).await?;
-    Ok(response.into_inner().sandbox.expect("a sandbox"))
-}
-
-async fn touch(api: &Api, chat_id: &str) -> Result<v1::Sandbox, Status> {
-    let request = v1::TouchSandboxRequest {
-        chat_id: chat_id.to_owned(),
-    };
-    let response = api.clone().touch_sandbox(request).await?;
-    Ok(response.into_inner().sandbox.expect("a sandbox"))
-}
-
-async fn get(api: &Api, chat_id: &str) -> Result<v1::Sandbox, Status> {
-    let request = v1::GetSandboxRequest {
-        chat_id: chat_id.to_owned(),
-    };
-    let response = api.clone().get_sandbox(request).await?;
-    Ok(response.into_inner().sandbox.expect("a sandbox"))
-}
-
 /// One page (at most 1000) of ListSandboxes in `state` (`0` for all): the chat ids, sorted.
-async fn list_chats(api: &Api, state: v1::SandboxState) -> Result<Vec<String>, Status> {
+async fn list_chats(app: &TestApp, state: v1::SandboxState) -> Result<Vec<String>, Status> {
     let request = v1::ListSandboxesRequest {
         agent_id: String::new(),
         page_size: 1000,
         page_token: String::new(),
         state: state.into(),
     };
-    let page = api.clone().list_sandboxes(request).await?.into_inner();
+    let page = app.list(request).await?;
     assert!(page.next_page_token.is_empty(), "more than one page");
     let mut chats: Vec<String> = page.sandboxes.into_iter().map(|s| s.chat_id).collect();
     chats.sort();
@@ -157,7 +102,7 @@ async fn wait_for_state(
 ) -> v1::Sandbox {
     let deadline = Instant::now() + within;
     loop {
-        let current = get(&app.api, chat_id).await;
+        let current = app.get(chat_id).await;
         if let Ok(sandbox) = &current
             && state(sandbox) == wanted
         {

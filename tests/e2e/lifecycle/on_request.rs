@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use sandboxd_api::v1;
-use sandboxd_testkit::{TestApp, metric_samples, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{SandboxRequests, TestApp, metric_samples, new_chat_id, spawn_app_with};
 use tonic::Code;
 
 use super::{
-    assert_engine_agrees, assert_refused, assert_serves, create, get, lifecycle_config, list_chats,
-    now_ms, pause, resume, serving_volume, state, touch, unix_ms,
+    assert_engine_agrees, assert_refused, assert_serves, lifecycle_config, list_chats, now_ms,
+    serving_volume, state, unix_ms,
 };
 
 /// Sleeps until `sandbox` has expired, plus a margin for the clocks' granularity.
@@ -81,31 +81,31 @@ async fn pause_and_resume_are_idempotent_and_refused_where_the_state_does_not_al
     let (paused_chat, running_chat, hibernated_chat) =
         (new_chat_id(), new_chat_id(), new_chat_id());
     let volume = serving_volume(&app, "paused");
-    create(&app, &paused_chat, "default", &volume).await;
-    let running = create(&app, &running_chat, "default", &app.new_volume("running"))
+    app.create_ok(&paused_chat, "default", &volume).await;
+    let running = app
+        .create_ok(&running_chat, "default", &app.new_volume("running"))
         .await
-        .sandbox
-        .expect("a sandbox");
+        .sandbox;
     let sleeper_volume = app.new_volume("sleeper");
-    let sleeping = create(&app, &hibernated_chat, "sleeper", &sleeper_volume)
+    let sleeping = app
+        .create_ok(&hibernated_chat, "sleeper", &sleeper_volume)
         .await
-        .sandbox
-        .expect("a sandbox");
+        .sandbox;
 
     // Pause, then pause again: the same paused sandbox, nothing changed.
-    let paused = pause(&app.api, &paused_chat).await.unwrap();
+    let paused = app.pause(&paused_chat).await.unwrap();
     assert_eq!(state(&paused), v1::SandboxState::Paused);
     assert_engine_agrees(&app, &paused).await;
-    let again = pause(&app.api, &paused_chat).await.unwrap();
+    let again = app.pause(&paused_chat).await.unwrap();
     assert_eq!(again, paused, "a second pause changes nothing");
     assert_engine_agrees(&app, &again).await;
-    let refused = touch(&app.api, &paused_chat).await.unwrap_err();
+    let refused = app.touch(&paused_chat).await.unwrap_err();
     assert_refused(&refused, Code::FailedPrecondition, None);
     assert!(refused.message().contains("paused"), "{refused:?}");
 
     // Resume of a running sandbox: idempotent, and activity.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let still = resume(&app.api, &running_chat).await.unwrap();
+    let still = app.resume(&running_chat).await.unwrap();
     assert_eq!(state(&still), v1::SandboxState::Running);
     assert_eq!(still.container_id, running.container_id);
     assert!(
@@ -117,7 +117,7 @@ async fn pause_and_resume_are_idempotent_and_refused_where_the_state_does_not_al
     // A touch is one store round trip: no lease, no engine call, no event.
     let before = TouchCost::measure(&app).await;
     for _ in 0..5 {
-        let touched = touch(&app.api, &running_chat).await.unwrap();
+        let touched = app.touch(&running_chat).await.unwrap();
         assert_eq!(state(&touched), v1::SandboxState::Running);
     }
     let after = TouchCost::measure(&app).await;
@@ -131,13 +131,7 @@ async fn pause_and_resume_are_idempotent_and_refused_where_the_state_does_not_al
 
     // The cleanup pass hibernates the idle sleeper.
     wait_until_expired(&sleeping).await;
-    let report = app
-        .api
-        .clone()
-        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = app.cleanup().await.unwrap();
     assert!(report.cleaned.is_empty(), "{report:?}");
     assert_eq!(report.suspended_sandboxes.len(), 1, "{report:?}");
     let hibernated = &report.suspended_sandboxes[0];
@@ -145,8 +139,8 @@ async fn pause_and_resume_are_idempotent_and_refused_where_the_state_does_not_al
     assert_eq!(state(hibernated), v1::SandboxState::Hibernated);
     assert_engine_agrees(&app, hibernated).await;
     for refused in [
-        pause(&app.api, &hibernated_chat).await.unwrap_err(),
-        touch(&app.api, &hibernated_chat).await.unwrap_err(),
+        app.pause(&hibernated_chat).await.unwrap_err(),
+        app.touch(&hibernated_chat).await.unwrap_err(),
     ] {
         assert_refused(&refused, Code::FailedPrecondition, None);
     }
@@ -164,73 +158,67 @@ async fn pause_and_resume_are_idempotent_and_refused_where_the_state_does_not_al
         (v1::SandboxState::Paused, vec![paused_chat.clone()]),
         (v1::SandboxState::Hibernated, vec![hibernated_chat.clone()]),
     ] {
-        assert_eq!(
-            list_chats(&app.api, filter).await.unwrap(),
-            want,
-            "{filter:?}"
-        );
+        assert_eq!(list_chats(&app, filter).await.unwrap(), want, "{filter:?}");
     }
     let unknown_state = app
-        .api
-        .clone()
-        .list_sandboxes(v1::ListSandboxesRequest {
-            agent_id: String::new(),
-            page_size: 0,
-            page_token: String::new(),
+        .list(v1::ListSandboxesRequest {
             state: 7,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_refused(&unknown_state, Code::InvalidArgument, Some("state"));
 
     // Resume the paused one (it serves again), then resume again: idempotent.
-    let resumed = resume(&app.api, &paused_chat).await.unwrap();
+    let resumed = app.resume(&paused_chat).await.unwrap();
     assert_eq!(state(&resumed), v1::SandboxState::Running);
     assert_eq!(resumed.session_id, paused.session_id);
     assert_engine_agrees(&app, &resumed).await;
     assert_serves(&resumed).await;
-    let twice = resume(&app.api, &paused_chat).await.unwrap();
+    let twice = app.resume(&paused_chat).await.unwrap();
     assert_eq!(state(&twice), v1::SandboxState::Running);
     assert_eq!(twice.session_id, paused.session_id);
     assert_engine_agrees(&app, &twice).await;
-    let touched = touch(&app.api, &paused_chat).await.unwrap();
+    let touched = app.touch(&paused_chat).await.unwrap();
     assert_eq!(state(&touched), v1::SandboxState::Running);
 
     // The hibernated one is started again by CreateSandbox: RESUMED, the same session. Left
     // idle past its 1 s timeout (the loop is off, so it stays), it has expired: pause, resume
     // and touch are refused.
-    let again = create(&app, &hibernated_chat, "sleeper", &sleeper_volume).await;
+    let again = app
+        .create_ok(&hibernated_chat, "sleeper", &sleeper_volume)
+        .await;
     assert_eq!(again.result, v1::CreateSandboxResult::Resumed as i32);
-    let woken = again.sandbox.expect("a sandbox");
+    let woken = again.sandbox;
     assert_eq!(woken.session_id, sleeping.session_id);
     assert_eq!(woken.container_id, sleeping.container_id);
     assert_eq!(state(&woken), v1::SandboxState::Running);
     assert_engine_agrees(&app, &woken).await;
     wait_until_expired(&woken).await;
     for refused in [
-        pause(&app.api, &hibernated_chat).await.unwrap_err(),
-        resume(&app.api, &hibernated_chat).await.unwrap_err(),
-        touch(&app.api, &hibernated_chat).await.unwrap_err(),
+        app.pause(&hibernated_chat).await.unwrap_err(),
+        app.resume(&hibernated_chat).await.unwrap_err(),
+        app.touch(&hibernated_chat).await.unwrap_err(),
     ] {
         assert_refused(&refused, Code::FailedPrecondition, None);
         assert!(refused.message().contains("expired"), "{refused:?}");
     }
-    assert_engine_agrees(&app, &get(&app.api, &hibernated_chat).await.unwrap()).await;
+    assert_engine_agrees(&app, &app.get(&hibernated_chat).await.unwrap()).await;
 
     // A chat without a sandbox, and a malformed chat id.
     let nobody = new_chat_id();
     for (what, outcome) in [
-        ("pause", pause(&app.api, &nobody).await),
-        ("resume", resume(&app.api, &nobody).await),
-        ("touch", touch(&app.api, &nobody).await),
+        ("pause", app.pause(&nobody).await),
+        ("resume", app.resume(&nobody).await),
+        ("touch", app.touch(&nobody).await),
     ] {
         let status = outcome.expect_err(what);
         assert_refused(&status, Code::NotFound, None);
     }
     for (what, outcome) in [
-        ("pause", pause(&app.api, "not-a-uuid").await),
-        ("resume", resume(&app.api, "not-a-uuid").await),
-        ("touch", touch(&app.api, "not-a-uuid").await),
+        ("pause", app.pause("not-a-uuid").await),
+        ("resume", app.resume("not-a-uuid").await),
+        ("touch", app.touch("not-a-uuid").await),
     ] {
         let status = outcome.expect_err(what);
         assert_refused(&status, Code::InvalidArgument, Some("chat_id"));

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app, spawn_app_with};
+use sandboxd_testkit::{
+    AppConfig, SandboxRequests, TestApp, new_chat_id, spawn_app, spawn_app_with,
+};
 use tonic::{Code, Status, Streaming};
 
-use super::{Api, assert_refused, create, get, pause, resume, state};
+use super::{Api, assert_refused, state};
 
 /// Generous liveness bound on any one expected event.
 const DELIVERY_BOUND: Duration = Duration::from_secs(30);
@@ -206,31 +208,20 @@ async fn perform(app: &TestApp, chat: &ScriptChat, action: Action) -> (Seen, Ins
     let chat_id = &chat.chat_id;
     let sandbox = match action {
         Action::Create => {
-            let created = create(app, chat_id, chat.agent_id, &chat.volume).await;
+            let created = app.create_ok(chat_id, chat.agent_id, &chat.volume).await;
             assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
-            created.sandbox.expect("a sandbox")
+            created.sandbox
         }
-        Action::Pause => pause(&app.api, chat_id).await.unwrap(),
-        Action::Resume => resume(&app.api, chat_id).await.unwrap(),
-        Action::Extend => {
-            let request = v1::ExtendSandboxRequest {
-                chat_id: chat_id.clone(),
-                ttl: Some(prost_types::Duration {
-                    seconds: 600,
-                    nanos: 0,
-                }),
-            };
-            let extended = app.api.clone().extend_sandbox(request).await.unwrap();
-            extended.into_inner().sandbox.expect("a sandbox")
-        }
+        Action::Pause => app.pause(chat_id).await.unwrap(),
+        Action::Resume => app.resume(chat_id).await.unwrap(),
+        Action::Extend => app
+            .extend(chat_id, Some(Duration::from_secs(600)))
+            .await
+            .unwrap(),
         Action::Delete => {
             // The removal's event carries the sandbox as it was.
-            let before = get(&app.api, chat_id).await.unwrap();
-            let request = v1::DeleteSandboxRequest {
-                chat_id: chat_id.clone(),
-            };
-            let deleted = app.api.clone().delete_sandbox(request).await.unwrap();
-            let deleted = deleted.into_inner();
+            let before = app.get(chat_id).await.unwrap();
+            let deleted = app.delete(chat_id).await.unwrap();
             assert_eq!(deleted.result, v1::DeleteSandboxResult::Deleted as i32);
             assert_eq!(deleted.session_id, before.session_id);
             before
@@ -541,7 +532,8 @@ async fn a_garbage_cursor_is_invalid_and_an_expired_one_out_of_range() {
     .await;
     let chat = new_chat_id();
     let mut watch = Watch::open(&app, "", WatchFilter::All).await;
-    create(&app, &chat, "default", &app.new_volume("cursor")).await;
+    app.create_ok(&chat, "default", &app.new_volume("cursor"))
+        .await;
     let cursor = watch.take(1, DELIVERY_BOUND).await[0].cursor.clone();
     drop(watch);
     // Recent: accepted, and nothing follows it yet.
@@ -569,7 +561,7 @@ async fn a_garbage_cursor_is_invalid_and_an_expired_one_out_of_range() {
         );
     }
     // The resync the message asks for: list, then watch from now.
-    let listed = super::list_chats(&app.api, v1::SandboxState::Unspecified)
+    let listed = super::list_chats(&app, v1::SandboxState::Unspecified)
         .await
         .unwrap();
     assert_eq!(listed, vec![chat]);
@@ -592,12 +584,13 @@ async fn watches_end_cleanly_when_the_server_drains_on_sigterm() {
     ] {
         watches.push(Watch::open(&app, "", filter).await);
     }
-    create(&app, &chat, "default", &app.new_volume("drain")).await;
+    app.create_ok(&chat, "default", &app.new_volume("drain"))
+        .await;
     let mut cursor = String::new();
     for watch in &mut watches[..3] {
         cursor = watch.take(1, DELIVERY_BOUND).await.remove(0).cursor;
     }
-    pause(&app.api, &chat).await.unwrap();
+    app.pause(&chat).await.unwrap();
     for watch in &mut watches[..3] {
         watch.take(1, DELIVERY_BOUND).await;
     }

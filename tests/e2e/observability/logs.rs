@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sandboxd_api::v1;
 use tonic::{Code, Request};
 
-use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, new_chat_id, spawn_app_with};
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_outcome_events() {
@@ -87,16 +87,9 @@ async fn json_logs_are_one_object_per_line_with_the_outcome_events() {
 #[tokio::test]
 async fn by_default_log_lines_carry_the_event_fields_without_span_fields() {
     let app = spawn_app_with(AppConfig::default()).await;
-    let mut api = app.api.clone();
     let chat_id = new_chat_id();
     let volume = app.new_volume("plain-log");
-    api.create_sandbox(v1::CreateSandboxRequest {
-        chat_id: chat_id.clone(),
-        agent_id: "default".to_owned(),
-        volume_host_path: volume,
-    })
-    .await
-    .unwrap();
+    app.create(&chat_id, "default", &volume).await.unwrap();
 
     // The line is written by the time the call returns, but read back by a pipe reader thread.
     let deadline = Instant::now() + Duration::from_secs(10);

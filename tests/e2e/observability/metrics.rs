@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use sandboxd_api::v1;
-use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
-use sandboxd_testkit::{AppConfig, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with};
+use sandboxd_testkit::{
+    AppConfig, SandboxRequests, TestApp, http_get, new_chat_id, spawn_app, spawn_app_with,
+};
 
 /// The official Python client's text-format parser (`python3-prometheus-client`, installed by
 /// scripts/test): samples as JSON `[name, labels, value]` plus each family's HELP text.
@@ -111,73 +111,44 @@ fn series(entries: &[(&[(&str, &str)], f64)]) -> BTreeMap<Vec<(String, String)>,
         .collect()
 }
 
-async fn create(
-    client: &mut SandboxServiceClient<Channel>,
-    chat_id: &str,
-    agent_id: &str,
-    volume: &str,
-) -> Result<v1::CreateSandboxResponse, tonic::Status> {
-    client
-        .create_sandbox(v1::CreateSandboxRequest {
-            chat_id: chat_id.to_owned(),
-            agent_id: agent_id.to_owned(),
-            volume_host_path: volume.to_owned(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 #[tokio::test]
 async fn metrics_count_a_scripted_sequence_exactly() {
     // Sessions start with the long default TTL, so a slow machine cannot expire one early; the
     // expiry step shortens A and B with ExtendSandbox instead of waiting out a short TTL.
     let app = spawn_app().await;
-    let mut api = app.api.clone();
     let (chat_a, chat_b, chat_c, chat_d) =
         (new_chat_id(), new_chat_id(), new_chat_id(), new_chat_id());
     let (vol1, vol2) = (app.new_volume("one"), app.new_volume("two"));
 
     // created, then at once (while A is live) reused and one conflict per reason.
-    let first = create(&mut api, &chat_a, "default", &vol1).await.unwrap();
+    let first = app.create(&chat_a, "default", &vol1).await.unwrap();
     assert_eq!(first.result(), v1::CreateSandboxResult::Created);
-    let reused = create(&mut api, &chat_a, "default", &vol1).await.unwrap();
+    let reused = app.create(&chat_a, "default", &vol1).await.unwrap();
     assert_eq!(reused.result(), v1::CreateSandboxResult::Reused);
     for (agent, volume) in [("other", &vol1), ("default", &vol2), ("other", &vol2)] {
-        let status = create(&mut api, &chat_a, agent, volume).await.unwrap_err();
+        let status = app.create(&chat_a, agent, volume).await.unwrap_err();
         assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     }
     // Two more created; C deleted, D never existed.
-    create(&mut api, &chat_b, "default", &vol1).await.unwrap();
-    create(&mut api, &chat_c, "default", &vol2).await.unwrap();
+    app.create(&chat_b, "default", &vol1).await.unwrap();
+    app.create(&chat_c, "default", &vol2).await.unwrap();
     for (chat, expected) in [
         (&chat_c, v1::DeleteSandboxResult::Deleted),
         (&chat_d, v1::DeleteSandboxResult::NotFound),
     ] {
-        let deleted = api
-            .delete_sandbox(v1::DeleteSandboxRequest {
-                chat_id: chat.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let deleted = app.delete(chat).await.unwrap();
         assert_eq!(deleted.result(), expected);
     }
 
     // Once A's and B's sessions expired: A is replaced (live again), B is cleaned, and a stale
     // expiry-index entry pointing at A's new, live session is skipped.
     for chat in [&chat_a, &chat_b] {
-        api.extend_sandbox(v1::ExtendSandboxRequest {
-            chat_id: chat.clone(),
-            ttl: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 100_000_000,
-            }),
-        })
-        .await
-        .unwrap();
+        app.extend(chat, Some(Duration::from_millis(100)))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let replaced = create(&mut api, &chat_a, "default", &vol1).await.unwrap();
+    let replaced = app.create(&chat_a, "default", &vol1).await.unwrap();
     assert_eq!(replaced.result(), v1::CreateSandboxResult::Replaced);
     let live_session = replaced.sandbox.unwrap().session_id;
     let mut redis = app.redis_connection().await;
@@ -188,11 +159,7 @@ async fn metrics_count_a_scripted_sequence_exactly() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let report = api
-        .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = app.cleanup().await.unwrap();
     assert_eq!(report.cleaned.len(), 1);
     assert_eq!(report.cleaned[0].chat_id, chat_b);
     assert_eq!(report.skipped_count, 1, "{report:?}");

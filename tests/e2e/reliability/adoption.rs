@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, new_chat_id, spawn_app_with};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use super::{Api, active_gauge, assert_invariant, create_retrying, reconcile, repairs};
+use super::{active_gauge, assert_invariant, repairs};
 
 const CHATS: usize = 20;
 /// Creates in flight at once while setting up (the engine's pace on 2 cores).
@@ -63,7 +63,8 @@ async fn start_live_sandboxes(app: &TestApp) -> Vec<Live> {
         .collect();
     let mut live: Vec<Live> = futures::stream::iter(chats)
         .map(|(chat, volume)| async move {
-            let response = create_retrying(&app.api, &chat, &volume)
+            let response = app
+                .create_retrying(&chat, "default", &volume)
                 .await
                 .unwrap_or_else(|status| panic!("create {chat}: {status:?}\n{}", app.log()));
             assert_eq!(response.result, v1::CreateSandboxResult::Created as i32);
@@ -104,7 +105,7 @@ async fn assert_adopted_by_one_pass(app: &TestApp, live: &[Live], loss: &str) {
         "after the {loss}, Redis still holds {left:?}"
     );
     let pass_started = Instant::now();
-    let report = reconcile_retrying(&app.api).await;
+    let report = reconcile_retrying(app).await;
     let pass_took = pass_started.elapsed();
     assert_eq!(report.error_count, 0, "{}", app.log());
     assert!(
@@ -142,7 +143,8 @@ async fn assert_adopted_by_one_pass(app: &TestApp, live: &[Live], loss: &str) {
             sandbox.chat
         );
         assert_eq!(app.live_sandbox(&sandbox.chat).await, sandbox.sandbox);
-        let again = create_retrying(&app.api, &sandbox.chat, &sandbox.volume)
+        let again = app
+            .create_retrying(&sandbox.chat, "default", &sandbox.volume)
             .await
             .unwrap_or_else(|status| panic!("create {}: {status:?}", sandbox.chat));
         assert_eq!(
@@ -175,9 +177,9 @@ async fn assert_adopted_by_one_pass(app: &TestApp, live: &[Live], loss: &str) {
         Some(CHATS as f64),
         "{repaired:?}"
     );
-    let (containers, sessions, gauge) = assert_invariant(app, &app.api, &http).await;
+    let (containers, sessions, gauge) = assert_invariant(app, &http).await;
     // A second pass finds nothing left to do.
-    let second = reconcile(&app.api).await;
+    let second = app.reconcile().await.expect("reconcile");
     assert!(
         second.adopted_sandboxes.is_empty() && second.removed_container_ids.is_empty(),
         "{second:?}"
@@ -190,15 +192,11 @@ async fn assert_adopted_by_one_pass(app: &TestApp, live: &[Live], loss: &str) {
 }
 
 /// The admin pass, retrying while the server's Redis connection comes back after a restart.
-async fn reconcile_retrying(api: &Api) -> v1::ReconcileSandboxesResponse {
+async fn reconcile_retrying(app: &TestApp) -> v1::ReconcileSandboxesResponse {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match api
-            .clone()
-            .reconcile_sandboxes(v1::ReconcileSandboxesRequest {})
-            .await
-        {
-            Ok(response) => return response.into_inner(),
+        match app.reconcile().await {
+            Ok(report) => return report,
             Err(status)
                 if matches!(status.code(), Code::Unavailable | Code::Aborted)
                     && Instant::now() < deadline =>

@@ -15,15 +15,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, new_chat_id, spawn_app_with};
 use tokio::time::sleep_until;
 use tonic::{Code, Status};
 
-use super::{
-    Api, DoubleSampler, active_gauge, all_sandboxes, assert_invariant, create_request, reconcile,
-    repairs,
-};
+use super::{Api, DoubleSampler, active_gauge, assert_invariant, repairs};
 
 const CHATS: usize = 40;
 const CLIENTS: u64 = 16;
@@ -85,32 +81,15 @@ impl Route {
     }
 }
 
-async fn call(api: &Api, op: Op, chat: &str, volume: &str, ttl: i64) -> Result<(), Status> {
-    let mut api = api.clone();
-    let chat_id = chat.to_owned();
+async fn call(api: &Api, op: Op, chat: &str, volume: &str, ttl: u64) -> Result<(), Status> {
     match op {
-        Op::Create => api
-            .create_sandbox(create_request(chat, "default", volume))
-            .await
-            .map(drop),
-        Op::Extend => api
-            .extend_sandbox(v1::ExtendSandboxRequest {
-                chat_id,
-                ttl: Some(prost_types::Duration {
-                    seconds: ttl,
-                    nanos: 0,
-                }),
-            })
-            .await
-            .map(drop),
-        Op::Get => api
-            .get_sandbox(v1::GetSandboxRequest { chat_id })
-            .await
-            .map(drop),
-        Op::Delete => api
-            .delete_sandbox(v1::DeleteSandboxRequest { chat_id })
-            .await
-            .map(drop),
+        Op::Create => api.create(chat, "default", volume).await.map(drop),
+        Op::Extend => {
+            let ttl = Some(Duration::from_secs(ttl));
+            api.extend(chat, ttl).await.map(drop)
+        }
+        Op::Get => api.get(chat).await.map(drop),
+        Op::Delete => api.delete(chat).await.map(drop),
     }
 }
 
@@ -122,7 +101,7 @@ async fn call_retrying(
     op: Op,
     chat: &str,
     volume: &str,
-    ttl: i64,
+    ttl: u64,
     tally: &mut Tally,
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -308,7 +287,7 @@ async fn replica_and_redis_killed_under_random_load_keep_one_container_per_chat(
 
     // Quiet: sessions extended by 1 s expire and the cleanup loop (2 s) ends them.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let report = reconcile(&app.api).await;
+    let report = app.reconcile().await.expect("reconcile");
     let http = app.http_addr.to_string();
     let survivor_repairs = repairs(&http).await;
     let log = app.log();
@@ -334,11 +313,11 @@ async fn replica_and_redis_killed_under_random_load_keep_one_container_per_chat(
     eprintln!(
         "at the end: containers {}, sessions {}, sandbox_active_count {:?}",
         app.containers().await.len(),
-        all_sandboxes(&app.api).await.len(),
+        app.all_sandboxes().await.expect("list").len(),
         active_gauge(&http).await
     );
     assert_eq!(report.error_count, 0, "{log}");
-    let (containers, sessions, gauge) = assert_invariant(&app, &app.api, &http).await;
+    let (containers, sessions, gauge) = assert_invariant(&app, &http).await;
     eprintln!("invariant: containers {containers} == sessions {sessions} == gauge {gauge}");
 
     let route = Route {
@@ -353,7 +332,7 @@ async fn replica_and_redis_killed_under_random_load_keep_one_container_per_chat(
             .unwrap_or_else(|failure| panic!("{failure}\n{}", app.log()));
     }
     let left = app.containers().await;
-    let sessions_left = all_sandboxes(&app.api).await.len();
+    let sessions_left = app.all_sandboxes().await.expect("list").len();
     eprintln!(
         "after deleting every chat: {} containers left, {sessions_left} sessions ({:?})",
         left.len(),

@@ -9,10 +9,10 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, new_chat_id, spawn_app_with};
 use tonic::Code;
 
-use super::{DoubleSampler, assert_invariant, create_retrying, reconcile, repairing_config};
+use super::{DoubleSampler, assert_invariant, repairing_config};
 
 #[tokio::test]
 async fn sixty_four_concurrent_creates_for_one_chat_make_one_container() {
@@ -24,7 +24,7 @@ async fn sixty_four_concurrent_creates_for_one_chat_make_one_container() {
         let api = app.new_client().await;
         let (chat, volume) = (chat.clone(), volume.clone());
         calls.push(tokio::spawn(async move {
-            create_retrying(&api, &chat, &volume).await
+            api.create_retrying(&chat, "default", &volume).await
         }));
     }
     let mut sessions = BTreeSet::new();
@@ -88,47 +88,16 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
                 let (name, outcome) = match roll {
                     0..35 => (
                         "create",
-                        create_retrying(&api, chat, volume).await.map(drop),
+                        api.create_retrying(chat, "default", volume).await.map(drop),
                     ),
                     35..55 => {
                         let ttl = if rng.random_bool(0.3) { 1 } else { 600 };
-                        let request = v1::ExtendSandboxRequest {
-                            chat_id: chat.clone(),
-                            ttl: Some(prost_types::Duration {
-                                seconds: ttl,
-                                nanos: 0,
-                            }),
-                        };
-                        (
-                            "extend",
-                            api.clone().extend_sandbox(request).await.map(drop),
-                        )
+                        let ttl = Some(Duration::from_secs(ttl));
+                        ("extend", api.extend(chat, ttl).await.map(drop))
                     }
-                    55..75 => (
-                        "get",
-                        api.clone()
-                            .get_sandbox(v1::GetSandboxRequest {
-                                chat_id: chat.clone(),
-                            })
-                            .await
-                            .map(drop),
-                    ),
-                    75..93 => (
-                        "delete",
-                        api.clone()
-                            .delete_sandbox(v1::DeleteSandboxRequest {
-                                chat_id: chat.clone(),
-                            })
-                            .await
-                            .map(drop),
-                    ),
-                    _ => (
-                        "cleanup",
-                        api.clone()
-                            .cleanup_expired_sandboxes(v1::CleanupExpiredSandboxesRequest {})
-                            .await
-                            .map(drop),
-                    ),
+                    55..75 => ("get", api.get(chat).await.map(drop)),
+                    75..93 => ("delete", api.delete(chat).await.map(drop)),
+                    _ => ("cleanup", api.cleanup().await.map(drop)),
                 };
                 match outcome {
                     Ok(()) => {}
@@ -170,10 +139,9 @@ async fn two_processes_sharing_redis_keep_one_container_per_chat_under_random_lo
         );
     }
     // Quiet now: one reconcile pass refreshes the gauge from the store on the process we scrape.
-    let report = reconcile(&app.api).await;
+    let report = app.reconcile().await.expect("reconcile");
     assert_eq!(report.error_count, 0);
-    let (containers, sessions, gauge) =
-        assert_invariant(&app, &app.api, &app.http_addr.to_string()).await;
+    let (containers, sessions, gauge) = assert_invariant(&app, &app.http_addr.to_string()).await;
     eprintln!(
         "two processes: ops {:?}, {samples} docker samples, containers {containers} == sessions {sessions} == gauge {gauge}",
         ops.lock().unwrap()

@@ -8,10 +8,10 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, new_chat_id, spawn_app_with};
 use tonic::Code;
 
-use super::{assert_invariant, create_request, reconcile, repairing_config};
+use super::{assert_invariant, repairing_config};
 
 /// ≥ 20 SIGKILLs at random moments of creates and deletes, restarting each time; then one
 /// reconcile pass (short grace) restores the invariant.
@@ -37,15 +37,9 @@ async fn sigkill_during_creates_then_reconcile_restores_the_invariant() {
             let delete = rng.random_bool(0.2);
             calls.push(tokio::spawn(async move {
                 let outcome = if delete {
-                    api.clone()
-                        .delete_sandbox(v1::DeleteSandboxRequest { chat_id: chat })
-                        .await
-                        .map(drop)
+                    api.delete(&chat).await.map(drop)
                 } else {
-                    api.clone()
-                        .create_sandbox(create_request(&chat, "default", &volume))
-                        .await
-                        .map(drop)
+                    api.create(&chat, "default", &volume).await.map(drop)
                 };
                 (delete, outcome.is_ok())
             }));
@@ -64,10 +58,9 @@ async fn sigkill_during_creates_then_reconcile_restores_the_invariant() {
     }
     // Past the grace and the leases of the killed processes: the next pass may repair anything.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let report = reconcile(&app.api).await;
+    let report = app.reconcile().await.expect("reconcile");
     assert_eq!(report.error_count, 0, "{report:?}");
-    let (containers, sessions, gauge) =
-        assert_invariant(&app, &app.api, &app.http_addr.to_string()).await;
+    let (containers, sessions, gauge) = assert_invariant(&app, &app.http_addr.to_string()).await;
     eprintln!(
         "crash: {kills} kills, {created} creates and {deleted} deletes answered before a kill, reconcile removed {} containers and {} sessions; containers {containers} == sessions {sessions} == gauge {gauge}",
         report.removed_container_ids.len(),
@@ -97,24 +90,16 @@ async fn a_stale_lease_holder_cannot_commit_and_removes_its_container() {
     let peer = app.spawn_peer().await;
     let chat = new_chat_id();
     let volume = app.new_volume("slow");
-    let request = v1::CreateSandboxRequest {
-        chat_id: chat.clone(),
-        agent_id: "slow".to_owned(),
-        volume_host_path: volume.clone(),
-    };
     let stale = {
-        let api = app.api.clone();
-        let request = request.clone();
-        tokio::spawn(async move { api.clone().create_sandbox(request).await })
+        let (api, chat, volume) = (app.api.clone(), chat.clone(), volume.clone());
+        tokio::spawn(async move { api.create(&chat, "slow", &volume).await })
     };
     // A's container exists (it is waiting for readiness): freeze A past its lease.
     app.wait_for_a_container().await;
     app.signal("STOP");
-    let fresh = peer.api.clone().create_sandbox(request).await;
+    let fresh = peer.create(&chat, "slow", &volume).await;
     app.signal("CONT");
-    let fresh = fresh
-        .unwrap_or_else(|s| panic!("B: {s:?}\n{}", peer.log()))
-        .into_inner();
+    let fresh = fresh.unwrap_or_else(|s| panic!("B: {s:?}\n{}", peer.log()));
     assert_eq!(fresh.result, v1::CreateSandboxResult::Created as i32);
     let stale = stale.await.unwrap();
     let status = stale.expect_err("the stale holder's create must not commit");

@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sandboxd_api::v1;
 use sandboxd_testkit::hostile::{self, hostile_cases};
 use sandboxd_testkit::{AppConfig, TestApp, spawn_app_with};
 use tonic::Code;
-
-use super::create_request;
 
 /// A snapshot of every key under the test's prefix with its value (type-aware), so "nothing
 /// changed" covers values, not just names.
@@ -84,11 +83,11 @@ async fn hostile_requests_get_their_code_and_field_and_change_nothing() {
         failures.extend(case.run(&app.api).await);
     }
     // Beyond the server's decoding limit (tonic's 4 MiB): refused before any handler runs.
-    let huge = create_request(
-        &targets.fresh_chat,
-        "default",
-        &format!("/{}", "a".repeat(5 << 20)),
-    );
+    let huge = v1::CreateSandboxRequest {
+        chat_id: targets.fresh_chat.clone(),
+        agent_id: "default".to_owned(),
+        volume_host_path: format!("/{}", "a".repeat(5 << 20)),
+    };
     let status = app
         .api
         .clone()

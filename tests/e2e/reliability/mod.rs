@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sandboxd_api::v1;
 use sandboxd_api::v1::sandbox_service_client::SandboxServiceClient;
-use sandboxd_testkit::{AppConfig, TestApp, metric_samples};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, metric_samples};
 use tokio::task::JoinHandle;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 mod adoption;
 mod chaos;
@@ -48,90 +47,21 @@ pub(super) fn repairing_config(reconcile_interval: &str) -> AppConfig {
     }
 }
 
-pub(super) fn create_request(
-    chat_id: &str,
-    agent_id: &str,
-    volume: &str,
-) -> v1::CreateSandboxRequest {
-    v1::CreateSandboxRequest {
-        chat_id: chat_id.to_owned(),
-        agent_id: agent_id.to_owned(),
-        volume_host_path: volume.to_owned(),
-    }
-}
-
 /// One CreateSandbox during an outage: UNAVAILABLE, and fast (within `bound`), not a hang.
 pub(super) async fn create_is_unavailable_within(
-    api: &Api,
+    app: &TestApp,
     chat: &str,
     volume: &str,
     bound: Duration,
 ) {
     let started = Instant::now();
-    let status = api
-        .clone()
-        .create_sandbox(create_request(chat, "default", volume))
-        .await
-        .unwrap_err();
+    let status = app.create(chat, "default", volume).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         started.elapsed() < bound,
         "took {:?}, bound {bound:?}",
         started.elapsed()
     );
-}
-
-/// CreateSandbox, retrying ABORTED (lock contention) as the contract says clients should.
-pub(super) async fn create_retrying(
-    api: &Api,
-    chat_id: &str,
-    volume: &str,
-) -> Result<v1::CreateSandboxResponse, Status> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match api
-            .clone()
-            .create_sandbox(create_request(chat_id, "default", volume))
-            .await
-        {
-            Err(status) if status.code() == Code::Aborted && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            outcome => return outcome.map(tonic::Response::into_inner),
-        }
-    }
-}
-
-pub(super) async fn reconcile(api: &Api) -> v1::ReconcileSandboxesResponse {
-    api.clone()
-        .reconcile_sandboxes(v1::ReconcileSandboxesRequest {})
-        .await
-        .unwrap_or_else(|status| panic!("reconcile: {status:?}"))
-        .into_inner()
-}
-
-/// Every session, through ListSandboxes.
-async fn all_sandboxes(api: &Api) -> Vec<v1::Sandbox> {
-    let mut sandboxes = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = api
-            .clone()
-            .list_sandboxes(v1::ListSandboxesRequest {
-                agent_id: String::new(),
-                page_size: 1000,
-                page_token,
-                state: 0,
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        sandboxes.extend(page.sandboxes);
-        if page.next_page_token.is_empty() {
-            return sandboxes;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 /// `sandbox_active_count` as `/metrics` shows it.
@@ -174,12 +104,8 @@ async fn running_by_chat(app: &TestApp) -> BTreeMap<String, Vec<String>> {
 
 /// The invariant counts after a run: (containers with the label, sessions in Redis, session
 /// keys in Redis, the gauge). Panics when they disagree or a chat has two containers.
-pub(super) async fn assert_invariant(
-    app: &TestApp,
-    api: &Api,
-    http_addr: &str,
-) -> (usize, usize, f64) {
-    let sessions = all_sandboxes(api).await;
+pub(super) async fn assert_invariant(app: &TestApp, http_addr: &str) -> (usize, usize, f64) {
+    let sessions = app.all_sandboxes().await.expect("list");
     let containers = app.containers().await;
     let container_ids: BTreeSet<String> = containers.iter().filter_map(|c| c.id.clone()).collect();
     let session_containers: BTreeSet<String> =

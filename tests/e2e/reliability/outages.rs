@@ -6,16 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, new_chat_id, spawn_app_with};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use super::{
-    assert_invariant, create_is_unavailable_within, create_retrying, loop_events, reconcile,
-    repairing_config,
-};
+use super::{assert_invariant, create_is_unavailable_within, loop_events, repairing_config};
 
 /// Redis killed and restarted (empty) mid-run: calls fail fast with UNAVAILABLE, health goes
 /// NOT_SERVING and back, and the reconcile loop adopts the sandbox whose session was lost: the
@@ -27,9 +24,9 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
         ..repairing_config("1s")
     })
     .await;
-    let api = app.api.clone();
     let before = new_chat_id();
-    let before_sandbox = create_retrying(&api, &before, &app.new_volume("before"))
+    let before_sandbox = app
+        .create_retrying(&before, "default", &app.new_volume("before"))
         .await
         .unwrap()
         .sandbox
@@ -40,14 +37,8 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
     let volume = app.new_volume("during");
     for _ in 0..3 {
         // Bounded by the Redis command timeout (2 s) plus scheduling slack.
-        create_is_unavailable_within(&api, &chat, &volume, Duration::from_secs(4)).await;
-        let status = api
-            .clone()
-            .get_sandbox(v1::GetSandboxRequest {
-                chat_id: before.clone(),
-            })
-            .await
-            .unwrap_err();
+        create_is_unavailable_within(&app, &chat, &volume, Duration::from_secs(4)).await;
+        let status = app.get(&before).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
     }
     app.wait_for_health(ServingStatus::NotServing).await;
@@ -56,19 +47,16 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
 
     app.redis.restart().await.unwrap();
     app.wait_for_health(ServingStatus::Serving).await;
-    let created = create_retrying(&app.api, &chat, &volume).await.unwrap();
+    let created = app
+        .create_retrying(&chat, "default", &volume)
+        .await
+        .unwrap();
     assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
     // The session of `before` died with Redis; its sandbox runs on and the loop adopts it.
     let deadline = Instant::now() + Duration::from_secs(20);
     let adopted = loop {
-        match api
-            .clone()
-            .get_sandbox(v1::GetSandboxRequest {
-                chat_id: before.clone(),
-            })
-            .await
-        {
-            Ok(found) => break found.into_inner().sandbox.unwrap(),
+        match app.get(&before).await {
+            Ok(found) => break found,
             Err(status) => assert!(
                 Instant::now() < deadline,
                 "never adopted: {status:?}\n{}",
@@ -81,7 +69,7 @@ async fn redis_outage_is_unavailable_fast_then_recovers_by_itself() {
     assert_eq!(adopted.container_id, before_sandbox.container_id);
     assert_eq!(adopted.endpoint, before_sandbox.endpoint);
     assert_eq!(app.containers().await.len(), 2);
-    assert_invariant(&app, &api, &app.http_addr.to_string()).await;
+    assert_invariant(&app, &app.http_addr.to_string()).await;
     let log = app.log();
     assert_each_loop_logged_the_outage_once(&log);
 }
@@ -163,38 +151,24 @@ async fn docker_outage_is_unavailable_fast_then_recovers_by_itself() {
         ..AppConfig::default()
     })
     .await;
-    let api = app.api.clone();
     let expiring = new_chat_id();
-    create_retrying(&api, &expiring, &app.new_volume("expiring"))
+    app.create_retrying(&expiring, "default", &app.new_volume("expiring"))
         .await
         .unwrap();
 
     proxy.stop();
     app.wait_for_health(ServingStatus::NotServing).await;
     // Expires inside the outage: every cleanup tick now fails to stop it.
-    let one_second = Some(prost_types::Duration {
-        seconds: 1,
-        nanos: 0,
-    });
-    api.clone()
-        .extend_sandbox(v1::ExtendSandboxRequest {
-            chat_id: expiring.clone(),
-            ttl: one_second,
-        })
+    app.extend(&expiring, Some(Duration::from_secs(1)))
         .await
         .unwrap();
     let chat = new_chat_id();
     let volume = app.new_volume("during");
     for _ in 0..3 {
-        create_is_unavailable_within(&api, &chat, &volume, Duration::from_secs(5)).await;
+        create_is_unavailable_within(&app, &chat, &volume, Duration::from_secs(5)).await;
     }
     // Reads that need only Redis still answer.
-    api.clone()
-        .get_sandbox(v1::GetSandboxRequest {
-            chat_id: expiring.clone(),
-        })
-        .await
-        .unwrap();
+    app.get(&expiring).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     proxy.start();
@@ -207,9 +181,9 @@ async fn docker_outage_is_unavailable_fast_then_recovers_by_itself() {
         "expired sandbox",
     )
     .await;
-    let report = reconcile(&api).await;
+    let report = app.reconcile().await.expect("reconcile");
     assert_eq!(report.error_count, 0);
-    assert_invariant(&app, &api, &app.http_addr.to_string()).await;
+    assert_invariant(&app, &app.http_addr.to_string()).await;
     let log = app.log();
     assert_each_loop_logged_the_outage_once(&log);
     let per_session = log
@@ -231,7 +205,7 @@ async fn create_then_wait_for_one_container(
     bound: Duration,
     leftover: &str,
 ) {
-    let created = create_retrying(&app.api, chat, volume).await.unwrap();
+    let created = app.create_retrying(chat, "default", volume).await.unwrap();
     assert_eq!(created.result, v1::CreateSandboxResult::Created as i32);
     let deadline = Instant::now() + bound;
     while app.containers().await.len() != 1 {

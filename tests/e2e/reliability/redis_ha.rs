@@ -6,12 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, RedisServer, Sentinel, TestApp, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{
+    AppConfig, RedisServer, SandboxRequests, Sentinel, TestApp, new_chat_id, spawn_app_with,
+};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-use super::{Api, create_retrying};
 
 const PASSWORD: &str = "s3cret-acl-pass-51d2";
 /// The Redis command timeout the tests configure: bounds each failing call.
@@ -45,15 +44,6 @@ fn app_config(redis_url: String, extra_toml: &str) -> AppConfig {
         ),
         ..AppConfig::default()
     }
-}
-
-async fn get(api: &Api, chat_id: &str) -> Result<v1::Sandbox, tonic::Status> {
-    api.clone()
-        .get_sandbox(v1::GetSandboxRequest {
-            chat_id: chat_id.to_owned(),
-        })
-        .await
-        .map(|response| response.into_inner().sandbox.unwrap())
 }
 
 fn assert_no_password(app: &TestApp) {
@@ -96,22 +86,22 @@ async fn redis_ha_sentinel_failover_is_followed_and_calls_fail_fast_meanwhile() 
         Sentinel::MASTER_NAME
     );
     let app = spawn_app_with(app_config(url, "")).await;
-    let api = app.api.clone();
     let before = new_chat_id();
-    create_retrying(&api, &before, &app.new_volume("before"))
+    app.create_retrying(&before, "default", &app.new_volume("before"))
         .await
         .unwrap();
     wait_replicated(&primary).await;
 
     // Load: GetSandbox in a loop, each outcome with its latency and the time it ended.
-    let load_api = api.clone();
+    let load_api = app.api.clone();
     let load_chat = before.clone();
     let load = tokio::spawn(async move {
         let mut outcomes = Vec::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             let sent = Instant::now();
-            let code = get(&load_api, &load_chat)
+            let code = load_api
+                .get(&load_chat)
                 .await
                 .map_or_else(|status| status.code(), |_| Code::Ok);
             outcomes.push((sent, sent.elapsed(), code));
@@ -160,12 +150,12 @@ async fn redis_ha_sentinel_failover_is_followed_and_calls_fail_fast_meanwhile() 
     }
 
     // Afterwards: the session written before survived, and creates and gets work.
-    get(&api, &before).await.unwrap();
+    app.get(&before).await.unwrap();
     let after = new_chat_id();
-    create_retrying(&api, &after, &app.new_volume("after"))
+    app.create_retrying(&after, "default", &app.new_volume("after"))
         .await
         .unwrap();
-    get(&api, &after).await.unwrap();
+    app.get(&after).await.unwrap();
     app.wait_for_health(ServingStatus::Serving).await;
     assert_no_password(&app);
 }
@@ -285,10 +275,10 @@ async fn redis_ha_tls_with_a_configured_ca_and_refusal_of_a_mismatching_certific
     ))
     .await;
     let chat = new_chat_id();
-    create_retrying(&app.api, &chat, &app.new_volume("tls"))
+    app.create_retrying(&chat, "default", &app.new_volume("tls"))
         .await
         .unwrap();
-    get(&app.api, &chat).await.unwrap();
+    app.get(&chat).await.unwrap();
     assert_no_password(&app);
     drop(app);
 
@@ -315,7 +305,7 @@ async fn redis_ha_tls_with_a_configured_ca_and_refusal_of_a_mismatching_certific
             ServingStatus::NotServing,
             "{case}"
         );
-        let status = get(&app.api, &new_chat_id()).await.unwrap_err();
+        let status = app.get(&new_chat_id()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{case}: {status:?}");
         let log = app.log();
         assert!(
@@ -343,10 +333,10 @@ async fn redis_ha_acl_user_and_password_work_and_are_never_logged() {
     ))
     .await;
     let chat = new_chat_id();
-    create_retrying(&app.api, &chat, &app.new_volume("acl"))
+    app.create_retrying(&chat, "default", &app.new_volume("acl"))
         .await
         .unwrap();
-    get(&app.api, &chat).await.unwrap();
+    app.get(&chat).await.unwrap();
     assert!(app.log().contains("redis://app:***@"), "{}", app.log());
     assert_no_password(&app);
     drop(app);

@@ -7,11 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sandboxd_api::v1;
-use sandboxd_testkit::{AppConfig, TestApp, new_chat_id, spawn_app_with};
+use sandboxd_testkit::{AppConfig, SandboxRequests, TestApp, new_chat_id, spawn_app_with};
 use tonic::Code;
-
-use super::{Api, create_retrying, reconcile};
 
 /// Cycles when `SOAK_CYCLES` is unset: what scripts/test-extra runs (about 2.5 minutes).
 const DEFAULT_CYCLES: usize = 400;
@@ -102,12 +99,12 @@ async fn soak_create_delete_cycles_leak_nothing() {
     );
     let warm_up = (cycles / 10).max(20).min(cycles);
     let started = Instant::now();
-    run_cycles(&app.api, &chats, warm_up).await;
+    run_cycles(&app, &chats, warm_up).await;
     let warm_up_took = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     let before = proc_figures(app.pid());
     let measured = Instant::now();
-    run_cycles(&app.api, &chats, cycles - warm_up).await;
+    run_cycles(&app, &chats, cycles - warm_up).await;
     let measured_took = measured.elapsed();
     // First, while the last append is recent: the stream expires a retention after it.
     assert_event_stream_bounded(&app, 2 * cycles, measured_took).await;
@@ -118,7 +115,7 @@ async fn soak_create_delete_cycles_leak_nothing() {
         warm_up_took + measured_took
     );
 
-    let report = reconcile(&app.api).await;
+    let report = app.reconcile().await.expect("reconcile");
     assert_eq!(report.error_count, 0);
     assert!(app.container_ids().await.is_empty(), "leaked containers");
     // The event stream is the one key that outlives the sessions (checked bounded above).
@@ -153,25 +150,19 @@ async fn soak_create_delete_cycles_leak_nothing() {
 
 /// `count` create/delete cycles, [`WORKERS`] at a time, each worker going round its share of
 /// `chats`; ABORTED (a chat's lease still held by a loop) is retried.
-async fn run_cycles(api: &Api, chats: &Arc<Vec<(String, String)>>, count: usize) {
+async fn run_cycles(app: &TestApp, chats: &Arc<Vec<(String, String)>>, count: usize) {
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for worker in 0..WORKERS {
-        let (chats, done, api) = (Arc::clone(chats), Arc::clone(&done), api.clone());
+        let (chats, done, api) = (Arc::clone(chats), Arc::clone(&done), app.api.clone());
         workers.push(tokio::spawn(async move {
             let mut i = worker;
             while done.fetch_add(1, Ordering::SeqCst) < count {
                 let (chat, volume) = &chats[i % chats.len()];
                 i += WORKERS;
-                create_retrying(&api, chat, volume).await.unwrap();
+                api.create_retrying(chat, "default", volume).await.unwrap();
                 loop {
-                    match api
-                        .clone()
-                        .delete_sandbox(v1::DeleteSandboxRequest {
-                            chat_id: chat.clone(),
-                        })
-                        .await
-                    {
+                    match api.delete(chat).await {
                         Err(s) if s.code() == Code::Aborted => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
