@@ -17,7 +17,7 @@ use sandboxd_adapters::redis::{RedisConfig, RedisStore, names};
 use sandboxd_domain::{
     AgentId, ChatId, ContainerId, Endpoint, SandboxSession, SessionId, VolumePath,
 };
-use sandboxd_usecase::ports::{LifecycleLocker, RepositoryError, SessionRepository};
+use sandboxd_usecase::ports::{Lease, LifecycleLocker, RepositoryError, SessionRepository};
 use time::macros::datetime;
 
 fn session(chat: ChatId) -> SandboxSession {
@@ -49,14 +49,22 @@ async fn keys_of(
     Ok(keys)
 }
 
-#[tokio::test]
-async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
+/// A store with [`session`] of a new chat saved under the chat's lease, which is still held.
+async fn one_saved_session() -> TestResult<(RedisServer, String, RedisStore, SandboxSession, Lease)>
+{
     let (server, p, store) = start_store(|_| {}).await?;
-    let (repo, locker) = (store.repository(), store.locker());
     let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
     let s = session(chat);
-    let lease = locker.lock(&chat).await?;
-    repo.save(&lease, &s, &note()).await?;
+    let lease = store.locker().lock(&chat).await?;
+    store.repository().save(&lease, &s, &note()).await?;
+    Ok((server, p, store, s, lease))
+}
+
+#[tokio::test]
+async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
+    let (server, p, store, s, lease) = one_saved_session().await?;
+    let locker = store.locker();
+    let chat = s.chat_id;
 
     let mut con = server.connection().await?;
     let id = s.session_id.to_string();
@@ -117,12 +125,9 @@ async fn a_saved_session_is_laid_out_as_designed() -> TestResult {
 /// written again, it is stored in today's form.
 #[tokio::test]
 async fn a_fleet_session_stored_before_the_node_field_still_reads() -> TestResult {
-    let (server, p, store) = start_store(|_| {}).await?;
+    let (server, p, store, s, lease) = one_saved_session().await?;
     let (repo, locker) = (store.repository(), store.locker());
-    let chat = ChatId::from_uuid(uuid::Uuid::new_v4());
-    let s = session(chat);
-    let lease = locker.lock(&chat).await?;
-    repo.save(&lease, &s, &note()).await?;
+    let chat = s.chat_id;
     let key = format!("{p}:session:{}", s.session_id);
     let mut con = server.connection().await?;
     redis::pipe()
