@@ -15,7 +15,7 @@ mod pool;
 mod pooled;
 mod probe;
 mod ready;
-pub mod volume;
+mod volume;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;

@@ -18,7 +18,7 @@ const DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
 /// The allowed roots and protected paths, as configured (resolved again on every check, so a root
 /// that is itself a symlink, or that appears after start, is handled).
 #[derive(Debug, Clone)]
-pub struct VolumePolicy {
+pub(super) struct VolumePolicy {
     allowed_roots: Vec<PathBuf>,
     protected: Vec<PathBuf>,
 }
@@ -26,7 +26,7 @@ pub struct VolumePolicy {
 impl VolumePolicy {
     /// `docker_socket` is the engine's unix socket when known (from `docker_host`/`DOCKER_HOST`).
     #[must_use]
-    pub fn new(allowed_roots: Vec<PathBuf>, docker_socket: Option<PathBuf>) -> Self {
+    pub(super) fn new(allowed_roots: Vec<PathBuf>, docker_socket: Option<PathBuf>) -> Self {
         let mut protected: Vec<PathBuf> = PROTECTED_PATHS
             .iter()
             .chain(DOCKER_SOCKETS)
@@ -42,12 +42,21 @@ impl VolumePolicy {
     /// This policy, also refusing `path`, what lies under it and what contains it (the warm
     /// pool's root: a volume there would be another chat's slot).
     #[must_use]
-    pub fn with_protected(mut self, path: PathBuf) -> Self {
+    pub(super) fn with_protected(mut self, path: PathBuf) -> Self {
         self.protected.push(path);
         self
     }
 
-    /// Resolves `volume` and returns the canonical directory to mount.
+    /// [`Self::check_with`] without an engine root: the tests' shorthand (the runtime always
+    /// passes the root the engine reported).
+    #[cfg(test)]
+    pub(super) fn check(&self, volume: &VolumePath) -> Result<PathBuf, RuntimeError> {
+        self.check_with(volume, None)
+    }
+
+    /// Resolves `volume` and returns the canonical directory to mount, also protecting
+    /// `engine_root_dir` (the engine's data root, when the engine has reported one and it is not
+    /// the default `/var/lib/docker`).
     ///
     /// Order matters: a path that is not even lexically under a root is denied before the
     /// filesystem is touched, so clients cannot probe which host paths exist.
@@ -56,16 +65,7 @@ impl VolumePolicy {
     /// [`RuntimeError::VolumeDenied`] for policy (outside every allowed root, a symlink leaving
     /// them, or a protected path), [`RuntimeError::VolumeInvalid`] for a missing, unreadable or
     /// non-directory path. The reasons never echo the path: they may reach clients.
-    pub fn check(&self, volume: &VolumePath) -> Result<PathBuf, RuntimeError> {
-        self.check_with(volume, None)
-    }
-
-    /// [`Self::check`], also protecting `engine_root_dir` (the engine's data root, when the
-    /// engine has reported one and it is not the default `/var/lib/docker`).
-    ///
-    /// # Errors
-    /// As [`Self::check`].
-    pub fn check_with(
+    pub(super) fn check_with(
         &self,
         volume: &VolumePath,
         engine_root_dir: Option<&Path>,
